@@ -1,0 +1,74 @@
+//! # shoal-api: the Service manifest
+//!
+//! Shoal runs WebAssembly HTTP microservices described by Kubernetes-style
+//! YAML manifests. This crate holds the manifest schema, parses it and
+//! validates it. It does **no IO**: it parses text it is given, and resolves
+//! `spec.module` against a directory it is given without touching the
+//! filesystem.
+//!
+//! ```yaml
+//! apiVersion: shoal.dev/v1      # required, must be exactly this
+//! kind: Service                  # required, must be exactly this
+//! metadata:
+//!   name: kubia                  # required; DNS-1123 label, at most 40 characters
+//!   labels: {app: kubia}         # optional map<string,string> (Kubernetes label syntax)
+//! spec:
+//!   module: ../target/wasm32-wasip2/release/hello.wasm   # required; relative to the manifest's directory
+//!   replicas: 3                  # optional, default 1, 0..=1000
+//!   routes:                      # optional, default [{path: /}]; each has a host and/or a path
+//!     - host: kubia.example.com  # optional; hostname (no scheme/port/path), lowercased, may start with "*."
+//!       path: /api               # optional, default "/"; starts with "/", no "?" or "#"
+//!   env:                         # optional map<string,string>; HOSTNAME is reserved (Shoal sets it)
+//!     GREETING: hi
+//!   resources:
+//!     memory: 64Mi               # per replica (cgroup); default 128Mi; at least 16Mi
+//!     cpu: 500m                  # per replica; "500m", "1", "0.5", 2; optional = unlimited; max 1024 cores
+//!     instanceMemory: 16Mi       # per Wasm instance linear memory; default 64Mi (capped at memory); 64Ki..=4Gi
+//!   timeout: 10s                 # per request deadline (humantime); default 30s; 1ms..=1h
+//! ```
+//!
+//! A file may hold several documents separated by `---`. Unknown fields are
+//! errors everywhere. Quantities follow Kubernetes: memory accepts `Ki Mi Gi
+//! Ti Pi Ei`, `k M G T P E`, plain integers, exponents (`1e6`) and fractions
+//! (`1.5Gi`, rounded up to whole bytes); CPU accepts `500m` or decimal cores.
+//!
+//! ```
+//! use std::path::Path;
+//!
+//! let text = "apiVersion: shoal.dev/v1\nkind: Service\nmetadata: {name: kubia}\nspec: {module: hello.wasm}\n";
+//! let services = shoal_api::parse_manifests(text, Path::new("/srv"))?;
+//! shoal_api::validate_set(&services)?;
+//! assert_eq!(services[0].spec.module, Path::new("/srv/hello.wasm"));
+//! assert_eq!(services[0].spec.resources.memory, 128 << 20);
+//!
+//! let err = shoal_api::parse_manifests("apiVersion: v1\n", Path::new(".")).unwrap_err();
+//! assert_eq!(err.to_string(), r#"apiVersion: expected "shoal.dev/v1", found "v1""#);
+//! # Ok::<(), shoal_api::ManifestError>(())
+//! ```
+//!
+//! Every [`ManifestError`] names the field path and what is wrong, e.g.
+//! `spec.resources.memory: "64Q" is not a quantity (expected e.g. 64Mi, 1Gi, 500M)`,
+//! prefixed with `document 2: ` when the text has several documents.
+//!
+//! # Layout
+//!
+//! * [`manifest`] holds the validated model ([`Service`], [`ServiceSpec`],
+//!   [`Route`], [`Resources`]) and the entry points [`parse_manifests`] and
+//!   [`validate_set`]; its serde form (for JSON storage) is documented there.
+//! * [`quantity`] holds [`parse_memory`], [`parse_cpu`], [`format_bytes`].
+//! * [`error`] holds [`ManifestError`].
+//! * `raw` (private) is phase one: serde structs mirroring the YAML
+//!   (`deny_unknown_fields`, every field optional), read with
+//!   `serde_path_to_error` so type errors carry their field path.
+//! * `validate` (private) is phase two: it checks values, fills defaults and
+//!   resolves the module path, producing field-path errors.
+
+pub mod error;
+pub mod manifest;
+pub mod quantity;
+mod raw;
+mod validate;
+
+pub use error::ManifestError;
+pub use manifest::{API_VERSION, KIND, Resources, Route, Service, ServiceSpec, parse_manifests, validate_set};
+pub use quantity::{format_bytes, parse_cpu, parse_memory};

@@ -1,0 +1,181 @@
+//! The validated Service model and the entry points that produce it:
+//! [`parse_manifests`] (one text, any number of YAML documents) and
+//! [`validate_set`] (checks across services).
+//!
+//! The types also implement serde so services can be stored or sent as JSON.
+//! That form uses camelCase field names (`moduleField`, `cpuMillis`,
+//! `instanceMemory`), byte counts as numbers and `timeout` as a humantime
+//! string (`"30s"`, `"1s 500ms"`). Deserializing it does **not** re-validate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::error::ManifestError;
+pub use crate::quantity::{format_bytes, parse_cpu, parse_memory};
+use crate::raw::RawService;
+
+/// The only accepted `apiVersion`.
+pub const API_VERSION: &str = "shoal.dev/v1";
+
+/// The only accepted `kind`.
+pub const KIND: &str = "Service";
+
+/// A validated Service manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    /// `metadata.name`: a DNS-1123 label of at most 40 characters.
+    pub name: String,
+    /// `metadata.labels` (Kubernetes label syntax), possibly empty.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `spec`.
+    pub spec: ServiceSpec,
+}
+
+/// A validated `spec`, with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// The Wasm component: `manifest_dir.join(module_field)`. Not
+    /// canonicalized and not checked for existence (this crate does no IO).
+    pub module: PathBuf,
+    /// `spec.module` exactly as written, for messages.
+    pub module_field: String,
+    /// Desired replica count, 0..=1000 (default 1).
+    pub replicas: u32,
+    /// At least one route; default `[{ host: None, path: "/" }]`.
+    pub routes: Vec<Route>,
+    /// Extra environment variables (never contains `HOSTNAME`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Per-replica limits.
+    pub resources: Resources,
+    /// Per-request deadline, 1ms..=1h (default 30s). Serialized as a
+    /// humantime string.
+    #[serde(with = "humantime_duration")]
+    pub timeout: Duration,
+}
+
+/// Where requests for a service come from: an optional host and a path
+/// prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Route {
+    /// Lowercased hostname without scheme or port, possibly a `*.` wildcard
+    /// (`*.example.com`); `None` matches any host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Starts with `/`, no `?` or `#` (default `/`).
+    pub path: String,
+}
+
+impl fmt::Display for Route {
+    /// `kubia.example.com/api`, or just `/api` when any host matches.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(host) = &self.host {
+            f.write_str(host)?;
+        }
+        f.write_str(&self.path)
+    }
+}
+
+/// Per-replica resource limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// Replica (cgroup) memory limit in bytes; at least 16Mi (default 128Mi).
+    pub memory: u64,
+    /// CPU limit in milli-cores, 1..=1_024_000; `None` = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u32>,
+    /// Linear memory cap of one Wasm instance in bytes, 64Ki..=4Gi and at
+    /// most `memory` (default 64Mi, or `memory` if that is smaller).
+    pub instance_memory: u64,
+}
+
+/// Parses and validates every Service document in `text`.
+///
+/// Documents are separated by `---`; empty documents are skipped, but a
+/// text without any Service is an error (`no Service documents`). Relative
+/// `spec.module` paths are resolved against `manifest_dir` (the directory of
+/// the manifest file). Returns the first error found. Does not check
+/// across services: call [`validate_set`] for that.
+pub fn parse_manifests(text: &str, manifest_dir: &Path) -> Result<Vec<Service>, ManifestError> {
+    // Pass 1: YAML syntax, and how many non-empty documents there are (error
+    // messages only number documents when there are several).
+    let mut non_empty = 0usize;
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        // Stop at the first error: after one, the iterator never ends.
+        match <Option<serde::de::IgnoredAny>>::deserialize(document) {
+            Ok(Some(_)) => non_empty += 1,
+            Ok(None) => {}
+            Err(err) => {
+                let number = (index > 0).then_some(index + 1);
+                return Err(ManifestError::syntax(&err).in_document(number));
+            }
+        }
+    }
+    if non_empty == 0 {
+        return Err(ManifestError::new("", "no Service documents"));
+    }
+
+    // Pass 2: read each document into the raw structs, then validate.
+    let mut services = Vec::with_capacity(non_empty);
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let number = (non_empty > 1).then_some(index + 1);
+        let raw: Option<RawService> = serde_path_to_error::deserialize(document)
+            .map_err(|err| ManifestError::from_serde(&err).in_document(number))?;
+        if let Some(raw) = raw {
+            let service = crate::validate::service(raw, manifest_dir).map_err(|err| err.in_document(number))?;
+            services.push(service);
+        }
+    }
+    Ok(services)
+}
+
+/// Checks a set of services (e.g. all manifests being applied together):
+/// names must be unique, and no two services may declare the identical route
+/// (same host, same path).
+pub fn validate_set(services: &[Service]) -> Result<(), ManifestError> {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (index, service) in services.iter().enumerate() {
+        if names.insert(&service.name, index).is_some() {
+            return Err(ManifestError::new(
+                "metadata.name",
+                format!("duplicate service name {:?} (every service needs a unique name)", service.name),
+            ));
+        }
+    }
+    let mut owners: HashMap<&Route, &str> = HashMap::new();
+    for service in services {
+        for (index, route) in service.spec.routes.iter().enumerate() {
+            if let Some(owner) = owners.insert(route, &service.name) {
+                return Err(ManifestError::new(
+                    format!("spec.routes[{index}]"),
+                    format!("route {route} of service {:?} is identical to a route of service {owner:?}", service.name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `Duration` as a humantime string (`"30s"`, `"1s 500ms"`).
+mod humantime_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*value))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(de::Error::custom)
+    }
+}

@@ -1,0 +1,316 @@
+//! Phase two: turn a [`RawService`] into a [`Service`], checking every value
+//! and filling defaults. Each error names the field path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{ManifestError, join, key_path};
+use crate::manifest::{API_VERSION, KIND, Resources, Route, Service, ServiceSpec};
+use crate::quantity::{format_bytes, parse_cpu, parse_memory};
+use crate::raw::{RawResources, RawRoute, RawService, RawSpec, StringMap};
+
+const KI: u64 = 1024;
+const MI: u64 = 1024 * KI;
+const GI: u64 = 1024 * MI;
+
+/// Longest service name: replica names append `-<6 hex>-<5 chars>` and must
+/// stay a valid 63-character DNS label.
+const MAX_NAME_LEN: usize = 40;
+const MAX_REPLICAS: u32 = 1000;
+const DEFAULT_MEMORY: u64 = 128 * MI;
+const MIN_MEMORY: u64 = 16 * MI;
+const DEFAULT_INSTANCE_MEMORY: u64 = 64 * MI;
+const MIN_INSTANCE_MEMORY: u64 = 64 * KI;
+const MAX_INSTANCE_MEMORY: u64 = 4 * GI;
+const MAX_CPU_MILLIS: u32 = 1024 * 1000;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+type Result<T> = std::result::Result<T, ManifestError>;
+
+fn required(field: &str) -> ManifestError {
+    ManifestError::new(field, "required field missing")
+}
+
+pub(crate) fn service(raw: RawService, manifest_dir: &Path) -> Result<Service> {
+    check_exact("apiVersion", raw.api_version.as_deref(), API_VERSION)?;
+    check_exact("kind", raw.kind.as_deref(), KIND)?;
+    let metadata = raw.metadata.ok_or_else(|| required("metadata"))?;
+    let name = metadata.name.ok_or_else(|| required("metadata.name"))?;
+    if !is_dns_label(&name, MAX_NAME_LEN) {
+        return Err(ManifestError::new(
+            "metadata.name",
+            format!(
+                "{name:?} is not a valid name (lowercase letters, digits and \"-\", \
+                 at most {MAX_NAME_LEN} characters)"
+            ),
+        ));
+    }
+    let labels = labels(metadata.labels.unwrap_or_default())?;
+    let spec = spec(raw.spec.ok_or_else(|| required("spec"))?, manifest_dir)?;
+    Ok(Service { name, labels, spec })
+}
+
+fn check_exact(field: &str, found: Option<&str>, expected: &str) -> Result<()> {
+    match found {
+        Some(found) if found == expected => Ok(()),
+        Some(found) => Err(ManifestError::new(field, format!("expected {expected:?}, found {found:?}"))),
+        None => Err(ManifestError::new(field, format!("required field missing (expected {expected:?})"))),
+    }
+}
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, 1..=max characters.
+fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Kubernetes label name / value: `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63.
+fn is_label_name(s: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    s.len() <= 63
+        && edge(s.chars().next())
+        && edge(s.chars().last())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn labels(raw: StringMap) -> Result<BTreeMap<String, String>> {
+    for (key, value) in &raw.0 {
+        let field = key_path("metadata.labels", key);
+        let (prefix, name) = match key.rsplit_once('/') {
+            Some((prefix, name)) => (Some(prefix), name),
+            None => (None, key.as_str()),
+        };
+        let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(|label| is_dns_label(label, 63)));
+        if !prefix_ok || !is_label_name(name) {
+            return Err(ManifestError::new(
+                field,
+                format!(
+                    "{key:?} is not a valid label key (an optional DNS prefix and \"/\", then up \
+                     to 63 letters, digits, \"-\", \"_\" or \".\", starting and ending with a \
+                     letter or digit)"
+                ),
+            ));
+        }
+        if !value.is_empty() && !is_label_name(value) {
+            return Err(ManifestError::new(
+                field,
+                format!(
+                    "{value:?} is not a valid label value (up to 63 letters, digits, \"-\", \"_\" \
+                     or \".\", starting and ending with a letter or digit)"
+                ),
+            ));
+        }
+    }
+    Ok(raw.0)
+}
+
+fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
+    let module_field = raw.module.ok_or_else(|| required("spec.module"))?;
+    if module_field.trim().is_empty() {
+        return Err(ManifestError::new("spec.module", "must not be empty"));
+    }
+    if module_field.contains('\0') {
+        return Err(ManifestError::new("spec.module", "must not contain NUL"));
+    }
+    let replicas = match raw.replicas {
+        None => 1,
+        Some(n) => u32::try_from(n.0).ok().filter(|n| *n <= MAX_REPLICAS).ok_or_else(|| {
+            ManifestError::new("spec.replicas", format!("must be between 0 and {MAX_REPLICAS}, found {}", n.0))
+        })?,
+    };
+    let routes = match raw.routes {
+        None => vec![Route { host: None, path: "/".to_owned() }],
+        Some(routes) => self::routes(routes)?,
+    };
+    let env = env(raw.env.unwrap_or_default())?;
+    let resources = resources(raw.resources)?;
+    let timeout = match raw.timeout {
+        None => DEFAULT_TIMEOUT,
+        Some(text) => timeout(&text).map_err(|m| ManifestError::new("spec.timeout", m))?,
+    };
+    Ok(ServiceSpec {
+        module: manifest_dir.join(&module_field),
+        module_field,
+        replicas,
+        routes,
+        env,
+        resources,
+        timeout,
+    })
+}
+
+fn routes(raw: Vec<RawRoute>) -> Result<Vec<Route>> {
+    if raw.is_empty() {
+        return Err(ManifestError::new(
+            "spec.routes",
+            "must list at least one route (omit routes to serve every path under \"/\")",
+        ));
+    }
+    let mut seen: HashMap<Route, usize> = HashMap::new();
+    let mut routes = Vec::with_capacity(raw.len());
+    for (index, raw) in raw.into_iter().enumerate() {
+        let field = format!("spec.routes[{index}]");
+        if raw.host.is_none() && raw.path.is_none() {
+            return Err(ManifestError::new(field, "a route needs a host and/or a path"));
+        }
+        let host = match raw.host {
+            None => None,
+            Some(host) => Some(self::host(&host).map_err(|m| ManifestError::new(join(&field, "host"), m))?),
+        };
+        let path = raw.path.unwrap_or_else(|| "/".to_owned());
+        check_path(&path).map_err(|m| ManifestError::new(join(&field, "path"), m))?;
+        let route = Route { host, path };
+        if let Some(first) = seen.insert(route.clone(), index) {
+            return Err(ManifestError::new(
+                field,
+                format!("route {route} is listed twice (same as spec.routes[{first}])"),
+            ));
+        }
+        routes.push(route);
+    }
+    Ok(routes)
+}
+
+/// Validates and lowercases a route host.
+fn host(raw: &str) -> std::result::Result<String, String> {
+    if raw.is_empty() {
+        return Err("must not be empty (omit host to match any host)".to_owned());
+    }
+    if let Some((scheme, _)) = raw.split_once("://") {
+        return Err(format!("{raw:?} must not include a scheme (\"{scheme}://\"); write just the hostname"));
+    }
+    if raw.contains('/') {
+        return Err(format!("{raw:?} must not include a path; use the route's path field"));
+    }
+    if raw.contains(':') {
+        return Err(format!("{raw:?} must not include a port"));
+    }
+    let host = raw.to_ascii_lowercase();
+    let name = host.strip_prefix("*.").unwrap_or(&host);
+    if name.contains('*') {
+        return Err(format!("{raw:?}: a wildcard is only allowed as a leading \"*.\" (e.g. *.example.com)"));
+    }
+    if name.len() > 253 || !name.split('.').all(|label| is_dns_label(label, 63)) {
+        return Err(format!("{raw:?} is not a valid hostname (dot-separated labels of letters, digits and \"-\")"));
+    }
+    Ok(host)
+}
+
+fn check_path(path: &str) -> std::result::Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("must start with \"/\", found {path:?}"));
+    }
+    if path.contains(['?', '#']) {
+        return Err(format!("{path:?} must not contain \"?\" or \"#\" (routes match paths only)"));
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{path:?} must not contain spaces or control characters"));
+    }
+    Ok(())
+}
+
+fn env(raw: StringMap) -> Result<BTreeMap<String, String>> {
+    for (name, value) in &raw.0 {
+        let field = key_path("spec.env", name);
+        let problem = if name.is_empty() {
+            Some("name must not be empty".to_owned())
+        } else if name.contains('=') {
+            Some(format!("name {name:?} must not contain \"=\""))
+        } else if name.contains('\0') {
+            Some("name must not contain NUL".to_owned())
+        } else if name == "HOSTNAME" {
+            Some("HOSTNAME is reserved: Shoal sets it to the replica name".to_owned())
+        } else if value.contains('\0') {
+            Some("value must not contain NUL".to_owned())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(ManifestError::new(field, problem));
+        }
+    }
+    Ok(raw.0)
+}
+
+fn resources(raw: Option<RawResources>) -> Result<Resources> {
+    let raw = raw.unwrap_or(RawResources { memory: None, cpu: None, instance_memory: None });
+    const MEMORY: &str = "spec.resources.memory";
+    const CPU: &str = "spec.resources.cpu";
+    const INSTANCE: &str = "spec.resources.instanceMemory";
+
+    let memory = match &raw.memory {
+        None => DEFAULT_MEMORY,
+        Some(text) => {
+            let bytes = parse_memory(text).map_err(|m| ManifestError::new(MEMORY, m))?;
+            if bytes < MIN_MEMORY {
+                return Err(ManifestError::new(
+                    MEMORY,
+                    format!("{text:?} is below the minimum of {}", format_bytes(MIN_MEMORY)),
+                ));
+            }
+            bytes
+        }
+    };
+    let cpu_millis = match &raw.cpu {
+        None => None,
+        Some(text) => {
+            let millis = parse_cpu(text).map_err(|m| ManifestError::new(CPU, m))?;
+            if millis == 0 {
+                return Err(ManifestError::new(
+                    CPU,
+                    format!("{text:?} must be greater than 0 (omit cpu for no limit)"),
+                ));
+            }
+            if millis > MAX_CPU_MILLIS {
+                return Err(ManifestError::new(
+                    CPU,
+                    format!("{text:?} exceeds the maximum of {} cores", MAX_CPU_MILLIS / 1000),
+                ));
+            }
+            Some(millis)
+        }
+    };
+    let instance_memory = match &raw.instance_memory {
+        None => DEFAULT_INSTANCE_MEMORY.min(memory),
+        Some(text) => {
+            let bytes = parse_memory(text).map_err(|m| ManifestError::new(INSTANCE, m))?;
+            if !(MIN_INSTANCE_MEMORY..=MAX_INSTANCE_MEMORY).contains(&bytes) {
+                return Err(ManifestError::new(
+                    INSTANCE,
+                    format!(
+                        "{text:?} must be between {} and {}",
+                        format_bytes(MIN_INSTANCE_MEMORY),
+                        format_bytes(MAX_INSTANCE_MEMORY)
+                    ),
+                ));
+            }
+            if bytes > memory {
+                return Err(ManifestError::new(
+                    INSTANCE,
+                    format!(
+                        "{} exceeds {MEMORY} ({}): an instance cannot be larger than its replica",
+                        format_bytes(bytes),
+                        format_bytes(memory)
+                    ),
+                ));
+            }
+            bytes
+        }
+    };
+    Ok(Resources { memory, cpu_millis, instance_memory })
+}
+
+fn timeout(text: &str) -> std::result::Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|_| format!("{text:?} is not a duration (expected e.g. 10s, 500ms, 1m)"))?;
+    if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&duration) {
+        return Err(format!("{text:?} must be between 1ms and 1h"));
+    }
+    Ok(duration)
+}

@@ -1,0 +1,112 @@
+//! Builds the guest samples (`samples/`, its own workspace) for
+//! `wasm32-wasip2` so that `shoal up` can embed the kubia sample and the
+//! tests can use the fixtures, without extra steps: `cargo run` and
+//! `cargo test` are enough on a machine with only a Rust toolchain.
+//!
+//! The `wasm32-wasip2` target is listed in `rust-toolchain.toml`, but rustup
+//! only installs listed targets with the toolchain itself, not into an
+//! installed toolchain that lacks them; so this script adds it when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+const SAMPLES: [&str; 2] = ["hello", "faulty"];
+
+fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let samples = root.join("samples");
+    for path in ["samples/Cargo.toml", "samples/Cargo.lock", "samples/.cargo", "sdk/src", "sdk/Cargo.toml"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    for sample in SAMPLES {
+        println!("cargo:rerun-if-changed=samples/{sample}");
+    }
+
+    ensure_target();
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(&samples)
+        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .arg(samples.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(samples.join("target"));
+    clean_env(&mut command);
+    let output = command.output().expect("cannot run cargo to build the samples");
+    if !output.status.success() {
+        panic!(
+            "building the samples for {TARGET} failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let out = samples.join("target").join(TARGET).join("release");
+    for sample in SAMPLES {
+        let wasm = out.join(format!("{sample}.wasm"));
+        assert!(wasm.is_file(), "the samples build did not produce {}", wasm.display());
+        println!("cargo:rustc-env=SHOAL_{}_WASM={}", sample.to_uppercase(), wasm.display());
+    }
+    println!("cargo:rustc-env=SHOAL_SAMPLES_DIR={}", samples.display());
+}
+
+/// Adds the wasm target to the toolchain in use if it lacks it.
+fn ensure_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if sysroot.as_deref().is_some_and(has_target) {
+        return;
+    }
+    println!("cargo:warning=adding the {TARGET} target to the Rust toolchain (rustup target add {TARGET})");
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", TARGET]);
+    if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
+        rustup.args(["--toolchain", &toolchain]);
+    }
+    match rustup.status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => panic!("`rustup target add {TARGET}` failed ({status}); install the target and build again"),
+        Err(error) => panic!("the {TARGET} target is missing and rustup cannot be run ({error}); install the target"),
+    }
+}
+
+fn has_target(sysroot: &Path) -> bool {
+    sysroot.join("lib/rustlib").join(TARGET).join("lib").is_dir()
+}
+
+/// Keeps the outer build's settings (target dir, flags, jobserver, profile)
+/// out of the nested cargo, which builds another workspace for another target.
+fn clean_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let keep = matches!(key, "CARGO_HOME" | "CARGO_NET_OFFLINE" | "CARGO_TERM_COLOR")
+            || key.starts_with("CARGO_REGISTRIES_")
+            || key.starts_with("CARGO_HTTP_");
+        let drop = (key.starts_with("CARGO_") && !keep)
+            || key.starts_with("RUSTC")
+            || key.starts_with("RUSTDOC")
+            || matches!(
+                key,
+                "RUSTFLAGS"
+                    | "MAKEFLAGS"
+                    | "MFLAGS"
+                    | "OUT_DIR"
+                    | "TARGET"
+                    | "HOST"
+                    | "PROFILE"
+                    | "OPT_LEVEL"
+                    | "DEBUG"
+                    | "NUM_JOBS"
+            );
+        if drop {
+            command.env_remove(key);
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Spreading requests over a service's ready replicas.
+//!
+//! Power of two choices: pick two replicas at random and send the request to
+//! the one with fewer requests in flight. It needs no global view, avoids
+//! the herd behaviour of "least loaded", and keeps the worst replica's queue
+//! short.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use rand::Rng as _;
+
+use crate::client::{WorkerClient, worker_client};
+
+/// One ready replica, as the gateway sees it.
+pub struct Endpoint {
+    /// The replica's name.
+    pub name: String,
+    in_flight: AtomicUsize,
+    pub(crate) client: WorkerClient,
+}
+
+impl Endpoint {
+    /// An endpoint for the worker listening on `socket`.
+    pub fn new(name: impl Into<String>, socket: &Path) -> Self {
+        Self { name: name.into(), in_flight: AtomicUsize::new(0), client: worker_client(socket) }
+    }
+
+    /// Requests sent to this replica whose responses have not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn track(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// A request in flight on an endpoint; dropping it ends the count.
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The ready replicas of one service.
+#[derive(Default)]
+pub struct Balancer {
+    endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+}
+
+impl Balancer {
+    /// Picks a replica by power of two choices, or `None` if none is ready.
+    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        let endpoints = self.endpoints.read().expect("balancer lock").clone();
+        match endpoints.len() {
+            0 => None,
+            1 => Some(endpoints[0].clone()),
+            n => {
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..n);
+                let b = (a + rng.random_range(1..n)) % n;
+                let (ea, eb) = (&endpoints[a], &endpoints[b]);
+                Some(if eb.in_flight() < ea.in_flight() { eb.clone() } else { ea.clone() })
+            }
+        }
+    }
+
+    /// Adds a ready replica (replacing one of the same name).
+    pub fn add(&self, endpoint: Endpoint) {
+        let mut guard = self.endpoints.write().expect("balancer lock");
+        let mut list: Vec<Arc<Endpoint>> = guard.iter().filter(|e| e.name != endpoint.name).cloned().collect();
+        list.push(Arc::new(endpoint));
+        *guard = list.into();
+    }
+
+    /// Removes a replica; requests already sent to it finish.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut guard = self.endpoints.write().expect("balancer lock");
+        let before = guard.len();
+        let list: Vec<Arc<Endpoint>> = guard.iter().filter(|e| e.name != name).cloned().collect();
+        *guard = list.into();
+        guard.len() != before
+    }
+
+    /// The names of the ready replicas.
+    pub fn names(&self) -> Vec<String> {
+        self.endpoints.read().expect("balancer lock").iter().map(|e| e.name.clone()).collect()
+    }
+
+    /// How many replicas are ready.
+    pub fn len(&self) -> usize {
+        self.endpoints.read().expect("balancer lock").len()
+    }
+
+    /// Whether no replica is ready.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balancer(names: &[&str]) -> Balancer {
+        let b = Balancer::default();
+        for name in names {
+            b.add(Endpoint::new(*name, Path::new("/nonexistent.sock")));
+        }
+        b
+    }
+
+    #[tokio::test]
+    async fn empty_has_no_pick() {
+        assert!(balancer(&[]).pick().is_none());
+    }
+
+    #[tokio::test]
+    async fn spreads_over_idle_replicas() {
+        let b = balancer(&["a", "b", "c"]);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            seen.insert(b.pick().unwrap().name.clone());
+        }
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn avoids_the_busier_replica() {
+        let b = balancer(&["a", "b"]);
+        let busy = b.pick().unwrap();
+        let _guards: Vec<InFlight> = (0..5).map(|_| busy.track()).collect();
+        for _ in 0..50 {
+            assert_ne!(b.pick().unwrap().name, busy.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn in_flight_ends_with_the_guard() {
+        let b = balancer(&["a"]);
+        let e = b.pick().unwrap();
+        let guard = e.track();
+        assert_eq!(e.in_flight(), 1);
+        drop(guard);
+        assert_eq!(e.in_flight(), 0);
+        assert!(b.remove("a"));
+        assert!(b.is_empty());
+    }
+}

@@ -1,0 +1,140 @@
+//! The data plane: accepts client HTTP, routes it to a service, and proxies
+//! it to one of the service's ready replicas over a Unix socket.
+//!
+//! ```text
+//! client ──HTTP/1.1 or h2c──▶ server (accept loop, connection limit, drain)
+//!                               │ proxy: route by Host + longest path prefix
+//!                               │        pick a replica (power of two choices)
+//!                               │        X-Forwarded-For, deadline
+//!                               ▼
+//!                        pooled HTTP/1.1 keep-alive ──▶ worker's Unix socket
+//! ```
+//!
+//! The gateway's errors have short bodies and fixed statuses: `404` no route,
+//! `502` the replica failed, `503` no ready replica, `504` the deadline passed.
+//!
+//! # Layout
+//!
+//! - [`router`]: the pure routing table.
+//! - [`balancer`]: ready replicas of a service and the choice among them.
+//! - [`client`]: the pooled connections to a worker.
+//! - `proxy`: the request path.
+//! - `server`: the accept loop and graceful drain.
+
+pub mod balancer;
+pub mod client;
+mod proxy;
+pub mod router;
+mod server;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use shoal_api::Route;
+
+pub use balancer::{Balancer, Endpoint};
+pub use router::Router;
+pub use server::GatewayConfig;
+
+/// A service as the gateway sees it: its deadline and its ready replicas.
+pub struct Backend {
+    /// The service's name.
+    pub name: String,
+    /// The request deadline, in milliseconds (changed in place on update).
+    timeout_ms: AtomicU64,
+    /// The ready replicas.
+    pub replicas: Balancer,
+}
+
+impl Backend {
+    fn new(name: &str, timeout: Duration) -> Self {
+        Self { name: name.to_owned(), timeout_ms: AtomicU64::new(millis(timeout)), replicas: Balancer::default() }
+    }
+
+    /// The request deadline.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Each service's routes and backend, by name.
+type Services = HashMap<String, (Vec<Route>, Arc<Backend>)>;
+
+/// The gateway: routes and backends, changed at run time by the control
+/// plane, read by every request.
+#[derive(Default)]
+pub struct Gateway {
+    router: RwLock<Arc<Router<Arc<Backend>>>>,
+    services: RwLock<Services>,
+}
+
+impl Gateway {
+    /// An empty gateway: every request gets `404` until services are set.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Adds or updates a service's routes and deadline; its ready replicas
+    /// are kept.
+    pub fn set_service(&self, name: &str, routes: Vec<Route>, timeout: Duration) {
+        let mut services = self.services.write().expect("gateway lock");
+        let backend = match services.remove(name) {
+            Some((_, backend)) => {
+                backend.timeout_ms.store(millis(timeout), Ordering::Relaxed);
+                backend
+            }
+            None => Arc::new(Backend::new(name, timeout)),
+        };
+        services.insert(name.to_owned(), (routes, backend));
+        self.rebuild(&services);
+    }
+
+    /// Removes a service and its routes.
+    pub fn remove_service(&self, name: &str) {
+        let mut services = self.services.write().expect("gateway lock");
+        services.remove(name);
+        self.rebuild(&services);
+    }
+
+    fn rebuild(&self, services: &Services) {
+        let router = Router::new(
+            services.values().flat_map(|(routes, backend)| routes.iter().map(move |r| (r.clone(), backend.clone()))),
+        );
+        *self.router.write().expect("gateway lock") = Arc::new(router);
+    }
+
+    /// The backend of a service.
+    pub fn backend(&self, service: &str) -> Option<Arc<Backend>> {
+        self.services.read().expect("gateway lock").get(service).map(|(_, b)| b.clone())
+    }
+
+    /// Puts a ready replica of `service`, listening on `socket`, in rotation.
+    pub fn add_replica(&self, service: &str, replica: &str, socket: &Path) {
+        if let Some(backend) = self.backend(service) {
+            backend.replicas.add(Endpoint::new(replica, socket));
+        }
+    }
+
+    /// Takes a replica out of rotation; requests in flight to it finish.
+    pub fn remove_replica(&self, service: &str, replica: &str) {
+        if let Some(backend) = self.backend(service) {
+            backend.replicas.remove(replica);
+        }
+    }
+
+    /// The number of ready replicas of `service`.
+    pub fn ready_replicas(&self, service: &str) -> usize {
+        self.backend(service).map_or(0, |b| b.replicas.len())
+    }
+
+    pub(crate) fn router(&self) -> Arc<Router<Arc<Backend>>> {
+        self.router.read().expect("gateway lock").clone()
+    }
+}

@@ -1,0 +1,175 @@
+//! The request path through the gateway.
+//!
+//! Each step, in order:
+//!
+//! 1. Route by Host (or the `:authority` of HTTP/2) and path: `404` if no
+//!    route matches.
+//! 2. Pick a ready replica: `503` if there is none.
+//! 3. Rewrite the request for the worker: HTTP/1.1, hop-by-hop headers
+//!    removed, `X-Forwarded-For` and `X-Forwarded-Proto` set, `Host` kept.
+//! 4. Send it on a pooled connection under the service's deadline: `504`
+//!    when it passes, `502` when the worker fails before answering.
+//! 5. Stream the response back; the replica's in-flight count ends when the
+//!    body does.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::Gateway;
+use crate::balancer::InFlight;
+
+/// The gateway's response body: a worker's streamed body, or a short message
+/// of the gateway's own.
+pub enum Body {
+    /// A worker's response, counted in flight until it ends.
+    Upstream(Incoming, Option<InFlight>),
+    /// A message from the gateway.
+    Message(Option<Bytes>),
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Upstream(body, in_flight) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(None | Some(Err(_))) = polled {
+                    in_flight.take();
+                }
+                polled
+            }
+            Body::Message(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Upstream(body, _) => body.is_end_stream(),
+            Body::Message(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Upstream(body, _) => body.size_hint(),
+            Body::Message(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Body::Message(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A response with a short plain-text body from the gateway itself.
+pub fn message(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Body::Message(Some(text.into())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// Headers that describe one connection and must not be forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+impl Gateway {
+    /// Handles one client request.
+    pub(crate) async fn proxy(self: Arc<Self>, mut req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+        let router = self.router();
+        let Some(backend) = router.route(host.as_deref(), req.uri().path()) else {
+            return message(StatusCode::NOT_FOUND, "404 no route for this host and path\n");
+        };
+        let Some(endpoint) = backend.replicas.pick() else {
+            return message(StatusCode::SERVICE_UNAVAILABLE, "503 no ready replica\n");
+        };
+
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = match Uri::builder().scheme("http").authority("replica").path_and_query(path).build() {
+            Ok(uri) => uri,
+            Err(_) => return message(StatusCode::BAD_REQUEST, "400 bad request target\n"),
+        };
+        *req.version_mut() = Version::HTTP_11;
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        if let Some(value) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.entry(header::HOST).or_insert(value);
+        }
+        let ip = client.ip().to_string();
+        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+            headers.insert("x-forwarded-for", value);
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+
+        let in_flight = endpoint.track();
+        let timeout = backend.timeout();
+        match tokio::time::timeout(timeout, endpoint.client.request(req)).await {
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Body::Upstream(body, Some(in_flight)))
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(service = %backend.name, replica = %endpoint.name, %error, "replica failed");
+                message(StatusCode::BAD_GATEWAY, "502 bad gateway: the replica failed\n")
+            }
+            Err(_) => {
+                tracing::warn!(service = %backend.name, replica = %endpoint.name, ?timeout, "deadline exceeded");
+                message(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout: the service did not answer in time\n")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,131 @@
+//! The compiled-component cache.
+//!
+//! Compiling a component with Cranelift takes from milliseconds to seconds;
+//! loading a precompiled one is an `mmap`. Artifacts are stored as
+//! `<dir>/<sha256 of the component>-<engine hash>.cwasm`, so a changed module
+//! or a changed engine (another wasmtime version or setting) never loads a
+//! stale artifact. Files are written to a temporary name and renamed into
+//! place, so concurrent writers and crashes never leave a partial artifact
+//! under a final name.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::ModuleError;
+
+/// Whether a load found its artifact in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// The precompiled artifact was loaded from disk.
+    Hit,
+    /// The component was compiled and the artifact stored.
+    Compiled,
+}
+
+/// A directory of precompiled components.
+#[derive(Debug, Clone)]
+pub struct ComponentCache {
+    dir: PathBuf,
+}
+
+/// The sha256 digest of `bytes`, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks that `bytes` are a Wasm component (not a core module, not
+/// something else), naming what they are instead.
+pub fn check_component(path: &Path, bytes: &[u8]) -> Result<(), ModuleError> {
+    let what = if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        if bytes.starts_with(b"(component") || bytes.starts_with(b"(module") {
+            "a WebAssembly text file; compile it to binary first"
+        } else {
+            "not a WebAssembly file"
+        }
+    } else if bytes[4..8] == [0x0d, 0x00, 0x01, 0x00] {
+        return Ok(());
+    } else if bytes[4..8] == [0x01, 0x00, 0x00, 0x00] {
+        "a core WebAssembly module, not a component (build for wasm32-wasip2, or wrap it with `wasm-tools component new`)"
+    } else {
+        "a WebAssembly file of an unknown version"
+    };
+    Err(ModuleError::NotAComponent { path: path.to_owned(), what })
+}
+
+impl ComponentCache {
+    /// A cache stored in `dir`, created on first write.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The cache's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Loads the component in `path` for `engine`: from the cache when an
+    /// artifact for these bytes and this engine exists, otherwise by compiling
+    /// it and storing the artifact.
+    pub fn load(&self, engine: &Engine, path: &Path) -> Result<(Component, CacheOutcome), ModuleError> {
+        let bytes = std::fs::read(path).map_err(|source| ModuleError::Read { path: path.to_owned(), source })?;
+        self.load_bytes(engine, path, &bytes)
+    }
+
+    /// Like [`ComponentCache::load`], for bytes already read from `path`.
+    pub fn load_bytes(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<(Component, CacheOutcome), ModuleError> {
+        check_component(path, bytes)?;
+        let artifact = self.artifact_path(engine, bytes);
+        if artifact.exists() {
+            // SAFETY: the artifact was written by `store` below from
+            // `Engine::precompile_component` of an engine with the same
+            // compatibility hash, under a name no other writer uses for
+            // other contents; wasmtime also checks its header on load.
+            match unsafe { Component::deserialize_file(engine, &artifact) } {
+                Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                Err(error) => {
+                    tracing::warn!(artifact = %artifact.display(), %error, "discarding unusable cached artifact");
+                    let _ = std::fs::remove_file(&artifact);
+                }
+            }
+        }
+        let compiled = engine
+            .precompile_component(bytes)
+            .map_err(|source| ModuleError::Compile { path: path.to_owned(), source })?;
+        self.store(&artifact, &compiled).map_err(|source| ModuleError::Cache { path: artifact.clone(), source })?;
+        // SAFETY: as above; these are the bytes just produced by this engine.
+        let component = unsafe { Component::deserialize_file(engine, &artifact) }
+            .map_err(|source| ModuleError::Compile { path: path.to_owned(), source })?;
+        Ok((component, CacheOutcome::Compiled))
+    }
+
+    fn artifact_path(&self, engine: &Engine, bytes: &[u8]) -> PathBuf {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.dir.join(format!("{}-{:016x}.cwasm", sha256_hex(bytes), hasher.finish()))
+    }
+
+    fn store(&self, artifact: &Path, compiled: &[u8]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(format!(
+            ".{}.{}.tmp",
+            artifact.file_name().and_then(|n| n.to_str()).unwrap_or("artifact"),
+            std::process::id()
+        ));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(compiled)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, artifact)
+    }
+}

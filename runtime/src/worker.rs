@@ -1,0 +1,319 @@
+//! The worker process: one replica serving HTTP on a Unix socket.
+//!
+//! Request path, in order:
+//!
+//! 1. hyper reads an HTTP/1.1 request from the gateway's pooled connection.
+//! 2. A permit from the concurrency semaphore is taken (waiting at most the
+//!    request deadline): at most `max_concurrency` instances exist at once,
+//!    which is also the size of the instance pool.
+//! 3. A fresh [`Store`] gets the replica's environment, the instance memory
+//!    cap and an epoch deadline; the component is instantiated from its
+//!    [`ProxyPre`] and its `wasi:http/incoming-handler` is called in a task
+//!    of its own, so the body can keep streaming after the headers are sent.
+//! 4. The response head comes back through a oneshot. A trap before it maps
+//!    to `500`, the deadline to `504`; the detail goes to stderr, which the
+//!    node agent captures per replica.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+use tokio::sync::{Semaphore, oneshot};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::cache::ComponentCache;
+use crate::engine::{EPOCH_TICK, PoolSettings, worker_engine};
+
+/// The environment variable naming the file descriptor on which a worker
+/// reports readiness (it writes one line, `ready`, then closes it).
+pub const READY_FD_ENV: &str = "SHOAL_READY_FD";
+
+/// Everything a worker needs, passed by the node agent as one JSON argument.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerConfig {
+    /// The service this replica belongs to.
+    pub service: String,
+    /// The replica's name; the guest sees it as `HOSTNAME`.
+    pub replica: String,
+    /// Where to listen.
+    pub socket: PathBuf,
+    /// The component file.
+    pub module: PathBuf,
+    /// The compiled-component cache directory.
+    pub cache_dir: PathBuf,
+    /// Environment variables for the guest, besides `HOSTNAME`.
+    pub env: Vec<(String, String)>,
+    /// Linear memory cap per instance, in bytes.
+    pub instance_memory: u64,
+    /// Request deadline, in milliseconds.
+    pub timeout_ms: u64,
+    /// Instances that may run at once; further requests wait for a slot.
+    pub max_concurrency: u32,
+    /// How long in-flight requests may take to finish after SIGTERM, in
+    /// milliseconds.
+    pub drain_timeout_ms: u64,
+}
+
+/// Per-store state: WASI contexts, the resource table and memory limits.
+struct Guest {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    limits: StoreLimits,
+    hooks: NoOutbound,
+}
+
+/// `wasi:http` hooks with the defaults, and without outgoing requests:
+/// outbound HTTP needs an allow-list in the manifest first, so a guest's
+/// `outgoing-handler.handle` fails with an error code.
+struct NoOutbound;
+
+impl wasmtime_wasi_http::WasiHttpHooks for NoOutbound {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<dyn Future<Output = OutboundResult> + Send> {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+type OutboundResult = Result<
+    (
+        http::Response<wasmtime_wasi_http::WasiBody>,
+        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ),
+    wasmtime_wasi_http::Error,
+>;
+
+impl WasiView for Guest {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for Guest {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// The loaded component and what each request needs to run it.
+struct Replica {
+    pre: ProxyPre<Guest>,
+    env: Vec<(String, String)>,
+    instance_memory: usize,
+    timeout: Duration,
+    deadline_ticks: u64,
+    slots: Arc<Semaphore>,
+}
+
+/// Runs a worker until SIGTERM, then drains. Blocks the calling thread.
+pub fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let engine =
+        worker_engine(PoolSettings { max_instances: config.max_concurrency, instance_memory: config.instance_memory })
+            .map_err(|e| anyhow::anyhow!("cannot configure wasmtime: {e:#}"))?;
+    let (component, outcome) = ComponentCache::new(&config.cache_dir).load(&engine, &config.module)?;
+    let mut linker = Linker::<Guest>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .and_then(ProxyPre::new)
+        .map_err(|e| anyhow::anyhow!("{}: cannot serve it as a wasi:http proxy: {e:#}", config.module.display()))?;
+
+    let ticker = engine.clone();
+    std::thread::Builder::new().name("epoch".into()).spawn(move || {
+        loop {
+            std::thread::sleep(EPOCH_TICK);
+            ticker.increment_epoch();
+        }
+    })?;
+
+    let timeout = Duration::from_millis(config.timeout_ms.max(1));
+    let mut env = config.env.clone();
+    env.push(("HOSTNAME".to_owned(), config.replica.clone()));
+    let replica = Arc::new(Replica {
+        pre,
+        env,
+        instance_memory: usize::try_from(config.instance_memory).unwrap_or(usize::MAX),
+        timeout,
+        deadline_ticks: (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1,
+        slots: Arc::new(Semaphore::new(config.max_concurrency.max(1) as usize)),
+    });
+
+    let _ = std::fs::remove_file(&config.socket);
+    let listener =
+        UnixListener::bind(&config.socket).with_context(|| format!("cannot listen on {}", config.socket.display()))?;
+    tracing::info!(replica = %config.replica, cache = ?outcome, elapsed = ?started.elapsed(), "ready");
+    notify_ready();
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(true);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let replica = replica.clone();
+                let service = hyper::service::service_fn(move |req| replica.clone().handle(req));
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            _ = sigterm.recv() => break,
+        }
+    }
+
+    // Drain: no new connections; idle keep-alive connections close now, busy
+    // ones after their current response.
+    drop(listener);
+    let _ = std::fs::remove_file(&config.socket);
+    let drain = Duration::from_millis(config.drain_timeout_ms);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(replica = %config.replica, ?drain, "drain timed out; closing remaining connections");
+    }
+    Ok(())
+}
+
+impl Replica {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let permit = match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => {
+                return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "replica is shutting down\n"));
+            }
+            Err(_elapsed) => {
+                return Ok(plain(StatusCode::GATEWAY_TIMEOUT, "deadline exceeded waiting for a free instance\n"));
+            }
+        };
+
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&self.env).inherit_stdout().inherit_stderr();
+        let mut store = Store::new(
+            self.pre.engine(),
+            Guest {
+                table: ResourceTable::new(),
+                wasi: wasi.build(),
+                http: WasiHttpCtx::new(),
+                limits: StoreLimitsBuilder::new().memory_size(self.instance_memory).trap_on_grow_failure(false).build(),
+                hooks: NoOutbound,
+            },
+        );
+        store.limiter(|guest| &mut guest.limits);
+        store.set_epoch_deadline(self.deadline_ticks);
+
+        let (sender, receiver) = oneshot::channel();
+        let prepared = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .and_then(|req| Ok((req, store.data_mut().http().new_response_outparam(sender)?)));
+        let (req, out) = match prepared {
+            Ok(handles) => handles,
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "bad request from the gateway");
+                return Ok(plain(StatusCode::BAD_REQUEST, "bad request\n"));
+            }
+        };
+        let pre = self.pre.clone();
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+        });
+
+        Ok(match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(Ok(response))) => response,
+            Ok(Ok(Err(code))) => {
+                tracing::warn!(?code, "guest answered with an error code");
+                plain(StatusCode::INTERNAL_SERVER_ERROR, "the service failed to answer\n")
+            }
+            // The guest ended without setting a response: find out why.
+            Ok(Err(_dropped)) => match task.await {
+                Ok(Ok(())) => {
+                    tracing::warn!("guest returned without setting a response");
+                    plain(StatusCode::INTERNAL_SERVER_ERROR, "the service returned no response\n")
+                }
+                Ok(Err(error)) => guest_failure(&error),
+                Err(join) => {
+                    tracing::error!(error = %join, "request task failed");
+                    plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                }
+            },
+            // The epoch deadline traps the guest at about the same time.
+            Err(_elapsed) => plain(StatusCode::GATEWAY_TIMEOUT, "deadline exceeded\n"),
+        })
+    }
+}
+
+/// Maps a guest failure to a response, logging the detail.
+fn guest_failure(error: &wasmtime::Error) -> Response<HyperOutgoingBody> {
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        tracing::warn!("guest interrupted at its deadline");
+        return plain(StatusCode::GATEWAY_TIMEOUT, "deadline exceeded\n");
+    }
+    tracing::warn!(error = %format!("{error:?}"), "guest trapped");
+    plain(StatusCode::INTERNAL_SERVER_ERROR, "the service trapped\n")
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<HyperOutgoingBody> {
+    let mut response =
+        Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// Tells the node agent that the worker accepts requests.
+fn notify_ready() {
+    let Some(fd) = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) else {
+        return;
+    };
+    // SAFETY: the node agent passes this descriptor, open for writing, to this
+    // process alone; it is used once, here, and closed when `file` drops.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let _ = file.write_all(b"ready\n");
+}

@@ -1,0 +1,83 @@
+//! `faulty`: a test fixture for Shoal's failure handling.
+//!
+//! - `GET /trap` panics, which traps the component (the host answers 500).
+//! - `GET /loop` spins forever (exercises the request timeout / fuel/epoch
+//!   interruption).
+//! - `GET /alloc?mb=N` allocates and touches N MiB of linear memory, then
+//!   answers `allocated N MiB` (exercises per-instance memory limits).
+//! - `GET /env?name=X` answers the value of environment variable `X`
+//!   (404 if unset).
+//! - `/echo` (any method) answers `<METHOD>\n` followed by the request
+//!   body.
+//! - Anything else answers `You've hit <HOSTNAME>` like `hello`.
+//!
+//! Every request is logged to stdout as `faulty: <method> <path>`.
+
+use shoal_sdk::{Request, Response};
+
+/// Stride for touching allocated memory: one write per 4 KiB (the host's
+/// page size, and a divisor of the 64 KiB wasm page) so every page is
+/// really committed, not just reserved.
+const PAGE: usize = 4096;
+
+fn handle(req: Request) -> Response {
+    println!("faulty: {} {}", req.method(), req.path());
+    match (req.method(), req.path()) {
+        ("GET", "/trap") => panic!("faulty: /trap requested"),
+        ("GET", "/loop") => loop {
+            std::hint::black_box(());
+        },
+        ("GET", "/alloc") => alloc(&req),
+        ("GET", "/env") => env(&req),
+        (_, "/echo") => echo(&req),
+        _ => {
+            let host = shoal_sdk::hostname().unwrap_or_else(|| "unknown".to_owned());
+            Response::ok(format!("You've hit {host}\n"))
+        }
+    }
+}
+
+fn alloc(req: &Request) -> Response {
+    let Some(mb) = req.query_param("mb").and_then(|v| v.parse::<usize>().ok()) else {
+        return Response::text(400, "usage: /alloc?mb=N\n");
+    };
+    let Some(len) = mb.checked_mul(1024 * 1024) else {
+        return Response::text(400, "mb too large\n");
+    };
+    // An allocation failure aborts (traps) the component, which is what a
+    // memory-limit test wants to observe.
+    let mut buf = vec![0u8; len];
+    for i in (0..len).step_by(PAGE) {
+        buf[i] = 1;
+    }
+    std::hint::black_box(&buf);
+    Response::ok(format!("allocated {mb} MiB\n"))
+}
+
+fn env(req: &Request) -> Response {
+    let Some(name) = req.query_param("name") else {
+        return Response::text(400, "usage: /env?name=X\n");
+    };
+    match shoal_sdk::env(&name) {
+        Some(value) => Response::ok(value),
+        None => Response::text(404, format!("{name} is not set\n")),
+    }
+}
+
+fn echo(req: &Request) -> Response {
+    let mut body = Vec::with_capacity(req.method().len() + 1 + req.body().len());
+    body.extend_from_slice(req.method().as_bytes());
+    body.push(b'\n');
+    body.extend_from_slice(req.body());
+    let content_type = req.header("content-type").unwrap_or("application/octet-stream").to_owned();
+    Response::new(200)
+        .with_header("content-type", content_type)
+        .with_header("x-echo-method", req.method())
+        .with_body(body)
+}
+
+shoal_sdk::service!(handle);
+
+/// Unused when serving HTTP: the host calls the exported
+/// `wasi:http/incoming-handler`, not `wasi:cli/run`.
+fn main() {}

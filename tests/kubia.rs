@@ -1,0 +1,141 @@
+//! The kubia sample end to end: `shoal up` on its embedded defaults serves
+//! `You've hit <replica>` from three confined worker processes, and leaves
+//! nothing behind when it stops.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use support::*;
+
+/// `kubia-<6 hex>-<5 chars>`, like a Kubernetes pod name.
+fn is_replica_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    parts.len() == 3
+        && parts[0] == "kubia"
+        && parts[1].len() == 6
+        && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
+        && parts[2].len() == 5
+        && parts[2].bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_gets_reach_all_three_replicas() {
+    let mut shoal = Shoal::start(&[]);
+    shoal.wait_ready("kubia");
+    let client = client();
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        let (status, body) = get_with(&client, &shoal.url("/"), None).await;
+        assert_eq!(status, 200, "body: {body}");
+        let name = body
+            .strip_prefix("You've hit ")
+            .and_then(|rest| rest.strip_suffix('\n'))
+            .unwrap_or_else(|| panic!("unexpected body {body:?}"));
+        assert!(is_replica_name(name), "not a replica name: {name:?}");
+        seen.insert(name.to_owned());
+    }
+    assert_eq!(seen.len(), 3, "30 requests reached {seen:?}");
+
+    // Each replica logged its requests, prefixed with its name.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let output = shoal.dump();
+        let logged =
+            seen.iter().filter(|name| output.contains(&format!("{name} | Received request from 127.0.0.1"))).count();
+        if logged == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "request logs missing:\n{output}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(shoal.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_are_processes_in_cgroups_with_the_manifest_memory_limit() {
+    if let Some(reason) = cgroups_unavailable() {
+        eprintln!("SKIPPED: cgroups unavailable: {reason}");
+        return;
+    }
+    let dir = Scratch::new("cgroup");
+    let file =
+        dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, "replicas: 3\nresources:\n  memory: 48Mi\n  cpu: 250m"));
+    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
+    shoal.wait_ready("kubia");
+
+    let workers = shoal.worker_pids();
+    assert_eq!(workers.len(), 3, "workers: {workers:?}");
+    for pid in &workers {
+        assert_ne!(*pid, shoal.pid());
+        let path = cgroup_of(*pid, "memory").expect("worker has a memory cgroup");
+        assert!(path.contains(&format!("/shoal/up-{}/kubia-", shoal.pid())), "worker {pid} is in {path}");
+        let limit_file = memory_limit_file(&path).expect("memory limit file");
+        let limit = std::fs::read_to_string(&limit_file).unwrap();
+        assert_eq!(limit.trim(), (48u64 << 20).to_string(), "{}", limit_file.display());
+        let pids = cgroup_of(*pid, "pids").unwrap();
+        assert!(pids.contains("/shoal/"), "pids cgroup {pids}");
+    }
+    assert!(shoal.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_leaves_no_worker_and_no_cgroup() {
+    let mut shoal = Shoal::start(&[]);
+    shoal.wait_ready("kubia");
+    let (status, _) = get(&shoal.url("/"), None).await;
+    assert_eq!(status, 200);
+    let workers = shoal.worker_pids();
+    assert_eq!(workers.len(), 3);
+    let groups: Vec<String> = workers.iter().filter_map(|p| cgroup_of(*p, "memory")).collect();
+    let pid = shoal.pid();
+
+    assert!(shoal.stop().success(), "shoal did not exit cleanly:\n{}", shoal.dump());
+    for worker in &workers {
+        assert!(!alive(*worker), "worker {worker} still runs");
+    }
+    if cgroups_unavailable().is_none() {
+        for group in groups.iter().filter(|g| g.contains("/shoal/")) {
+            assert!(memory_limit_file(group).is_none(), "cgroup {group} remains");
+        }
+        for root in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup"] {
+            let instance = std::path::Path::new(root).join(format!("shoal/up-{pid}"));
+            assert!(!instance.exists(), "{} remains", instance.display());
+        }
+    }
+    assert!(!std::env::temp_dir().join(format!("shoal-{pid}")).exists(), "run directory remains");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_h2c_and_routes_by_host_and_path() {
+    let dir = Scratch::new("routes");
+    let mut text = manifest("kubia", HELLO_WASM, "replicas: 1\nroutes:\n  - host: kubia.test");
+    text.push_str("---\n");
+    text.push_str(&manifest("faulty", FAULTY_WASM, "replicas: 1\nroutes:\n  - path: /api"));
+    let file = dir.write("both.yaml", text);
+    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
+    shoal.wait_ready("kubia");
+    shoal.wait_ready("faulty");
+
+    let (status, body) = get(&shoal.url("/anything"), Some("kubia.test")).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("You've hit kubia-"), "{body}");
+    // The path reaches the service unchanged, as with an Ingress.
+    let (status, body) = get(&shoal.url("/api/x"), Some("other.test")).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("You've hit faulty-"), "{body}");
+    let (status, body) = get(&shoal.url("/"), Some("other.test")).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("no route"), "{body}");
+
+    // HTTP/2 with prior knowledge on the same port.
+    let h2: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
+    let response =
+        h2.request(hyper::Request::get(shoal.url("/api/h2")).body(Default::default()).unwrap()).await.unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    assert!(body.starts_with(b"You've hit faulty-"), "{body:?}");
+    assert!(shoal.stop().success());
+}

@@ -1,0 +1,281 @@
+//! Test support: run `shoal up` as a real process, talk to it over real
+//! HTTP, inspect its workers and cgroups, stop it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// The shoal binary under test.
+pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+/// The kubia sample component.
+pub const HELLO_WASM: &str = env!("SHOAL_HELLO_WASM");
+/// The fault-injection fixture component.
+pub const FAULTY_WASM: &str = env!("SHOAL_FAULTY_WASM");
+
+/// How long `shoal up` may take to become ready.
+const READY: Duration = Duration::from_secs(90);
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("shoal-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Writes a file in the directory and returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A manifest for `module` with the given spec lines (indented under `spec:`).
+pub fn manifest(name: &str, module: &str, spec: &str) -> String {
+    let mut text =
+        format!("apiVersion: shoal.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  module: {module}\n");
+    for line in spec.lines() {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+/// A running `shoal up`.
+pub struct Shoal {
+    child: Child,
+    pub addr: SocketAddr,
+    lines: Receiver<String>,
+    /// Every line seen so far on stdout and stderr.
+    pub output: Arc<Mutex<Vec<String>>>,
+    pub data: Scratch,
+}
+
+impl Shoal {
+    /// Starts `shoal up` with `args` (plus a free port and a scratch data
+    /// directory) and waits for the gateway to listen.
+    pub fn start(args: &[&str]) -> Shoal {
+        let data = Scratch::new("data");
+        let mut child = Command::new(SHOAL)
+            .arg("up")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data.0)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start shoal");
+        let (tx, rx) = channel();
+        let output = Arc::new(Mutex::new(Vec::new()));
+        for reader in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(reader).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("[shoal] {line}");
+                    output.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut shoal = Shoal { child, addr: "127.0.0.1:0".parse().unwrap(), lines: rx, output, data };
+        let line = shoal.wait_for_line(|l| l.contains("gateway listening on http://"));
+        shoal.addr = line.rsplit("http://").next().unwrap().trim().parse().unwrap();
+        shoal
+    }
+
+    /// Waits for a line of output matching `matches`, among the lines not
+    /// yet consumed by an earlier wait.
+    pub fn wait_for_line(&mut self, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + READY;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if matches(&line) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("shoal did not print the expected line in {READY:?}; output:\n{}", self.dump()),
+            }
+        }
+    }
+
+    /// Waits until `service` reports all its replicas ready (at any time
+    /// since the start, unlike [`Shoal::wait_for_line`]).
+    pub fn wait_ready(&mut self, service: &str) {
+        let needle = format!("service {service} ready:");
+        let deadline = Instant::now() + READY;
+        while !self.output.lock().unwrap().iter().any(|l| l.contains(&needle)) {
+            assert!(Instant::now() < deadline, "{service} not ready in {READY:?}; output:\n{}", self.dump());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything printed so far.
+    pub fn dump(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    /// The worker processes (direct children).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children(self.pid())
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        self.wait_exit(Duration::from_secs(60)).expect("shoal did not exit within 60 s of SIGTERM")
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Shoal {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// The direct children of `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Runs `shoal` with `args` to completion: (exit status, stdout, stderr).
+pub fn run_shoal(args: &[&str], data: &Path) -> (ExitStatus, String, String) {
+    let output = Command::new(SHOAL)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run shoal");
+    (output.status, String::from_utf8_lossy(&output.stdout).into(), String::from_utf8_lossy(&output.stderr).into())
+}
+
+/// The cgroup of a process in the controller `controller` (v1) or the
+/// unified hierarchy (v2), as a path relative to the hierarchy root.
+pub fn cgroup_of(pid: u32, controller: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let mut unified = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == controller) {
+            return Some(path.to_owned());
+        }
+        if controllers.is_empty() {
+            unified = Some(path.to_owned());
+        }
+    }
+    unified
+}
+
+/// The file holding the memory limit of cgroup `path` (v1 or v2).
+pub fn memory_limit_file(path: &str) -> Option<PathBuf> {
+    let v1 = Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')).join("memory.limit_in_bytes");
+    let v2 = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')).join("memory.max");
+    [v1, v2].into_iter().find(|p| p.exists())
+}
+
+/// Why cgroup tests cannot run here, if they cannot.
+pub fn cgroups_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".into());
+    }
+    let v1 = Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists();
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").is_ok_and(|c| c.contains("memory"));
+    if !v1 && !v2 {
+        return Some("no cgroup memory controller mounted".into());
+    }
+    None
+}
+
+/// A real HTTP/1.1 client with keep-alive.
+pub fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET `url` with an optional Host header: (status, body).
+pub async fn get(url: &str, host: Option<&str>) -> (u16, String) {
+    get_with(&client(), url, host).await
+}
+
+pub async fn get_with(client: &Client<HttpConnector, Empty<Bytes>>, url: &str, host: Option<&str>) -> (u16, String) {
+    let mut request = hyper::Request::get(url);
+    if let Some(host) = host {
+        request = request.header("host", host);
+    }
+    let response = client.request(request.body(Empty::new()).unwrap()).await.expect("request failed");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.expect("body failed").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
