@@ -75,8 +75,14 @@ fn default_data_dir() -> PathBuf {
     home.join(".local/share/shoal")
 }
 
+/// A validated service and the manifest it came from, for messages.
+struct Loaded {
+    source: String,
+    service: Service,
+}
+
 /// Reads and validates every manifest, or the default kubia manifest.
-fn load_services(files: &[PathBuf], data_dir: &Path) -> anyhow::Result<Vec<Service>> {
+fn load_services(files: &[PathBuf], data_dir: &Path) -> anyhow::Result<Vec<Loaded>> {
     let mut services = Vec::new();
     if files.is_empty() {
         let dir = data_dir.join("samples");
@@ -85,7 +91,9 @@ fn load_services(files: &[PathBuf], data_dir: &Path) -> anyhow::Result<Vec<Servi
         if std::fs::read(&module).ok().as_deref() != Some(HELLO_WASM) {
             std::fs::write(&module, HELLO_WASM).with_context(|| format!("cannot write {}", module.display()))?;
         }
-        services.extend(shoal_api::parse_manifests(DEFAULT_MANIFEST, &dir).map_err(|e| anyhow!("{e}"))?);
+        let parsed = shoal_api::parse_manifests(DEFAULT_MANIFEST, &dir).map_err(|e| anyhow!("{e}"))?;
+        services
+            .extend(parsed.into_iter().map(|service| Loaded { source: "the built-in kubia manifest".into(), service }));
     }
     for file in files {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read manifest {}", file.display()))?;
@@ -94,9 +102,10 @@ fn load_services(files: &[PathBuf], data_dir: &Path) -> anyhow::Result<Vec<Servi
         for service in &parsed {
             check_module(file, service)?;
         }
-        services.extend(parsed);
+        services.extend(parsed.into_iter().map(|service| Loaded { source: file.display().to_string(), service }));
     }
-    shoal_api::validate_set(&services).map_err(|e| anyhow!("{e}"))?;
+    let all: Vec<Service> = services.iter().map(|l| l.service.clone()).collect();
+    shoal_api::validate_set(&all).map_err(|e| anyhow!("{e}"))?;
     Ok(services)
 }
 
@@ -118,16 +127,16 @@ fn check_module(manifest: &Path, service: &Service) -> anyhow::Result<()> {
 /// Compiles every module (or finds it in the cache), so that a file that is
 /// not a valid component stops `shoal up` before anything starts, and
 /// workers only load precompiled code.
-fn plan(services: Vec<Service>, cache: &ComponentCache) -> anyhow::Result<Vec<Arc<Planned>>> {
+fn plan(services: Vec<Loaded>, cache: &ComponentCache) -> anyhow::Result<Vec<Arc<Planned>>> {
     let engine = shoal_runtime::engine::compiler_engine().map_err(|e| anyhow!("cannot configure wasmtime: {e:#}"))?;
     let mut planned = Vec::new();
-    for service in services {
+    for Loaded { source, service } in services {
         let started = Instant::now();
         let bytes = std::fs::read(&service.spec.module)
-            .with_context(|| format!("spec.module: cannot read {}", service.spec.module.display()))?;
+            .with_context(|| format!("{source}: spec.module: cannot read {}", service.spec.module.display()))?;
         let (_, outcome) = cache
             .load_bytes(&engine, &service.spec.module, &bytes)
-            .map_err(|e| anyhow!("service {:?}: spec.module: {e}", service.name))?;
+            .map_err(|e| anyhow!("{source}: spec.module: {e} (service {:?})", service.name))?;
         tracing::info!(service = %service.name, ?outcome, elapsed = ?started.elapsed(), "module ready");
         let spec_json = serde_json::to_string(&service.spec).unwrap_or_default();
         let revision = sha256_hex(format!("{}\n{spec_json}", sha256_hex(&bytes)).as_bytes())[..6].to_owned();

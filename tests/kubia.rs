@@ -75,6 +75,13 @@ async fn replicas_are_processes_in_cgroups_with_the_manifest_memory_limit() {
         assert_eq!(limit.trim(), (48u64 << 20).to_string(), "{}", limit_file.display());
         let pids = cgroup_of(*pid, "pids").unwrap();
         assert!(pids.contains("/shoal/"), "pids cgroup {pids}");
+        // 250m of cpu: a quarter of each 100 ms period (v1 cpu.cfs_quota_us).
+        let cpu = cgroup_of(*pid, "cpu").unwrap();
+        let quota =
+            std::path::Path::new("/sys/fs/cgroup/cpu").join(cpu.trim_start_matches('/')).join("cpu.cfs_quota_us");
+        if let Ok(quota) = std::fs::read_to_string(quota) {
+            assert_eq!(quota.trim(), "25000");
+        }
     }
     assert!(shoal.stop().success());
 }
@@ -137,5 +144,36 @@ async fn serves_h2c_and_routes_by_host_and_path() {
     assert_eq!(response.status(), 200);
     let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
     assert!(body.starts_with(b"You've hit faulty-"), "{body:?}");
+    assert!(shoal.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_cgroup_access_replicas_run_unconfined_with_one_warning() {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let nobody = 65534;
+    let mut shoal = if root {
+        // Run shoal as an unprivileged user, which cannot create cgroups.
+        let exe_ok = std::process::Command::new(SHOAL).arg("--version").uid(nobody).gid(nobody).output();
+        if !exe_ok.is_ok_and(|o| o.status.success()) {
+            eprintln!("SKIPPED: the shoal binary cannot be run by uid {nobody} here (directory permissions)");
+            return;
+        }
+        Shoal::start_with(&[], |command| {
+            command.uid(nobody).gid(nobody);
+        })
+    } else {
+        Shoal::start(&[])
+    };
+    shoal.wait_ready("kubia");
+    let output = shoal.dump();
+    let warnings = output.lines().filter(|l| l.contains("WARNING: cgroups are unavailable")).count();
+    assert_eq!(warnings, 1, "{output}");
+    assert!(output.contains("UNCONFINED"), "{output}");
+    assert_eq!(output.lines().filter(|l| l.contains("cgroup none: unconfined")).count(), 3, "{output}");
+    let (status, body) = get(&shoal.url("/"), None).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("You've hit kubia-"));
     assert!(shoal.stop().success());
 }

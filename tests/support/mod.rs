@@ -80,8 +80,19 @@ impl Shoal {
     /// Starts `shoal up` with `args` (plus a free port and a scratch data
     /// directory) and waits for the gateway to listen.
     pub fn start(args: &[&str]) -> Shoal {
+        Self::start_with(args, |_| {})
+    }
+
+    /// Like [`Shoal::start`], letting `customize` change the command (its
+    /// user, say) first.
+    pub fn start_with(args: &[&str], customize: impl FnOnce(&mut Command)) -> Shoal {
         let data = Scratch::new("data");
-        let mut child = Command::new(SHOAL)
+        // Writable for a test that runs shoal as another user.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&data.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut command = Command::new(SHOAL);
+        customize(&mut command);
+        let mut child = command
             .arg("up")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data.0)
