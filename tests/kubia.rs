@@ -177,3 +177,45 @@ async fn without_cgroup_access_replicas_run_unconfined_with_one_warning() {
     assert!(body.starts_with("You've hit kubia-"));
     assert!(shoal.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_die_with_a_killed_shoal_and_its_cgroups_are_reclaimed() {
+    let (_dir, file) = write_kubia(1);
+    let mut shoal = Shoal::start(&["-f", &file]);
+    shoal.wait_ready("kubia");
+    let workers = shoal.worker_pids();
+    assert_eq!(workers.len(), 1);
+    let pid = shoal.pid();
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    shoal.wait_exit(std::time::Duration::from_secs(10)).expect("shoal survived SIGKILL");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while workers.iter().any(|w| alive(*w)) {
+        assert!(std::time::Instant::now() < deadline, "workers outlived their shoal (PDEATHSIG)");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if let Some(reason) = cgroups_unavailable() {
+        eprintln!("SKIPPED (cgroup part): {reason}");
+        return;
+    }
+    // The killed shoal could not remove its cgroups; the next one does.
+    let stale: Vec<_> = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+        .iter()
+        .map(|root| std::path::Path::new(root).join(format!("shoal/up-{pid}")))
+        .collect();
+    assert!(stale.iter().any(|d| d.exists()), "the killed shoal's cgroup should still be there");
+    let mut next = Shoal::start(&["-f", &file]);
+    next.wait_ready("kubia");
+    for dir in &stale {
+        assert!(!dir.exists(), "{} was not reclaimed", dir.display());
+    }
+    assert!(next.stop().success());
+}
+
+/// Writes a kubia manifest with `replicas` replicas: (its directory, its path).
+fn write_kubia(replicas: u32) -> (Scratch, String) {
+    let dir = Scratch::new("kubia");
+    let path = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, &format!("replicas: {replicas}")));
+    let path = path.to_string_lossy().into_owned();
+    (dir, path)
+}

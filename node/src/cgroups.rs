@@ -74,12 +74,41 @@ impl Cgroups {
             ));
         }
         let cgroups = Cgroups { base: format!("shoal/{instance}"), v2 };
+        cgroups.remove_stale();
         let probe = cgroups.load(&cgroups.base);
         probe.create().map_err(|e| format!("cannot create cgroup {}: {e}", cgroups.base))?;
         if !controller_dirs(&probe).iter().all(|d| d.is_dir()) {
             return Err(format!("cannot create cgroup {} (permission denied or read-only cgroupfs)", cgroups.base));
         }
         Ok(cgroups)
+    }
+
+    /// Removes the groups of earlier `shoal up` instances that were killed
+    /// before they could clean up (`shoal/up-<pid>` whose process is gone).
+    /// Only empty groups can be removed, so live processes are never
+    /// affected.
+    fn remove_stale(&self) {
+        for root in controller_dirs(&self.load("shoal")) {
+            let Ok(entries) = std::fs::read_dir(&root) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("up-")).and_then(|p| p.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if Path::new(&format!("/proc/{pid}")).exists() {
+                    continue;
+                }
+                if let Ok(replicas) = std::fs::read_dir(entry.path()) {
+                    for replica in replicas.flatten().filter(|r| r.path().is_dir()) {
+                        let _ = std::fs::remove_dir(replica.path());
+                    }
+                }
+                if std::fs::remove_dir(entry.path()).is_ok() {
+                    tracing::info!(group = %entry.path().display(), "removed the cgroup of an earlier shoal");
+                }
+            }
+        }
     }
 
     /// Whether the unified (v2) hierarchy is in use.

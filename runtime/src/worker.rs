@@ -130,6 +130,9 @@ struct Replica {
 pub fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // The cgroup's pids limit counts threads: keep the blocking pool
+        // (used for stdio) well below it.
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
