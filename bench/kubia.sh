@@ -24,6 +24,7 @@ NODE_PID="" NGINX_PID="" SHOAL_PID=""
 USED_PORTS=" "
 NGINX_SKIPPED="" # why the nginx row is skipped, if it is
 IDLE_BEFORE=100   # CPU idle (%) just before the run
+SHOAL_CONFINED=true # false if shoal said cgroups are unavailable
 
 log() { printf 'kubia.sh: %s\n' "$*" >&2; }
 die() {
@@ -81,10 +82,18 @@ check_knobs() {
 }
 
 # apt_install PKG: installs a Debian package; only as root, with apt-get.
+# On failure, says why in APT_FAILURE.
+APT_FAILURE=""
 apt_install() {
   local pkg=$1
-  [[ $(id -u) -eq 0 ]] || { log "$pkg is not installed and this is not root"; return 1; }
-  command -v apt-get >/dev/null || { log "$pkg is not installed and there is no apt-get"; return 1; }
+  if [[ $(id -u) -ne 0 ]]; then
+    APT_FAILURE="not running as root"
+    return 1
+  fi
+  if ! command -v apt-get >/dev/null; then
+    APT_FAILURE="there is no apt-get"
+    return 1
+  fi
   log "installing $pkg with apt-get"
   export DEBIAN_FRONTEND=noninteractive
   if ! apt-get install -y -q "$pkg" >"$TMP/apt-$pkg.log" 2>&1; then
@@ -92,10 +101,14 @@ apt_install() {
     apt-get update -q >>"$TMP/apt-$pkg.log" 2>&1 || true
     if ! apt-get install -y -q "$pkg" >>"$TMP/apt-$pkg.log" 2>&1; then
       tail -n 5 "$TMP/apt-$pkg.log" >&2
+      APT_FAILURE="apt-get install $pkg failed"
       return 1
     fi
   fi
-  command -v "$pkg" >/dev/null
+  if ! command -v "$pkg" >/dev/null; then
+    APT_FAILURE="apt-get installed $pkg but it is not on PATH ($PATH)"
+    return 1
+  fi
 }
 
 check_tools() {
@@ -105,11 +118,12 @@ check_tools() {
   done
   [[ -f $ROOT/samples/hello-node/app.js ]] || die "$ROOT/samples/hello-node/app.js not found"
   if ! command -v wrk >/dev/null; then
-    apt_install wrk || die "wrk is required: install it (e.g. 'apt-get install -y wrk' as root) and rerun"
+    apt_install wrk || die "wrk is required but not installed, and cannot be installed here ($APT_FAILURE):" \
+      "install it (e.g. 'apt-get install -y wrk' as root) and rerun"
   fi
   if ! command -v nginx >/dev/null; then
     if ! apt_install nginx; then
-      NGINX_SKIPPED="nginx is not installed and could not be installed (needs root and apt-get)"
+      NGINX_SKIPPED="nginx is not installed and could not be installed ($APT_FAILURE)"
       log "skipping the nginx row: $NGINX_SKIPPED"
     fi
   fi
@@ -226,15 +240,23 @@ build_shoal() {
 }
 
 start_shoal() {
-  local i
+  local shoal=$ROOT/target/release/shoal i admin=()
   SHOAL_PORT=$(free_port)
+  # Newer shoal also serves an admin API (default 127.0.0.1:8081): keep it
+  # off ports that may be in use.
+  if "$shoal" up --help 2>/dev/null | grep -q -- '--admin-listen'; then
+    admin=(--admin-listen "127.0.0.1:$(free_port)")
+  fi
   log "starting shoal up on 127.0.0.1:$SHOAL_PORT"
   # The guests' per-request "Received request from" lines go to this log.
-  "$ROOT/target/release/shoal" up --listen "127.0.0.1:$SHOAL_PORT" --data-dir "$TMP/shoal-data" \
+  : >"$TMP/shoal.log"
+  "$shoal" up --listen "127.0.0.1:$SHOAL_PORT" "${admin[@]}" --data-dir "$TMP/shoal-data" \
     </dev/null >"$TMP/shoal.log" 2>&1 &
   SHOAL_PID=$!
+  # "shoal: service kubia ready: 3/3 replicas" (or, in newer versions,
+  # "shoal: service/kubia Ready: 3/3 replicas ready (revision ...)").
   for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-    grep -q '^shoal: service kubia ready: 3/3 replicas' "$TMP/shoal.log" && break
+    grep -Eq '^shoal: service[ /]kubia [Rr]eady: 3/3 replicas' "$TMP/shoal.log" && break
     if ! kill -0 "$SHOAL_PID" 2>/dev/null; then
       cat "$TMP/shoal.log" >&2
       die "shoal exited before its replicas were ready (log above)"
@@ -246,6 +268,7 @@ start_shoal() {
     die "shoal did not report 'service kubia ready: 3/3 replicas' within ${READY_TIMEOUT}s (log above)"
   fi
   if grep -q 'cgroups are unavailable' "$TMP/shoal.log"; then
+    SHOAL_CONFINED=false
     log "warning: shoal runs its replicas without cgroups (no cpu/memory limits)"
   fi
   wait_for_kubia "Shoal gateway" "http://127.0.0.1:$SHOAL_PORT/" 10 "$SHOAL_PID" || {
@@ -376,7 +399,7 @@ print_report() {
   cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)
   echo "kubia benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'): nproc $(nproc)${cpu:+ ($cpu)}, $(uname -sr);" \
     "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, ${WARMUP}s warm-up per server," \
-    "$ROUNDS interleaved rounds, median; Node.js $(node --version)${nginx_version:+, nginx $nginx_version};" \
+    "$ROUNDS interleaved round(s), median; Node.js $(node --version)${nginx_version:+, nginx $nginx_version};" \
     "shoal $(shoal_revision); CPU ${IDLE_BEFORE}% idle just before the run"
   echo
   echo "| server | requests/s | p50 (ms) | p99 (ms) | vs Node.js |"
@@ -399,8 +422,8 @@ print_report() {
     echo "- ${LABEL[$id]}, requests/s per round: $per_round"
   done
   [[ -z $NGINX_SKIPPED ]] || echo "- nginx → Node.js kubia row skipped: $NGINX_SKIPPED."
-  if grep -q 'cgroup none: unconfined' "$TMP/shoal.log"; then
-    echo "- Shoal's replicas ran unconfined (no cgroups); Node.js and nginx are never confined."
+  if ! $SHOAL_CONFINED; then
+    echo "- Shoal's replicas ran unconfined (no cgroups), like Node.js and nginx."
   else
     echo "- Shoal's replicas ran in cgroups with the default kubia manifest's limits; Node.js and nginx are unconfined."
   fi

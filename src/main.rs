@@ -2,6 +2,7 @@
 //! `shoal up` runs gateway and node agent for the services in manifests;
 //! `shoal worker` is a replica process, started by the node agent.
 
+mod cli;
 mod up;
 
 use std::net::SocketAddr;
@@ -32,6 +33,10 @@ enum Command {
         #[arg(long)]
         config: String,
     },
+    /// The client commands that talk to `shoal up`'s admin API (apply, get,
+    /// describe, delete, scale, logs, rollout, push).
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 /// Arguments of `shoal up`.
@@ -43,7 +48,11 @@ pub struct UpArgs {
     /// The gateway's address.
     #[arg(long, default_value = "127.0.0.1:8080", env = "SHOAL_LISTEN")]
     listen: SocketAddr,
-    /// Where Shoal keeps its data (the compiled-module cache).
+    /// The admin API's address (the CLI talks to it; never the gateway's port).
+    #[arg(long, default_value = "127.0.0.1:8081", env = "SHOAL_ADMIN_LISTEN")]
+    admin_listen: SocketAddr,
+    /// Where Shoal keeps its data: the store (services, modules), the API
+    /// token and the compiled-module cache.
     /// Default: $XDG_DATA_HOME/shoal or ~/.local/share/shoal.
     #[arg(long, value_name = "DIR", env = "SHOAL_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -75,6 +84,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Client(command) => cli::run(command),
     }
 }
 

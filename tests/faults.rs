@@ -64,8 +64,8 @@ async fn a_worker_killed_mid_request_gives_502_and_is_replaced() {
     unsafe { libc::kill(workers[0] as i32, libc::SIGKILL) };
     let (status, body) = pending.await.unwrap();
     assert_eq!(status, 502, "{body}");
-    shoal.wait_for_line(|l| l.contains("exited (killed by signal 9)"));
-    shoal.wait_for_line(|l| l.contains("shoal: replica faulty-") && l.contains("ready"));
+    shoal.wait_for_line(|l| l.contains("Exited: worker killed by signal 9"));
+    shoal.wait_for_line(|l| l.contains("shoal: replica/faulty-") && l.contains("Started:"));
     let (status, _) = get(&shoal.url("/"), None).await;
     assert_eq!(status, 200);
     assert!(shoal.stop().success());

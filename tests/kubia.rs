@@ -171,7 +171,7 @@ async fn without_cgroup_access_replicas_run_unconfined_with_one_warning() {
     let warnings = output.lines().filter(|l| l.contains("WARNING: cgroups are unavailable")).count();
     assert_eq!(warnings, 1, "{output}");
     assert!(output.contains("UNCONFINED"), "{output}");
-    assert_eq!(output.lines().filter(|l| l.contains("cgroup none: unconfined")).count(), 3, "{output}");
+    assert_eq!(output.lines().filter(|l| l.contains("cgroup none (unconfined)")).count(), 3, "{output}");
     let (status, body) = get(&shoal.url("/"), None).await;
     assert_eq!(status, 200);
     assert!(body.starts_with("You've hit kubia-"));

@@ -71,3 +71,14 @@ fn check_component_names_what_a_file_is() {
     assert!(err(b"\0asm\x01\0\0\0").contains("core WebAssembly module, not a component"));
     assert!(shoal_runtime::check_component(path, b"\0asm\x0d\0\x01\0").is_ok());
 }
+
+#[test]
+fn the_crash_at_start_fixture_is_a_proxy_component_that_traps_when_instantiated() {
+    let bytes = wat::parse_file(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/crash-at-start.wat")).unwrap();
+    let path = Path::new("crash-at-start.wasm");
+    shoal_runtime::check_component(path, &bytes).unwrap();
+    let dir = Scratch::new("crash");
+    let cache = ComponentCache::new(dir.0.join("cache"));
+    let (_, outcome) = cache.load_bytes(&compiler_engine().unwrap(), path, &bytes).unwrap();
+    assert_eq!(outcome, CacheOutcome::Compiled);
+}

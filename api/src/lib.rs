@@ -65,10 +65,16 @@
 
 pub mod error;
 pub mod manifest;
+pub mod objects;
 pub mod quantity;
 mod raw;
 mod validate;
 
 pub use error::ManifestError;
 pub use manifest::{API_VERSION, KIND, Resources, Route, Service, ServiceSpec, parse_manifests, validate_set};
+pub use objects::{
+    Event, EventType, ModuleInfo, ReplicaInfo, ReplicaState, RolloutPhase, ServiceRecord, ServiceStatus, format_age,
+    now_unix,
+};
 pub use quantity::{format_bytes, parse_cpu, parse_memory};
+pub use validate::MAX_REPLICAS;

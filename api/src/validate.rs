@@ -17,7 +17,8 @@ const GI: u64 = 1024 * MI;
 /// Longest service name: replica names append `-<6 hex>-<5 chars>` and must
 /// stay a valid 63-character DNS label.
 const MAX_NAME_LEN: usize = 40;
-const MAX_REPLICAS: u32 = 1000;
+/// The most replicas a service may ask for.
+pub const MAX_REPLICAS: u32 = 1000;
 const DEFAULT_MEMORY: u64 = 128 * MI;
 const MIN_MEMORY: u64 = 16 * MI;
 const DEFAULT_INSTANCE_MEMORY: u64 = 64 * MI;

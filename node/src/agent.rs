@@ -36,9 +36,9 @@ pub enum Stream {
     Stderr,
 }
 
-/// Where worker output goes: called with whole lines, each already prefixed
-/// with the replica's name, in chunks.
-pub type LogSink = Arc<dyn Fn(Stream, &[u8]) + Send + Sync>;
+/// Where worker output goes: called with the replica's name and whole
+/// lines, each already prefixed with that name, in chunks.
+pub type LogSink = Arc<dyn Fn(&str, Stream, &[u8]) + Send + Sync>;
 
 /// Settings of the node agent.
 #[derive(Clone)]
@@ -123,9 +123,10 @@ pub enum StartError {
     /// The worker process could not be started.
     #[error("cannot start worker: {0}")]
     Spawn(#[from] std::io::Error),
-    /// The worker exited before it was ready.
-    #[error("worker exited before it was ready ({0}); see its log above")]
-    Exited(Exit),
+    /// The worker exited before it was ready; the last line it wrote to
+    /// stderr says why.
+    #[error("worker exited before it was ready ({0}): {1}")]
+    Exited(Exit, String),
     /// The worker did not report ready in time.
     #[error("worker not ready after {0:?}")]
     Timeout(Duration),
@@ -247,13 +248,14 @@ impl NodeAgent {
         drop(ready_write);
         drop(procs);
         let pid = child.id().unwrap_or_default();
-        let prefix: Arc<[u8]> = format!("{} | ", spec.name).into_bytes().into();
+        let name: Arc<str> = spec.name.as_str().into();
+        let last_error = Arc::new(std::sync::Mutex::new(String::new()));
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward(out, prefix.clone(), Stream::Stdout, self.config.log.clone()));
+            tokio::spawn(forward(out, name.clone(), Stream::Stdout, self.config.log.clone(), None));
         }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward(err, prefix, Stream::Stderr, self.config.log.clone()));
-        }
+        let stderr_done = child.stderr.take().map(|err| {
+            tokio::spawn(forward(err, name, Stream::Stderr, self.config.log.clone(), Some(last_error.clone())))
+        });
 
         let cgroup_path = cgroup.as_ref().map(|c| c.path().to_owned());
         let (exit_tx, exit_rx) = watch::channel(None);
@@ -288,7 +290,13 @@ impl NodeAgent {
             Ok(true) => Ok(replica),
             Ok(false) => {
                 let exit = replica.wait().await;
-                Err((StartError::Exited(exit), None))
+                // Its stderr is complete once the process is gone.
+                if let Some(done) = stderr_done {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
+                }
+                let why = last_error.lock().expect("last error lock").trim().to_owned();
+                let why = if why.is_empty() { "it wrote no error".to_owned() } else { why };
+                Err((StartError::Exited(exit, why), None))
             }
             Err(_) => {
                 replica.kill();
@@ -386,7 +394,16 @@ async fn wait_ready(read: OwnedFd) -> bool {
 }
 
 /// Forwards a worker's output: whole lines, each prefixed, in chunks.
-async fn forward(mut from: impl AsyncRead + Unpin, prefix: Arc<[u8]>, stream: Stream, log: LogSink) {
+/// With `last_line`, the last complete line (without the prefix) is kept
+/// there too.
+async fn forward(
+    mut from: impl AsyncRead + Unpin,
+    name: Arc<str>,
+    stream: Stream,
+    log: LogSink,
+    last_line: Option<Arc<std::sync::Mutex<String>>>,
+) {
+    let prefix = format!("{name} | ").into_bytes();
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
@@ -402,7 +419,7 @@ async fn forward(mut from: impl AsyncRead + Unpin, prefix: Arc<[u8]>, stream: St
                 out.extend_from_slice(&prefix);
                 out.append(&mut pending);
                 out.push(b'\n');
-                log(stream, &out);
+                log(&name, stream, &out);
                 out.clear();
             }
             continue;
@@ -411,21 +428,25 @@ async fn forward(mut from: impl AsyncRead + Unpin, prefix: Arc<[u8]>, stream: St
             out.extend_from_slice(&prefix);
             out.extend_from_slice(line);
         }
+        if let Some(keep) = &last_line {
+            let line = pending[..last].rsplit(|&b| b == b'\n').next().unwrap_or_default();
+            *keep.lock().expect("last line lock") = String::from_utf8_lossy(line).into_owned();
+        }
         pending.drain(..=last);
-        log(stream, &out);
+        log(&name, stream, &out);
         out.clear();
     }
     if !pending.is_empty() {
         out.extend_from_slice(&prefix);
         out.extend_from_slice(&pending);
         out.push(b'\n');
-        log(stream, &out);
+        log(&name, stream, &out);
     }
 }
 
 /// A [`LogSink`] that writes to this process's stdout and stderr.
 pub fn stdio_log() -> LogSink {
-    Arc::new(|stream, chunk| {
+    Arc::new(|_replica, stream, chunk| {
         let _ = match stream {
             Stream::Stdout => std::io::stdout().lock().write_all(chunk),
             Stream::Stderr => std::io::stderr().lock().write_all(chunk),

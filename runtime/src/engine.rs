@@ -6,7 +6,8 @@
 //! instance allocator differs: workers use the pooling allocator, the compiler
 //! does not need one.
 
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+pub use wasmtime::Engine;
+use wasmtime::{Config, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch ticker advances. Request deadlines are measured in
 /// these ticks, so a deadline fires at most one tick late.

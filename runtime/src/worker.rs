@@ -173,6 +173,11 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
         slots: Arc::new(Semaphore::new(config.max_concurrency.max(1) as usize)),
     });
 
+    replica
+        .check_start()
+        .await
+        .with_context(|| format!("{}: the component failed to start", config.module.display()))?;
+
     let _ = std::fs::remove_file(&config.socket);
     let listener =
         UnixListener::bind(&config.socket).with_context(|| format!("cannot listen on {}", config.socket.display()))?;
@@ -219,18 +224,9 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
 }
 
 impl Replica {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let permit = match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_closed)) => {
-                return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "replica is shutting down\n"));
-            }
-            Err(_elapsed) => {
-                return Ok(plain(StatusCode::GATEWAY_TIMEOUT, "deadline exceeded waiting for a free instance\n"));
-            }
-        };
-
+    /// A store for one instance: the guest's environment and stdio, the
+    /// memory cap and the deadline.
+    fn store(&self) -> Store<Guest> {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.env).inherit_stdout().inherit_stderr();
         let mut store = Store::new(
@@ -245,6 +241,36 @@ impl Replica {
         );
         store.limiter(|guest| &mut guest.limits);
         store.set_epoch_deadline(self.deadline_ticks);
+        store
+    }
+
+    /// The start check: one instance is created (running the component's
+    /// start functions) under the same limits as a request's, before the
+    /// replica reports ready. A component that cannot start never gets
+    /// traffic.
+    async fn check_start(&self) -> anyhow::Result<()> {
+        let mut store = self.store();
+        self.pre.instantiate_async(&mut store).await.map(drop).map_err(|error| {
+            tracing::debug!(error = %format!("{error:?}"), "start check failed");
+            // One line for the node agent's message; the root cause is the
+            // trap or limit that stopped the start.
+            anyhow::anyhow!("{}", error.root_cause())
+        })
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let permit = match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => {
+                return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "replica is shutting down\n"));
+            }
+            Err(_elapsed) => {
+                return Ok(plain(StatusCode::GATEWAY_TIMEOUT, "deadline exceeded waiting for a free instance\n"));
+            }
+        };
+
+        let mut store = self.store();
 
         let (sender, receiver) = oneshot::channel();
         let prepared = store

@@ -69,7 +69,10 @@ pub fn manifest(name: &str, module: &str, spec: &str) -> String {
 /// A running `shoal up`.
 pub struct Shoal {
     child: Child,
+    /// The gateway's address.
     pub addr: SocketAddr,
+    /// The admin API's address.
+    pub admin: SocketAddr,
     lines: Receiver<String>,
     /// Every line seen so far on stdout and stderr.
     pub output: Arc<Mutex<Vec<String>>>,
@@ -86,7 +89,11 @@ impl Shoal {
     /// Like [`Shoal::start`], letting `customize` change the command (its
     /// user, say) first.
     pub fn start_with(args: &[&str], customize: impl FnOnce(&mut Command)) -> Shoal {
-        let data = Scratch::new("data");
+        Self::start_in(Scratch::new("data"), args, customize)
+    }
+
+    /// Starts `shoal up` on an existing data directory (a restart).
+    pub fn start_in(data: Scratch, args: &[&str], customize: impl FnOnce(&mut Command)) -> Shoal {
         // Writable for a test that runs shoal as another user.
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&data.0, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -94,7 +101,7 @@ impl Shoal {
         customize(&mut command);
         let mut child = command
             .arg("up")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data.0)
             .args(args)
             .stdin(Stdio::null())
@@ -119,9 +126,12 @@ impl Shoal {
                 }
             });
         }
-        let mut shoal = Shoal { child, addr: "127.0.0.1:0".parse().unwrap(), lines: rx, output, data };
+        let unset: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut shoal = Shoal { child, addr: unset, admin: unset, lines: rx, output, data };
         let line = shoal.wait_for_line(|l| l.contains("gateway listening on http://"));
         shoal.addr = line.rsplit("http://").next().unwrap().trim().parse().unwrap();
+        let line = shoal.wait_for_line(|l| l.contains("admin API listening on http://"));
+        shoal.admin = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
         shoal
     }
 
@@ -142,10 +152,16 @@ impl Shoal {
     /// Waits until `service` reports all its replicas ready (at any time
     /// since the start, unlike [`Shoal::wait_for_line`]).
     pub fn wait_ready(&mut self, service: &str) {
-        let needle = format!("service {service} ready:");
+        let needle = format!("service/{service} Ready:");
+        self.wait_for_output(|l| l.contains(&needle));
+    }
+
+    /// Waits until a line matching `matches` has been printed at any time
+    /// since the start.
+    pub fn wait_for_output(&self, matches: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + READY;
-        while !self.output.lock().unwrap().iter().any(|l| l.contains(&needle)) {
-            assert!(Instant::now() < deadline, "{service} not ready in {READY:?}; output:\n{}", self.dump());
+        while !self.output.lock().unwrap().iter().any(|l| matches(l)) {
+            assert!(Instant::now() < deadline, "expected output missing after {READY:?}; output:\n{}", self.dump());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -186,6 +202,48 @@ impl Shoal {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// The admin API's URL.
+    pub fn server(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// The API token `shoal up` created.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data.0.join("token")).expect("token file").trim().to_owned()
+    }
+
+    /// Runs a CLI command against this shoal: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let output = Command::new(SHOAL)
+            .args(args)
+            .args(["--server", &self.server(), "--token", &self.token()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run the shoal CLI");
+        let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        eprintln!("$ shoal {}\n{out}{err}", args.join(" "));
+        (output.status.success(), out.into_owned(), err.into_owned())
+    }
+
+    /// Runs `shoal get ...` until `done` accepts its output (60 s at most).
+    pub fn eventually(&self, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + READY;
+        loop {
+            let (ok, out, _) = self.cli(args);
+            if ok && done(&out) {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "`shoal {}` never matched; last output:\n{out}", args.join(" "));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Stops shoal and hands back its data directory, for a restart.
+    pub fn stop_keep_data(mut self) -> Scratch {
+        assert!(self.stop().success());
+        std::mem::replace(&mut self.data, Scratch::new("moved"))
+    }
 }
 
 impl Drop for Shoal {
@@ -223,7 +281,7 @@ pub fn alive(pid: u32) -> bool {
 pub fn run_shoal(args: &[&str], data: &Path) -> (ExitStatus, String, String) {
     let output = Command::new(SHOAL)
         .args(args)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .stdin(Stdio::null())
         .output()

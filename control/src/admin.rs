@@ -1,0 +1,338 @@
+//! The admin API: JSON over HTTP on its own listener (never the gateway's
+//! port), every request authenticated with a bearer token.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `POST /v1/modules` | upload a component (raw bytes) → `ModuleInfo` |
+//! | `GET /v1/modules` | list modules |
+//! | `GET /v1/modules/{digest}` | one module's info |
+//! | `PUT /v1/services/{name}` | apply `{manifest, moduleDigest}` → `{result, service}` |
+//! | `GET /v1/services`, `GET /v1/services/{name}` | services with status |
+//! | `DELETE /v1/services/{name}` | delete |
+//! | `PUT /v1/services/{name}/scale` | `{replicas}` |
+//! | `GET /v1/replicas[?service=]` | replicas |
+//! | `GET /v1/events[?since=&wait=&object=]` | events, optionally waiting for new ones |
+//! | `GET /v1/logs/{name}[?tail=&follow=]` | replica output, optionally followed |
+//!
+//! Errors are `{"error": "..."}` with a 4xx or 5xx status; every error a
+//! handler can return is turned into a response in one place
+//! ([`ApiError`]'s `IntoResponse`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use shoal_api::objects::{Event, ModuleInfo, ReplicaInfo, RolloutPhase, ServiceRecord, ServiceStatus};
+
+use crate::apply::{ApplyError, apply};
+use crate::events::EventLog;
+use crate::logs::{LogBook, selects};
+use crate::reconciler::Controller;
+use crate::store::{Store, StoreError};
+
+/// The largest module upload.
+pub const MAX_MODULE_SIZE: usize = 256 << 20;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Arc<dyn Store>,
+    pub controller: Arc<Controller>,
+    pub events: Arc<EventLog>,
+    pub logs: Arc<LogBook>,
+    pub token: Arc<str>,
+}
+
+/// A service with its status, as the API returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceView {
+    pub record: ServiceRecord,
+    pub status: ServiceStatus,
+}
+
+/// An error as the API returns it.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        tracing::error!(%error, "store error");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+    }
+}
+
+fn not_found(what: &str, name: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("{what} {name:?} not found"))
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// The admin API's routes, behind the token check.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/v1/modules", get(list_modules).post(upload_module))
+        .route("/v1/modules/{digest}", get(get_module))
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{name}", get(get_service).put(apply_service).delete(delete_service))
+        .route("/v1/services/{name}/scale", put(scale_service))
+        .route("/v1/replicas", get(list_replicas))
+        .route("/v1/events", get(list_events))
+        .route("/v1/logs/{name}", get(logs))
+        .layer(DefaultBodyLimit::max(MAX_MODULE_SIZE))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+/// Rejects requests without the right bearer token, before any handler runs.
+async fn authenticate(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError(StatusCode::UNAUTHORIZED, "unauthorized: wrong token".into()).into_response(),
+        None => ApiError(StatusCode::UNAUTHORIZED, "unauthorized: missing bearer token".into()).into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn upload_module(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ModuleInfo>), ApiError> {
+    shoal_runtime::check_component(Path::new("uploaded module"), &body).map_err(|e| bad_request(e.to_string()))?;
+    let store = state.store.clone();
+    let info = tokio::task::spawn_blocking(move || store.put_module(&body))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn list_modules(State(state): State<AdminState>) -> ApiResult<Vec<ModuleInfo>> {
+    Ok(Json(state.store.modules()?))
+}
+
+async fn get_module(State(state): State<AdminState>, UrlPath(digest): UrlPath<String>) -> ApiResult<ModuleInfo> {
+    let digest = digest.strip_prefix("sha256:").unwrap_or(&digest);
+    state.store.module_info(digest)?.map(Json).ok_or_else(|| not_found("module", digest))
+}
+
+fn view(state: &AdminState, record: ServiceRecord) -> ServiceView {
+    let status = state.controller.status(&record.service.name).unwrap_or_else(|| ServiceStatus {
+        name: record.service.name.clone(),
+        desired: record.service.spec.replicas,
+        ready: 0,
+        updated: 0,
+        available: 0,
+        revision: record.revision(),
+        generation: record.generation,
+        observed_generation: 0,
+        rollout: RolloutPhase::Progressing,
+        message: None,
+        routes: record.service.spec.routes.clone(),
+    });
+    // A status from before the latest change does not describe it yet.
+    let status = if status.observed_generation < record.generation {
+        ServiceStatus { rollout: RolloutPhase::Progressing, generation: record.generation, ..status }
+    } else {
+        status
+    };
+    ServiceView { record, status }
+}
+
+async fn list_services(State(state): State<AdminState>) -> ApiResult<Vec<ServiceView>> {
+    let records = state.store.services()?;
+    Ok(Json(records.into_iter().map(|r| view(&state, r)).collect()))
+}
+
+async fn get_service(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> ApiResult<ServiceView> {
+    let record = state.store.service(&name)?.ok_or_else(|| not_found("service", &name))?;
+    Ok(Json(view(&state, record)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ApplyBody {
+    manifest: String,
+    module_digest: String,
+}
+
+#[derive(Serialize)]
+struct ApplyResponse {
+    result: &'static str,
+    service: ServiceView,
+}
+
+async fn apply_service(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    Json(body): Json<ApplyBody>,
+) -> ApiResult<ApplyResponse> {
+    let mut services =
+        shoal_api::parse_manifests(&body.manifest, Path::new("/")).map_err(|e| bad_request(e.to_string()))?;
+    if services.len() != 1 {
+        return Err(bad_request(format!("expected one Service document, found {}", services.len())));
+    }
+    let service = services.remove(0);
+    if service.name != name {
+        return Err(bad_request(format!(
+            "metadata.name: {:?} does not match the name in the URL ({name:?})",
+            service.name
+        )));
+    }
+    let others: Vec<_> =
+        state.store.services()?.into_iter().filter(|r| r.service.name != name).map(|r| r.service).collect();
+    let mut all = others;
+    all.push(service.clone());
+    shoal_api::validate_set(&all).map_err(|e| bad_request(e.to_string()))?;
+    let digest = body.module_digest.strip_prefix("sha256:").unwrap_or(&body.module_digest).to_owned();
+    let (applied, record) = apply(&*state.store, service, &digest).map_err(|e| match e {
+        ApplyError::UnknownModule(_) => bad_request(e.to_string()),
+        ApplyError::Store(e) => e.into(),
+    })?;
+    if applied != crate::apply::Applied::Unchanged {
+        state.events.normal(
+            format!("service/{name}"),
+            "Applied",
+            format!("{} (generation {}, revision {})", applied.as_str(), record.generation, record.revision()),
+        );
+        state.controller.trigger();
+    }
+    Ok(Json(ApplyResponse { result: applied.as_str(), service: view(&state, record) }))
+}
+
+async fn delete_service(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<serde_json::Value> {
+    if !state.store.delete_service(&name)? {
+        return Err(not_found("service", &name));
+    }
+    state.events.normal(format!("service/{name}"), "Deleted", "service deleted; stopping its replicas");
+    state.controller.trigger();
+    Ok(Json(serde_json::json!({ "deleted": name })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleBody {
+    replicas: u32,
+}
+
+async fn scale_service(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    Json(body): Json<ScaleBody>,
+) -> ApiResult<ServiceView> {
+    if body.replicas > shoal_api::MAX_REPLICAS {
+        return Err(bad_request(format!("replicas: {} is more than {}", body.replicas, shoal_api::MAX_REPLICAS)));
+    }
+    let mut record = state.store.service(&name)?.ok_or_else(|| not_found("service", &name))?;
+    if record.service.spec.replicas != body.replicas {
+        let from = record.service.spec.replicas;
+        record.service.spec.replicas = body.replicas;
+        record.generation += 1;
+        record.updated_unix = shoal_api::objects::now_unix();
+        state.store.put_service(&record)?;
+        state.events.normal(format!("service/{name}"), "Scaled", format!("replicas {from} → {}", body.replicas));
+        state.controller.trigger();
+    }
+    Ok(Json(view(&state, record)))
+}
+
+#[derive(Deserialize)]
+struct ReplicaQuery {
+    service: Option<String>,
+}
+
+async fn list_replicas(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> ApiResult<Vec<ReplicaInfo>> {
+    Ok(Json(state.controller.replicas(q.service.as_deref())))
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    since: Option<u64>,
+    /// Seconds to wait for a new event.
+    wait: Option<u64>,
+    object: Option<String>,
+}
+
+async fn list_events(State(state): State<AdminState>, Query(q): Query<EventQuery>) -> ApiResult<Vec<Event>> {
+    let since = q.since.unwrap_or(0);
+    let events = match q.wait {
+        Some(wait) => {
+            let wait = Duration::from_secs(wait.min(60));
+            state.events.wait_since(since, q.object.as_deref(), wait).await
+        }
+        None => state.events.since(since, q.object.as_deref()),
+    };
+    Ok(Json(events))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    tail: Option<usize>,
+    follow: Option<bool>,
+}
+
+async fn logs(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let exists = state.store.service(&name)?.is_some()
+        || state.controller.replicas(None).iter().any(|r| r.name == name)
+        || state.logs.knows(&name);
+    if !exists {
+        return Err(not_found("service or replica", &name));
+    }
+    // Subscribe before reading the buffer so that no line falls between.
+    let feed = state.logs.subscribe();
+    let past: String = state.logs.lines(&name, q.tail).iter().map(|l| &**l).collect();
+    let head = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(Bytes::from(past)) });
+    let body = if q.follow.unwrap_or(false) {
+        let follow = futures::stream::unfold((feed, name), |(mut feed, name)| async move {
+            loop {
+                match feed.recv().await {
+                    Ok(line) if selects(&name, &line.replica) => {
+                        return Some((Ok(Bytes::from(line.text.to_string())), (feed, name)));
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let note = format!("... {n} lines skipped (the reader was too slow) ...\n");
+                        return Some((Ok(Bytes::from(note)), (feed, name)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Body::from_stream(futures::StreamExt::chain(head, follow))
+    } else {
+        Body::from_stream(head)
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}

@@ -1,0 +1,31 @@
+//! # shoal-control: the control plane
+//!
+//! The control plane keeps Shoal's desired state (services and the modules
+//! they run) durable, so that it survives a restart of `shoal`; serves the
+//! authenticated admin API that changes it; and reconciles the running
+//! replicas with it, continuously.
+//!
+//! # Layout
+//!
+//! * [`admin`]: the admin API (axum), its token check and its error
+//!   responses.
+//! * [`apply`]: create-or-replace of a service, shared by the API and
+//!   `shoal up -f`.
+//! * [`reconciler`]: the level-triggered loop that makes pods match the
+//!   store: scaling, rolling updates, module preparation, service status.
+//! * [`pods`]: one replica slot each: start, readiness, restart with
+//!   back-off, drain on stop.
+//! * [`events`]: the event log (`shoal get events`, `describe`).
+//! * [`logs`]: recent replica output and the feed `shoal logs -f` follows.
+//! * [`store`] holds the [`Store`](store::Store) trait, the durable
+//!   key-value interface to desired state, with its embedded implementation
+//!   [`RedbStore`](store::RedbStore) (one redb file) and an in-memory
+//!   [`MemoryStore`](store::MemoryStore) for tests.
+
+pub mod admin;
+pub mod apply;
+pub mod events;
+pub mod logs;
+pub mod pods;
+pub mod reconciler;
+pub mod store;

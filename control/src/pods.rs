@@ -1,0 +1,221 @@
+//! A pod: one replica slot with a stable name, like a Kubernetes pod whose
+//! container the kubelet restarts. Its task starts the worker, puts it in
+//! the gateway's rotation once ready, and when the worker exits takes it
+//! out and starts it again after a back-off (1 s, doubling, capped at 30 s,
+//! reset after 60 s of good health). Told to stop, it takes the worker out
+//! of rotation, waits a moment for requests already routed to it, then
+//! stops it with a drain.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_api::objects::{ReplicaInfo, ReplicaState, now_unix};
+use shoal_gateway::Gateway;
+use shoal_node::{Exit, NodeAgent, ReplicaSpec};
+use tokio::sync::{Notify, watch};
+
+use crate::events::EventLog;
+
+/// Back-off before restarting a worker: first delay, cap, and the uptime
+/// after which it resets.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_RESET: Duration = Duration::from_secs(60);
+/// Time between taking a replica out of rotation and signalling it, so
+/// that requests the gateway already routed to it are sent before it stops
+/// accepting connections.
+const DEREGISTER_DELAY: Duration = Duration::from_millis(500);
+/// Time a stopping worker gets to finish its in-flight requests.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// What the rest of the control plane needs from a pod.
+pub struct Pod {
+    pub name: String,
+    pub service: String,
+    pub revision: String,
+    status: Arc<Mutex<PodStatus>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A pod's observed state.
+#[derive(Debug, Clone)]
+pub struct PodStatus {
+    pub state: ReplicaState,
+    pub ready: bool,
+    /// Whether the worker was ever ready (a rollout halts on a new replica
+    /// that fails before it ever was).
+    pub ever_ready: bool,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub cgroup: Option<String>,
+    pub started_unix: u64,
+    pub message: Option<String>,
+}
+
+/// Shared pieces every pod task uses.
+#[derive(Clone)]
+pub struct PodContext {
+    pub agent: Arc<NodeAgent>,
+    pub gateway: Arc<Gateway>,
+    pub events: Arc<EventLog>,
+    /// Woken whenever a pod's readiness changes.
+    pub changed: Arc<Notify>,
+    pub node: String,
+}
+
+impl Pod {
+    /// Starts a pod running `spec`.
+    pub fn start(ctx: PodContext, spec: ReplicaSpec, revision: String) -> Pod {
+        let status = Arc::new(Mutex::new(PodStatus {
+            state: ReplicaState::Starting,
+            ready: false,
+            ever_ready: false,
+            pid: None,
+            restarts: 0,
+            cgroup: None,
+            started_unix: now_unix(),
+            message: None,
+        }));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(ctx, spec.clone(), status.clone(), stop_rx));
+        Pod { name: spec.name, service: spec.service, revision, status, stop, task }
+    }
+
+    /// Asks the pod to stop; [`Pod::finished`] tells when it has.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+        let mut status = self.status.lock().expect("pod lock");
+        status.state = ReplicaState::Terminating;
+        status.ready = false;
+    }
+
+    /// Whether stopping was asked.
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Whether the pod's task has ended (its worker exited and was cleaned up).
+    pub fn finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits until the pod's task has ended.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    pub fn status(&self) -> PodStatus {
+        self.status.lock().expect("pod lock").clone()
+    }
+
+    /// The pod as the API shows it.
+    pub fn info(&self, node: &str) -> ReplicaInfo {
+        let s = self.status();
+        ReplicaInfo {
+            name: self.name.clone(),
+            service: self.service.clone(),
+            revision: self.revision.clone(),
+            state: s.state,
+            ready: s.ready,
+            node: node.to_owned(),
+            pid: s.pid,
+            restarts: s.restarts,
+            cgroup: s.cgroup,
+            started_unix: s.started_unix,
+            message: s.message,
+        }
+    }
+}
+
+async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, mut stop: watch::Receiver<bool>) {
+    let object = format!("replica/{}", spec.name);
+    let update = |f: &dyn Fn(&mut PodStatus)| {
+        f(&mut status.lock().expect("pod lock"));
+        ctx.changed.notify_one();
+    };
+    let mut backoff = BACKOFF_START;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        update(&|s| {
+            if s.state != ReplicaState::Terminating {
+                s.state = ReplicaState::Starting;
+            }
+        });
+        match ctx.agent.start(&spec).await {
+            Ok(mut replica) => {
+                let started = Instant::now();
+                let (pid, cgroup) = (replica.pid, replica.cgroup.clone());
+                if *stop.borrow() {
+                    ctx.agent.stop(&mut replica, GRACE).await;
+                    return;
+                }
+                ctx.gateway.add_replica(&spec.service, &replica.name, &replica.socket);
+                update(&|s| {
+                    s.state = ReplicaState::Running;
+                    s.ready = true;
+                    s.ever_ready = true;
+                    s.pid = Some(pid);
+                    s.cgroup = cgroup.clone();
+                    s.started_unix = now_unix();
+                });
+                ctx.events.normal(
+                    &object,
+                    "Started",
+                    format!("pid {pid}, cgroup {}", cgroup.as_deref().unwrap_or("none (unconfined)")),
+                );
+                tokio::select! {
+                    exit = replica.wait() => {
+                        ctx.gateway.remove_replica(&spec.service, &replica.name);
+                        if started.elapsed() >= BACKOFF_RESET {
+                            backoff = BACKOFF_START;
+                        }
+                        let reason = if exit == Exit::OomKilled { "OOMKilled" } else { "Exited" };
+                        update(&|s| {
+                            s.ready = false;
+                            s.pid = None;
+                            s.restarts += 1;
+                            s.message = Some(format!("last exit: {exit}"));
+                        });
+                        if *stop.borrow() {
+                            return;
+                        }
+                        ctx.events.warning(&object, reason, format!("worker {exit}; restarting in {backoff:?}"));
+                    }
+                    () = stopped(&mut stop) => {
+                        ctx.gateway.remove_replica(&spec.service, &replica.name);
+                        tokio::time::sleep(DEREGISTER_DELAY).await;
+                        let exit = ctx.agent.stop(&mut replica, GRACE).await;
+                        ctx.events.normal(&object, "Stopped", format!("worker {exit}"));
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                update(&|s| {
+                    s.restarts += 1;
+                    s.message = Some(message.clone());
+                });
+                ctx.events.warning(&object, "FailedStart", format!("{message}; retrying in {backoff:?}"));
+            }
+        }
+        update(&|s| {
+            if s.state != ReplicaState::Terminating {
+                s.state = ReplicaState::CrashLoopBackOff;
+            }
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            () = stopped(&mut stop) => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Completes once the pod is told to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

@@ -1,0 +1,67 @@
+//! [`StoreError`]: what can go wrong reading or writing desired state.
+
+use std::path::PathBuf;
+
+/// An error of a [`Store`](super::Store).
+///
+/// Every variant names what is wrong and, where there is a file, which one.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file cannot be read as a Shoal store: not a redb database (a text
+    /// file, random bytes), a damaged one, a redb database of another
+    /// program, or a stored record that does not decode.
+    #[error("the store at {} is corrupt or not a Shoal store: {detail}", path.display())]
+    Corrupt {
+        /// The store's file.
+        path: PathBuf,
+        /// What is wrong, naming the table and key for a bad record.
+        detail: String,
+    },
+
+    /// The store was written by a newer Shoal, with a schema this version
+    /// does not know. Nothing was changed.
+    #[error(
+        "the store at {} was written by a newer Shoal (schema {found}; this version reads schema {supported} and older)",
+        path.display()
+    )]
+    NewerSchema {
+        /// The store's file.
+        path: PathBuf,
+        /// The schema version in the file.
+        found: u32,
+        /// The newest schema version this build reads.
+        supported: u32,
+    },
+
+    /// Another process (or another handle in this one) has the store open.
+    #[error("the store at {} is in use by another shoal process", path.display())]
+    Locked {
+        /// The store's file.
+        path: PathBuf,
+    },
+
+    /// A stored module's bytes do not hash to the digest they are stored
+    /// under.
+    #[error(
+        "module sha256:{digest} does not match its content (sha256:{actual}): the store was modified outside Shoal"
+    )]
+    Tampered {
+        /// The digest the module was asked for (and stored under).
+        digest: String,
+        /// The sha256 of the bytes found.
+        actual: String,
+    },
+
+    /// A module digest that is not 64 lowercase hex characters.
+    #[error("{0:?} is not a module digest (expected a sha256 as 64 lowercase hex characters)")]
+    InvalidDigest(String),
+
+    /// Any other failure of the backend (IO, a failed commit, …), with what
+    /// was being done.
+    #[error("store error: {detail}")]
+    Backend {
+        /// What was being done and what failed, e.g.
+        /// `opening /var/lib/shoal/store.redb: Permission denied (os error 13)`.
+        detail: String,
+    },
+}

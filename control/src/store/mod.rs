@@ -1,0 +1,134 @@
+//! Durable desired state: the [`Store`] trait and its implementations.
+//!
+//! The control plane keeps two kinds of objects:
+//!
+//! * **services** ([`ServiceRecord`]), keyed by name: the applied manifest,
+//!   the digest of its module and the bookkeeping around it (generation,
+//!   times);
+//! * **modules**: the bytes of Wasm components, keyed by the lowercase hex
+//!   sha256 of those bytes, with a small [`ModuleInfo`] beside each.
+//!
+//! # The contract
+//!
+//! * **Atomic writes.** Every write method is one transaction: after it
+//!   returns `Ok` the change is durable, and a crash leaves either the old or
+//!   the new state, never a mix. [`Store::put_module`] writes the bytes and
+//!   their info together.
+//! * **Reads see the last committed write** of this store handle.
+//! * **Content addressing.** A module's key is the sha256 of its bytes,
+//!   computed by the store, so the same bytes are stored once and the key
+//!   says what the content is. Putting the same bytes again changes nothing
+//!   and returns the same [`ModuleInfo`] (with the time of the first put).
+//! * **Verification.** [`Store::module`] hashes the bytes it read and
+//!   returns [`StoreError::Tampered`] if they do not match the digest, so a
+//!   file edited outside Shoal is noticed before a modified component runs.
+//!   Putting the right bytes again repairs such an entry.
+//! * **Orderly listings.** [`Store::services`] is sorted by name,
+//!   [`Store::modules`] by digest.
+//! * **Digests are checked**: a digest that is not 64 lowercase hex
+//!   characters is [`StoreError::InvalidDigest`], whether or not anything is
+//!   stored under it.
+//!
+//! The trait speaks only of keys, values and single-key or two-key
+//! transactions, so it fits etcd as well as the embedded [`RedbStore`]: a
+//! put is a `Put`, a delete a `DeleteRange` that reports whether it deleted,
+//! a listing a prefix `Range` (sorted by key), and `put_module` a `Txn`
+//! writing blob and info together. (etcd limits a value to 1.5 MiB by
+//! default, so an etcd store would split module bytes into chunks; that is
+//! its business, not the trait's.) The methods block; callers in async code
+//! use `spawn_blocking` or accept the short wait of an embedded store.
+//!
+//! # Implementations
+//!
+//! * [`RedbStore`]: one redb file on disk; the store `shoal` runs on. Its
+//!   layout, schema versioning and why it is redb are documented there.
+//! * [`MemoryStore`]: maps behind a mutex, for unit tests of other
+//!   components. It behaves the same, except that nothing can tamper with it
+//!   and nothing survives it.
+
+mod error;
+mod memory;
+mod redb_store;
+
+use sha2::{Digest, Sha256};
+pub use shoal_api::{ModuleInfo, ServiceRecord};
+
+pub use error::StoreError;
+pub use memory::MemoryStore;
+pub use redb_store::{RedbStore, SCHEMA_VERSION};
+
+/// Durable desired state: services and the modules they run.
+///
+/// See the [module documentation](self) for the contract every
+/// implementation keeps. The trait is object safe; components hold an
+/// `Arc<dyn Store>`.
+pub trait Store: Send + Sync + 'static {
+    /// Every service, sorted by name.
+    fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
+
+    /// The service named `name`, if there is one.
+    fn service(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError>;
+
+    /// Creates or replaces the service `record.service.name`, atomically.
+    fn put_service(&self, record: &ServiceRecord) -> Result<(), StoreError>;
+
+    /// Deletes the service `name`; `false` if there was none.
+    fn delete_service(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Stores a module under the sha256 of `bytes`, with its info, in one
+    /// transaction. Idempotent: the same bytes give the same info, with the
+    /// `created_unix` of the first put.
+    fn put_module(&self, bytes: &[u8]) -> Result<ModuleInfo, StoreError>;
+
+    /// The bytes of module `digest`, if stored, after checking that they
+    /// hash to `digest` ([`StoreError::Tampered`] if not).
+    fn module(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The info of module `digest`, if stored.
+    fn module_info(&self, digest: &str) -> Result<Option<ModuleInfo>, StoreError>;
+
+    /// The info of every module, sorted by digest.
+    fn modules(&self) -> Result<Vec<ModuleInfo>, StoreError>;
+
+    /// Deletes module `digest` (bytes and info); `false` if there was none.
+    fn delete_module(&self, digest: &str) -> Result<bool, StoreError>;
+}
+
+/// The sha256 of `bytes` as lowercase hex: a module's digest.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Checks that `digest` looks like a module digest: 64 lowercase hex
+/// characters.
+pub(crate) fn check_digest(digest: &str) -> Result<(), StoreError> {
+    let hex = |byte: u8| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte);
+    if digest.len() == 64 && digest.bytes().all(hex) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidDigest(digest.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_known_input() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn digests_are_checked() {
+        assert!(check_digest(&sha256_hex(b"")).is_ok());
+        for bad in ["", "abc", &"A".repeat(64), &"g".repeat(64), &"a".repeat(63), &"a".repeat(65), "../etc/passwd"] {
+            let err = check_digest(bad).unwrap_err();
+            assert!(matches!(&err, StoreError::InvalidDigest(d) if d == bad), "{bad}: {err}");
+        }
+        assert_eq!(
+            check_digest("xyz").unwrap_err().to_string(),
+            r#""xyz" is not a module digest (expected a sha256 as 64 lowercase hex characters)"#
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! The `Store` contract, run against `MemoryStore` and against `RedbStore`
+//! on real files; then what only a file can do: survive a reopen, be locked,
+//! be tampered with, be written by a newer Shoal, be something else entirely.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use shoal_api::{Resources, Route, Service, ServiceRecord, ServiceSpec};
+use shoal_control::store::{MemoryStore, RedbStore, SCHEMA_VERSION, Store, StoreError, sha256_hex};
+
+// The on-disk layout, as documented in `shoal_control::store` (redb_store).
+const META: TableDefinition<'_, &str, u32> = TableDefinition::new("meta");
+const SERVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("services");
+const MODULES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("modules");
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("shoal-control-{}-{test}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// `store.redb` in a subdirectory that does not exist yet (open creates it).
+    fn store_path(&self) -> PathBuf {
+        self.0.join("data").join("store.redb")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn record(name: &str, replicas: u32) -> ServiceRecord {
+    ServiceRecord {
+        service: Service {
+            name: name.into(),
+            labels: BTreeMap::from([("app".into(), name.into())]),
+            spec: ServiceSpec {
+                module: PathBuf::from("/srv/hello.wasm"),
+                module_field: "hello.wasm".into(),
+                replicas,
+                routes: vec![Route { host: Some(format!("{name}.example.com")), path: "/".into() }],
+                env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+                resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
+                timeout: Duration::from_millis(1500),
+            },
+        },
+        module_digest: sha256_hex(b"module"),
+        generation: 1,
+        created_unix: 1_700_000_000,
+        updated_unix: 1_700_000_100,
+    }
+}
+
+fn open(path: &Path) -> RedbStore {
+    RedbStore::open(path).unwrap_or_else(|err| panic!("open {}: {err}", path.display()))
+}
+
+fn open_err(path: &Path) -> StoreError {
+    RedbStore::open(path).expect_err("open should fail")
+}
+
+// ---- the contract, for every store ----
+
+fn services_round_trip(store: &dyn Store) {
+    assert_eq!(store.services().unwrap(), vec![]);
+    assert_eq!(store.service("kubia").unwrap(), None);
+    let kubia = record("kubia", 3);
+    store.put_service(&kubia).unwrap();
+    assert_eq!(store.service("kubia").unwrap(), Some(kubia.clone()));
+
+    let mut scaled = kubia.clone();
+    scaled.service.spec.replicas = 5;
+    scaled.generation = 2;
+    store.put_service(&scaled).unwrap();
+    assert_eq!(store.service("kubia").unwrap(), Some(scaled.clone()));
+    assert_eq!(store.services().unwrap(), vec![scaled]);
+}
+
+fn services_sorted_and_deleted(store: &dyn Store) {
+    for name in ["zeta", "alpha", "kubia", "alpha-2"] {
+        store.put_service(&record(name, 1)).unwrap();
+    }
+    let names = |store: &dyn Store| -> Vec<String> {
+        store.services().unwrap().into_iter().map(|record| record.service.name).collect()
+    };
+    assert_eq!(names(store), ["alpha", "alpha-2", "kubia", "zeta"]);
+    assert!(store.delete_service("kubia").unwrap());
+    assert!(!store.delete_service("kubia").unwrap());
+    assert!(!store.delete_service("never").unwrap());
+    assert_eq!(store.service("kubia").unwrap(), None);
+    assert_eq!(names(store), ["alpha", "alpha-2", "zeta"]);
+}
+
+fn modules_are_content_addressed(store: &dyn Store) {
+    let bytes = b"\0asm pretend component".repeat(1000);
+    let info = store.put_module(&bytes).unwrap();
+    assert_eq!(info.digest, sha256_hex(&bytes));
+    assert_eq!(info.size, bytes.len() as u64);
+    assert!(info.created_unix > 1_700_000_000);
+
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(store.put_module(&bytes).unwrap(), info, "same bytes, same info (first created_unix)");
+    assert_eq!(store.module(&info.digest).unwrap().as_deref(), Some(bytes.as_slice()));
+    assert_eq!(store.module_info(&info.digest).unwrap(), Some(info.clone()));
+
+    let other = store.put_module(b"other").unwrap();
+    assert_eq!(other.digest, sha256_hex(b"other"));
+    let mut expected = vec![info.clone(), other.clone()];
+    expected.sort_by(|a, b| a.digest.cmp(&b.digest));
+    assert_eq!(store.modules().unwrap(), expected);
+
+    let empty = store.put_module(b"").unwrap();
+    assert_eq!((empty.digest.as_str(), empty.size), (sha256_hex(b"").as_str(), 0));
+    assert_eq!(store.module(&empty.digest).unwrap(), Some(vec![]));
+
+    assert!(store.delete_module(&info.digest).unwrap());
+    assert!(!store.delete_module(&info.digest).unwrap());
+    assert_eq!(store.module(&info.digest).unwrap(), None);
+    assert_eq!(store.module_info(&info.digest).unwrap(), None);
+    assert_eq!(store.modules().unwrap().len(), 2);
+}
+
+fn digests_are_checked(store: &dyn Store) {
+    let absent = sha256_hex(b"absent");
+    assert_eq!(store.module(&absent).unwrap(), None);
+    assert_eq!(store.module_info(&absent).unwrap(), None);
+    for bad in ["", "kubia", "../../etc/passwd", &absent.to_uppercase(), &absent[..63]] {
+        let is_invalid = |err: StoreError| matches!(err, StoreError::InvalidDigest(d) if d == bad);
+        assert!(is_invalid(store.module(bad).unwrap_err()), "module({bad:?})");
+        assert!(is_invalid(store.module_info(bad).unwrap_err()), "module_info({bad:?})");
+        assert!(is_invalid(store.delete_module(bad).unwrap_err()), "delete_module({bad:?})");
+    }
+}
+
+/// One test per behaviour and store: `memory::NAME` and `redb::NAME`.
+macro_rules! for_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[test] fn $name() { super::$name(&shoal_control::store::MemoryStore::new()); })*
+        }
+        mod redb_file {
+            $(#[test] fn $name() {
+                let dir = super::TempDir::new(stringify!($name));
+                super::$name(&super::open(&dir.store_path()));
+            })*
+        }
+    };
+}
+
+for_every_store!(services_round_trip, services_sorted_and_deleted, modules_are_content_addressed, digests_are_checked);
+
+#[test]
+fn memory_store_is_a_dyn_store() {
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(MemoryStore::new());
+    store.put_service(&record("kubia", 1)).unwrap();
+    assert_eq!(store.services().unwrap().len(), 1);
+}
+
+// ---- what only a file can do ----
+
+#[test]
+fn everything_survives_a_reopen() {
+    let dir = TempDir::new("reopen");
+    let path = dir.store_path();
+    let (kubia, info) = {
+        let store = open(&path);
+        assert_eq!(store.path(), path);
+        store.put_service(&record("kubia", 3)).unwrap();
+        store.put_service(&record("gone", 1)).unwrap();
+        assert!(store.delete_service("gone").unwrap());
+        (record("kubia", 3), store.put_module(b"component bytes").unwrap())
+    };
+    let store = open(&path);
+    assert_eq!(store.services().unwrap(), vec![kubia]);
+    assert_eq!(store.module(&info.digest).unwrap().as_deref(), Some(&b"component bytes"[..]));
+    assert_eq!(store.modules().unwrap(), vec![info.clone()]);
+    assert_eq!(store.put_module(b"component bytes").unwrap(), info);
+}
+
+#[test]
+fn a_tampered_module_is_refused_and_a_put_repairs_it() {
+    let dir = TempDir::new("tampered");
+    let path = dir.store_path();
+    let info = open(&path).put_module(b"the real component").unwrap();
+
+    // Change the blob behind the store's back, through redb itself.
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(MODULES).unwrap().insert(info.digest.as_str(), &b"an evil component"[..]).unwrap();
+        txn.commit().unwrap();
+    }
+
+    let store = open(&path);
+    let err = store.module(&info.digest).unwrap_err();
+    let evil = sha256_hex(b"an evil component");
+    assert!(matches!(&err, StoreError::Tampered { digest, actual } if *digest == info.digest && *actual == evil));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "module sha256:{} does not match its content (sha256:{evil}): the store was modified outside Shoal",
+            info.digest
+        )
+    );
+    // The info is still readable; putting the true bytes again repairs the blob.
+    assert_eq!(store.module_info(&info.digest).unwrap(), Some(info.clone()));
+    assert_eq!(store.put_module(b"the real component").unwrap(), info);
+    assert_eq!(store.module(&info.digest).unwrap().as_deref(), Some(&b"the real component"[..]));
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_alone() {
+    let dir = TempDir::new("newer");
+    let path = dir.store_path();
+    open(&path).put_service(&record("kubia", 1)).unwrap();
+    let write_version = |version: u32| {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema_version", version).unwrap();
+        txn.commit().unwrap();
+    };
+    write_version(SCHEMA_VERSION + 1);
+
+    let err = open_err(&path);
+    assert!(matches!(&err, StoreError::NewerSchema { found: 2, supported: 1, .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the store at {} was written by a newer Shoal (schema 2; this version reads schema 1 and older)",
+            path.display()
+        )
+    );
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let version = txn.open_table(META).unwrap().get("schema_version").unwrap().unwrap().value();
+        assert_eq!(version, SCHEMA_VERSION + 1, "the refused file is unchanged");
+    }
+    write_version(SCHEMA_VERSION);
+    assert_eq!(open(&path).services().unwrap(), vec![record("kubia", 1)]);
+}
+
+/// Asserts that opening `path` fails with `Corrupt` naming it.
+fn assert_corrupt(path: &Path, detail_contains: &str) {
+    let err = open_err(path);
+    assert!(matches!(&err, StoreError::Corrupt { path: p, .. } if p == path), "{err:?}");
+    let message = err.to_string();
+    let prefix = format!("the store at {} is corrupt or not a Shoal store: ", path.display());
+    assert!(message.starts_with(&prefix), "{message}");
+    assert!(message.contains(detail_contains), "{message:?} should contain {detail_contains:?}");
+}
+
+#[test]
+fn files_that_are_not_shoal_stores_are_corrupt() {
+    let dir = TempDir::new("corrupt");
+    let path = dir.0.join("store.redb");
+
+    std::fs::write(&path, "apiVersion: shoal.dev/v1\nkind: Service\n").unwrap();
+    assert_corrupt(&path, "Not a redb database");
+
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let random: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(&path, &random).unwrap();
+    assert_corrupt(&path, "Not a redb database");
+    assert_eq!(std::fs::read(&path).unwrap(), random, "a refused file is left as it was");
+
+    // A redb database, but another program's.
+    std::fs::remove_file(&path).unwrap();
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(TableDefinition::<u64, u64>::new("counters")).unwrap().insert(1, 2).unwrap();
+        txn.commit().unwrap();
+    }
+    assert_corrupt(&path, "a redb database without a schema version (tables: counters)");
+
+    // A Shoal store whose meta table has the wrong types.
+    std::fs::remove_file(&path).unwrap();
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(TableDefinition::<&str, &str>::new("meta")).unwrap().insert("schema_version", "1").unwrap();
+        txn.commit().unwrap();
+    }
+    assert_corrupt(&path, "table meta");
+}
+
+#[test]
+fn a_damaged_file_is_corrupt_not_a_panic() {
+    let dir = TempDir::new("damaged");
+    let path = dir.store_path();
+    {
+        let store = open(&path);
+        store.put_module(&[7; 100_000]).unwrap();
+        for n in 0..20 {
+            store.put_service(&record(&format!("service-{n}"), n)).unwrap();
+        }
+    }
+    let original = std::fs::read(&path).unwrap();
+    let len = original.len();
+
+    // Garbage over most of the file.
+    let mut bytes = original.clone();
+    bytes[len / 4..].iter_mut().for_each(|byte| *byte ^= 0x5A);
+    std::fs::write(&path, &bytes).unwrap();
+    assert_corrupt(&path, "corrupted");
+
+    // One flipped byte anywhere: the open's integrity check (or the record
+    // decoding) reports it, or it lands in unused space; redb never panics.
+    for offset in (0..len).step_by(len / 40) {
+        let mut bytes = original.clone();
+        bytes[offset] ^= 0xFF;
+        std::fs::write(&path, &bytes).unwrap();
+        match RedbStore::open(&path).and_then(|store| store.services().and(store.modules())) {
+            Ok(_) | Err(StoreError::Corrupt { .. }) => {}
+            Err(err) => panic!("byte {offset} flipped: {err:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_undecodable_record_is_corrupt_naming_its_key() {
+    let dir = TempDir::new("record");
+    let path = dir.store_path();
+    open(&path).put_service(&record("kubia", 1)).unwrap();
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(SERVICES).unwrap().insert("kubia", &b"{\"service\": 42}"[..]).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = open(&path);
+    for err in [store.services().unwrap_err(), store.service("kubia").unwrap_err()] {
+        assert!(matches!(&err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains(r#"services["kubia"] does not decode: "#), "{err}");
+    }
+}
+
+#[test]
+fn a_second_open_is_locked_out() {
+    let dir = TempDir::new("locked");
+    let path = dir.store_path();
+    let first = open(&path);
+    let err = open_err(&path);
+    assert!(matches!(&err, StoreError::Locked { path: p } if *p == path), "{err:?}");
+    assert_eq!(err.to_string(), format!("the store at {} is in use by another shoal process", path.display()));
+    first.put_service(&record("kubia", 1)).unwrap();
+    drop(first);
+    assert_eq!(open(&path).services().unwrap().len(), 1, "the lock goes with the store");
+}
+
+#[test]
+fn open_fails_clearly_where_it_cannot_create_the_file() {
+    let dir = TempDir::new("unwritable");
+    let file = dir.0.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let err = open_err(&file.join("store.redb"));
+    assert!(matches!(&err, StoreError::Backend { .. }), "{err:?}");
+    assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+}

@@ -1,0 +1,340 @@
+//! `shoal apply` and `shoal push`: read manifests, check them all, upload
+//! their modules, then create or update each service.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read as _;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context as _, anyhow, bail};
+use bytes::Bytes;
+use serde::Deserialize;
+use shoal_api::objects::ModuleInfo;
+use shoal_api::{Service, parse_manifests, validate_set};
+
+use super::client::{Client, encode, io_reason, rejected};
+use super::table::human_size;
+use super::{ApplyArgs, PushArgs, print};
+
+/// One service to apply: where it came from, its document, what it says.
+#[derive(Debug)]
+pub struct Planned {
+    /// The manifest file as the user named it (`-` for stdin).
+    pub file: String,
+    /// The document alone, re-serialized (what the server receives).
+    pub document: String,
+    pub service: Service,
+}
+
+/// The answer to `PUT /v1/services/{name}`.
+#[derive(Deserialize)]
+struct Applied {
+    result: String,
+}
+
+pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+    let files = manifest_files(&args.files)?;
+    let planned = plan(&files)?;
+    let modules = read_modules(&planned)?;
+    let client = Client::new(&args.connect)?;
+    let mut digests: HashMap<PathBuf, String> = HashMap::new();
+    for (path, bytes) in modules {
+        let info: ModuleInfo =
+            rejected(client.post_wasm("/v1/modules", bytes).await, || format!("cannot upload {}", path.display()))?;
+        digests.insert(path, info.digest);
+    }
+    for item in &planned {
+        let digest = &digests[&module_key(&item.service.spec.module)];
+        let name = &item.service.name;
+        let body = serde_json::json!({ "manifest": item.document, "moduleDigest": digest });
+        let applied: Applied = rejected(client.put(&format!("/v1/services/{}", encode(name)), &body).await, || {
+            format!("{}: service {name:?}", item.file)
+        })?;
+        print(&format!("service/{name} {}\n", applied.result))?;
+    }
+    Ok(())
+}
+
+pub async fn push(args: PushArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.file).map_err(|e| anyhow!("{}: {}", args.file.display(), io_reason(&e)))?;
+    check_wasm(&bytes).map_err(|why| anyhow!("{}: {why}", args.file.display()))?;
+    let client = Client::new(&args.connect)?;
+    let info: ModuleInfo = rejected(client.post_wasm("/v1/modules", Bytes::from(bytes)).await, || {
+        format!("cannot upload {}", args.file.display())
+    })?;
+    print(&format!("module sha256:{} ({})\n", info.digest, human_size(info.size)))?;
+    Ok(())
+}
+
+/// The files named by `-f`: files as given, directories as their `*.yaml`
+/// and `*.yml` files (sorted, not recursive).
+pub fn manifest_files(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for arg in args {
+        if arg.as_os_str() == "-" || !arg.is_dir() {
+            files.push(arg.clone());
+            continue;
+        }
+        let entries = std::fs::read_dir(arg).map_err(|e| anyhow!("{}: {}", arg.display(), io_reason(&e)))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| anyhow!("{}: {}", arg.display(), io_reason(&e)))?.path();
+            let yaml = path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
+            if yaml && path.is_file() {
+                found.push(path);
+            }
+        }
+        if found.is_empty() {
+            bail!("{}: no *.yaml or *.yml files in this directory", arg.display());
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
+/// Reads and validates every file, and checks the services together.
+/// Nothing is sent anywhere until all of it is fine.
+pub fn plan(files: &[PathBuf]) -> anyhow::Result<Vec<Planned>> {
+    let mut planned = Vec::new();
+    for path in files {
+        let (name, text, dir) = if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).map_err(|e| anyhow!("-: {}", io_reason(&e)))?;
+            ("-".to_owned(), text, std::env::current_dir().context("cannot read the current directory")?)
+        } else {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow!("{name}: {}", io_reason(&e)))?;
+            (name, text, path.parent().map_or_else(PathBuf::new, Path::to_path_buf))
+        };
+        planned.extend(plan_text(&name, &text, &dir)?);
+    }
+    for index in 0..planned.len() {
+        let services: Vec<Service> = planned[..=index].iter().map(|p| p.service.clone()).collect();
+        if let Err(error) = validate_set(&services) {
+            bail!("{}: {error}", planned[index].file);
+        }
+    }
+    Ok(planned)
+}
+
+/// The services of one manifest file, each with its own document.
+pub fn plan_text(file: &str, text: &str, dir: &Path) -> anyhow::Result<Vec<Planned>> {
+    // The whole text first: its errors carry the file's line numbers and
+    // document numbers.
+    let services = parse_manifests(text, dir).map_err(|e| anyhow!("{file}: {e}"))?;
+    let documents = split_documents(text).map_err(|e| anyhow!("{file}: invalid YAML: {e}"))?;
+    if documents.len() != services.len() {
+        bail!("{file}: found {} documents but {} services", documents.len(), services.len());
+    }
+    let several = documents.len() > 1;
+    let mut planned = Vec::new();
+    for (index, document) in documents.into_iter().enumerate() {
+        let where_ = if several { format!("{file}: document {}", index + 1) } else { file.to_owned() };
+        let mut parsed = parse_manifests(&document, dir).map_err(|e| anyhow!("{where_}: {e}"))?;
+        let service = parsed.pop().ok_or_else(|| anyhow!("{where_}: no Service"))?;
+        check_module(&where_, &service)?;
+        planned.push(Planned { file: file.to_owned(), document, service });
+    }
+    Ok(planned)
+}
+
+/// Splits YAML text into its non-empty documents, each re-serialized on
+/// its own. Stops at the first syntax error (serde_yaml_ng's document
+/// iterator would not end after one).
+pub fn split_documents(text: &str) -> Result<Vec<String>, serde_yaml_ng::Error> {
+    let mut documents = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = serde_yaml_ng::Value::deserialize(document)?;
+        if !value.is_null() {
+            documents.push(serde_yaml_ng::to_string(&value)?);
+        }
+    }
+    Ok(documents)
+}
+
+/// Checks that `spec.module` names an existing file.
+fn check_module(where_: &str, service: &Service) -> anyhow::Result<()> {
+    let spec = &service.spec;
+    let module = &spec.module;
+    let problem = match std::fs::metadata(module) {
+        Ok(meta) if meta.is_file() => return Ok(()),
+        Ok(_) => "is not a file".to_owned(),
+        Err(e) => io_reason(&e),
+    };
+    let mut message = format!("{where_}: spec.module: {}: {problem}", spec.module_field);
+    if Path::new(&spec.module_field) != module.as_path() {
+        message.push_str(&format!(" (looked for {})", module.display()));
+    }
+    message.push_str(&format!("; build it with: {}", build_hint(module)));
+    Err(anyhow!(message))
+}
+
+/// How to build a missing module: from `<crate>/target/wasm32-wasip2/<profile>/x.wasm`,
+/// `cargo build [--release] --target wasm32-wasip2 --manifest-path <crate>/Cargo.toml`.
+pub fn build_hint(module: &Path) -> String {
+    let normalized = normalize(module);
+    let parts: Vec<Component<'_>> = normalized.components().collect();
+    let target = parts.windows(2).rposition(
+        |w| matches!(w, [Component::Normal(a), Component::Normal(b)] if *a == "target" && *b == "wasm32-wasip2"),
+    );
+    if let Some(index) = target {
+        let release = matches!(parts.get(index + 2), Some(Component::Normal(p)) if *p == "release");
+        let root: PathBuf = parts[..index].iter().collect();
+        let profile = if release { " --release" } else { "" };
+        let manifest = root.join("Cargo.toml");
+        let manifest = if root.as_os_str().is_empty() {
+            String::new()
+        } else {
+            format!(" --manifest-path {}", manifest.display())
+        };
+        return format!("cargo build{profile} --target wasm32-wasip2{manifest}");
+    }
+    "cargo build --release --target wasm32-wasip2 (in the service's crate)".to_owned()
+}
+
+/// `a/b/../c` → `a/c`, without touching the filesystem.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The key under which a module is read once: its canonical path.
+fn module_key(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Reads every distinct module once and checks it is WebAssembly.
+fn read_modules(planned: &[Planned]) -> anyhow::Result<BTreeMap<PathBuf, Bytes>> {
+    let mut modules = BTreeMap::new();
+    for item in planned {
+        let key = module_key(&item.service.spec.module);
+        if modules.contains_key(&key) {
+            continue;
+        }
+        let field = &item.service.spec.module_field;
+        let bytes =
+            std::fs::read(&key).map_err(|e| anyhow!("{}: spec.module: {field}: {}", item.file, io_reason(&e)))?;
+        check_wasm(&bytes).map_err(|why| anyhow!("{}: spec.module: {field}: {why}", item.file))?;
+        modules.insert(key, Bytes::from(bytes));
+    }
+    Ok(modules)
+}
+
+/// A quick look at the bytes (the server checks the component itself).
+fn check_wasm(bytes: &[u8]) -> Result<(), &'static str> {
+    if bytes.starts_with(b"\0asm") { Ok(()) } else { Err("not a WebAssembly file") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KUBIA: &str = "apiVersion: shoal.dev/v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  module: hello.wasm\n  replicas: 3\n";
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("shoal-cli-apply-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn splits_documents_and_skips_empty_ones() {
+        let text = format!("# leading comment\n---\n{KUBIA}---\n---\n{}", KUBIA.replace("kubia", "api"));
+        let documents = split_documents(&text).unwrap();
+        assert_eq!(documents.len(), 2, "{documents:?}");
+        assert!(documents[0].contains("name: kubia") && !documents[0].contains("name: api"), "{}", documents[0]);
+        assert!(documents[1].contains("name: api"), "{}", documents[1]);
+        let service = &parse_manifests(&documents[0], Path::new("/srv")).unwrap()[0];
+        assert_eq!((service.name.as_str(), service.spec.replicas), ("kubia", 3));
+        assert_eq!(service.spec.module, Path::new("/srv/hello.wasm"));
+    }
+
+    #[test]
+    fn a_syntax_error_stops_splitting() {
+        let text = format!("{KUBIA}---\nmetadata: {{name: [broken\n---\n{KUBIA}");
+        let error = split_documents(&text).unwrap_err().to_string();
+        assert!(!error.is_empty());
+        assert!(split_documents("key: [unclosed\n").is_err());
+        assert!(split_documents("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn plan_names_the_file_and_document() {
+        let dir = scratch("plan");
+        std::fs::write(dir.join("hello.wasm"), b"\0asm\x0d\0\x01\0").unwrap();
+        let two = format!("{KUBIA}---\n{}", KUBIA.replace("kubia", "api").replace("replicas: 3", "replicas: x"));
+        let error = plan_text("two.yaml", &two, &dir).unwrap_err().to_string();
+        assert!(error.starts_with("two.yaml: document 2: spec.replicas:"), "{error}");
+
+        let planned = plan_text("one.yaml", KUBIA, &dir).unwrap();
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].file, "one.yaml");
+
+        let missing = KUBIA.replace("hello.wasm", "../target/wasm32-wasip2/release/nope.wasm");
+        let error = plan_text("svc.yaml", &missing, &dir).unwrap_err().to_string();
+        assert!(
+            error.starts_with("svc.yaml: spec.module: ../target/wasm32-wasip2/release/nope.wasm: no such file"),
+            "{error}"
+        );
+        assert!(error.contains("build it with: cargo build --release --target wasm32-wasip2"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn plan_checks_all_files_together() {
+        let dir = scratch("set");
+        std::fs::write(dir.join("hello.wasm"), b"\0asm\x0d\0\x01\0").unwrap();
+        std::fs::write(dir.join("b.yaml"), KUBIA).unwrap();
+        let api = KUBIA.replace("kubia", "api") + "  routes: [{path: /api}]\n";
+        std::fs::write(dir.join("a.yml"), api).unwrap();
+        std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
+        let files = manifest_files(std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(files, [dir.join("a.yml"), dir.join("b.yaml")]);
+        assert_eq!(plan(&files).unwrap().len(), 2);
+        std::fs::write(dir.join("c.yaml"), KUBIA.replace("replicas: 3", "replicas: 1")).unwrap();
+        let files = manifest_files(std::slice::from_ref(&dir)).unwrap();
+        let error = plan(&files).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("{}: metadata.name: duplicate service name", dir.join("c.yaml").display())),
+            "{error}"
+        );
+        let empty = dir.join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let error = manifest_files(&[empty]).unwrap_err().to_string();
+        assert!(error.ends_with("no *.yaml or *.yml files in this directory"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn build_hints() {
+        assert_eq!(
+            build_hint(Path::new("samples/hello/../target/wasm32-wasip2/release/hello.wasm")),
+            "cargo build --release --target wasm32-wasip2 --manifest-path samples/Cargo.toml"
+        );
+        assert_eq!(
+            build_hint(Path::new("/src/app/target/wasm32-wasip2/debug/app.wasm")),
+            "cargo build --target wasm32-wasip2 --manifest-path /src/app/Cargo.toml"
+        );
+        assert_eq!(
+            build_hint(Path::new("target/wasm32-wasip2/release/x.wasm")),
+            "cargo build --release --target wasm32-wasip2"
+        );
+        assert!(build_hint(Path::new("/opt/x.wasm")).ends_with("(in the service's crate)"));
+    }
+
+    #[test]
+    fn wasm_magic() {
+        assert!(check_wasm(b"\0asm\x0d\0\x01\0").is_ok());
+        assert_eq!(check_wasm(b"hello"), Err("not a WebAssembly file"));
+    }
+}

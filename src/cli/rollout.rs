@@ -1,0 +1,147 @@
+//! `shoal rollout status NAME`: polls the service until its latest change
+//! is rolled out, printing kubectl-like progress lines as they change.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use shoal_api::objects::RolloutPhase;
+use tokio::time::Instant;
+
+use super::client::{Client, encode, is_not_found};
+use super::{RolloutStatusArgs, ServiceView, print};
+
+/// How often the service is polled.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Where a rollout stands, as `rollout status` reports it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Still going; the line to print.
+    Waiting(String),
+    /// Rolled out.
+    Done,
+    /// Stopped; why.
+    Halted(String),
+}
+
+/// Reads a service's status the way kubectl reads a Deployment's.
+pub fn progress(view: &ServiceView) -> Progress {
+    let status = &view.status;
+    let generation = view.record.generation.max(status.generation);
+    if status.observed_generation < generation {
+        return Progress::Waiting("Waiting for rollout spec update to be observed...".to_owned());
+    }
+    match status.rollout {
+        RolloutPhase::Complete => return Progress::Done,
+        RolloutPhase::Halted => {
+            let message = status.message.clone().filter(|m| !m.trim().is_empty());
+            return Progress::Halted(message.unwrap_or_else(|| "no reason given".to_owned()));
+        }
+        RolloutPhase::Progressing => {}
+    }
+    let (desired, updated, ready, available) = (status.desired, status.updated, status.ready, status.available);
+    let what = if updated < desired {
+        format!("{updated} out of {desired} new replicas have been updated")
+    } else if ready > available {
+        format!("{} old replicas are pending termination", ready - available)
+    } else if updated > desired {
+        format!("{} extra replicas are pending termination", updated - desired)
+    } else if available < updated {
+        format!("{available} of {updated} updated replicas are available")
+    } else if let Some(message) = status.message.as_deref().filter(|m| !m.trim().is_empty()) {
+        message.trim().to_owned()
+    } else {
+        return Progress::Waiting("Waiting for rollout to finish...".to_owned());
+    };
+    Progress::Waiting(format!("Waiting for rollout to finish: {what}..."))
+}
+
+pub async fn status(args: RolloutStatusArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.connect)?;
+    let name = &args.name;
+    let path = format!("/v1/services/{}", encode(name));
+    let deadline = (!args.timeout.is_zero()).then(|| Instant::now() + args.timeout);
+    let mut last = String::new();
+    loop {
+        let view: ServiceView = match client.get(&path).await {
+            Err(e) if is_not_found(&e) => bail!("service {name:?} not found"),
+            result => result?,
+        };
+        match progress(&view) {
+            Progress::Done => {
+                print(&format!("service {name:?} successfully rolled out\n"))?;
+                return Ok(());
+            }
+            Progress::Halted(why) => bail!("rollout of service {name:?} halted: {why}"),
+            Progress::Waiting(line) => {
+                if line != last {
+                    print(&format!("{line}\n"))?;
+                    last = line;
+                }
+            }
+        }
+        if deadline.is_some_and(|deadline| Instant::now() + POLL > deadline) {
+            let what = last.trim_start_matches("Waiting for rollout to finish: ").trim_end_matches("...");
+            bail!(
+                "timed out after {} waiting for the rollout of service {name:?} ({what})",
+                humantime::format_duration(args.timeout)
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::rows::tests::view;
+
+    fn waiting(text: &str) -> Progress {
+        Progress::Waiting(text.to_owned())
+    }
+
+    #[test]
+    fn follows_a_rollout() {
+        let mut v = view("kubia", 3, 3);
+        assert_eq!(progress(&v), Progress::Done);
+
+        v.record.generation = 2;
+        v.status.generation = 2;
+        assert_eq!(progress(&v), waiting("Waiting for rollout spec update to be observed..."));
+
+        v.status.observed_generation = 2;
+        v.status.rollout = RolloutPhase::Progressing;
+        (v.status.updated, v.status.available, v.status.ready) = (1, 0, 3);
+        assert_eq!(
+            progress(&v),
+            waiting("Waiting for rollout to finish: 1 out of 3 new replicas have been updated...")
+        );
+
+        (v.status.updated, v.status.available, v.status.ready) = (3, 3, 4);
+        assert_eq!(progress(&v), waiting("Waiting for rollout to finish: 1 old replicas are pending termination..."));
+
+        (v.status.updated, v.status.available, v.status.ready) = (3, 1, 1);
+        assert_eq!(progress(&v), waiting("Waiting for rollout to finish: 1 of 3 updated replicas are available..."));
+
+        (v.status.updated, v.status.available, v.status.ready) = (5, 3, 3);
+        assert_eq!(progress(&v), waiting("Waiting for rollout to finish: 2 extra replicas are pending termination..."));
+
+        (v.status.updated, v.status.available, v.status.ready) = (3, 3, 3);
+        assert_eq!(progress(&v), waiting("Waiting for rollout to finish..."));
+        v.status.message = Some("starting kubia-4493e0-x2k4p".into());
+        assert_eq!(progress(&v), waiting("Waiting for rollout to finish: starting kubia-4493e0-x2k4p..."));
+
+        v.status.rollout = RolloutPhase::Complete;
+        assert_eq!(progress(&v), Progress::Done);
+    }
+
+    #[test]
+    fn halted_rollouts_say_why() {
+        let mut v = view("kubia", 3, 3);
+        v.status.rollout = RolloutPhase::Halted;
+        v.status.message = Some("replica kubia-4493e0-x2k4p keeps failing: exit status 1".into());
+        assert_eq!(progress(&v), Progress::Halted("replica kubia-4493e0-x2k4p keeps failing: exit status 1".into()));
+        v.status.message = None;
+        assert_eq!(progress(&v), Progress::Halted("no reason given".into()));
+    }
+}

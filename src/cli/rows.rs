@@ -1,0 +1,314 @@
+//! The tables of `get` and `describe`: one row per service, replica,
+//! module or event. Pure functions of the objects and the current time.
+
+use shoal_api::objects::{Event, ModuleInfo, ReplicaInfo, RolloutPhase};
+use shoal_api::{Route, format_bytes};
+
+use super::ServiceView;
+use super::table::{NONE, Table, age, cpu, duration, human_size, short_digest};
+
+/// `NAME READY UP-TO-DATE AVAILABLE REVISION AGE`; wide adds `ROUTES
+/// MODULE MEMORY CPU TIMEOUT ROLLOUT`. Sorted by name.
+pub fn services(views: &[ServiceView], wide: bool, now: u64) -> Table {
+    let mut headers = vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "REVISION", "AGE"];
+    if wide {
+        headers.extend(["ROUTES", "MODULE", "MEMORY", "CPU", "TIMEOUT", "ROLLOUT"]);
+    }
+    let mut table = Table::new(headers);
+    let mut views: Vec<&ServiceView> = views.iter().collect();
+    views.sort_by(|a, b| a.record.service.name.cmp(&b.record.service.name));
+    for view in views {
+        let (record, status) = (&view.record, &view.status);
+        let spec = &record.service.spec;
+        let mut row = vec![
+            record.service.name.clone(),
+            format!("{}/{}", status.ready, status.desired),
+            status.updated.to_string(),
+            status.available.to_string(),
+            status.revision.clone(),
+            age(now, record.created_unix),
+        ];
+        if wide {
+            row.extend([
+                routes(view),
+                record.module_digest.get(..12).unwrap_or(&record.module_digest).to_owned(),
+                format_bytes(spec.resources.memory),
+                cpu(spec.resources.cpu_millis),
+                duration(spec.timeout),
+                rollout(status.rollout, status.message.as_deref()),
+            ]);
+        }
+        table.push(row);
+    }
+    table
+}
+
+/// The routes a service serves, comma-separated (`/`, `kubia.example.com/api`):
+/// the status's, or the spec's while the status has none.
+pub fn routes(view: &ServiceView) -> String {
+    let routes: &[Route] =
+        if view.status.routes.is_empty() { &view.record.service.spec.routes } else { &view.status.routes };
+    if routes.is_empty() {
+        return NONE.to_owned();
+    }
+    routes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// `Complete`, or `Progressing: <message>`.
+pub fn rollout(phase: RolloutPhase, message: Option<&str>) -> String {
+    match message.map(str::trim).filter(|m| !m.is_empty()) {
+        Some(message) => format!("{phase}: {message}"),
+        None => phase.to_string(),
+    }
+}
+
+/// `NAME READY STATUS RESTARTS AGE`; wide adds `PID NODE CGROUP REVISION
+/// MESSAGE`. Sorted by name.
+pub fn replicas(replicas: &[ReplicaInfo], wide: bool, now: u64) -> Table {
+    let mut headers = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
+    if wide {
+        headers.extend(["PID", "NODE", "CGROUP", "REVISION", "MESSAGE"]);
+    }
+    let mut table = Table::new(headers);
+    for replica in sorted(replicas) {
+        let mut row = vec![
+            replica.name.clone(),
+            ready(replica).to_owned(),
+            replica.state.to_string(),
+            replica.restarts.to_string(),
+            age(now, replica.started_unix),
+        ];
+        if wide {
+            row.extend([
+                replica.pid.map_or_else(|| NONE.to_owned(), |pid| pid.to_string()),
+                replica.node.clone(),
+                replica.cgroup.clone().unwrap_or_else(|| "<none: unconfined>".to_owned()),
+                replica.revision.clone(),
+                replica.message.clone().filter(|m| !m.trim().is_empty()).unwrap_or_else(|| NONE.to_owned()),
+            ]);
+        }
+        table.push(row);
+    }
+    table
+}
+
+/// The replicas of a service in `describe`: `NAME READY STATUS RESTARTS
+/// AGE REVISION MESSAGE` (the message blank when there is none).
+pub fn service_replicas(replicas: &[ReplicaInfo], now: u64) -> Table {
+    let mut table = Table::new(vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE", "REVISION", "MESSAGE"]);
+    for replica in sorted(replicas) {
+        table.push(vec![
+            replica.name.clone(),
+            ready(replica).to_owned(),
+            replica.state.to_string(),
+            replica.restarts.to_string(),
+            age(now, replica.started_unix),
+            replica.revision.clone(),
+            replica.message.clone().unwrap_or_default(),
+        ]);
+    }
+    table
+}
+
+fn sorted(replicas: &[ReplicaInfo]) -> Vec<&ReplicaInfo> {
+    let mut replicas: Vec<&ReplicaInfo> = replicas.iter().collect();
+    replicas.sort_by(|a, b| a.name.cmp(&b.name));
+    replicas
+}
+
+fn ready(replica: &ReplicaInfo) -> &'static str {
+    if replica.ready { "1/1" } else { "0/1" }
+}
+
+/// `DIGEST SIZE AGE` (DIGEST `sha256:` + 12 hex digits; wide: all of
+/// them). Oldest first.
+pub fn modules(modules: &[ModuleInfo], wide: bool, now: u64) -> Table {
+    let mut table = Table::new(vec!["DIGEST", "SIZE", "AGE"]);
+    let mut modules: Vec<&ModuleInfo> = modules.iter().collect();
+    modules.sort_by(|a, b| a.created_unix.cmp(&b.created_unix).then_with(|| a.digest.cmp(&b.digest)));
+    for module in modules {
+        let digest = if wide { format!("sha256:{}", module.digest) } else { short_digest(&module.digest) };
+        table.push(vec![digest, human_size(module.size), age(now, module.created_unix)]);
+    }
+    table
+}
+
+/// `TYPE REASON AGE MESSAGE`, in the order given (oldest first).
+pub fn events(events: &[Event], now: u64) -> Table {
+    let mut table = Table::new(vec!["TYPE", "REASON", "AGE", "MESSAGE"]);
+    for event in events {
+        table.push(vec![
+            event.kind.to_string(),
+            event.reason.clone(),
+            age(now, event.time_unix),
+            event.message.clone(),
+        ]);
+    }
+    table
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use shoal_api::objects::{EventType, ReplicaState, ServiceRecord, ServiceStatus};
+    use shoal_api::{Resources, Service, ServiceSpec};
+
+    use super::*;
+
+    pub const NOW: u64 = 1_700_000_000;
+
+    pub fn view(name: &str, ready: u32, desired: u32) -> ServiceView {
+        let record = ServiceRecord {
+            service: Service {
+                name: name.into(),
+                labels: BTreeMap::from([("app".into(), name.into())]),
+                spec: ServiceSpec {
+                    module: PathBuf::from("/target/wasm32-wasip2/release/hello.wasm"),
+                    module_field: "../target/wasm32-wasip2/release/hello.wasm".into(),
+                    replicas: desired,
+                    routes: vec![Route { host: None, path: "/".into() }],
+                    env: BTreeMap::new(),
+                    resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
+                    timeout: Duration::from_secs(10),
+                },
+            },
+            module_digest: "3f2a9c1b7e4d".to_owned() + &"0".repeat(52),
+            generation: 1,
+            created_unix: NOW - 300,
+            updated_unix: NOW - 300,
+        };
+        let status = ServiceStatus {
+            name: name.into(),
+            desired,
+            ready,
+            updated: ready,
+            available: ready,
+            revision: "3382d9".into(),
+            generation: 1,
+            observed_generation: 1,
+            rollout: if ready == desired { RolloutPhase::Complete } else { RolloutPhase::Progressing },
+            message: None,
+            routes: vec![Route { host: None, path: "/".into() }],
+        };
+        ServiceView { record, status }
+    }
+
+    pub fn replica(name: &str, state: ReplicaState, ready: bool) -> ReplicaInfo {
+        ReplicaInfo {
+            name: name.into(),
+            service: "kubia".into(),
+            revision: "3382d9".into(),
+            state,
+            ready,
+            node: "local".into(),
+            pid: ready.then_some(20262),
+            restarts: 0,
+            cgroup: None,
+            started_unix: NOW - 42,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn services_table() {
+        let views = [view("kubia", 3, 3), view("api", 1, 2)];
+        assert_eq!(
+            services(&views, false, NOW).render(),
+            "NAME    READY   UP-TO-DATE   AVAILABLE   REVISION   AGE\n\
+             api     1/2     1            1           3382d9     5m\n\
+             kubia   3/3     3            3           3382d9     5m\n"
+        );
+    }
+
+    #[test]
+    fn services_table_wide() {
+        let mut api = view("api", 1, 2);
+        api.status.routes = vec![
+            Route { host: Some("api.example.com".into()), path: "/v1".into() },
+            Route { host: None, path: "/api".into() },
+        ];
+        api.status.message = Some("1 of 2 updated replicas are available".into());
+        api.record.service.spec.resources.cpu_millis = None;
+        assert_eq!(
+            services(&[view("kubia", 3, 3), api], true, NOW).render(),
+            "NAME    READY   UP-TO-DATE   AVAILABLE   REVISION   AGE   ROUTES                    MODULE         MEMORY   CPU    TIMEOUT   ROLLOUT\n\
+             api     1/2     1            1           3382d9     5m    api.example.com/v1,/api   3f2a9c1b7e4d   64Mi     -      10s       Progressing: 1 of 2 updated replicas are available\n\
+             kubia   3/3     3            3           3382d9     5m    /                         3f2a9c1b7e4d   64Mi     500m   10s       Complete\n"
+        );
+    }
+
+    #[test]
+    fn replicas_table() {
+        let mut crashing = replica("kubia-3382d9-b7k2m", ReplicaState::CrashLoopBackOff, false);
+        crashing.restarts = 4;
+        crashing.message = Some("exit status 1".into());
+        crashing.cgroup = Some("/shoal/up-1/kubia-3382d9-b7k2m".into());
+        let list = [replica("kubia-3382d9-x58q4", ReplicaState::Running, true), crashing];
+        assert_eq!(
+            replicas(&list, false, NOW).render(),
+            "NAME                 READY   STATUS             RESTARTS   AGE\n\
+             kubia-3382d9-b7k2m   0/1     CrashLoopBackOff   4          42s\n\
+             kubia-3382d9-x58q4   1/1     Running            0          42s\n"
+        );
+        assert_eq!(
+            replicas(&list, true, NOW).render(),
+            "NAME                 READY   STATUS             RESTARTS   AGE   PID      NODE    CGROUP                           REVISION   MESSAGE\n\
+             kubia-3382d9-b7k2m   0/1     CrashLoopBackOff   4          42s   <none>   local   /shoal/up-1/kubia-3382d9-b7k2m   3382d9     exit status 1\n\
+             kubia-3382d9-x58q4   1/1     Running            0          42s   20262    local   <none: unconfined>               3382d9     <none>\n"
+        );
+    }
+
+    #[test]
+    fn modules_table() {
+        let list = [
+            ModuleInfo { digest: "b".repeat(64), size: 2 << 20, created_unix: NOW - 7200 },
+            ModuleInfo { digest: "a".repeat(64), size: 146_636, created_unix: NOW - 86400 * 3 },
+        ];
+        assert_eq!(
+            modules(&list, false, NOW).render(),
+            "DIGEST                SIZE        AGE\n\
+             sha256:aaaaaaaaaaaa   143.2 KiB   3d\n\
+             sha256:bbbbbbbbbbbb   2.0 MiB     120m\n"
+        );
+        let wide = modules(&list, true, NOW).render();
+        assert!(wide.contains(&format!("sha256:{}   143.2 KiB", "a".repeat(64))), "{wide}");
+    }
+
+    #[test]
+    fn empty_tables_have_no_rows() {
+        assert!(services(&[], false, NOW).is_empty());
+        assert!(replicas(&[], true, NOW).is_empty());
+        assert!(modules(&[], false, NOW).is_empty());
+    }
+
+    #[test]
+    fn events_table() {
+        let list = [
+            Event {
+                seq: 1,
+                time_unix: NOW - 300,
+                kind: EventType::Normal,
+                object: "service/kubia".into(),
+                reason: "Applied".into(),
+                message: "created (generation 1, revision 3382d9)".into(),
+            },
+            Event {
+                seq: 2,
+                time_unix: NOW - 30,
+                kind: EventType::Warning,
+                object: "replica/kubia-3382d9-b7k2m".into(),
+                reason: "BackOff".into(),
+                message: "exit status 1".into(),
+            },
+        ];
+        assert_eq!(
+            events(&list, NOW).render(),
+            "TYPE      REASON    AGE   MESSAGE\n\
+             Normal    Applied   5m    created (generation 1, revision 3382d9)\n\
+             Warning   BackOff   30s   exit status 1\n"
+        );
+    }
+}
