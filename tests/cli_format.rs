@@ -297,6 +297,7 @@ fn delete_scale_and_logs() {
 fn rollout_status_follows_until_complete_or_halted() {
     let polls = AtomicUsize::new(0);
     let stub = Stub::start(move |seen| match seen.path.as_str() {
+        "/v1/replicas?service=kubia" | "/v1/replicas?service=broken" => (200, "[]".into()),
         "/v1/services/kubia" => {
             let view = match polls.fetch_add(1, Ordering::SeqCst) {
                 0 | 1 => service_view("kubia", 1, 3, "Progressing"),

@@ -193,6 +193,27 @@ impl Controller {
         let mut to_start = 0;
         let mut to_stop: Vec<usize> = Vec::new();
 
+        // A pod of this revision that failed before it was ever ready
+        // halts the rollout (the old pods, if any, keep serving).
+        let failed = current.iter().map(|&i| &pods[i]).find(|p| {
+            let s = p.status();
+            !s.ever_ready && s.restarts > 0
+        });
+        if let Some(pod) = failed {
+            phase = RolloutPhase::Halted;
+            let why = pod.status().message.unwrap_or_else(|| "it failed".into());
+            let mut text = format!("replica {} of revision {revision} failed before becoming ready ({why})", pod.name);
+            if !old.is_empty() {
+                text.push_str(&format!("; the {} replica(s) of the previous revision keep serving", old.len()));
+            }
+            let mut halted = self.halted.lock().expect("halted lock");
+            if halted.get(name) != Some(&text) {
+                self.ctx.events.warning(format!("service/{name}"), "RolloutHalted", text.clone());
+                halted.insert(name.clone(), text.clone());
+            }
+            message = Some(text);
+        }
+
         if old.is_empty() {
             if current.len() < desired && module.is_ok() {
                 to_start = desired - current.len();
@@ -206,33 +227,11 @@ impl Controller {
                 });
                 to_stop.extend(extra.into_iter().take(current.len() - desired));
             }
-            if current.len() == desired && ready_current == desired {
+            if current.len() == desired && ready_current == desired && failed.is_none() {
                 phase = RolloutPhase::Complete;
                 self.halted.lock().expect("halted lock").remove(name);
             }
         } else {
-            let failed = current.iter().map(|&i| &pods[i]).find(|p| {
-                let s = p.status();
-                !s.ever_ready && s.restarts > 0
-            });
-            if let Some(pod) = failed {
-                phase = RolloutPhase::Halted;
-                let why = pod.status().message.unwrap_or_else(|| "it failed".into());
-                let text = format!(
-                    "replica {} of revision {revision} failed before becoming ready ({why}); \
-                     the {} replica(s) of the previous revision keep serving",
-                    pod.name,
-                    old.len()
-                );
-                let mut halted = self.halted.lock().expect("halted lock");
-                if halted.get(name) != Some(&text) {
-                    self.ctx.events.warning(format!("service/{name}"), "RolloutHalted", text.clone());
-                    halted.insert(name.clone(), text.clone());
-                }
-                message = Some(text);
-            } else if module.is_ok() && current.len() < desired && current.len() + old.len() < desired + MAX_SURGE {
-                to_start = 1;
-            }
             // Take old pods away while enough ready pods remain.
             let mut old_sorted = old.clone();
             old_sorted.sort_by_key(|i| ready(i));
@@ -245,6 +244,15 @@ impl Controller {
                     to_stop.push(i);
                     ready_old -= 1;
                 }
+            }
+            // Then surge: a new pod if the total stays within the limit.
+            let old_left = old.len() - to_stop.len();
+            if failed.is_none()
+                && module.is_ok()
+                && current.len() < desired
+                && current.len() + old_left < desired + MAX_SURGE
+            {
+                to_start = 1;
             }
         }
 

@@ -1,5 +1,10 @@
 //! The worker process: one replica serving HTTP on a Unix socket.
 //!
+//! Start: load the precompiled component, link WASI and `wasi:http`, check
+//! that one instance can be created under the request limits (a component
+//! that traps or runs out of memory at start never reports ready), bind the
+//! socket, report `ready` on the descriptor the node agent passed.
+//!
 //! Request path, in order:
 //!
 //! 1. hyper reads an HTTP/1.1 request from the gateway's pooled connection.

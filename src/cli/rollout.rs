@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use shoal_api::objects::RolloutPhase;
+use shoal_api::objects::{ReplicaInfo, RolloutPhase};
 use tokio::time::Instant;
 
 use super::client::{Client, encode, is_not_found};
@@ -24,8 +24,9 @@ pub enum Progress {
     Halted(String),
 }
 
-/// Reads a service's status the way kubectl reads a Deployment's.
-pub fn progress(view: &ServiceView) -> Progress {
+/// Reads a service's status the way kubectl reads a Deployment's; `old`
+/// is how many of its replicas run another revision.
+pub fn progress(view: &ServiceView, old: usize) -> Progress {
     let status = &view.status;
     let generation = view.record.generation.max(status.generation);
     if status.observed_generation < generation {
@@ -39,11 +40,11 @@ pub fn progress(view: &ServiceView) -> Progress {
         }
         RolloutPhase::Progressing => {}
     }
-    let (desired, updated, ready, available) = (status.desired, status.updated, status.ready, status.available);
+    let (desired, updated, available) = (status.desired, status.updated, status.available);
     let what = if updated < desired {
         format!("{updated} out of {desired} new replicas have been updated")
-    } else if ready > available {
-        format!("{} old replicas are pending termination", ready - available)
+    } else if old > 0 {
+        format!("{old} old replicas are pending termination")
     } else if updated > desired {
         format!("{} extra replicas are pending termination", updated - desired)
     } else if available < updated {
@@ -60,6 +61,7 @@ pub async fn status(args: RolloutStatusArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.connect)?;
     let name = &args.name;
     let path = format!("/v1/services/{}", encode(name));
+    let replicas_path = format!("/v1/replicas?service={}", encode(name));
     let deadline = (!args.timeout.is_zero()).then(|| Instant::now() + args.timeout);
     let mut last = String::new();
     loop {
@@ -67,7 +69,9 @@ pub async fn status(args: RolloutStatusArgs) -> anyhow::Result<()> {
             Err(e) if is_not_found(&e) => bail!("service {name:?} not found"),
             result => result?,
         };
-        match progress(&view) {
+        let replicas: Vec<ReplicaInfo> = client.get(&replicas_path).await?;
+        let old = replicas.iter().filter(|r| r.service == *name && r.revision != view.status.revision).count();
+        match progress(&view, old) {
             Progress::Done => {
                 print(&format!("service {name:?} successfully rolled out\n"))?;
                 return Ok(());
@@ -103,45 +107,40 @@ mod tests {
     #[test]
     fn follows_a_rollout() {
         let mut v = view("kubia", 3, 3);
-        assert_eq!(progress(&v), Progress::Done);
+        assert_eq!(progress(&v, 0), Progress::Done);
 
         v.record.generation = 2;
         v.status.generation = 2;
-        assert_eq!(progress(&v), waiting("Waiting for rollout spec update to be observed..."));
+        assert_eq!(progress(&v, 3), waiting("Waiting for rollout spec update to be observed..."));
 
         v.status.observed_generation = 2;
         v.status.rollout = RolloutPhase::Progressing;
-        (v.status.updated, v.status.available, v.status.ready) = (1, 0, 3);
-        assert_eq!(
-            progress(&v),
-            waiting("Waiting for rollout to finish: 1 out of 3 new replicas have been updated...")
-        );
-
-        (v.status.updated, v.status.available, v.status.ready) = (3, 3, 4);
-        assert_eq!(progress(&v), waiting("Waiting for rollout to finish: 1 old replicas are pending termination..."));
-
-        (v.status.updated, v.status.available, v.status.ready) = (3, 1, 1);
-        assert_eq!(progress(&v), waiting("Waiting for rollout to finish: 1 of 3 updated replicas are available..."));
-
-        (v.status.updated, v.status.available, v.status.ready) = (5, 3, 3);
-        assert_eq!(progress(&v), waiting("Waiting for rollout to finish: 2 extra replicas are pending termination..."));
-
-        (v.status.updated, v.status.available, v.status.ready) = (3, 3, 3);
-        assert_eq!(progress(&v), waiting("Waiting for rollout to finish..."));
+        let cases = [
+            ((1, 0), 3, "Waiting for rollout to finish: 1 out of 3 new replicas have been updated..."),
+            ((3, 3), 1, "Waiting for rollout to finish: 1 old replicas are pending termination..."),
+            ((3, 1), 0, "Waiting for rollout to finish: 1 of 3 updated replicas are available..."),
+            ((5, 3), 0, "Waiting for rollout to finish: 2 extra replicas are pending termination..."),
+            ((3, 3), 0, "Waiting for rollout to finish..."),
+        ];
+        for ((updated, available), old, line) in cases {
+            (v.status.updated, v.status.available) = (updated, available);
+            assert_eq!(progress(&v, old), waiting(line));
+        }
         v.status.message = Some("starting kubia-4493e0-x2k4p".into());
-        assert_eq!(progress(&v), waiting("Waiting for rollout to finish: starting kubia-4493e0-x2k4p..."));
+        assert_eq!(progress(&v, 0), waiting("Waiting for rollout to finish: starting kubia-4493e0-x2k4p..."));
 
         v.status.rollout = RolloutPhase::Complete;
-        assert_eq!(progress(&v), Progress::Done);
+        assert_eq!(progress(&v, 1), Progress::Done);
     }
 
     #[test]
     fn halted_rollouts_say_why() {
         let mut v = view("kubia", 3, 3);
         v.status.rollout = RolloutPhase::Halted;
-        v.status.message = Some("replica kubia-4493e0-x2k4p keeps failing: exit status 1".into());
-        assert_eq!(progress(&v), Progress::Halted("replica kubia-4493e0-x2k4p keeps failing: exit status 1".into()));
+        let why = "replica kubia-4493e0-x2k4p keeps failing: exit status 1";
+        v.status.message = Some(why.into());
+        assert_eq!(progress(&v, 3), Progress::Halted(why.into()));
         v.status.message = None;
-        assert_eq!(progress(&v), Progress::Halted("no reason given".into()));
+        assert_eq!(progress(&v, 3), Progress::Halted("no reason given".into()));
     }
 }
