@@ -258,6 +258,10 @@ async fn serve(
     let controller = Controller::new(store.clone(), ctx, logs.clone(), cache, data_dir.join("modules"))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    // One pass before serving, so that every stored service's routes are
+    // published: requests that arrive before its replicas are ready get
+    // 503 (no ready replica), never 404.
+    controller.reconcile().await;
     let reconciler = tokio::spawn(controller.clone().run(shutdown_rx.clone()));
     let admin = AdminState { store, controller, events, logs, token: token.into() };
     let mut admin_shutdown = shutdown_rx.clone();

@@ -283,6 +283,7 @@ fn delete_scale_and_logs() {
         ("DELETE", "/v1/services/kubia") => (200, json!({"deleted": "kubia"}).to_string()),
         ("PUT", "/v1/services/kubia/scale") => (200, service_view("kubia", 3, 5, "Progressing").to_string()),
         ("GET", "/v1/logs/kubia?tail=2") => (200, "kubia-3382d9-x58q4 | one\nkubia-3382d9-x58q4 | two\n".into()),
+        ("GET", "/v1/logs/nope") => (404, String::new()),
         _ => (404, json!({"error": "service \"nope\" not found"}).to_string()),
     });
     assert_eq!(stdout(&stub.shoal(&["delete", "svc", "kubia"])), "service \"kubia\" deleted\n");
@@ -290,7 +291,9 @@ fn delete_scale_and_logs() {
     assert_eq!(stub.seen()[1].body, br#"{"replicas":5}"#);
     let logs = stub.shoal(&["logs", "kubia", "--tail", "2"]);
     assert_eq!(stdout(&logs), "kubia-3382d9-x58q4 | one\nkubia-3382d9-x58q4 | two\n");
+    // A 404 without the server's message gets the CLI's; the server's own is shown as is.
     assert_eq!(stderr(&stub.shoal(&["logs", "nope"])), "error: no service or replica named \"nope\"\n");
+    assert_eq!(stderr(&stub.shoal(&["delete", "svc", "nope"])), "error: service \"nope\" not found\n");
 }
 
 #[test]

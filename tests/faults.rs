@@ -12,9 +12,7 @@ fn start_faulty(spec: &str) -> (Shoal, Scratch) {
     let dir = Scratch::new("faulty");
     let file = dir.write("faulty.yaml", manifest("faulty", FAULTY_WASM, spec));
     let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
-    if !spec.contains("replicas: 0") {
-        shoal.wait_ready("faulty");
-    }
+    shoal.wait_ready("faulty");
     (shoal, dir)
 }
 

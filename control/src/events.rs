@@ -67,8 +67,9 @@ impl EventLog {
         self.record(EventType::Warning, object, reason, message);
     }
 
-    /// Events after `since` whose object is `object` or starts with it
-    /// followed by `-` (so `replica/kubia` matches `replica/kubia-7d5b8c-x2k4p`).
+    /// Events after `since` whose object is `object`, or, for a replica
+    /// filter, starts with it followed by `-` (so `replica/kubia` matches
+    /// `replica/kubia-7d5b8c-x2k4p`: the replicas of service kubia).
     pub fn since(&self, since: u64, object: Option<&str>) -> Vec<Event> {
         self.events
             .lock()
@@ -96,7 +97,8 @@ impl EventLog {
 }
 
 fn matches_object(object: &str, filter: &str) -> bool {
-    object == filter || object.strip_prefix(filter).is_some_and(|rest| rest.starts_with('-'))
+    object == filter
+        || (filter.starts_with("replica/") && object.strip_prefix(filter).is_some_and(|rest| rest.starts_with('-')))
 }
 
 #[cfg(test)]
@@ -109,8 +111,9 @@ mod tests {
         log.normal("service/kubia", "Applied", "created");
         log.warning("replica/kubia-abc123-x2k4p", "BackOff", "exit code 1");
         log.normal("service/kubiax", "Applied", "created");
-        assert_eq!(log.since(0, None).len(), 3);
-        assert_eq!(log.since(1, None).len(), 2);
+        log.normal("service/kubia-v2", "Applied", "created");
+        assert_eq!(log.since(0, None).len(), 4);
+        assert_eq!(log.since(1, None).len(), 3);
         assert_eq!(log.since(0, Some("service/kubia")).len(), 1);
         assert_eq!(log.since(0, Some("replica/kubia")).len(), 1);
     }

@@ -1,8 +1,11 @@
 //! A pod: one replica slot with a stable name, like a Kubernetes pod whose
 //! container the kubelet restarts. Its task starts the worker, puts it in
 //! the gateway's rotation once ready, and when the worker exits takes it
-//! out and starts it again after a back-off (1 s, doubling, capped at 30 s,
-//! reset after 60 s of good health). Told to stop, it takes the worker out
+//! out and starts it again: at once if it had been serving for at least
+//! [`HEALTHY_RUN`] (a replica that was killed is replaced at once); after a
+//! back-off if it failed to start or died right after (1 s, doubling,
+//! capped at 60 s; 60 s of good health resets it). While it waits, its
+//! state is `CrashLoopBackOff`. Told to stop, it takes the worker out
 //! of rotation, waits a moment for requests already routed to it, then
 //! stops it with a drain.
 
@@ -19,8 +22,10 @@ use crate::events::EventLog;
 /// Back-off before restarting a worker: first delay, cap, and the uptime
 /// after which it resets.
 const BACKOFF_START: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const BACKOFF_RESET: Duration = Duration::from_secs(60);
+/// A run at least this long after becoming ready is not a crash loop.
+pub const HEALTHY_RUN: Duration = Duration::from_secs(1);
 /// Time between taking a replica out of rotation and signalling it, so
 /// that requests the gateway already routed to it are sent before it stops
 /// accepting connections.
@@ -134,7 +139,8 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
         f(&mut status.lock().expect("pod lock"));
         ctx.changed.notify_one();
     };
-    let mut backoff = BACKOFF_START;
+    // Failed starts and short runs since the last long healthy run.
+    let mut failures: u32 = 0;
     loop {
         if *stop.borrow() {
             return;
@@ -144,6 +150,7 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                 s.state = ReplicaState::Starting;
             }
         });
+        let delay;
         match ctx.agent.start(&spec).await {
             Ok(mut replica) => {
                 let started = Instant::now();
@@ -169,9 +176,16 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                 tokio::select! {
                     exit = replica.wait() => {
                         ctx.gateway.remove_replica(&spec.service, &replica.name);
-                        if started.elapsed() >= BACKOFF_RESET {
-                            backoff = BACKOFF_START;
+                        let ran = started.elapsed();
+                        if ran >= BACKOFF_RESET {
+                            failures = 0;
                         }
+                        delay = if ran >= HEALTHY_RUN {
+                            Duration::ZERO
+                        } else {
+                            failures += 1;
+                            backoff(failures)
+                        };
                         let reason = if exit == Exit::OomKilled { "OOMKilled" } else { "Exited" };
                         update(&|s| {
                             s.ready = false;
@@ -182,7 +196,7 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                         if *stop.borrow() {
                             return;
                         }
-                        ctx.events.warning(&object, reason, format!("worker {exit}; restarting in {backoff:?}"));
+                        ctx.events.warning(&object, reason, format!("worker {exit}; restarting {}", when(delay)));
                     }
                     () = stopped(&mut stop) => {
                         ctx.gateway.remove_replica(&spec.service, &replica.name);
@@ -194,13 +208,18 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                 }
             }
             Err(error) => {
+                failures += 1;
+                delay = backoff(failures);
                 let message = error.to_string();
                 update(&|s| {
                     s.restarts += 1;
                     s.message = Some(message.clone());
                 });
-                ctx.events.warning(&object, "FailedStart", format!("{message}; retrying in {backoff:?}"));
+                ctx.events.warning(&object, "FailedStart", format!("{message}; retrying {}", when(delay)));
             }
+        }
+        if delay.is_zero() {
+            continue;
         }
         update(&|s| {
             if s.state != ReplicaState::Terminating {
@@ -208,14 +227,35 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
             }
         });
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
             () = stopped(&mut stop) => return,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// The delay before the next start after `failures` failures in a row:
+/// 1 s, doubling, capped.
+fn backoff(failures: u32) -> Duration {
+    BACKOFF_START.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(BACKOFF_MAX)
+}
+
+fn when(delay: Duration) -> String {
+    if delay.is_zero() { "now".into() } else { format!("in {delay:?}") }
 }
 
 /// Completes once the pod is told to stop.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        let delays: Vec<u64> = (1..10).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
 }

@@ -58,6 +58,17 @@ impl Balancer {
     /// Picks a replica by power of two choices, or `None` if none is ready.
     pub fn pick(&self) -> Option<Arc<Endpoint>> {
         let endpoints = self.endpoints.read().expect("balancer lock").clone();
+        Self::choose(&endpoints)
+    }
+
+    /// Like [`Balancer::pick`], never choosing the replica named `not`.
+    pub fn pick_other(&self, not: &str) -> Option<Arc<Endpoint>> {
+        let endpoints: Vec<Arc<Endpoint>> =
+            self.endpoints.read().expect("balancer lock").iter().filter(|e| e.name != not).cloned().collect();
+        Self::choose(&endpoints)
+    }
+
+    fn choose(endpoints: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
         match endpoints.len() {
             0 => None,
             1 => Some(endpoints[0].clone()),
@@ -139,6 +150,15 @@ mod tests {
         for _ in 0..50 {
             assert_ne!(b.pick().unwrap().name, busy.name);
         }
+    }
+
+    #[tokio::test]
+    async fn pick_other_avoids_the_named_replica() {
+        let b = balancer(&["a", "b"]);
+        for _ in 0..20 {
+            assert_eq!(b.pick_other("a").unwrap().name, "b");
+        }
+        assert!(balancer(&["a"]).pick_other("a").is_none());
     }
 
     #[tokio::test]

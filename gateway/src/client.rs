@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::Uri;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -16,7 +17,50 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::UnixStream;
 
 /// A client whose every connection goes to one worker's socket.
-pub type WorkerClient = Client<UnixConnector, Incoming>;
+pub type WorkerClient = Client<UnixConnector, UpstreamBody>;
+
+/// A request body on its way to a worker: streamed from the client as it
+/// arrives, or buffered (empty and small bodies), which lets the gateway
+/// send the request again to another replica.
+pub enum UpstreamBody {
+    /// Streamed from the client.
+    Streaming(Incoming),
+    /// Held in memory; `None` once sent.
+    Buffered(Option<Bytes>),
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Buffered(bytes) => {
+                Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Streaming(body) => body.is_end_stream(),
+            UpstreamBody::Buffered(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            UpstreamBody::Streaming(body) => body.size_hint(),
+            UpstreamBody::Buffered(bytes) => {
+                hyper::body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
 
 /// Builds the pooled client for the worker listening on `socket`.
 pub fn worker_client(socket: &Path) -> WorkerClient {

@@ -8,7 +8,10 @@
 //! 3. Rewrite the request for the worker: HTTP/1.1, hop-by-hop headers
 //!    removed, `X-Forwarded-For` and `X-Forwarded-Proto` set, `Host` kept.
 //! 4. Send it on a pooled connection under the service's deadline: `504`
-//!    when it passes, `502` when the worker fails before answering.
+//!    when it passes. When the worker fails before answering, send it once
+//!    more to another replica if that is safe (no connection was made, or
+//!    the method is idempotent, and the body was small enough to keep);
+//!    otherwise `502`.
 //! 5. Stream the response back; the replica's in-flight count ends when the
 //!    body does.
 
@@ -25,6 +28,7 @@ use hyper::body::Incoming;
 
 use crate::Gateway;
 use crate::balancer::InFlight;
+use crate::client::UpstreamBody;
 
 /// The gateway's response body: a worker's streamed body, or a short message
 /// of the gateway's own.
@@ -137,25 +141,83 @@ impl Gateway {
         }
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
 
-        let in_flight = endpoint.track();
+        // Empty and small bodies are buffered so that the request can be
+        // sent again; larger ones stream and are never retried.
+        let (parts, body) = req.into_parts();
+        let (replay, mut streaming) = if body.is_end_stream() {
+            (Some(Bytes::new()), None)
+        } else if body.size_hint().exact().is_some_and(|n| n <= MAX_REPLAY_BODY) {
+            match http_body_util::BodyExt::collect(body).await {
+                Ok(collected) => (Some(collected.to_bytes()), None),
+                Err(_) => return message(StatusCode::BAD_REQUEST, "400 bad request body\n"),
+            }
+        } else {
+            (None, Some(body))
+        };
+
         let timeout = backend.timeout();
-        match tokio::time::timeout(timeout, endpoint.client.request(req)).await {
-            Ok(Ok(response)) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, Body::Upstream(body, Some(in_flight)))
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(service = %backend.name, replica = %endpoint.name, %error, "replica failed");
-                message(StatusCode::BAD_GATEWAY, "502 bad gateway: the replica failed\n")
-            }
-            Err(_) => {
-                tracing::warn!(service = %backend.name, replica = %endpoint.name, ?timeout, "deadline exceeded");
-                message(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout: the service did not answer in time\n")
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut endpoint = endpoint;
+        for attempt in 0..2 {
+            let body = match (&replay, streaming.take()) {
+                (Some(bytes), _) => UpstreamBody::Buffered(Some(bytes.clone())),
+                (None, Some(body)) => UpstreamBody::Streaming(body),
+                (None, None) => break,
+            };
+            let mut request = Request::new(body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = Version::HTTP_11;
+            *request.headers_mut() = parts.headers.clone();
+            let in_flight = endpoint.track();
+            match tokio::time::timeout_at(deadline, endpoint.client.request(request)).await {
+                Ok(Ok(response)) => {
+                    let (mut head, body) = response.into_parts();
+                    strip_hop_by_hop(&mut head.headers);
+                    return Response::from_parts(head, Body::Upstream(body, Some(in_flight)));
+                }
+                Ok(Err(error)) => {
+                    drop(in_flight);
+                    // Safe to send again: nothing reached the worker (no
+                    // connection), or the method is idempotent; and the body
+                    // is still at hand.
+                    let safe = error.is_connect() || is_idempotent(&parts.method);
+                    let retry = attempt == 0 && replay.is_some() && safe;
+                    tracing::warn!(
+                        service = %backend.name, replica = %endpoint.name, %error, retry, "replica failed"
+                    );
+                    if !retry {
+                        break;
+                    }
+                    match backend.replicas.pick_other(&endpoint.name) {
+                        Some(other) => endpoint = other,
+                        None => break,
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(service = %backend.name, replica = %endpoint.name, ?timeout, "deadline exceeded");
+                    return message(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "504 gateway timeout: the service did not answer in time\n",
+                    );
+                }
             }
         }
+        message(StatusCode::BAD_GATEWAY, "502 bad gateway: the replica failed\n")
     }
 }
+
+/// Requests of these methods may be sent twice without changing the
+/// outcome (RFC 9110 §9.2.2).
+fn is_idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE
+    )
+}
+
+/// The largest request body buffered for a possible retry.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 #[cfg(test)]
 mod tests {

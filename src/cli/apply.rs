@@ -11,7 +11,8 @@ use serde::Deserialize;
 use shoal_api::objects::ModuleInfo;
 use shoal_api::{Service, parse_manifests, validate_set};
 
-use super::client::{Client, encode, io_reason, rejected};
+use super::client::{Client, rejected};
+use super::connect::{encode, io_reason};
 use super::table::human_size;
 use super::{ApplyArgs, PushArgs, print};
 

@@ -3,11 +3,11 @@
 
 use std::fmt::Write as _;
 
-use anyhow::bail;
 use shoal_api::format_bytes;
 use shoal_api::objects::{Event, ReplicaInfo, now_unix};
 
-use super::client::{Client, encode, is_not_found};
+use super::client::{Client, or_not_found};
+use super::connect::encode;
 use super::table::{NONE, age, cpu, duration};
 use super::{DescribeArgs, ServiceView, print, rows};
 
@@ -20,27 +20,29 @@ const SUB_KEY_WIDTH: usize = 20;
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.connect)?;
     let name = &args.name;
-    let view: ServiceView = match client.get(&format!("/v1/services/{}", encode(name))).await {
-        Err(e) if is_not_found(&e) => bail!("service {name:?} not found"),
-        result => result?,
-    };
+    let view: ServiceView = client
+        .get(&format!("/v1/services/{}", encode(name)))
+        .await
+        .map_err(|e| or_not_found(e, || format!("service {name:?} not found")))?;
     let replicas: Vec<ReplicaInfo> = client.get(&format!("/v1/replicas?service={}", encode(name))).await?;
     let events_of = |object: String| format!("/v1/events?object={}", encode(&object));
     let mut events: Vec<Event> = client.get(&events_of(format!("service/{name}"))).await?;
     let replica_events: Vec<Event> = client.get(&events_of(format!("replica/{name}"))).await?;
     events.extend(replica_events);
-    let events = of_service(name, events);
+    let events = of_service(name, events, view.record.created_unix);
     print(&render(&view, &replicas, &events, now_unix()))?;
     Ok(())
 }
 
-/// The events of service `name` and of its replicas, oldest first, once
-/// each. (`replica/kubia-…` filters also match service `kubia-v2`'s
-/// replicas; those are left out here.)
-pub fn of_service(name: &str, mut events: Vec<Event>) -> Vec<Event> {
+/// The events of service `name` and of its replicas since it was created
+/// (`created_unix`; not those of an earlier service of the same name),
+/// oldest first, once each. (`replica/kubia-…` filters also match service
+/// `kubia-v2`'s replicas; those are left out here.)
+pub fn of_service(name: &str, mut events: Vec<Event>, created_unix: u64) -> Vec<Event> {
     let service = format!("service/{name}");
     events.retain(|event| {
-        event.object == service || event.object.strip_prefix("replica/").and_then(service_of) == Some(name)
+        event.time_unix >= created_unix
+            && (event.object == service || event.object.strip_prefix("replica/").and_then(service_of) == Some(name))
     });
     events.sort_by_key(|event| event.seq);
     events.dedup_by_key(|event| event.seq);
@@ -150,14 +152,17 @@ mod tests {
 
     #[test]
     fn keeps_the_events_of_the_service_and_its_replicas() {
+        let mut earlier = event(0, "service/kubia", "Deleted");
+        earlier.time_unix = NOW - 3600;
         let events = vec![
+            earlier,
             event(3, "replica/kubia-3382d9-x58q4", "Started"),
             event(1, "service/kubia", "Applied"),
             event(2, "service/kubia-v2", "Applied"),
             event(4, "replica/kubia-v2-4493e0-aaaaa", "Started"),
             event(3, "replica/kubia-3382d9-x58q4", "Started"),
         ];
-        let kept: Vec<u64> = of_service("kubia", events).iter().map(|e| e.seq).collect();
+        let kept: Vec<u64> = of_service("kubia", events, NOW - 300).iter().map(|e| e.seq).collect();
         assert_eq!(kept, [1, 3]);
     }
 

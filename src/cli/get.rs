@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shoal_api::objects::{ModuleInfo, ReplicaInfo, now_unix};
 
-use super::client::{Client, encode, is_not_found};
+use super::client::{Client, is_not_found, or_not_found};
+use super::connect::encode;
 use super::table::{NO_RESOURCES, Table, format_row, widen};
 use super::{GetArgs, Output, Resource, ServiceView, print, rows};
 
@@ -35,8 +36,7 @@ impl Query {
                 Some(name) => match client.get::<Value>(&format!("/v1/services/{}", encode(name))).await {
                     Ok(view) => vec![view],
                     Err(e) if is_not_found(&e) && !strict => Vec::new(),
-                    Err(e) if is_not_found(&e) => bail!("service {name:?} not found"),
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(or_not_found(e, || format!("service {name:?} not found"))),
                 },
                 None => client.get("/v1/services").await?,
             },

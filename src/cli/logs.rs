@@ -1,10 +1,9 @@
 //! `shoal logs NAME [-f] [--tail N]`: the output of a service's replicas
 //! (or of one replica), streamed to stdout as it arrives.
 
-use anyhow::bail;
-
 use super::LogsArgs;
-use super::client::{Client, encode, is_not_found};
+use super::client::{Client, or_not_found};
+use super::connect::encode;
 
 pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.connect)?;
@@ -17,10 +16,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
             stdout.flush()
         })
         .await;
-    match result {
-        Err(e) if is_not_found(&e) => bail!("no service or replica named {:?}", args.name),
-        result => result,
-    }
+    result.map_err(|e| or_not_found(e, || format!("no service or replica named {:?}", args.name)))
 }
 
 /// `/v1/logs/{name}` with `tail` and `follow` when they are asked for.

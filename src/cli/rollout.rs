@@ -7,7 +7,8 @@ use anyhow::bail;
 use shoal_api::objects::{ReplicaInfo, RolloutPhase};
 use tokio::time::Instant;
 
-use super::client::{Client, encode, is_not_found};
+use super::client::{Client, or_not_found};
+use super::connect::encode;
 use super::{RolloutStatusArgs, ServiceView, print};
 
 /// How often the service is polled.
@@ -65,10 +66,8 @@ pub async fn status(args: RolloutStatusArgs) -> anyhow::Result<()> {
     let deadline = (!args.timeout.is_zero()).then(|| Instant::now() + args.timeout);
     let mut last = String::new();
     loop {
-        let view: ServiceView = match client.get(&path).await {
-            Err(e) if is_not_found(&e) => bail!("service {name:?} not found"),
-            result => result?,
-        };
+        let view: ServiceView =
+            client.get(&path).await.map_err(|e| or_not_found(e, || format!("service {name:?} not found")))?;
         let replicas: Vec<ReplicaInfo> = client.get(&replicas_path).await?;
         let old = replicas.iter().filter(|r| r.service == *name && r.revision != view.status.revision).count();
         match progress(&view, old) {
