@@ -200,6 +200,9 @@ async fn serve(
     cache: ComponentCache,
     data_dir: PathBuf,
 ) -> anyhow::Result<()> {
+    // Handle SIGINT and SIGTERM from here on (before anything is printed
+    // that says Shoal is up), so that a signal always means a clean stop.
+    let signal = shutdown_signal()?;
     let instance = format!("up-{}", std::process::id());
     let cgroups = match Cgroups::detect(&instance) {
         Ok(cgroups) => Some(cgroups),
@@ -279,7 +282,7 @@ async fn serve(
     println!("shoal: gateway listening on http://{gateway_address}");
     println!("shoal: admin API listening on http://{admin_address} (token in {})", data_dir.join("token").display());
 
-    wait_for_signal().await;
+    signal.await;
     println!("shoal: shutting down");
     let _ = shutdown_tx.send(true);
     if let Err(error) = gateway_server.await {
@@ -308,16 +311,16 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_owned())
 }
 
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// A future that completes on SIGINT or SIGTERM; the handlers are in place
+/// when this returns.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }

@@ -71,7 +71,7 @@ mod raw;
 mod validate;
 
 pub use error::ManifestError;
-pub use manifest::{API_VERSION, KIND, Resources, Route, Service, ServiceSpec, parse_manifests, validate_set};
+pub use manifest::{API_VERSION, KIND, Limits, Resources, Route, Service, ServiceSpec, parse_manifests, validate_set};
 pub use objects::{
     Event, EventType, ModuleInfo, ReplicaInfo, ReplicaState, RolloutPhase, ServiceRecord, ServiceStatus, format_age,
     now_unix,

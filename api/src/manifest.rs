@@ -55,10 +55,41 @@ pub struct ServiceSpec {
     pub env: BTreeMap<String, String>,
     /// Per-replica limits.
     pub resources: Resources,
+    /// Request limits (absent in records stored before they existed: the
+    /// defaults then).
+    #[serde(default)]
+    pub limits: Limits,
     /// Per-request deadline, 1ms..=1h (default 30s). Serialized as a
     /// humantime string.
     #[serde(with = "humantime_duration")]
     pub timeout: Duration,
+}
+
+/// `spec.limits`: how much one replica takes on, and how big a request may
+/// be. Each has a status when exceeded: `503` with `Retry-After` past the
+/// queue, `413` past the body size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Requests one replica serves at once (its instances), 1..=10000
+    /// (default 64).
+    pub concurrency: u32,
+    /// Requests that may wait for a free instance per replica, 0..=100000
+    /// (default 256); past it, `503` with `Retry-After`.
+    pub queue: u32,
+    /// The largest request body in bytes, up to 1Gi (default 16Mi); past
+    /// it, `413`.
+    pub request_body: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            concurrency: crate::validate::DEFAULT_CONCURRENCY,
+            queue: crate::validate::DEFAULT_QUEUE,
+            request_body: crate::validate::DEFAULT_REQUEST_BODY,
+        }
+    }
 }
 
 /// Where requests for a service come from: an optional host and a path

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{Resources, Route, Service};
+use crate::manifest::{Limits, Resources, Route, Service};
 
 /// A service as stored: the validated manifest plus what the control plane
 /// adds.
@@ -38,7 +38,7 @@ pub struct ServiceRecord {
 impl ServiceRecord {
     /// The revision: the first 6 hex characters of a sha256 over what
     /// replicas are made from: the module digest, `spec.env`,
-    /// `spec.resources` and `spec.timeout`.
+    /// `spec.resources`, `spec.limits` and `spec.timeout`.
     ///
     /// Replicas and routes are left out, so scaling or re-routing a service
     /// does not replace its replicas (as in Kubernetes, where only a change
@@ -52,6 +52,7 @@ impl ServiceRecord {
             module_digest: &'a str,
             env: &'a BTreeMap<String, String>,
             resources: &'a Resources,
+            limits: &'a Limits,
             timeout: Duration,
         }
         let spec = &self.service.spec;
@@ -59,6 +60,7 @@ impl ServiceRecord {
             module_digest: &self.module_digest,
             env: &spec.env,
             resources: &spec.resources,
+            limits: &spec.limits,
             timeout: spec.timeout,
         };
         let json = serde_json::to_vec(&template).expect("strings, maps and integers serialize");
@@ -275,6 +277,7 @@ mod tests {
                     routes: vec![Route { host: None, path: "/".into() }],
                     env: BTreeMap::from([("GREETING".into(), "hi".into())]),
                     resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
+                    limits: Default::default(),
                     timeout: Duration::from_secs(10),
                 },
             },

@@ -36,7 +36,7 @@ pub(crate) struct RawMetadata {
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mapping with module, replicas, routes, env, resources and timeout"
+    expecting = "a mapping with module, replicas, routes, env, resources, limits and timeout"
 )]
 pub(crate) struct RawSpec {
     pub module: Option<String>,
@@ -44,7 +44,16 @@ pub(crate) struct RawSpec {
     pub routes: Option<Vec<RawRoute>>,
     pub env: Option<StringMap>,
     pub resources: Option<RawResources>,
+    pub limits: Option<RawLimits>,
     pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", expecting = "a mapping with concurrency, queue and requestBody")]
+pub(crate) struct RawLimits {
+    pub concurrency: Option<WholeNumber>,
+    pub queue: Option<WholeNumber>,
+    pub request_body: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

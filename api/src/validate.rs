@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{ManifestError, join, key_path};
-use crate::manifest::{API_VERSION, KIND, Resources, Route, Service, ServiceSpec};
+use crate::manifest::{API_VERSION, KIND, Limits, Resources, Route, Service, ServiceSpec};
 use crate::quantity::{format_bytes, parse_cpu, parse_memory};
-use crate::raw::{RawResources, RawRoute, RawService, RawSpec, StringMap};
+use crate::raw::{RawLimits, RawResources, RawRoute, RawService, RawSpec, StringMap, WholeNumber};
 
 const KI: u64 = 1024;
 const MI: u64 = 1024 * KI;
@@ -25,6 +25,15 @@ const DEFAULT_INSTANCE_MEMORY: u64 = 64 * MI;
 const MIN_INSTANCE_MEMORY: u64 = 64 * KI;
 const MAX_INSTANCE_MEMORY: u64 = 4 * GI;
 const MAX_CPU_MILLIS: u32 = 1024 * 1000;
+/// Requests one replica serves at once (instances), by default and at most.
+pub const DEFAULT_CONCURRENCY: u32 = 64;
+const MAX_CONCURRENCY: u32 = 10_000;
+/// Requests that may wait for an instance per replica, by default and at most.
+pub const DEFAULT_QUEUE: u32 = 256;
+const MAX_QUEUE: u32 = 100_000;
+/// The largest request body, by default and at most.
+pub const DEFAULT_REQUEST_BODY: u64 = 16 * MI;
+const MAX_REQUEST_BODY: u64 = GI;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -131,6 +140,7 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
     };
     let env = env(raw.env.unwrap_or_default())?;
     let resources = resources(raw.resources)?;
+    let limits = limits(raw.limits.unwrap_or_default())?;
     let timeout = match raw.timeout {
         None => DEFAULT_TIMEOUT,
         Some(text) => timeout(&text).map_err(|m| ManifestError::new("spec.timeout", m))?,
@@ -142,8 +152,36 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
         routes,
         env,
         resources,
+        limits,
         timeout,
     })
+}
+
+fn limits(raw: RawLimits) -> Result<Limits> {
+    let count = |value: Option<WholeNumber>, default: u32, min: u32, max: u32, field: &str| match value {
+        None => Ok(default),
+        Some(n) => u32::try_from(n.0)
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| ManifestError::new(field, format!("must be between {min} and {max}, found {}", n.0))),
+    };
+    let concurrency = count(raw.concurrency, DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY, "spec.limits.concurrency")?;
+    let queue = count(raw.queue, DEFAULT_QUEUE, 0, MAX_QUEUE, "spec.limits.queue")?;
+    const BODY: &str = "spec.limits.requestBody";
+    let request_body = match &raw.request_body {
+        None => DEFAULT_REQUEST_BODY,
+        Some(text) => {
+            let bytes = parse_memory(text).map_err(|m| ManifestError::new(BODY, m))?;
+            if bytes > MAX_REQUEST_BODY {
+                return Err(ManifestError::new(
+                    BODY,
+                    format!("{text:?} exceeds the maximum of {}", format_bytes(MAX_REQUEST_BODY)),
+                ));
+            }
+            bytes
+        }
+    };
+    Ok(Limits { concurrency, queue, request_body })
 }
 
 fn routes(raw: Vec<RawRoute>) -> Result<Vec<Route>> {

@@ -39,8 +39,6 @@ pub const PERIOD: Duration = Duration::from_secs(5);
 pub const MAX_SURGE: usize = 1;
 /// Ready pods a rollout may take away below the desired count.
 pub const MAX_UNAVAILABLE: usize = 0;
-/// Concurrent instances per replica.
-pub const MAX_CONCURRENCY: u32 = 128;
 
 /// The reconciler and the actual state it manages.
 pub struct Controller {
@@ -178,7 +176,12 @@ impl Controller {
     fn reconcile_service(&self, record: &ServiceRecord, module: Result<PathBuf, String>) -> ServiceStatus {
         let service = &record.service;
         let name = &service.name;
-        self.ctx.gateway.set_service(name, service.spec.routes.clone(), service.spec.timeout);
+        self.ctx.gateway.set_service(
+            name,
+            service.spec.routes.clone(),
+            service.spec.timeout,
+            service.spec.limits.request_body,
+        );
         self.published.lock().expect("published lock").insert(name.clone());
         let revision = record.revision();
         let desired = service.spec.replicas as usize;
@@ -272,7 +275,8 @@ impl Controller {
                     },
                     instance_memory: service.spec.resources.instance_memory,
                     timeout: service.spec.timeout,
-                    max_concurrency: MAX_CONCURRENCY,
+                    max_concurrency: service.spec.limits.concurrency,
+                    queue: service.spec.limits.queue,
                     drain_timeout: GRACE,
                 };
                 pods.push(Pod::start(self.ctx.clone(), spec, revision.clone()));

@@ -5,6 +5,7 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,22 +24,50 @@ pub type WorkerClient = Client<UnixConnector, UpstreamBody>;
 /// arrives, or buffered (empty and small bodies), which lets the gateway
 /// send the request again to another replica.
 pub enum UpstreamBody {
-    /// Streamed from the client.
-    Streaming(Incoming),
+    /// Streamed from the client, cut off past the service's size limit.
+    Streaming(LimitedBody),
     /// Held in memory; `None` once sent.
     Buffered(Option<Bytes>),
 }
 
+/// A client's body with a size limit: past it, the stream ends in an error
+/// and `exceeded` is set, so that the gateway can answer `413`.
+pub struct LimitedBody {
+    pub body: Incoming,
+    pub remaining: u64,
+    pub exceeded: Arc<AtomicBool>,
+}
+
+/// The error a [`LimitedBody`] ends with past its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than the service's limit")]
+pub struct BodyTooLarge;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl hyper::body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Streaming(limited) => match Pin::new(&mut limited.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if len > limited.remaining {
+                        limited.exceeded.store(true, Ordering::SeqCst);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    limited.remaining -= len;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
             UpstreamBody::Buffered(bytes) => {
                 Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(hyper::body::Frame::data(b))))
             }
@@ -47,14 +76,14 @@ impl hyper::body::Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Streaming(body) => body.is_end_stream(),
+            UpstreamBody::Streaming(limited) => limited.body.is_end_stream(),
             UpstreamBody::Buffered(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
         }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         match self {
-            UpstreamBody::Streaming(body) => body.size_hint(),
+            UpstreamBody::Streaming(limited) => limited.body.size_hint(),
             UpstreamBody::Buffered(bytes) => {
                 hyper::body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

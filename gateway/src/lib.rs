@@ -45,13 +45,25 @@ pub struct Backend {
     pub name: String,
     /// The request deadline, in milliseconds (changed in place on update).
     timeout_ms: AtomicU64,
+    /// The largest request body, in bytes (changed in place on update).
+    max_body: AtomicU64,
     /// The ready replicas.
     pub replicas: Balancer,
 }
 
 impl Backend {
-    fn new(name: &str, timeout: Duration) -> Self {
-        Self { name: name.to_owned(), timeout_ms: AtomicU64::new(millis(timeout)), replicas: Balancer::default() }
+    fn new(name: &str, timeout: Duration, max_body: u64) -> Self {
+        Self {
+            name: name.to_owned(),
+            timeout_ms: AtomicU64::new(millis(timeout)),
+            max_body: AtomicU64::new(max_body),
+            replicas: Balancer::default(),
+        }
+    }
+
+    /// The largest request body, in bytes.
+    pub fn max_body(&self) -> u64 {
+        self.max_body.load(Ordering::Relaxed)
     }
 
     /// The request deadline.
@@ -81,16 +93,17 @@ impl Gateway {
         Arc::new(Self::default())
     }
 
-    /// Adds or updates a service's routes and deadline; its ready replicas
-    /// are kept.
-    pub fn set_service(&self, name: &str, routes: Vec<Route>, timeout: Duration) {
+    /// Adds or updates a service's routes, deadline and body size limit;
+    /// its ready replicas are kept.
+    pub fn set_service(&self, name: &str, routes: Vec<Route>, timeout: Duration, max_body: u64) {
         let mut services = self.services.write().expect("gateway lock");
         let backend = match services.remove(name) {
             Some((_, backend)) => {
                 backend.timeout_ms.store(millis(timeout), Ordering::Relaxed);
+                backend.max_body.store(max_body, Ordering::Relaxed);
                 backend
             }
-            None => Arc::new(Backend::new(name, timeout)),
+            None => Arc::new(Backend::new(name, timeout, max_body)),
         };
         services.insert(name.to_owned(), (routes, backend));
         self.rebuild(&services);

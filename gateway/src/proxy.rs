@@ -18,6 +18,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -28,7 +29,7 @@ use hyper::body::Incoming;
 
 use crate::Gateway;
 use crate::balancer::InFlight;
-use crate::client::UpstreamBody;
+use crate::client::{LimitedBody, UpstreamBody};
 
 /// The gateway's response body: a worker's streamed body, or a short message
 /// of the gateway's own.
@@ -78,6 +79,14 @@ pub fn message(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// The size of a request's head as sent: request target, header names and
+/// values, with their separators.
+pub fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let fields: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    req.method().as_str().len() + target + 12 + fields
 }
 
 /// Headers that describe one connection and must not be forwarded.
@@ -141,6 +150,13 @@ impl Gateway {
         }
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
 
+        // Bodies over the service's limit: 413 before anything is sent when
+        // the length is declared; cut off (then 413) when it is not.
+        let max_body = backend.max_body();
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            return too_large(max_body);
+        }
         // Empty and small bodies are buffered so that the request can be
         // sent again; larger ones stream and are never retried.
         let (parts, body) = req.into_parts();
@@ -154,6 +170,7 @@ impl Gateway {
         } else {
             (None, Some(body))
         };
+        let exceeded = Arc::new(AtomicBool::new(false));
 
         let timeout = backend.timeout();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -161,7 +178,9 @@ impl Gateway {
         for attempt in 0..2 {
             let body = match (&replay, streaming.take()) {
                 (Some(bytes), _) => UpstreamBody::Buffered(Some(bytes.clone())),
-                (None, Some(body)) => UpstreamBody::Streaming(body),
+                (None, Some(body)) => {
+                    UpstreamBody::Streaming(LimitedBody { body, remaining: max_body, exceeded: exceeded.clone() })
+                }
                 (None, None) => break,
             };
             let mut request = Request::new(body);
@@ -178,6 +197,9 @@ impl Gateway {
                 }
                 Ok(Err(error)) => {
                     drop(in_flight);
+                    if exceeded.load(Ordering::SeqCst) {
+                        return too_large(max_body);
+                    }
                     // Safe to send again: nothing reached the worker (no
                     // connection), or the method is idempotent; and the body
                     // is still at hand.
@@ -205,6 +227,13 @@ impl Gateway {
         }
         message(StatusCode::BAD_GATEWAY, "502 bad gateway: the replica failed\n")
     }
+}
+
+fn too_large(limit: u64) -> Response<Body> {
+    message(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("413 request body too large (the limit is {})\n", shoal_api::format_bytes(limit)),
+    )
 }
 
 /// Requests of these methods may be sent twice without changing the

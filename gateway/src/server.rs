@@ -28,6 +28,11 @@ pub struct GatewayConfig {
     pub header_read_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown. Default 10 seconds.
     pub drain_timeout: Duration,
+    /// The largest request head (request line and headers), in bytes;
+    /// past it, `431`. Default 32 KiB.
+    pub max_header_bytes: usize,
+    /// The most header fields in a request; past it, `431`. Default 100.
+    pub max_headers: usize,
 }
 
 impl Default for GatewayConfig {
@@ -36,6 +41,8 @@ impl Default for GatewayConfig {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
         }
     }
 }
@@ -75,9 +82,18 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let gateway = self.clone();
+            let max_head = config.max_header_bytes;
             let service = hyper::service::service_fn(move |req| {
                 let gateway = gateway.clone();
-                async move { Ok::<_, std::convert::Infallible>(gateway.proxy(req, client).await) }
+                async move {
+                    if crate::proxy::head_size(&req) > max_head {
+                        return Ok(crate::proxy::message(
+                            hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "431 request header fields too large\n",
+                        ));
+                    }
+                    Ok::<_, std::convert::Infallible>(gateway.proxy(req, client).await)
+                }
             });
             let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
             tokio::spawn(async move {

@@ -75,6 +75,8 @@ pub struct ReplicaSpec {
     pub timeout: Duration,
     /// Concurrent instances per replica.
     pub max_concurrency: u32,
+    /// Requests that may wait for an instance per replica.
+    pub queue: u32,
     /// How long in-flight requests may finish when the replica is stopped.
     pub drain_timeout: Duration,
 }
@@ -181,6 +183,7 @@ impl NodeAgent {
             instance_memory: spec.instance_memory,
             timeout_ms: spec.timeout.as_millis() as u64,
             max_concurrency: spec.max_concurrency,
+            queue: spec.queue,
             drain_timeout_ms: spec.drain_timeout.as_millis() as u64,
         };
         let config_json = serde_json::to_string(&worker).expect("worker config serializes");

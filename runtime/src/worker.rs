@@ -8,9 +8,10 @@
 //! Request path, in order:
 //!
 //! 1. hyper reads an HTTP/1.1 request from the gateway's pooled connection.
-//! 2. A permit from the concurrency semaphore is taken (waiting at most the
-//!    request deadline): at most `max_concurrency` instances exist at once,
-//!    which is also the size of the instance pool.
+//! 2. A permit from the concurrency semaphore is taken: at most
+//!    `max_concurrency` instances exist at once (the size of the instance
+//!    pool); up to `queue` requests wait for one (at most until the
+//!    deadline), and past that the answer is `503` with `Retry-After`.
 //! 3. A fresh [`Store`] gets the replica's environment, the instance memory
 //!    cap and an epoch deadline; the component is instantiated from its
 //!    [`ProxyPre`] and its `wasi:http/incoming-handler` is called in a task
@@ -24,6 +25,7 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -71,6 +73,9 @@ pub struct WorkerConfig {
     pub timeout_ms: u64,
     /// Instances that may run at once; further requests wait for a slot.
     pub max_concurrency: u32,
+    /// Requests that may wait for a slot; past it, `503` with `Retry-After`.
+    #[serde(default)]
+    pub queue: u32,
     /// How long in-flight requests may take to finish after SIGTERM, in
     /// milliseconds.
     pub drain_timeout_ms: u64,
@@ -129,6 +134,9 @@ struct Replica {
     timeout: Duration,
     deadline_ticks: u64,
     slots: Arc<Semaphore>,
+    /// Requests waiting for a slot, bounded by `queue`.
+    waiting: AtomicUsize,
+    queue: usize,
 }
 
 /// Runs a worker until SIGTERM, then drains. Blocks the calling thread.
@@ -176,6 +184,8 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
         timeout,
         deadline_ticks: (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1,
         slots: Arc::new(Semaphore::new(config.max_concurrency.max(1) as usize)),
+        waiting: AtomicUsize::new(0),
+        queue: config.queue as usize,
     });
 
     replica
@@ -265,13 +275,30 @@ impl Replica {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let permit = match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_closed)) => {
-                return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "replica is shutting down\n"));
-            }
-            Err(_elapsed) => {
-                return Ok(plain(StatusCode::GATEWAY_TIMEOUT, "deadline exceeded waiting for a free instance\n"));
+        // A free instance now, or a place in the bounded queue, or 503.
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    let mut busy = plain(StatusCode::SERVICE_UNAVAILABLE, "503 replica overloaded: try again\n");
+                    busy.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+                    return Ok(busy);
+                }
+                let waited = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await;
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                match waited {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_closed)) => {
+                        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "replica is shutting down\n"));
+                    }
+                    Err(_elapsed) => {
+                        return Ok(plain(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "deadline exceeded waiting for a free instance\n",
+                        ));
+                    }
+                }
             }
         };
 

@@ -172,6 +172,7 @@ pub(crate) mod tests {
                     routes: vec![Route { host: None, path: "/".into() }],
                     env: BTreeMap::new(),
                     resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
+                    limits: Default::default(),
                     timeout: Duration::from_secs(10),
                 },
             },
