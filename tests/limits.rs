@@ -89,27 +89,29 @@ async fn replica_memory_obeyed_and_oom_killed_then_replaced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrency_and_queue_obeyed_and_exceeded() {
-    let (mut shoal, _dir) = start("queue", "limits:\n  concurrency: 1\n  queue: 1\ntimeout: 3s");
-    // The only instance is busy with a loop until its 3 s deadline.
+    let (mut shoal, _dir) = start("queue", "limits:\n  concurrency: 1\n  queue: 1\ntimeout: 6s");
+    // The only instance is busy with a loop until its 6 s deadline.
     let busy = {
         let url = shoal.url("/loop");
         tokio::spawn(async move { get(&url, None).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    shoal.wait_for_output(|l| l.contains("faulty: GET /loop"));
+    // Late enough that its own deadline outlasts the loop's by seconds.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     // One request may wait: it is answered once the instance is free.
     let queued = {
         let url = shoal.url("/");
         tokio::spawn(async move { get(&url, None).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // A second one finds the queue full: 503 with Retry-After, at once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A second one finds the queue full: 503 with Retry-After, at once
+    // (while the loop still holds the instance).
     let client = client();
-    let started = Instant::now();
     let response =
         client.request(hyper::Request::get(shoal.url("/")).body(http_body_util::Empty::new()).unwrap()).await.unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers().get("retry-after").unwrap(), "1");
-    assert!(started.elapsed() < Duration::from_secs(2), "the overflow waited instead of being refused");
+    assert!(!busy.is_finished() && !queued.is_finished(), "the overflow waited instead of being refused");
 
     let (status, _) = busy.await.unwrap();
     assert_eq!(status, 504);

@@ -31,11 +31,14 @@ pub enum UpstreamBody {
 }
 
 /// A client's body with a size limit: past it, the stream ends in an error
-/// and `exceeded` is set, so that the gateway can answer `413`.
+/// and `exceeded` is set, so that the gateway can answer `413`. When the
+/// client's own body is broken (bad chunking, cut short), `broken` is set,
+/// so that the gateway answers `400` rather than blaming the replica.
 pub struct LimitedBody {
     pub body: Incoming,
     pub remaining: u64,
     pub exceeded: Arc<AtomicBool>,
+    pub broken: Arc<AtomicBool>,
 }
 
 /// The error a [`LimitedBody`] ends with past its limit.
@@ -64,7 +67,10 @@ impl hyper::body::Body for UpstreamBody {
                     limited.remaining -= len;
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+                Poll::Ready(Some(Err(error))) => {
+                    limited.broken.store(true, Ordering::SeqCst);
+                    Poll::Ready(Some(Err(Box::new(error))))
+                }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },

@@ -81,6 +81,39 @@ pub fn message(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host header, and any
+/// Host header is a valid authority without user information.
+fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err("400 more than one Host header\n");
+    }
+    match first {
+        None if req.version() == Version::HTTP_11 => Err("400 missing Host header\n"),
+        None => Ok(()),
+        Some(value) => {
+            let valid = value
+                .to_str()
+                .ok()
+                .filter(|h| !h.contains('@') && valid_port(h))
+                .is_some_and(|h| h.parse::<http::uri::Authority>().is_ok());
+            if valid { Ok(()) } else { Err("400 invalid Host header\n") }
+        }
+    }
+}
+
+/// A port after the host, if any, is a number that fits in 16 bits.
+fn valid_port(host: &str) -> bool {
+    if host.ends_with(']') {
+        return true;
+    }
+    match host.rsplit_once(':') {
+        Some((_, port)) => port.parse::<u16>().is_ok(),
+        None => true,
+    }
+}
+
 /// The size of a request's head as sent: request target, header names and
 /// values, with their separators.
 pub fn head_size<B>(req: &Request<B>) -> usize {
@@ -116,6 +149,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 impl Gateway {
     /// Handles one client request.
     pub(crate) async fn proxy(self: Arc<Self>, mut req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        if let Err(problem) = check_host(&req) {
+            return message(StatusCode::BAD_REQUEST, problem);
+        }
         let host = req
             .uri()
             .authority()
@@ -171,6 +207,7 @@ impl Gateway {
             (None, Some(body))
         };
         let exceeded = Arc::new(AtomicBool::new(false));
+        let broken = Arc::new(AtomicBool::new(false));
 
         let timeout = backend.timeout();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -178,9 +215,12 @@ impl Gateway {
         for attempt in 0..2 {
             let body = match (&replay, streaming.take()) {
                 (Some(bytes), _) => UpstreamBody::Buffered(Some(bytes.clone())),
-                (None, Some(body)) => {
-                    UpstreamBody::Streaming(LimitedBody { body, remaining: max_body, exceeded: exceeded.clone() })
-                }
+                (None, Some(body)) => UpstreamBody::Streaming(LimitedBody {
+                    body,
+                    remaining: max_body,
+                    exceeded: exceeded.clone(),
+                    broken: broken.clone(),
+                }),
                 (None, None) => break,
             };
             let mut request = Request::new(body);
@@ -199,6 +239,10 @@ impl Gateway {
                     drop(in_flight);
                     if exceeded.load(Ordering::SeqCst) {
                         return too_large(max_body);
+                    }
+                    if broken.load(Ordering::SeqCst) {
+                        tracing::debug!(service = %backend.name, %error, "client sent a broken body");
+                        return message(StatusCode::BAD_REQUEST, "400 bad request body\n");
                     }
                     // Safe to send again: nothing reached the worker (no
                     // connection), or the method is idempotent; and the body
@@ -251,6 +295,26 @@ const MAX_REPLAY_BODY: u64 = 64 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_the_host_header() {
+        let request = |hosts: &[&str]| {
+            let mut builder = Request::get("/");
+            for host in hosts {
+                builder = builder.header(header::HOST, *host);
+            }
+            builder.body(()).unwrap()
+        };
+        assert!(check_host(&request(&["kubia.test"])).is_ok());
+        assert!(check_host(&request(&["127.0.0.1:8080"])).is_ok());
+        assert!(check_host(&request(&["[::1]:8080"])).is_ok());
+        assert!(check_host(&request(&["[::1]"])).is_ok());
+        assert!(check_host(&request(&[])).is_err());
+        assert!(check_host(&request(&["a.test", "b.test"])).is_err());
+        assert!(check_host(&request(&["a.test:port"])).is_err());
+        assert!(check_host(&request(&["user@a.test"])).is_err());
+        assert!(check_host(&request(&["a b.test"])).is_err());
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {

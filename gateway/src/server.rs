@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -83,8 +84,14 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let gateway = self.clone();
             let max_head = config.max_header_bytes;
+            // Set by the first request: a connection that has sent none
+            // within the header timeout is closed (hyper's own timeout only
+            // starts once the protocol is known, which takes 24 bytes).
+            let seen = Arc::new(AtomicBool::new(false));
+            let seen_by_service = seen.clone();
             let service = hyper::service::service_fn(move |req| {
                 let gateway = gateway.clone();
+                seen_by_service.store(true, Ordering::Relaxed);
                 async move {
                     if crate::proxy::head_size(&req) > max_head {
                         return Ok(crate::proxy::message(
@@ -96,8 +103,21 @@ impl Gateway {
                 }
             });
             let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+            let first_request = config.header_read_timeout;
             tokio::spawn(async move {
-                if let Err(error) = conn.await {
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    result = &mut conn => result,
+                    () = tokio::time::sleep(first_request) => {
+                        if seen.load(Ordering::Relaxed) {
+                            conn.await
+                        } else {
+                            tracing::debug!(%client, "no request within the header timeout; closing");
+                            Ok(())
+                        }
+                    }
+                };
+                if let Err(error) = result {
                     tracing::debug!(%client, %error, "client connection ended with an error");
                 }
                 drop(permit);

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, oneshot};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -132,7 +132,6 @@ struct Replica {
     env: Vec<(String, String)>,
     instance_memory: usize,
     timeout: Duration,
-    deadline_ticks: u64,
     slots: Arc<Semaphore>,
     /// Requests waiting for a slot, bounded by `queue`.
     waiting: AtomicUsize,
@@ -182,7 +181,6 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
         env,
         instance_memory: usize::try_from(config.instance_memory).unwrap_or(usize::MAX),
         timeout,
-        deadline_ticks: (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1,
         slots: Arc::new(Semaphore::new(config.max_concurrency.max(1) as usize)),
         waiting: AtomicUsize::new(0),
         queue: config.queue as usize,
@@ -255,7 +253,14 @@ impl Replica {
             },
         );
         store.limiter(|guest| &mut guest.limits);
-        store.set_epoch_deadline(self.deadline_ticks);
+        // Every epoch tick (10 ms) of guest execution, yield to the runtime
+        // so that a busy guest cannot starve the other requests of its
+        // thread, and stop the guest once its deadline has passed.
+        let deadline = std::time::Instant::now() + self.timeout;
+        store.epoch_deadline_callback(move |_| {
+            Ok(if std::time::Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+        store.set_epoch_deadline(1);
         store
     }
 

@@ -7,6 +7,8 @@
 //!   answers `allocated N MiB` (exercises per-instance memory limits).
 //! - `GET /env?name=X` answers the value of environment variable `X`
 //!   (404 if unset).
+//! - `GET /sleep?ms=N` waits N milliseconds (a WASI clock wait, not a
+//!   spin), then answers `slept N ms` (exercises graceful drain).
 //! - `/echo` (any method) answers `<METHOD>\n` followed by the request
 //!   body.
 //! - Anything else answers `You've hit <HOSTNAME>` like `hello`.
@@ -29,6 +31,7 @@ fn handle(req: Request) -> Response {
         },
         ("GET", "/alloc") => alloc(&req),
         ("GET", "/env") => env(&req),
+        ("GET", "/sleep") => sleep(&req),
         (_, "/echo") => echo(&req),
         _ => {
             let host = shoal_sdk::hostname().unwrap_or_else(|| "unknown".to_owned());
@@ -52,6 +55,14 @@ fn alloc(req: &Request) -> Response {
     }
     std::hint::black_box(&buf);
     Response::ok(format!("allocated {mb} MiB\n"))
+}
+
+fn sleep(req: &Request) -> Response {
+    let Some(ms) = req.query_param("ms").and_then(|v| v.parse::<u64>().ok()) else {
+        return Response::text(400, "usage: /sleep?ms=N\n");
+    };
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    Response::ok(format!("slept {ms} ms\n"))
 }
 
 fn env(req: &Request) -> Response {
