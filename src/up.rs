@@ -68,6 +68,7 @@ struct Loaded {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
@@ -97,6 +98,20 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")?;
     runtime.block_on(serve(args, store, token, cache, data_dir))
+}
+
+/// Every client connection and every pooled worker connection is a file
+/// descriptor: raise the soft limit to the hard one, as nginx does with
+/// `worker_rlimit_nofile`.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// The data directory when none is given: `$XDG_DATA_HOME/shoal` or

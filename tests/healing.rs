@@ -107,3 +107,40 @@ async fn a_module_that_crashes_at_start_backs_off_without_burning_cpu() {
     assert!(used < 75, "shoal used {used} ticks (1/100 s) in 3 s while backing off");
     assert!(shoal.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_worker_leaves_the_rotation_and_comes_back() {
+    let dir = Scratch::new("probe");
+    let file = dir.write("faulty.yaml", manifest("faulty", FAULTY_WASM, "replicas: 2\ntimeout: 5s"));
+    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
+    shoal.wait_ready("faulty");
+    let workers = shoal.worker_pids();
+    assert_eq!(workers.len(), 2);
+    let stuck = workers[0];
+    let stuck_name = std::fs::read(format!("/proc/{stuck}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).split('\0').nth(2).unwrap_or_default().to_owned())
+        .unwrap();
+    // SAFETY: signals to a worker of our own shoal.
+    unsafe { libc::kill(stuck as i32, libc::SIGSTOP) };
+    shoal.wait_for_line(|l| l.contains(&format!("replica/{stuck_name} Unready:")));
+
+    // Out of rotation: every request goes to the other replica, at once.
+    let client = client();
+    for _ in 0..20 {
+        let (status, body) = get_with(&client, &shoal.url("/"), None).await;
+        assert_eq!(status, 200);
+        assert!(!body.contains(&stuck_name), "a request reached the stuck replica");
+    }
+    let (_, out, _) = shoal.cli(&["get", "replicas"]);
+    let row = out.lines().find(|l| l.starts_with(&stuck_name)).expect("the stuck replica is listed");
+    assert!(row.split_whitespace().nth(1) == Some("0/1"), "{row}");
+
+    unsafe { libc::kill(stuck as i32, libc::SIGCONT) };
+    shoal.wait_for_line(|l| l.contains(&format!("replica/{stuck_name} Ready:")));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(get_with(&client, &shoal.url("/"), None).await.1);
+    }
+    assert_eq!(seen.len(), 2, "the replica did not come back into rotation: {seen:?}");
+    assert!(shoal.stop().success());
+}

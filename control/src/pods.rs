@@ -173,7 +173,9 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                     "Started",
                     format!("pid {pid}, cgroup {}", cgroup.as_deref().unwrap_or("none (unconfined)")),
                 );
+                let (name, socket) = (replica.name.clone(), replica.socket.clone());
                 tokio::select! {
+                    () = probe(&ctx, &spec.service, &name, &socket, &update, &object) => unreachable!(),
                     exit = replica.wait() => {
                         ctx.gateway.remove_replica(&spec.service, &replica.name);
                         let ran = started.elapsed();
@@ -241,6 +243,73 @@ fn backoff(failures: u32) -> Duration {
 
 fn when(delay: Duration) -> String {
     if delay.is_zero() { "now".into() } else { format!("in {delay:?}") }
+}
+
+/// Applies a change to a pod's status and wakes the reconciler.
+type StatusUpdate<'a> = dyn Fn(&dyn Fn(&mut PodStatus)) + Sync + 'a;
+
+/// How often a running worker is probed, how long a probe may take, and
+/// how many failures in a row take it out of the rotation.
+const PROBE_PERIOD: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const PROBE_FAILURES: u32 = 3;
+
+/// Probes a running worker forever: after [`PROBE_FAILURES`] failed probes
+/// in a row it leaves the gateway's rotation (its process may be alive but
+/// stuck or stopped), and returns to it on the next success.
+async fn probe(
+    ctx: &PodContext,
+    service: &str,
+    replica: &str,
+    socket: &std::path::Path,
+    update: &StatusUpdate<'_>,
+    object: &str,
+) {
+    let mut failures = 0;
+    let mut in_rotation = true;
+    loop {
+        tokio::time::sleep(PROBE_PERIOD).await;
+        let ok = tokio::time::timeout(PROBE_TIMEOUT, probe_once(socket)).await.is_ok_and(|ok| ok);
+        if ok {
+            failures = 0;
+            if !in_rotation {
+                in_rotation = true;
+                ctx.gateway.add_replica(service, replica, socket);
+                update(&|s| s.ready = true);
+                ctx.events.normal(object, "Ready", "readiness probe succeeded; back in rotation");
+            }
+        } else {
+            failures += 1;
+            if failures == PROBE_FAILURES && in_rotation {
+                in_rotation = false;
+                ctx.gateway.remove_replica(service, replica);
+                update(&|s| s.ready = false);
+                ctx.events.warning(
+                    object,
+                    "Unready",
+                    format!("{PROBE_FAILURES} readiness probes failed; out of rotation"),
+                );
+            }
+        }
+    }
+}
+
+/// One readiness probe: a request the worker answers itself.
+async fn probe_once(socket: &std::path::Path) -> bool {
+    let Ok(stream) = tokio::net::UnixStream::connect(socket).await else {
+        return false;
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+    else {
+        return false;
+    };
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/")
+        .header(hyper::header::HOST, "replica")
+        .header(shoal_runtime::worker::PROBE_HEADER, "1")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("a valid probe request");
+    sender.send_request(request).await.is_ok_and(|r| r.status().is_success())
 }
 
 /// Completes once the pod is told to stop.

@@ -173,6 +173,8 @@ impl Gateway {
         *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        // Only the node agent may probe a worker.
+        headers.remove("x-shoal-probe");
         if let Some(value) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             headers.entry(header::HOST).or_insert(value);
         }

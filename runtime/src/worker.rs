@@ -52,6 +52,11 @@ use crate::engine::{EPOCH_TICK, PoolSettings, worker_engine};
 /// reports readiness (it writes one line, `ready`, then closes it).
 pub const READY_FD_ENV: &str = "SHOAL_READY_FD";
 
+/// The header of a readiness probe. The worker answers a request that
+/// carries it itself (`200 ready`), without running the guest; the gateway
+/// removes it from client requests.
+pub const PROBE_HEADER: &str = "x-shoal-probe";
+
 /// Everything a worker needs, passed by the node agent as one JSON argument.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerConfig {
@@ -279,6 +284,9 @@ impl Replica {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
+        if req.headers().contains_key(PROBE_HEADER) {
+            return Ok(plain(StatusCode::OK, "ready\n"));
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
         // A free instance now, or a place in the bounded queue, or 503.
         let permit = match self.slots.clone().try_acquire_owned() {
