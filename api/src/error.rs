@@ -74,9 +74,21 @@ impl ManifestError {
     /// A type error or unknown field reported by serde while reading a
     /// document, located by `serde_path_to_error`.
     pub(crate) fn from_serde(err: &serde_path_to_error::Error<serde_yaml_ng::Error>) -> Self {
-        let path = err.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        let mut message = strip_path_prefix(&err.inner().to_string(), &path).to_owned();
+        // Map keys are quoted as the validation phase quotes them
+        // (`spec.env["a.b"]`), so one key has one path whichever phase
+        // reports it.
+        let mut path = String::new();
+        for segment in err.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                serde_path_to_error::Segment::Map { key } => path = key_path(&path, key),
+                serde_path_to_error::Segment::Enum { variant } => path = key_path(&path, variant),
+                serde_path_to_error::Segment::Unknown => path = join(&path, "?"),
+            }
+        }
+        let display = err.path().to_string();
+        let display = if display == "." { String::new() } else { display };
+        let mut message = strip_path_prefix(&err.inner().to_string(), &display).to_owned();
         // "... at line 7 column 3" reads as part of the sentence after
         // "expected one of a, b, c"; say "(line 7, column 3)" instead.
         if let Some(location) = err.inner().location() {

@@ -25,7 +25,7 @@ const MAX_DIGITS: usize = 38;
 #[derive(Debug, Clone, Copy)]
 struct Decimal {
     mantissa: u128,
-    exp10: i32,
+    exp10: i64,
 }
 
 /// Why the leading number of a quantity could not be read.
@@ -65,12 +65,12 @@ fn split_number(s: &str) -> Result<(Decimal, &str), NumberError> {
     }
     let mantissa =
         if significant.is_empty() { 0 } else { significant.parse::<u128>().map_err(|_| NumberError::TooLong)? };
-    let exp10 = -i32::try_from(frac_digits.len()).map_err(|_| NumberError::TooLong)?;
+    let exp10 = -i64::try_from(frac_digits.len()).map_err(|_| NumberError::TooLong)?;
     Ok((Decimal { mantissa, exp10 }, rest))
 }
 
 /// Parses a decimal exponent suffix such as `e6`, `E+3` or `e-2`.
-fn parse_exponent(suffix: &str) -> Option<i32> {
+fn parse_exponent(suffix: &str) -> Option<i64> {
     let digits = suffix.strip_prefix(['e', 'E'])?;
     let (negative, digits) = match digits.as_bytes().first() {
         Some(b'-') => (true, &digits[1..]),
@@ -80,24 +80,58 @@ fn parse_exponent(suffix: &str) -> Option<i32> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    // Clamp absurd exponents; they overflow (or round to 1) anyway.
-    let value = digits.parse::<i32>().unwrap_or(i32::MAX).min(10_000);
+    // Absurd exponents saturate; added to the fraction's own exponent they
+    // still give the exact scale for any input that fits in memory.
+    let value = digits.parse::<i64>().unwrap_or(i64::MAX);
     Some(if negative { -value } else { value })
 }
 
+/// `10^n`, or `None` when it does not fit in a u128.
+fn pow10(n: u64) -> Option<u128> {
+    10u128.checked_pow(u32::try_from(n).ok()?)
+}
+
 /// `ceil(num * 10^exp10)`, or `None` on overflow.
-fn scale_ceil(num: u128, exp10: i32) -> Option<u128> {
+fn scale_ceil(num: u128, exp10: i64) -> Option<u128> {
     if num == 0 {
         return Some(0);
     }
     if exp10 >= 0 {
-        return num.checked_mul(10u128.checked_pow(exp10.unsigned_abs())?);
+        return num.checked_mul(pow10(exp10.unsigned_abs())?);
     }
-    match 10u128.checked_pow(exp10.unsigned_abs()) {
+    match pow10(exp10.unsigned_abs()) {
         Some(divisor) => Some(num.div_ceil(divisor)),
         // 10^39 > u128::MAX >= num, so the quotient is in (0, 1).
         None => Some(1),
     }
+}
+
+/// `ceil(num * 2^shift * 10^exp10)` exactly, or `None` on overflow, for
+/// `shift` up to 64: the product `num * 2^shift` may not fit in a u128, so a
+/// fraction is divided out bit by bit first.
+fn scale_binary_ceil(num: u128, shift: u32, exp10: i64) -> Option<u128> {
+    if exp10 >= 0 || num == 0 {
+        return scale_ceil(num.checked_mul(1u128 << shift)?, exp10);
+    }
+    let k = exp10.unsigned_abs();
+    let first = k.min(38);
+    let d = pow10(first).expect("10^38 fits in a u128");
+    let (q, r) = (num / d, num % d);
+    // ceil(r * 2^shift / d) by long division: the running remainder stays
+    // below d <= 10^38, so doubling it never overflows.
+    let (mut quotient, mut rem) = (0u128, r);
+    for _ in 0..shift {
+        rem *= 2;
+        quotient = quotient.checked_mul(2)?;
+        if rem >= d {
+            rem -= d;
+            quotient += 1;
+        }
+    }
+    let low = quotient + u128::from(rem > 0);
+    let scaled = q.checked_mul(1u128 << shift)?.checked_add(low)?;
+    // The rest of the division, if any: ceil(ceil(x / a) / b) = ceil(x / ab).
+    scale_ceil(scaled, -i64::try_from(k - first).ok()?)
 }
 
 /// Parses a Kubernetes memory quantity into bytes.
@@ -114,7 +148,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
         NumberError::TooLong => format!("{s:?} has too many digits"),
     })?;
     let mut exp10 = number.exp10;
-    let mut multiplier: u128 = 1;
+    let mut shift: u32 = 0;
     match suffix {
         "" => {}
         "k" => exp10 += 3,
@@ -124,8 +158,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
         "P" => exp10 += 15,
         "E" => exp10 += 18,
         "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => {
-            let shift = BINARY_UNITS.iter().find(|(unit, _)| *unit == suffix).map_or(0, |(_, shift)| *shift);
-            multiplier = 1u128 << shift;
+            shift = BINARY_UNITS.iter().find(|(unit, _)| *unit == suffix).map_or(0, |(_, shift)| *shift);
         }
         "m" | "u" | "n" => {
             let number_text = &s[..s.len() - 1];
@@ -140,8 +173,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
         },
     }
     let too_large = || format!("{s:?} is too large");
-    let scaled = number.mantissa.checked_mul(multiplier).ok_or_else(too_large)?;
-    let bytes = scale_ceil(scaled, exp10).ok_or_else(too_large)?;
+    let bytes = scale_binary_ceil(number.mantissa, shift, exp10).ok_or_else(too_large)?;
     u64::try_from(bytes).map_err(|_| too_large())
 }
 
@@ -170,8 +202,7 @@ pub fn parse_cpu(s: &str) -> Result<u32, String> {
     let millis = if exp10 >= 0 || number.mantissa == 0 {
         scale_ceil(number.mantissa, exp10).ok_or_else(too_large)?
     } else {
-        let exact = 10u128
-            .checked_pow(exp10.unsigned_abs())
+        let exact = pow10(exp10.unsigned_abs())
             .filter(|divisor| number.mantissa.is_multiple_of(*divisor))
             .map(|divisor| number.mantissa / divisor);
         match exact {

@@ -336,9 +336,8 @@ fn check_field_path(field: &str, message: &str) -> Result<(), String> {
     let mut first = true;
     while !rest.is_empty() {
         if schema == Schema::AnyKeys {
-            // `["KEY"]` (validation errors), or `.KEY` with the key as
-            // written, even empty or with dots (type errors, located by
-            // serde; see `regression_map_key_paths_are_quoted_alike`).
+            // `.KEY` for plain keys, `["KEY"]` for others, in both phases
+            // (see `regression_map_key_paths_are_quoted_alike`).
             if rest.starts_with('.') || (rest.starts_with("[\"") && rest.ends_with("\"]")) {
                 return Ok(());
             }
@@ -353,6 +352,11 @@ fn check_field_path(field: &str, message: &str) -> Result<(), String> {
             schema = Schema::Route;
             rest = after;
             continue;
+        }
+        // An unknown key that is not a plain identifier, quoted as map keys
+        // are (`metadata["a.b"]`), ends the path too.
+        if rest.starts_with("[\"") && rest.ends_with("\"]") && message.starts_with("unknown field") {
+            return Ok(());
         }
         let body = if first {
             rest
@@ -1190,7 +1194,10 @@ fn mutate(service: &GenService, mutation: &Mutation) -> (Node, String, Vec<Strin
                 let position = entries.len() / 2;
                 entries.insert(position, (s(key), s("junk")));
             }
-            (join(&path, key), vec!["unknown field".into()])
+            // Quoted like any map key when it is not a plain identifier.
+            let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            let field = if plain { join(&path, key) } else { format!("{path}[{key:?}]") };
+            (field, vec!["unknown field".into()])
         }
         Mutation::RoutePath(i, p) => {
             let i = at(*i);
@@ -1615,25 +1622,9 @@ fn number() -> impl Strategy<Value = Number> {
     })
 }
 
-/// Inputs hit by a known `parse_memory` bug (see
-/// `regression_long_fraction_with_binary_unit`): with a binary suffix, the
-/// mantissa (all significant digits, fraction included) is multiplied by
-/// 2^10..2^60 in u128 before the fraction is divided out, so a long fraction
-/// overflows and is reported as "too large" although the value fits.
-fn hits_binary_unit_overflow_bug(number: &Number, suffix: &str) -> bool {
-    let Some((_, multiplier)) = MEMORY_UNITS.iter().find(|(unit, _)| *unit == suffix && unit.ends_with('i')) else {
-        return false;
-    };
-    let frac = number.frac.clone().unwrap_or_default();
-    let digits = format!("{}{}", number.int, frac.trim_end_matches('0'));
-    let significant = digits.trim_start_matches('0');
-    significant.len() <= 38 && significant.parse::<u128>().is_ok_and(|m| m.checked_mul(*multiplier).is_none())
-}
-
 // ---------------------------------------------------------------------------
-// Regressions found by the properties (and by reading), kept ignored until
-// the library is fixed: `cargo test --release -p shoal-api --test
-// proptest_manifest -- --ignored` runs them.
+// Regressions found by the properties (and by reading), fixed since; kept
+// so that they stay fixed.
 // ---------------------------------------------------------------------------
 
 /// Found by `memory_decimal_matches_reference`. `parse_memory` multiplies
@@ -1644,7 +1635,6 @@ fn hits_binary_unit_overflow_bug(number: &Number, suffix: &str) -> bool {
 /// in u64. Needs a 20-digit fraction, so harmless in practice, but the
 /// module promises exact arithmetic.
 #[test]
-#[ignore = "known bug in parse_memory: long fraction × binary unit overflows u128 (reported, not fixed here)"]
 fn regression_long_fraction_with_binary_unit() {
     // 3 × 2^60 + ceil(10^-20 × 2^60) = 3458764513820540928 + 1
     assert_eq!(parse_memory("3.00000000000000000001Ei"), Ok(3_458_764_513_820_540_929));
@@ -1658,7 +1648,6 @@ fn regression_long_fraction_with_binary_unit() {
 /// `0.<10005 zeros>1e10010` (= 10^4) reads as 1 byte, and as "less than 1m"
 /// CPU.
 #[test]
-#[ignore = "known bug in parse_memory/parse_cpu: exponent clamp at 10000 changes the value of >10k-digit fractions"]
 fn regression_exponent_clamp_with_long_fraction() {
     let text = format!("0.{}1e10010", "0".repeat(10_005));
     assert_eq!(parse_memory(&text), Ok(10_000));
@@ -1671,7 +1660,6 @@ fn regression_exponent_clamp_with_long_fraction() {
 /// written raw by the serde phase, so a type error under the same key gives
 /// an empty last segment or a path that reads as nesting.
 #[test]
-#[ignore = "known inconsistency: serde-phase error paths do not quote map keys (reported, not fixed here)"]
 fn regression_map_key_paths_are_quoted_alike() {
     let base = "apiVersion: shoal.dev/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  module: a.wasm\n";
     for (env, field) in [(r#"{"": [1]}"#, r#"spec.env[""]"#), (r#"{"a.b": [1]}"#, r#"spec.env["a.b"]"#)] {
@@ -1917,10 +1905,6 @@ proptest! {
         };
         let text = format!("{}{suffix}", number.text());
         let result = parse_memory(&text);
-        if hits_binary_unit_overflow_bug(&number, &suffix) {
-            // Known bug, see `regression_long_fraction_with_binary_unit`.
-            return Ok(());
-        }
         if number.significant() > 38 {
             prop_assert!(result.as_ref().is_err_and(|e| e.contains("too many digits")), "{text}: {result:?}");
         } else {
