@@ -71,7 +71,10 @@ mod raw;
 mod validate;
 
 pub use error::ManifestError;
-pub use manifest::{API_VERSION, KIND, Limits, Resources, Route, Service, ServiceSpec, parse_manifests, validate_set};
+pub use manifest::{
+    API_VERSION, Autoscale, KIND, Limits, Resources, Route, ScaleMetric, Service, ServiceSpec, parse_manifests,
+    validate_set,
+};
 pub use objects::{
     Event, EventType, ModuleInfo, ReplicaInfo, ReplicaState, RolloutPhase, ServiceRecord, ServiceStatus, format_age,
     now_unix,

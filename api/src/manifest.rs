@@ -63,6 +63,73 @@ pub struct ServiceSpec {
     /// humantime string.
     #[serde(with = "humantime_duration")]
     pub timeout: Duration,
+    /// `spec.autoscale`: when present, the replica count follows the load
+    /// between `min` and `max`, and `replicas` is only the initial count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+}
+
+/// What the autoscaler measures per replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ScaleMetric {
+    /// Requests in flight (including those waiting in the gateway), averaged
+    /// over time.
+    Concurrency,
+    /// Requests per second.
+    Rps,
+}
+
+impl fmt::Display for ScaleMetric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ScaleMetric::Concurrency => "concurrency",
+            ScaleMetric::Rps => "rps",
+        })
+    }
+}
+
+/// `spec.autoscale`, with every default filled in. Modelled on Knative's
+/// KPA: a stable window for the steady state, a short panic window for
+/// bursts, rate limits, and scale to zero after an idle grace period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscale {
+    /// Fewest replicas, 0..=1000 (default 1); 0 allows scale to zero.
+    pub min: u32,
+    /// Most replicas, 1..=1000 and at least `min` (default 10).
+    pub max: u32,
+    /// `concurrency` (default) or `rps`.
+    pub metric: ScaleMetric,
+    /// Wanted value of the metric per replica, 1..=1000000 (default 10
+    /// for concurrency, 100 for rps).
+    pub target: u32,
+    /// Percent of `target` to aim for, leaving headroom, 1..=100
+    /// (default 70).
+    pub target_utilization: u32,
+    /// The window the steady-state decision averages over, 2s..=1h
+    /// (default 60s); also how long panic mode lasts after the last burst.
+    #[serde(with = "humantime_duration")]
+    pub stable_window: Duration,
+    /// The short window that detects bursts, 1s..=stableWindow (default 6s).
+    #[serde(with = "humantime_duration")]
+    pub panic_window: Duration,
+    /// Percent of the current capacity at which a burst starts panic mode,
+    /// 110..=1000 (default 200).
+    pub panic_threshold: u32,
+    /// Percent difference from the current count within which no change is
+    /// made, 0..=100 (default 10).
+    pub tolerance: u32,
+    /// At most this many times the ready replicas per decision, 2..=1000
+    /// (default 1000).
+    pub max_scale_up_rate: u32,
+    /// At least the ready replicas divided by this per decision, 2..=1000
+    /// (default 2).
+    pub max_scale_down_rate: u32,
+    /// With `min: 0`: idle time (no request) before scaling to zero,
+    /// 0s..=1h (default 30s).
+    #[serde(with = "humantime_duration")]
+    pub scale_to_zero_grace_period: Duration,
 }
 
 /// `spec.limits`: how much one replica takes on, and how big a request may

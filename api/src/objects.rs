@@ -180,7 +180,47 @@ pub struct ServiceStatus {
     /// Why the rollout is in its phase, when there is something to say.
     pub message: Option<String>,
     pub routes: Vec<Route>,
+    /// The autoscaler's last decision, for services with `spec.autoscale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<ScaleStatus>,
 }
+
+/// The autoscaler's last decision for a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleStatus {
+    /// The replica count it asked for.
+    pub desired: u32,
+    /// Whether it is in panic mode (bursts: scales up, never down).
+    pub panic: bool,
+    /// Why, in words: `"4.2 in flight per replica over 60s, target 7 → 3"`.
+    pub reason: String,
+    /// When the count last changed (Unix seconds); 0 if it never did.
+    pub changed_unix: u64,
+}
+
+/// One replica's live usage, as `shoal top` shows it: request figures from
+/// the gateway, CPU and memory from its cgroup (or its process without one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaUsage {
+    pub name: String,
+    pub service: String,
+    /// Requests sent to it whose responses have not finished.
+    pub in_flight: u64,
+    /// Requests per second over the last [`USAGE_WINDOW_SECS`].
+    pub rps: f64,
+    /// 99th percentile latency in milliseconds over the same window;
+    /// `None` without requests.
+    pub p99_ms: Option<f64>,
+    /// CPU use in millicores over the same window; `None` when unknown.
+    pub cpu_millis: Option<u64>,
+    /// Memory in bytes (cgroup usage, or resident set without a cgroup).
+    pub memory_bytes: Option<u64>,
+}
+
+/// The window `shoal top` figures cover, in seconds.
+pub const USAGE_WINDOW_SECS: u64 = 10;
 
 /// The type of an [`Event`], as in Kubernetes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -279,6 +319,7 @@ mod tests {
                     resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
                     limits: Default::default(),
                     timeout: Duration::from_secs(10),
+                    autoscale: None,
                 },
             },
             module_digest: "ab".repeat(32),

@@ -154,6 +154,7 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
         resources,
         limits,
         timeout,
+        autoscale: None,
     })
 }
 

@@ -300,6 +300,7 @@ impl Controller {
             rollout: phase,
             message,
             routes: service.spec.routes.clone(),
+            scale: None,
         }
     }
 

@@ -55,6 +55,7 @@ fn record(name: &str, replicas: u32) -> ServiceRecord {
                 resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
                 limits: Default::default(),
                 timeout: Duration::from_millis(1500),
+                autoscale: None,
             },
         },
         module_digest: sha256_hex(b"module"),

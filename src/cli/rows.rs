@@ -174,6 +174,7 @@ pub(crate) mod tests {
                     resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
                     limits: Default::default(),
                     timeout: Duration::from_secs(10),
+                    autoscale: None,
                 },
             },
             module_digest: "3f2a9c1b7e4d".to_owned() + &"0".repeat(52),
@@ -193,6 +194,7 @@ pub(crate) mod tests {
             rollout: if ready == desired { RolloutPhase::Complete } else { RolloutPhase::Progressing },
             message: None,
             routes: vec![Route { host: None, path: "/".into() }],
+            scale: None,
         };
         ServiceView { record, status }
     }
