@@ -27,11 +27,14 @@ enum Command {
     /// Run one replica (started by the node agent; not for direct use).
     #[command(hide = true)]
     Worker {
-        /// The replica's name (shown in process listings).
+        /// The replica's name, or `standby-<n>` for a standby process
+        /// (shown in process listings).
         name: String,
-        /// The worker's configuration, as JSON.
+        /// The worker's configuration, as JSON. Without it, the worker
+        /// reads it from stdin (the node agent sends it there, so that the
+        /// guest's environment is not in the process listing).
         #[arg(long)]
-        config: String,
+        config: Option<String>,
     },
     /// The client commands that talk to `shoal up`'s admin API (apply, get,
     /// describe, delete, scale, logs, rollout, push).
@@ -72,10 +75,20 @@ fn main() -> ExitCode {
             }
         }
         Command::Worker { name, config } => {
+            let exec = shoal_runtime::worker::since_spawn();
             init_tracing("warn");
-            let result = serde_json::from_str(&config)
-                .map_err(|e| anyhow::anyhow!("bad worker configuration: {e}"))
-                .and_then(shoal_runtime::run_worker);
+            // What `ps -o comm` and top show: a standby waits for its
+            // configuration; once it has it, it is a worker like any other.
+            set_process_name(if name.starts_with("standby-") { c"shoal-standby" } else { c"shoal-worker" });
+            let config = match config {
+                Some(config) => Ok(config),
+                None => std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| anyhow::anyhow!("cannot read the worker configuration from stdin: {e}")),
+            };
+            set_process_name(c"shoal-worker");
+            let result = config
+                .and_then(|c| serde_json::from_str(&c).map_err(|e| anyhow::anyhow!("bad worker configuration: {e}")))
+                .and_then(|config| shoal_runtime::run_worker(config, exec));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -98,4 +111,12 @@ fn init_tracing(default: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+}
+
+/// Sets this thread's name, which for the main thread is the process name
+/// `ps` and `top` show (at most 15 bytes).
+fn set_process_name(name: &std::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of which it uses at
+    // most 16 bytes; `name` is one.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }

@@ -154,21 +154,160 @@ fn get_services_prints_an_aligned_table_and_sends_the_token() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(
         stdout(&output),
-        "NAME    READY   UP-TO-DATE   AVAILABLE   REVISION   AGE\n\
-         kubia   3/3     3            3           3382d9     3h\n"
+        "NAME    READY   UP-TO-DATE   AVAILABLE   DESIRED   REVISION   AGE   AUTOSCALE\n\
+         kubia   3/3     3            3           3         3382d9     3h    -\n"
     );
     let seen = stub.seen();
     assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("GET", "/v1/services"));
     assert_eq!(seen[0].authorization, format!("Bearer {TOKEN}"));
 
     let wide = stdout(&stub.shoal(&["get", "svc", "-o", "wide"]));
-    assert!(wide.starts_with("NAME    READY   UP-TO-DATE   AVAILABLE   REVISION   AGE   ROUTES   MODULE         MEMORY   CPU    TIMEOUT   ROLLOUT\n"), "{wide}");
-    assert!(wide.ends_with("3h    /        3f2a9c1b7e4d   64Mi     500m   10s       Complete\n"), "{wide}");
+    assert!(wide.starts_with("NAME    READY   UP-TO-DATE   AVAILABLE   DESIRED   REVISION   AGE   ROUTES   MODULE         MEMORY   CPU    TIMEOUT   ROLLOUT    AUTOSCALE\n"), "{wide}");
+    assert!(wide.ends_with("3h    /        3f2a9c1b7e4d   64Mi     500m   10s       Complete   -\n"), "{wide}");
 
     let json: Value = serde_json::from_str(&stdout(&stub.shoal(&["get", "svc", "-o", "json"]))).unwrap();
     assert_eq!(json[0]["record"]["service"]["name"], "kubia");
     let yaml = stdout(&stub.shoal(&["get", "svc", "-o", "yaml"]));
     assert!(yaml.starts_with("- record:\n    service:\n      name: kubia\n"), "{yaml}");
+}
+
+/// [`service_view`] with `spec.autoscale` (1 to 10 replicas) and the
+/// autoscaler's decision, made `changed_ago` seconds ago (0: never).
+fn autoscaled_view(name: &str, desired: u32, panic: bool, changed_ago: u64, reason: &str) -> Value {
+    let mut view = service_view(name, desired, desired, "Complete");
+    view["record"]["service"]["spec"]["autoscale"] = json!({
+        "min": 1, "max": 10, "metric": "concurrency", "target": 10, "targetUtilization": 70,
+        "stableWindow": "60s", "panicWindow": "6s", "panicThreshold": 200, "tolerance": 10,
+        "maxScaleUpRate": 1000, "maxScaleDownRate": 2, "scaleToZeroGracePeriod": "30s"
+    });
+    let changed_unix = if changed_ago == 0 { 0 } else { now_unix() - changed_ago };
+    view["status"]["scale"] =
+        json!({"desired": desired, "panic": panic, "reason": reason, "changedUnix": changed_unix});
+    view
+}
+
+#[test]
+fn get_services_shows_the_autoscaler() {
+    let services = json!([
+        service_view("api", 1, 1, "Complete"),
+        autoscaled_view("burst", 8, true, 5, "panic: 41.5 in flight over 6s, target 10 × 70% per replica"),
+        autoscaled_view("fresh", 1, false, 0, "initial count (spec.replicas 1)"),
+        autoscaled_view("kubia", 3, false, 150, "4.2 in flight over 1m, target 10 × 70% per replica"),
+    ]);
+    let stub = Stub::start(move |seen| match seen.path.as_str() {
+        "/v1/services" => (200, services.to_string()),
+        "/v1/services/kubia" => (200, services[3].to_string()),
+        _ => (200, "[]".into()),
+    });
+    let output = stub.shoal(&["get", "services"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let table = stdout(&output);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "NAME    READY   UP-TO-DATE   AVAILABLE   DESIRED   REVISION   AGE   AUTOSCALE", "{table}");
+    assert_eq!(lines[1], "api     1/1     1            1           1         3382d9     3h    -", "{table}");
+    // The ages of the last changes depend on when the test runs: 5s or 6s, 2m30s or 2m31s.
+    assert!(lines[2].starts_with("burst   8/8     8            8           8         3382d9     3h    PANIC 1-10, 8 "));
+    assert!(lines[2].ends_with("s ago: 41.5 in flight over 6s, target 10 × 70% per replica"), "{table}");
+    assert_eq!(
+        lines[3],
+        "fresh   1/1     1            1           1         3382d9     3h    1-10: initial count (spec.replicas 1)"
+    );
+    assert!(lines[4].starts_with("kubia   3/3     3            3           3         3382d9     3h    1-10, 3 2m3"));
+    assert!(lines[4].ends_with("s ago: 4.2 in flight over 1m, target 10 × 70% per replica"), "{table}");
+    assert_eq!(lines.len(), 5, "{table}");
+
+    let output = stub.shoal(&["describe", "service", "kubia"]);
+    let text = stdout(&output);
+    assert!(text.contains("\nAutoscale:\n  Min:                  1\n  Max:                  10\n"), "{text}");
+    assert!(text.contains("\nLast decision: 3 replicas, changed 2m3"), "{text}");
+    assert!(text.contains("s ago\n               4.2 in flight over 1m, target 10 × 70% per replica\n"), "{text}");
+}
+
+/// What `GET /v1/top` answers: the figures of two replicas of kubia.
+fn usage() -> Value {
+    json!([
+        {"name": "kubia-3382d9-b7k2m", "service": "kubia", "inFlight": 0, "rps": 0.0,
+         "p99Ms": null, "cpuMillis": null, "memoryBytes": null},
+        {"name": "kubia-3382d9-x58q4", "service": "kubia", "inFlight": 2, "rps": 153.43,
+         "p99Ms": 1.84, "cpuMillis": 23, "memoryBytes": 12_u64 * 1024 * 1024 + 512 * 1024}
+    ])
+}
+
+#[test]
+fn top_prints_each_replicas_figures() {
+    let stub = Stub::start(|seen| match seen.path.as_str() {
+        "/v1/top" | "/v1/top?service=kubia" => (200, usage().to_string()),
+        "/v1/top?service=idle" => (200, "[]".into()),
+        "/v1/top?service=gone" => (404, String::new()),
+        _ => (404, json!({"error": "service \"nope\" not found"}).to_string()),
+    });
+    let output = stub.shoal(&["top"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "NAME                 SERVICE   IN-FLIGHT   RPS     P99     CPU   MEMORY\n\
+         kubia-3382d9-b7k2m   kubia     0           0.0     -       -     -\n\
+         kubia-3382d9-x58q4   kubia     2           153.4   1.8ms   23m   12Mi\n"
+    );
+    assert_eq!(stub.seen()[0].path, "/v1/top");
+    assert_eq!(stub.seen()[0].authorization, format!("Bearer {TOKEN}"));
+
+    let output = stub.shoal(&["top", "kubia"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stub.seen().last().unwrap().path, "/v1/top?service=kubia");
+    assert_eq!(stdout(&output).lines().count(), 3);
+
+    let output = stub.shoal(&["top", "kubia", "-o", "json"]);
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json, usage(), "the API's array");
+    assert!(stdout(&output).starts_with("[\n  {\n    \"name\": \"kubia-3382d9-b7k2m\",\n"), "pretty");
+
+    let output = stub.shoal(&["top", "idle"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        (stdout(&output).as_str(), stderr(&output).as_str()),
+        ("", "No replicas running for service \"idle\".\n")
+    );
+    assert_eq!(stdout(&stub.shoal(&["top", "idle", "-o", "json"])), "[]\n");
+
+    let output = stub.shoal(&["top", "nope"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stderr(&output), "error: service \"nope\" not found\n", "the server's message");
+    assert_eq!(stderr(&stub.shoal(&["top", "gone"])), "error: service \"gone\" not found\n", "the CLI's");
+
+    let stub = Stub::start(|_| (200, "[]".into()));
+    let output = stub.shoal(&["top"]);
+    assert_eq!((stdout(&output).as_str(), stderr(&output).as_str()), ("", "No replicas running.\n"));
+}
+
+#[test]
+fn top_watch_prints_the_table_again() {
+    let stub = Stub::start(|_| (200, usage().to_string()));
+    let mut child = Command::new(SHOAL)
+        .args(["top", "--watch", "--server", &format!("http://{}", stub.addr), "--token", TOKEN])
+        .env_remove("SHOAL_SERVER")
+        .env_remove("SHOAL_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let started = std::time::Instant::now();
+    while lines.len() < 8 {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap() == 0 {
+            break;
+        }
+        lines.push(line);
+    }
+    let elapsed = started.elapsed();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert_eq!(lines[..3], lines[4..7], "the same table again");
+    assert_eq!((lines[3].as_str(), lines[4].starts_with("NAME ")), ("\n", true), "{lines:?}");
+    assert!(elapsed >= std::time::Duration::from_millis(1900), "every 2 seconds: {elapsed:?}");
+    assert_eq!(stub.seen().len(), 3, "one request per print");
 }
 
 #[test]

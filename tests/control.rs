@@ -27,15 +27,21 @@ fn faulty_manifest(dir: &Scratch, replicas: u32, variant: &str) -> String {
     dir.write(&format!("faulty-{variant}.yaml"), text).to_string_lossy().into_owned()
 }
 
-/// The names of worker processes of `service` under `shoal`.
+/// The worker processes of `service` under `shoal`: the pids the API
+/// reports for its replicas that are running children of `shoal`.
 fn workers_of(shoal: &Shoal, service: &str) -> Vec<u32> {
-    shoal
-        .worker_pids()
+    let (ok, out, err) = shoal.cli(&["get", "replicas", "-o", "json"]);
+    assert!(ok, "{err}");
+    let replicas: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let running = shoal.worker_pids();
+    replicas
+        .as_array()
         .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("worker\0{service}-")))
-        })
+        .flatten()
+        .filter(|r| r["service"] == service)
+        .filter_map(|r| r["pid"].as_u64())
+        .map(|pid| pid as u32)
+        .filter(|pid| running.contains(pid))
         .collect()
 }
 

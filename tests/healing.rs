@@ -117,9 +117,7 @@ async fn a_stuck_worker_leaves_the_rotation_and_comes_back() {
     let workers = shoal.worker_pids();
     assert_eq!(workers.len(), 2);
     let stuck = workers[0];
-    let stuck_name = std::fs::read(format!("/proc/{stuck}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).split('\0').nth(2).unwrap_or_default().to_owned())
-        .unwrap();
+    let stuck_name = shoal.replica_of(stuck);
     // SAFETY: signals to a worker of our own shoal.
     unsafe { libc::kill(stuck as i32, libc::SIGSTOP) };
     shoal.wait_for_line(|l| l.contains(&format!("replica/{stuck_name} Unready:")));

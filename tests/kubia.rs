@@ -92,8 +92,16 @@ async fn shutdown_leaves_no_worker_and_no_cgroup() {
     shoal.wait_ready("kubia");
     let (status, _) = get(&shoal.url("/"), None).await;
     assert_eq!(status, 200);
-    let workers = shoal.worker_pids();
-    assert_eq!(workers.len(), 3);
+    assert_eq!(shoal.worker_pids().len(), 3);
+    // The standby worker (started ahead for the next replica) too, once it
+    // has started.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !shoal.all_children().into_iter().any(is_standby) {
+        assert!(std::time::Instant::now() < deadline, "no standby worker: {:?}", shoal.all_children());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let workers = shoal.all_children();
+    assert_eq!(workers.len(), 4, "3 replicas and a standby worker");
     let groups: Vec<String> = workers.iter().filter_map(|p| cgroup_of(*p, "memory")).collect();
     let pid = shoal.pid();
 
@@ -183,8 +191,8 @@ async fn workers_die_with_a_killed_shoal_and_its_cgroups_are_reclaimed() {
     let (_dir, file) = write_kubia(1);
     let mut shoal = Shoal::start(&["-f", &file]);
     shoal.wait_ready("kubia");
-    let workers = shoal.worker_pids();
-    assert_eq!(workers.len(), 1);
+    assert_eq!(shoal.worker_pids().len(), 1);
+    let workers = shoal.all_children();
     let pid = shoal.pid();
     // SAFETY: kill on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };

@@ -64,10 +64,11 @@ async fn replica_memory_obeyed_and_oom_killed_then_replaced() {
     let (status, _) = get(&shoal.url("/alloc?mb=16"), None).await;
     assert_eq!(status, 200, "16 MiB fits in a 48 MiB replica");
 
-    // Four instances of 30 MiB at once cannot fit: the kernel kills the worker.
+    // Four instances of 30 MiB at once cannot fit: the kernel kills the
+    // worker. Each holds its memory for 3 s, so that they overlap.
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        let url = shoal.url("/alloc?mb=30");
+        let url = shoal.url("/alloc?mb=30&ms=3000");
         tasks.push(tokio::spawn(async move { get(&url, None).await }));
     }
     for task in tasks {

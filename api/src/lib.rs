@@ -14,7 +14,7 @@
 //!   labels: {app: kubia}         # optional map<string,string> (Kubernetes label syntax)
 //! spec:
 //!   module: ../target/wasm32-wasip2/release/hello.wasm   # required; relative to the manifest's directory
-//!   replicas: 3                  # optional, default 1, 0..=1000
+//!   replicas: 3                  # optional, default 1, 0..=1000; with autoscale: the initial count, within min..=max
 //!   routes:                      # optional, default [{path: /}]; each has a host and/or a path
 //!     - host: kubia.example.com  # optional; hostname (no scheme/port/path), lowercased, may start with "*."
 //!       path: /api               # optional, default "/"; starts with "/", no "?" or "#"
@@ -25,6 +25,19 @@
 //!     cpu: 500m                  # per replica; "500m", "1", "0.5", 2; optional = unlimited; max 1024 cores
 //!     instanceMemory: 16Mi       # per Wasm instance linear memory; default 64Mi (capped at memory); 64Ki..=4Gi
 //!   timeout: 10s                 # per request deadline (humantime); default 30s; 1ms..=1h
+//!   autoscale:                   # optional; present (even `{}`): replicas follow the load; every field optional
+//!     min: 0                     # fewest replicas, default 1, 0..=1000; 0 allows scale to zero (then starts at 1)
+//!     max: 10                    # most replicas, default 10, 1..=1000; at least min
+//!     metric: concurrency        # per replica: "concurrency" (requests in flight, default) or "rps"
+//!     target: 10                 # wanted metric per replica; default 10 (concurrency) or 100 (rps); 1..=1000000
+//!     targetUtilization: 70%     # percent of target to aim for; 70 or "70%"; default 70; 1..=100
+//!     stableWindow: 60s          # steady-state averaging window (humantime); default 60s; 2s..=1h
+//!     panicWindow: 6s            # burst detection window; default 6s (capped at stableWindow); 1s..=stableWindow
+//!     panicThreshold: 200%       # percent of capacity that starts panic mode; default 200; 110..=1000
+//!     tolerance: 10%             # percent change ignored; default 10; 0..=100
+//!     maxScaleUpRate: 1000       # at most ready × this per decision; default 1000; 2..=1000
+//!     maxScaleDownRate: 2        # at least ready ÷ this per decision; default 2; 2..=1000
+//!     scaleToZeroGracePeriod: 30s  # with min 0: idle time before scaling to zero; default 30s; 0s..=1h
 //! ```
 //!
 //! A file may hold several documents separated by `---`. Unknown fields are

@@ -46,7 +46,8 @@ pub struct ServiceSpec {
     pub module: PathBuf,
     /// `spec.module` exactly as written, for messages.
     pub module_field: String,
-    /// Desired replica count, 0..=1000 (default 1).
+    /// Desired replica count, 0..=1000 (default 1). With `autoscale`, the
+    /// initial count: within `min..=max` (default `min`, but at least 1).
     pub replicas: u32,
     /// At least one route; default `[{ host: None, path: "/" }]`.
     pub routes: Vec<Route>,
@@ -111,7 +112,8 @@ pub struct Autoscale {
     /// (default 60s); also how long panic mode lasts after the last burst.
     #[serde(with = "humantime_duration")]
     pub stable_window: Duration,
-    /// The short window that detects bursts, 1s..=stableWindow (default 6s).
+    /// The short window that detects bursts, 1s..=stableWindow (default 6s,
+    /// or `stableWindow` if that is shorter).
     #[serde(with = "humantime_duration")]
     pub panic_window: Duration,
     /// Percent of the current capacity at which a burst starts panic mode,

@@ -36,7 +36,7 @@ pub(crate) struct RawMetadata {
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mapping with module, replicas, routes, env, resources, limits and timeout"
+    expecting = "a mapping with module, replicas, routes, env, resources, limits, timeout and autoscale"
 )]
 pub(crate) struct RawSpec {
     pub module: Option<String>,
@@ -46,6 +46,31 @@ pub(crate) struct RawSpec {
     pub resources: Option<RawResources>,
     pub limits: Option<RawLimits>,
     pub timeout: Option<String>,
+    pub autoscale: Option<RawAutoscale>,
+}
+
+/// `spec.autoscale`. Durations and percentages are read as strings (a
+/// percentage may be written `70` or `"70%"`) and parsed in validation.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with min, max, metric, target, targetUtilization, stableWindow, panicWindow, \
+                 panicThreshold, tolerance, maxScaleUpRate, maxScaleDownRate and scaleToZeroGracePeriod"
+)]
+pub(crate) struct RawAutoscale {
+    pub min: Option<WholeNumber>,
+    pub max: Option<WholeNumber>,
+    pub metric: Option<String>,
+    pub target: Option<WholeNumber>,
+    pub target_utilization: Option<String>,
+    pub stable_window: Option<String>,
+    pub panic_window: Option<String>,
+    pub panic_threshold: Option<String>,
+    pub tolerance: Option<String>,
+    pub max_scale_up_rate: Option<WholeNumber>,
+    pub max_scale_down_rate: Option<WholeNumber>,
+    pub scale_to_zero_grace_period: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

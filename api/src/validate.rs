@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{ManifestError, join, key_path};
-use crate::manifest::{API_VERSION, KIND, Limits, Resources, Route, Service, ServiceSpec};
+use crate::manifest::{API_VERSION, Autoscale, KIND, Limits, Resources, Route, ScaleMetric, Service, ServiceSpec};
 use crate::quantity::{format_bytes, parse_cpu, parse_memory};
-use crate::raw::{RawLimits, RawResources, RawRoute, RawService, RawSpec, StringMap, WholeNumber};
+use crate::raw::{RawAutoscale, RawLimits, RawResources, RawRoute, RawService, RawSpec, StringMap, WholeNumber};
 
 const KI: u64 = 1024;
 const MI: u64 = 1024 * KI;
@@ -37,6 +37,28 @@ const MAX_REQUEST_BODY: u64 = GI;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+// spec.autoscale: see `Autoscale` for what each one means.
+const DEFAULT_MIN_SCALE: u32 = 1;
+const DEFAULT_MAX_SCALE: u32 = 10;
+const DEFAULT_CONCURRENCY_TARGET: u32 = 10;
+const DEFAULT_RPS_TARGET: u32 = 100;
+const MAX_TARGET: u32 = 1_000_000;
+const DEFAULT_TARGET_UTILIZATION: u32 = 70;
+const DEFAULT_STABLE_WINDOW: Duration = Duration::from_secs(60);
+const MIN_STABLE_WINDOW: Duration = Duration::from_secs(2);
+const MAX_STABLE_WINDOW: Duration = Duration::from_secs(3600);
+const DEFAULT_PANIC_WINDOW: Duration = Duration::from_secs(6);
+const MIN_PANIC_WINDOW: Duration = Duration::from_secs(1);
+const DEFAULT_PANIC_THRESHOLD: u32 = 200;
+const MIN_PANIC_THRESHOLD: u32 = 110;
+const MAX_PANIC_THRESHOLD: u32 = 1000;
+const DEFAULT_TOLERANCE: u32 = 10;
+const DEFAULT_MAX_SCALE_UP_RATE: u32 = 1000;
+const DEFAULT_MAX_SCALE_DOWN_RATE: u32 = 2;
+const MIN_SCALE_RATE: u32 = 2;
+const MAX_SCALE_RATE: u32 = 1000;
+const DEFAULT_SCALE_TO_ZERO_GRACE_PERIOD: Duration = Duration::from_secs(30);
+const MAX_SCALE_TO_ZERO_GRACE_PERIOD: Duration = Duration::from_secs(3600);
 
 type Result<T> = std::result::Result<T, ManifestError>;
 
@@ -129,10 +151,10 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
         return Err(ManifestError::new("spec.module", "must not contain NUL"));
     }
     let replicas = match raw.replicas {
-        None => 1,
-        Some(n) => u32::try_from(n.0).ok().filter(|n| *n <= MAX_REPLICAS).ok_or_else(|| {
+        None => None,
+        Some(n) => Some(u32::try_from(n.0).ok().filter(|n| *n <= MAX_REPLICAS).ok_or_else(|| {
             ManifestError::new("spec.replicas", format!("must be between 0 and {MAX_REPLICAS}, found {}", n.0))
-        })?,
+        })?),
     };
     let routes = match raw.routes {
         None => vec![Route { host: None, path: "/".to_owned() }],
@@ -143,7 +165,22 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
     let limits = limits(raw.limits.unwrap_or_default())?;
     let timeout = match raw.timeout {
         None => DEFAULT_TIMEOUT,
-        Some(text) => timeout(&text).map_err(|m| ManifestError::new("spec.timeout", m))?,
+        Some(text) => duration(&text, MIN_TIMEOUT, MAX_TIMEOUT).map_err(|m| ManifestError::new("spec.timeout", m))?,
+    };
+    let autoscale = raw.autoscale.map(autoscale).transpose()?;
+    let replicas = match (replicas, &autoscale) {
+        (None, None) => 1,
+        (Some(n), None) => n,
+        // Like Knative's initial scale of 1: start at one replica even when
+        // min allows zero, so the first request does not wait for a cold start.
+        (None, Some(a)) => a.min.max(1).min(a.max),
+        (Some(n), Some(a)) if (a.min..=a.max).contains(&n) => n,
+        (Some(n), Some(a)) => {
+            return Err(ManifestError::new(
+                "spec.replicas",
+                format!("{n} is outside spec.autoscale's range {}..={}", a.min, a.max),
+            ));
+        }
     };
     Ok(ServiceSpec {
         module: manifest_dir.join(&module_field),
@@ -154,18 +191,150 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
         resources,
         limits,
         timeout,
-        autoscale: None,
+        autoscale,
     })
 }
 
-fn limits(raw: RawLimits) -> Result<Limits> {
-    let count = |value: Option<WholeNumber>, default: u32, min: u32, max: u32, field: &str| match value {
+/// A whole number in `min..=max`, or `default` when absent.
+fn count(value: Option<WholeNumber>, default: u32, min: u32, max: u32, field: &str) -> Result<u32> {
+    match value {
         None => Ok(default),
         Some(n) => u32::try_from(n.0)
             .ok()
             .filter(|n| (min..=max).contains(n))
             .ok_or_else(|| ManifestError::new(field, format!("must be between {min} and {max}, found {}", n.0))),
+    }
+}
+
+/// A whole percentage in `min..=max`, written `70` or `"70%"`, or `default`
+/// when absent.
+fn percent(text: Option<&str>, default: u32, min: u32, max: u32, field: &str) -> Result<u32> {
+    let Some(text) = text else { return Ok(default) };
+    let number = text.strip_suffix('%').unwrap_or(text);
+    let unsigned = number.strip_prefix(['+', '-']).unwrap_or(number);
+    if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+        // A fraction (or an exponent) gets its own hint.
+        let problem = if number.parse::<f64>().is_ok_and(f64::is_finite) {
+            "must be a whole number of percent"
+        } else {
+            "is not a percentage"
+        };
+        return Err(ManifestError::new(field, format!("{text:?} {problem} (expected e.g. 70 or \"70%\")")));
+    }
+    // All digits: too many of them is out of range like any other value.
+    number
+        .parse::<i128>()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| ManifestError::new(field, format!("must be between {min}% and {max}%, found {number}%")))
+}
+
+fn autoscale(raw: RawAutoscale) -> Result<Autoscale> {
+    const MIN: &str = "spec.autoscale.min";
+    const MAX: &str = "spec.autoscale.max";
+    const METRIC: &str = "spec.autoscale.metric";
+    const STABLE: &str = "spec.autoscale.stableWindow";
+    const PANIC: &str = "spec.autoscale.panicWindow";
+    const GRACE: &str = "spec.autoscale.scaleToZeroGracePeriod";
+
+    let min = count(raw.min, DEFAULT_MIN_SCALE, 0, MAX_REPLICAS, MIN)?;
+    let max = count(raw.max, DEFAULT_MAX_SCALE, 1, MAX_REPLICAS, MAX)?;
+    if max < min {
+        let found = if raw.max.is_some() { max.to_string() } else { format!("the default {max}") };
+        return Err(ManifestError::new(MAX, format!("must be at least {MIN} ({min}), found {found}")));
+    }
+    let metric = match raw.metric.as_deref() {
+        None | Some("concurrency") => ScaleMetric::Concurrency,
+        Some("rps") => ScaleMetric::Rps,
+        Some(other) => {
+            return Err(ManifestError::new(METRIC, format!("{other:?} is not a metric (expected concurrency or rps)")));
+        }
     };
+    let default_target = match metric {
+        ScaleMetric::Concurrency => DEFAULT_CONCURRENCY_TARGET,
+        ScaleMetric::Rps => DEFAULT_RPS_TARGET,
+    };
+    let target = count(raw.target, default_target, 1, MAX_TARGET, "spec.autoscale.target")?;
+    let target_utilization = percent(
+        raw.target_utilization.as_deref(),
+        DEFAULT_TARGET_UTILIZATION,
+        1,
+        100,
+        "spec.autoscale.targetUtilization",
+    )?;
+    let stable_window = match &raw.stable_window {
+        None => DEFAULT_STABLE_WINDOW,
+        Some(text) => {
+            duration(text, MIN_STABLE_WINDOW, MAX_STABLE_WINDOW).map_err(|m| ManifestError::new(STABLE, m))?
+        }
+    };
+    let panic_window = match &raw.panic_window {
+        // Never longer than a short stable window.
+        None => DEFAULT_PANIC_WINDOW.min(stable_window),
+        Some(text) => {
+            let panic_window = parse_duration(text).map_err(|m| ManifestError::new(PANIC, m))?;
+            let stable = match &raw.stable_window {
+                Some(text) => text.clone(),
+                None => humantime::format_duration(stable_window).to_string(),
+            };
+            if panic_window < MIN_PANIC_WINDOW {
+                return Err(ManifestError::new(PANIC, format!("{text:?} must be between 1s and {STABLE} ({stable})")));
+            }
+            if panic_window > stable_window {
+                return Err(ManifestError::new(
+                    PANIC,
+                    format!("{text} exceeds {STABLE} ({stable}): the panic window must fit in the stable window"),
+                ));
+            }
+            panic_window
+        }
+    };
+    let panic_threshold = percent(
+        raw.panic_threshold.as_deref(),
+        DEFAULT_PANIC_THRESHOLD,
+        MIN_PANIC_THRESHOLD,
+        MAX_PANIC_THRESHOLD,
+        "spec.autoscale.panicThreshold",
+    )?;
+    let tolerance = percent(raw.tolerance.as_deref(), DEFAULT_TOLERANCE, 0, 100, "spec.autoscale.tolerance")?;
+    let max_scale_up_rate = count(
+        raw.max_scale_up_rate,
+        DEFAULT_MAX_SCALE_UP_RATE,
+        MIN_SCALE_RATE,
+        MAX_SCALE_RATE,
+        "spec.autoscale.maxScaleUpRate",
+    )?;
+    let max_scale_down_rate = count(
+        raw.max_scale_down_rate,
+        DEFAULT_MAX_SCALE_DOWN_RATE,
+        MIN_SCALE_RATE,
+        MAX_SCALE_RATE,
+        "spec.autoscale.maxScaleDownRate",
+    )?;
+    let scale_to_zero_grace_period = match &raw.scale_to_zero_grace_period {
+        None => DEFAULT_SCALE_TO_ZERO_GRACE_PERIOD,
+        Some(text) => {
+            duration(text, Duration::ZERO, MAX_SCALE_TO_ZERO_GRACE_PERIOD).map_err(|m| ManifestError::new(GRACE, m))?
+        }
+    };
+    Ok(Autoscale {
+        min,
+        max,
+        metric,
+        target,
+        target_utilization,
+        stable_window,
+        panic_window,
+        panic_threshold,
+        tolerance,
+        max_scale_up_rate,
+        max_scale_down_rate,
+        scale_to_zero_grace_period,
+    })
+}
+
+fn limits(raw: RawLimits) -> Result<Limits> {
     let concurrency = count(raw.concurrency, DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY, "spec.limits.concurrency")?;
     let queue = count(raw.queue, DEFAULT_QUEUE, 0, MAX_QUEUE, "spec.limits.queue")?;
     const BODY: &str = "spec.limits.requestBody";
@@ -346,11 +515,19 @@ fn resources(raw: Option<RawResources>) -> Result<Resources> {
     Ok(Resources { memory, cpu_millis, instance_memory })
 }
 
-fn timeout(text: &str) -> std::result::Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|_| format!("{text:?} is not a duration (expected e.g. 10s, 500ms, 1m)"))?;
-    if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&duration) {
-        return Err(format!("{text:?} must be between 1ms and 1h"));
+fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|_| format!("{text:?} is not a duration (expected e.g. 10s, 500ms, 1m)"))
+}
+
+/// A humantime duration in `min..=max`.
+fn duration(text: &str, min: Duration, max: Duration) -> std::result::Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if !(min..=max).contains(&duration) {
+        return Err(format!(
+            "{text:?} must be between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
     }
     Ok(duration)
 }

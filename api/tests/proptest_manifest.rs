@@ -18,8 +18,9 @@
 //!   line/column); every accepted manifest satisfies the documented limits;
 //! * round trip: valid manifests generated field by field (names, replicas,
 //!   routes, env, labels, quantities as (n, unit), CPU as milli-cores or
-//!   decimal cores, humantime timeouts), written in block or flow style with
-//!   any quoting, parse to exactly the generated values;
+//!   decimal cores, humantime timeouts, `spec.autoscale` with percentages
+//!   as `70` or `70%`), written in block or flow style with any quoting,
+//!   parse to exactly the generated values;
 //! * mutation: one invalid field in an otherwise valid manifest (possibly
 //!   among other valid documents) gives an error naming exactly that field
 //!   (and that document);
@@ -36,7 +37,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::contextualize_config;
-use shoal_api::{ManifestError, Route, Service, parse_cpu, parse_manifests, parse_memory, validate_set};
+use shoal_api::{
+    Autoscale, ManifestError, Route, ScaleMetric, Service, parse_cpu, parse_manifests, parse_memory, validate_set,
+};
 
 const DIR: &str = "/srv/manifests";
 const KI: u64 = 1 << 10;
@@ -295,6 +298,7 @@ enum Schema {
     Routes,
     Resources,
     Limits,
+    Autoscale,
     /// A map with arbitrary keys: `spec.env`, `metadata.labels`.
     AnyKeys,
     Leaf,
@@ -313,9 +317,11 @@ fn child(schema: Schema, key: &str) -> Option<Schema> {
         (Spec, "env") => AnyKeys,
         (Spec, "resources") => Resources,
         (Spec, "limits") => Limits,
+        (Spec, "autoscale") => Autoscale,
         (Route, "host" | "path") => Leaf,
         (Resources, "memory" | "cpu" | "instanceMemory") => Leaf,
         (Limits, "concurrency" | "queue" | "requestBody") => Leaf,
+        (Autoscale, key) if AUTOSCALE_KEYS.contains(&key) => Leaf,
         _ => return None,
     })
 }
@@ -450,6 +456,20 @@ fn check_service(service: &Service) -> Result<(), TestCaseError> {
     prop_assert!(r.cpu_millis.is_none_or(|c| (1..=1_024_000).contains(&c)), "{r:?}");
     prop_assert!((64 * KI..=4 * GI).contains(&r.instance_memory) && r.instance_memory <= r.memory, "{r:?}");
     prop_assert!((Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&spec.timeout));
+    if let Some(a) = &spec.autoscale {
+        let secs = Duration::from_secs;
+        prop_assert!(a.min <= a.max && (1..=1000).contains(&a.max), "{a:?}");
+        prop_assert!((a.min..=a.max).contains(&spec.replicas), "replicas {} outside {a:?}", spec.replicas);
+        prop_assert!((1..=1_000_000).contains(&a.target), "{a:?}");
+        prop_assert!((1..=100).contains(&a.target_utilization), "{a:?}");
+        prop_assert!((secs(2)..=secs(3600)).contains(&a.stable_window), "{a:?}");
+        prop_assert!((secs(1)..=a.stable_window).contains(&a.panic_window), "{a:?}");
+        prop_assert!((110..=1000).contains(&a.panic_threshold), "{a:?}");
+        prop_assert!(a.tolerance <= 100, "{a:?}");
+        prop_assert!((2..=1000).contains(&a.max_scale_up_rate), "{a:?}");
+        prop_assert!((2..=1000).contains(&a.max_scale_down_rate), "{a:?}");
+        prop_assert!(a.scale_to_zero_grace_period <= secs(3600), "{a:?}");
+    }
     Ok(())
 }
 
@@ -664,6 +684,180 @@ fn label_value() -> impl Strategy<Value = String> {
     "([A-Za-z0-9]([-A-Za-z0-9_.]{0,10}[A-Za-z0-9])?)?"
 }
 
+/// The keys of `spec.autoscale`.
+const AUTOSCALE_KEYS: [&str; 12] = [
+    "min",
+    "max",
+    "metric",
+    "target",
+    "targetUtilization",
+    "stableWindow",
+    "panicWindow",
+    "panicThreshold",
+    "tolerance",
+    "maxScaleUpRate",
+    "maxScaleDownRate",
+    "scaleToZeroGracePeriod",
+];
+
+/// A whole number in `lo..=hi`, often at an edge.
+fn whole_in(lo: u32, hi: u32) -> impl Strategy<Value = u32> {
+    prop_oneof![2 => lo..=hi, 1 => Just(lo), 1 => Just(hi)]
+}
+
+/// A percentage and how it is written: `70`, `70%`, `"70"` or `"70%"`.
+#[derive(Debug, Clone)]
+struct Percent {
+    node: Node,
+    value: u32,
+}
+
+fn percent_in(lo: u32, hi: u32) -> impl Strategy<Value = Percent> {
+    (whole_in(lo, hi), 0u8..4).prop_map(|(value, form)| {
+        let node = match form {
+            0 => Node::Raw(value.to_string()),
+            1 => Node::Raw(format!("{value}%")),
+            2 => s(value.to_string()),
+            _ => s(format!("{value}%")),
+        };
+        Percent { node, value }
+    })
+}
+
+/// A valid `spec.autoscale`, every field possibly left out.
+#[derive(Debug, Clone)]
+struct GenAutoscale {
+    min: Option<u32>,
+    max: Option<u32>,
+    metric: Option<ScaleMetric>,
+    target: Option<u32>,
+    target_utilization: Option<Percent>,
+    stable_window: Option<Timeout>,
+    panic_window: Option<Timeout>,
+    panic_threshold: Option<Percent>,
+    tolerance: Option<Percent>,
+    max_scale_up_rate: Option<u32>,
+    max_scale_down_rate: Option<u32>,
+    scale_to_zero_grace_period: Option<Timeout>,
+}
+
+/// `min` and `max`, each possibly left out, with min <= max once defaulted
+/// (1 and 10).
+fn scale_bounds() -> impl Strategy<Value = (Option<u32>, Option<u32>)> {
+    (prop::option::of(prop_oneof![0u32..=3, 0u32..=1000]), any::<bool>()).prop_flat_map(|(min, write_max)| {
+        let lo = min.unwrap_or(1).max(1);
+        let max = if write_max || lo > 10 {
+            prop_oneof![Just(lo), lo..=1000, lo..=(lo + 10).min(1000)].prop_map(Some).boxed()
+        } else {
+            Just(None).boxed()
+        };
+        (Just(min), max)
+    })
+}
+
+/// `stableWindow` and `panicWindow`, each possibly left out, with
+/// 1s <= panic <= stable and 2s <= stable once defaulted (60s, and 6s
+/// capped at the stable window).
+fn scale_windows() -> impl Strategy<Value = (Option<Timeout>, Option<Timeout>)> {
+    let window = || timeout().prop_filter("under 1s", |t| t.value >= Duration::from_secs(1));
+    (window(), window(), any::<bool>(), any::<bool>()).prop_map(|(a, b, write_stable, write_panic)| {
+        let (panic, stable) = if a.value <= b.value { (a, b) } else { (b, a) };
+        let stable = (write_stable && stable.value >= Duration::from_secs(2)).then_some(stable);
+        let limit = stable.as_ref().map_or(Duration::from_secs(60), |t| t.value);
+        let panic = (write_panic && panic.value <= limit).then_some(panic);
+        (stable, panic)
+    })
+}
+
+fn gen_autoscale() -> impl Strategy<Value = GenAutoscale> {
+    (
+        scale_bounds(),
+        prop::option::of(prop_oneof![Just(ScaleMetric::Concurrency), Just(ScaleMetric::Rps)]),
+        prop::option::of(whole_in(1, 1_000_000)),
+        prop::option::of(percent_in(1, 100)),
+        scale_windows(),
+        prop::option::of(percent_in(110, 1000)),
+        prop::option::of(percent_in(0, 100)),
+        prop::option::of(whole_in(2, 1000)),
+        prop::option::of(whole_in(2, 1000)),
+        prop::option::of(prop_oneof![Just(Timeout { text: "0s".into(), value: Duration::ZERO }), timeout()]),
+    )
+        .prop_map(
+            |(
+                (min, max),
+                metric,
+                target,
+                target_utilization,
+                (stable_window, panic_window),
+                panic_threshold,
+                tolerance,
+                max_scale_up_rate,
+                max_scale_down_rate,
+                scale_to_zero_grace_period,
+            )| GenAutoscale {
+                min,
+                max,
+                metric,
+                target,
+                target_utilization,
+                stable_window,
+                panic_window,
+                panic_threshold,
+                tolerance,
+                max_scale_up_rate,
+                max_scale_down_rate,
+                scale_to_zero_grace_period,
+            },
+        )
+}
+
+impl GenAutoscale {
+    /// The documented defaults for what is left out.
+    fn expected(&self) -> Autoscale {
+        let secs = Duration::from_secs;
+        let metric = self.metric.unwrap_or(ScaleMetric::Concurrency);
+        let stable_window = self.stable_window.as_ref().map_or(secs(60), |t| t.value);
+        Autoscale {
+            min: self.min.unwrap_or(1),
+            max: self.max.unwrap_or(10),
+            metric,
+            target: self.target.unwrap_or(match metric {
+                ScaleMetric::Concurrency => 10,
+                ScaleMetric::Rps => 100,
+            }),
+            target_utilization: self.target_utilization.as_ref().map_or(70, |p| p.value),
+            stable_window,
+            panic_window: self.panic_window.as_ref().map_or(secs(6).min(stable_window), |t| t.value),
+            panic_threshold: self.panic_threshold.as_ref().map_or(200, |p| p.value),
+            tolerance: self.tolerance.as_ref().map_or(10, |p| p.value),
+            max_scale_up_rate: self.max_scale_up_rate.unwrap_or(1000),
+            max_scale_down_rate: self.max_scale_down_rate.unwrap_or(2),
+            scale_to_zero_grace_period: self.scale_to_zero_grace_period.as_ref().map_or(secs(30), |t| t.value),
+        }
+    }
+
+    fn node(&self) -> Node {
+        let number = |n: &Option<u32>| n.map(|n| Node::Raw(n.to_string()));
+        let percent = |p: &Option<Percent>| p.as_ref().map(|p| p.node.clone());
+        let duration = |t: &Option<Timeout>| t.as_ref().map(|t| s(&t.text));
+        let entries = [
+            ("min", number(&self.min)),
+            ("max", number(&self.max)),
+            ("metric", self.metric.map(|m| s(m.to_string()))),
+            ("target", number(&self.target)),
+            ("targetUtilization", percent(&self.target_utilization)),
+            ("stableWindow", duration(&self.stable_window)),
+            ("panicWindow", duration(&self.panic_window)),
+            ("panicThreshold", percent(&self.panic_threshold)),
+            ("tolerance", percent(&self.tolerance)),
+            ("maxScaleUpRate", number(&self.max_scale_up_rate)),
+            ("maxScaleDownRate", number(&self.max_scale_down_rate)),
+            ("scaleToZeroGracePeriod", duration(&self.scale_to_zero_grace_period)),
+        ];
+        map(entries.into_iter().filter_map(|(k, v)| Some((k, v?))).collect())
+    }
+}
+
 /// A valid service, field by field, with what parsing it must give.
 #[derive(Debug, Clone)]
 struct GenService {
@@ -679,6 +873,8 @@ struct GenService {
     cpu: Option<Cpu>,
     instance_memory: Option<Qty>,
     timeout: Option<Timeout>,
+    /// With it, `replicas` is within its `min..=max`.
+    autoscale: Option<GenAutoscale>,
     /// Seed for the order of keys in each mapping.
     order: u64,
 }
@@ -701,11 +897,44 @@ fn gen_service() -> impl Strategy<Value = GenService> {
         memory_and_instance(),
         prop::option::of(cpu()),
         prop::option::of(timeout()),
+        prop::option::weighted(0.3, gen_autoscale()),
         any::<u64>(),
     )
         .prop_map(
-            |(name, labels, module, replicas, routes, env, (memory, instance_memory), cpu, timeout, order)| {
-                GenService { name, labels, module, replicas, routes, env, memory, cpu, instance_memory, timeout, order }
+            |(
+                name,
+                labels,
+                module,
+                replicas,
+                routes,
+                env,
+                (memory, instance_memory),
+                cpu,
+                timeout,
+                autoscale,
+                order,
+            )| {
+                let replicas = match (&autoscale, replicas) {
+                    (Some(a), Some((n, hex))) => {
+                        let a = a.expected();
+                        Some((n.clamp(a.min, a.max), hex))
+                    }
+                    (_, replicas) => replicas,
+                };
+                GenService {
+                    name,
+                    labels,
+                    module,
+                    replicas,
+                    routes,
+                    env,
+                    memory,
+                    cpu,
+                    instance_memory,
+                    timeout,
+                    autoscale,
+                    order,
+                }
             },
         )
 }
@@ -743,6 +972,9 @@ impl GenService {
         if let Some(t) = &self.timeout {
             spec.push(("timeout", s(&t.text)));
         }
+        if let Some(a) = &self.autoscale {
+            spec.push(("autoscale", a.node()));
+        }
         let mut root = map(vec![
             ("apiVersion", s("shoal.dev/v1")),
             ("kind", s("Service")),
@@ -767,7 +999,15 @@ impl GenService {
         let spec = &got.spec;
         prop_assert_eq!(&spec.module_field, &self.module);
         prop_assert_eq!(&spec.module, &Path::new(DIR).join(&self.module));
-        prop_assert_eq!(spec.replicas, self.replicas.map_or(1, |(n, _)| n));
+        let autoscale = self.autoscale.as_ref().map(GenAutoscale::expected);
+        let replicas = match (self.replicas, &autoscale) {
+            (Some((n, _)), _) => n,
+            (None, None) => 1,
+            // The initial count: min, but at least 1.
+            (None, Some(a)) => a.min.max(1).min(a.max),
+        };
+        prop_assert_eq!(spec.replicas, replicas);
+        prop_assert_eq!(&spec.autoscale, &autoscale);
         prop_assert_eq!(&spec.routes, &self.expected_routes());
         let env: BTreeMap<String, String> =
             self.env.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())).collect();
@@ -811,6 +1051,7 @@ enum Parent {
     Spec,
     Route(usize),
     Resources,
+    Autoscale,
 }
 
 #[derive(Debug, Clone)]
@@ -841,6 +1082,14 @@ enum Mutation {
     Missing(&'static str, &'static str),
     /// A value of the wrong type at (path of the mapping, key).
     WrongType(&'static str, &'static str, Node),
+    /// A bad value for `spec.autoscale.<key>`, and a word of the message.
+    AutoscaleValue(&'static str, Node, &'static str),
+    /// `spec.autoscale`: (min, max) with max < min.
+    MaxBelowMin(u32, u32),
+    /// `spec.autoscale`: (stableWindow, panicWindow) in seconds, panic longer.
+    PanicAboveStable(u64, u64),
+    /// (min, max, replicas) with replicas outside min..=max.
+    ReplicasOutsideScale(u32, u32, u32),
 }
 
 fn bad_memory() -> impl Strategy<Value = String> {
@@ -958,8 +1207,8 @@ fn bad_host() -> impl Strategy<Value = String> {
     ]
 }
 
-/// Every key the schema knows, at any level.
-const KNOWN_KEYS: [&str; 21] = [
+/// Every key the schema knows, at any level (with `AUTOSCALE_KEYS`).
+const KNOWN_KEYS: [&str; 22] = [
     "apiVersion",
     "kind",
     "metadata",
@@ -981,6 +1230,7 @@ const KNOWN_KEYS: [&str; 21] = [
     "concurrency",
     "queue",
     "requestBody",
+    "autoscale",
 ];
 
 fn junk_key() -> impl Strategy<Value = String> {
@@ -1004,7 +1254,72 @@ fn junk_key() -> impl Strategy<Value = String> {
         ])
         .prop_map(str::to_owned),
     ]
-    .prop_map(|k| if KNOWN_KEYS.contains(&k.as_str()) { format!("{k}_x") } else { k })
+    .prop_map(|k| {
+        if KNOWN_KEYS.contains(&k.as_str()) || AUTOSCALE_KEYS.contains(&k.as_str()) { format!("{k}_x") } else { k }
+    })
+}
+
+fn bad_autoscale_value() -> impl Strategy<Value = Mutation> {
+    let raw = |text: &str| Node::Raw(text.to_owned());
+    prop::sample::select(vec![
+        ("min", raw("-1"), "must be between 0 and 1000, found -1"),
+        ("min", raw("1001"), "must be between 0 and 1000, found 1001"),
+        ("min", s("few"), "expected a whole number"),
+        ("max", raw("0"), "must be between 1 and 1000, found 0"),
+        ("max", raw("1001"), "must be between 1 and 1000, found 1001"),
+        ("metric", s("cpu"), "\"cpu\" is not a metric (expected concurrency or rps)"),
+        ("metric", s("RPS"), "expected concurrency or rps"),
+        ("metric", s(""), "expected concurrency or rps"),
+        ("target", raw("0"), "must be between 1 and 1000000, found 0"),
+        ("target", raw("1000001"), "must be between 1 and 1000000, found 1000001"),
+        ("target", raw("1.5"), "expected a whole number"),
+        ("targetUtilization", raw("0"), "must be between 1% and 100%, found 0%"),
+        ("targetUtilization", s("101%"), "must be between 1% and 100%, found 101%"),
+        ("targetUtilization", raw("0.5"), "must be a whole number of percent"),
+        ("targetUtilization", raw("70.5%"), "must be a whole number of percent"),
+        ("targetUtilization", s("lots"), "\"lots\" is not a percentage"),
+        ("stableWindow", s("1s"), "\"1s\" must be between 2s and 1h"),
+        ("stableWindow", s("61m"), "\"61m\" must be between 2s and 1h"),
+        ("stableWindow", raw("60"), "\"60\" is not a duration"),
+        ("panicWindow", s("999ms"), "\"999ms\" must be between 1s and spec.autoscale.stableWindow"),
+        ("panicWindow", s("2h"), "2h exceeds spec.autoscale.stableWindow"),
+        ("panicWindow", s("soon"), "\"soon\" is not a duration"),
+        ("panicThreshold", raw("109"), "must be between 110% and 1000%, found 109%"),
+        ("panicThreshold", s("1001%"), "must be between 110% and 1000%, found 1001%"),
+        ("tolerance", raw("-1"), "must be between 0% and 100%, found -1%"),
+        ("tolerance", s("101%"), "must be between 0% and 100%, found 101%"),
+        ("maxScaleUpRate", raw("1"), "must be between 2 and 1000, found 1"),
+        ("maxScaleUpRate", raw("1001"), "must be between 2 and 1000, found 1001"),
+        ("maxScaleDownRate", raw("1"), "must be between 2 and 1000, found 1"),
+        ("maxScaleDownRate", raw("0x3e9"), "must be between 2 and 1000, found 1001"),
+        ("scaleToZeroGracePeriod", s("1h 1s"), "\"1h 1s\" must be between 0s and 1h"),
+        ("scaleToZeroGracePeriod", s("-1s"), "\"-1s\" is not a duration"),
+    ])
+    .prop_map(|(key, value, word)| Mutation::AutoscaleValue(key, value, word))
+}
+
+fn autoscale_mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        3 => bad_autoscale_value(),
+        1 => (1u32..1000).prop_flat_map(|max| (max + 1..=1000, Just(max))).prop_map(|(min, max)| Mutation::MaxBelowMin(min, max)),
+        1 => (2u64..3600).prop_flat_map(|stable| (Just(stable), stable + 1..=7200))
+            .prop_map(|(stable, panic)| Mutation::PanicAboveStable(stable, panic)),
+        // Three numbers, sorted: replicas is the smallest or the largest,
+        // strictly outside the other two.
+        1 => (0u32..=1000, 0u32..=1000, 0u32..=1000, any::<bool>()).prop_filter_map(
+            "replicas must be strictly outside",
+            |(a, b, c, below)| {
+                let mut v = [a, b, c];
+                v.sort_unstable();
+                let [x, y, z] = v;
+                if below {
+                    (x < y).then_some(Mutation::ReplicasOutsideScale(y, z, x))
+                } else {
+                    (y < z && y >= 1).then_some(Mutation::ReplicasOutsideScale(x, y, z))
+                }
+            },
+        ),
+    ]
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -1026,6 +1341,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
                 Just(Parent::Spec),
                 index.clone().prop_map(Parent::Route),
                 Just(Parent::Resources),
+                Just(Parent::Autoscale),
             ],
             junk_key()
         )
@@ -1054,6 +1370,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             ("spec", "module"),
             ("spec", "env"),
             ("spec", "timeout"),
+            ("spec.autoscale", "stableWindow"),
         ])
         .prop_map(|(p, k)| Mutation::DuplicateField(p, k)),
         prop::sample::select(vec![
@@ -1079,8 +1396,15 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             ("spec", "timeout", map(vec![("s", Node::Raw("10".into()))])),
             ("spec.resources", "memory", Node::Seq(vec![s("64Mi")])),
             ("spec.env", "TYPE_ERR", Node::Seq(vec![])),
+            ("spec", "autoscale", s("x")),
+            ("spec", "autoscale", Node::Seq(vec![s("min")])),
+            ("spec.autoscale", "min", s("few")),
+            ("spec.autoscale", "metric", Node::Seq(vec![s("rps")])),
+            ("spec.autoscale", "panicWindow", map(vec![("s", Node::Raw("1".into()))])),
+            ("spec.autoscale", "tolerance", Node::Seq(vec![s("10%")])),
         ])
         .prop_map(|(p, k, v)| Mutation::WrongType(p, k, v)),
+        autoscale_mutation(),
     ]
 }
 
@@ -1138,6 +1462,7 @@ fn mutate(service: &GenService, mutation: &Mutation) -> (Node, String, Vec<Strin
     let at = |i: usize| i % (route_count + 1);
     let set_routes = |root: &mut Node, routes: Vec<Node>| set(root, "spec", "routes", Node::Seq(routes));
     let resources = "spec.resources";
+    let autoscale = "spec.autoscale";
     let (field, words): (String, Vec<String>) = match mutation {
         Mutation::Memory(v) => {
             set(&mut root, resources, "memory", s(v));
@@ -1177,6 +1502,7 @@ fn mutate(service: &GenService, mutation: &Mutation) -> (Node, String, Vec<Strin
                 Parent::Metadata => "metadata".into(),
                 Parent::Spec => "spec".into(),
                 Parent::Resources => resources.into(),
+                Parent::Autoscale => autoscale.into(),
                 Parent::Route(i) => {
                     let i = at(*i);
                     if i == route_count {
@@ -1298,6 +1624,29 @@ fn mutate(service: &GenService, mutation: &Mutation) -> (Node, String, Vec<Strin
             set(&mut root, path, key, value.clone());
             (join(path, key), vec![])
         }
+        Mutation::AutoscaleValue(key, value, word) => {
+            set(&mut root, autoscale, key, value.clone());
+            (join(autoscale, key), vec![(*word).to_owned()])
+        }
+        Mutation::MaxBelowMin(min, max) => {
+            set(&mut root, autoscale, "min", Node::Raw(min.to_string()));
+            set(&mut root, autoscale, "max", Node::Raw(max.to_string()));
+            ("spec.autoscale.max".into(), vec![format!("must be at least spec.autoscale.min ({min}), found {max}")])
+        }
+        Mutation::PanicAboveStable(stable, panic) => {
+            set(&mut root, autoscale, "stableWindow", s(format!("{stable}s")));
+            set(&mut root, autoscale, "panicWindow", s(format!("{panic}s")));
+            (
+                "spec.autoscale.panicWindow".into(),
+                vec![format!("{panic}s exceeds spec.autoscale.stableWindow ({stable}s)")],
+            )
+        }
+        Mutation::ReplicasOutsideScale(min, max, replicas) => {
+            set(&mut root, autoscale, "min", Node::Raw(min.to_string()));
+            set(&mut root, autoscale, "max", Node::Raw(max.to_string()));
+            set(&mut root, "spec", "replicas", Node::Raw(replicas.to_string()));
+            ("spec.replicas".into(), vec![format!("{replicas} is outside spec.autoscale's range {min}..={max}")])
+        }
     };
     (root, field, words)
 }
@@ -1306,7 +1655,7 @@ fn mutate(service: &GenService, mutation: &Mutation) -> (Node, String, Vec<Strin
 // YAML-ish text from a grammar over the real field names.
 // ---------------------------------------------------------------------------
 
-const FIELD_NAMES: [&str; 16] = [
+const FIELD_NAMES: [&str; 20] = [
     "apiVersion",
     "kind",
     "metadata",
@@ -1323,6 +1672,10 @@ const FIELD_NAMES: [&str; 16] = [
     "cpu",
     "instanceMemory",
     "timeout",
+    "autoscale",
+    "min",
+    "max",
+    "panicWindow",
 ];
 
 const JUNK_KEYS: [&str; 16] = [
@@ -1344,7 +1697,7 @@ const JUNK_KEYS: [&str; 16] = [
     "HOSTNAME",
 ];
 
-const VALUES: [&str; 30] = [
+const VALUES: [&str; 32] = [
     "shoal.dev/v1",
     "Service",
     "kubia",
@@ -1375,6 +1728,8 @@ const VALUES: [&str; 30] = [
     "a b",
     "é",
     "9999999999999999999999",
+    "70%",
+    "6s",
 ];
 
 const RAW_JUNK: [&str; 28] = [

@@ -30,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shoal_api::objects::{Event, ModuleInfo, ReplicaInfo, RolloutPhase, ServiceRecord, ServiceStatus};
+use shoal_api::objects::{Event, ModuleInfo, ReplicaInfo, ReplicaUsage, RolloutPhase, ServiceRecord, ServiceStatus};
 
 use crate::apply::{ApplyError, apply};
 use crate::events::EventLog;
@@ -94,6 +94,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/services/{name}", get(get_service).put(apply_service).delete(delete_service))
         .route("/v1/services/{name}/scale", put(scale_service))
         .route("/v1/replicas", get(list_replicas))
+        .route("/v1/top", get(top))
+        .route("/metrics", get(metrics))
         .route("/v1/events", get(list_events))
         .route("/v1/logs/{name}", get(logs))
         .layer(DefaultBodyLimit::max(MAX_MODULE_SIZE))
@@ -272,6 +274,21 @@ struct ReplicaQuery {
 
 async fn list_replicas(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> ApiResult<Vec<ReplicaInfo>> {
     Ok(Json(state.controller.replicas(q.service.as_deref())))
+}
+
+async fn top(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> ApiResult<Vec<ReplicaUsage>> {
+    if let Some(service) = &q.service
+        && state.store.service(service)?.is_none()
+    {
+        return Err(not_found("service", service));
+    }
+    Ok(Json(state.controller.top(q.service.as_deref())))
+}
+
+/// Prometheus text format, version 0.0.4 (what prometheus-client writes).
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let text = crate::metrics::encode(state.controller.scrape());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 #[derive(Deserialize)]

@@ -24,8 +24,11 @@
 
 pub mod admin;
 pub mod apply;
+pub mod autoscaler;
 pub mod events;
 pub mod logs;
+pub mod metrics;
 pub mod pods;
 pub mod reconciler;
+pub mod scaling;
 pub mod store;

@@ -83,7 +83,13 @@ impl Pod {
             message: None,
         }));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(ctx, spec.clone(), status.clone(), stop_rx));
+        let (gateway, service, name) = (ctx.gateway.clone(), spec.service.clone(), spec.name.clone());
+        let run = run(ctx, spec.clone(), status.clone(), stop_rx);
+        let task = tokio::spawn(async move {
+            run.await;
+            // The replica is gone for good: so are its figures.
+            gateway.forget_replica(&service, &name);
+        });
         Pod { name: spec.name, service: spec.service, revision, status, stop, task }
     }
 
@@ -171,7 +177,11 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                 ctx.events.normal(
                     &object,
                     "Started",
-                    format!("pid {pid}, cgroup {}", cgroup.as_deref().unwrap_or("none (unconfined)")),
+                    format!(
+                        "pid {pid}, cgroup {}, {}",
+                        cgroup.as_deref().unwrap_or("none (unconfined)"),
+                        replica.startup
+                    ),
                 );
                 let (name, socket) = (replica.name.clone(), replica.socket.clone());
                 tokio::select! {

@@ -18,19 +18,23 @@
 //!    desired minus [`MAX_UNAVAILABLE`]; a new pod that fails before it was
 //!    ever ready halts the rollout, and the old pods keep serving.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use shoal_api::objects::{ReplicaInfo, RolloutPhase, ServiceRecord, ServiceStatus};
-use shoal_node::{CgroupLimits, ReplicaSpec};
+use shoal_api::objects::{ReplicaInfo, ReplicaUsage, RolloutPhase, ServiceRecord, ServiceStatus, USAGE_WINDOW_SECS};
+use shoal_gateway::ServiceSnapshot;
+use shoal_gateway::metrics::ReplicaSnapshot;
+use shoal_node::{CgroupLimits, ReplicaSpec, Usage};
 use shoal_runtime::ComponentCache;
 use shoal_runtime::engine::Engine;
 use tokio::sync::watch;
 
+use crate::autoscaler::TICK;
 use crate::logs::LogBook;
 use crate::pods::{GRACE, Pod, PodContext};
+use crate::scaling::Scaler;
 use crate::store::Store;
 
 /// How often a pass runs without a trigger.
@@ -58,6 +62,20 @@ pub struct Controller {
     halted: Mutex<HashMap<String, String>>,
     /// The generation last announced ready per service.
     announced: Mutex<HashMap<String, u64>>,
+    /// The autoscaler of services with `spec.autoscale`.
+    pub scaler: Arc<Scaler>,
+    /// Each replica's figures over the last [`USAGE_WINDOW_SECS`], oldest
+    /// first, one per tick.
+    usage: Mutex<HashMap<String, VecDeque<UsagePoint>>>,
+}
+
+/// One replica's figures at one tick.
+#[derive(Debug, Clone)]
+struct UsagePoint {
+    at: Instant,
+    service: String,
+    requests: ReplicaSnapshot,
+    usage: Usage,
 }
 
 impl Controller {
@@ -69,6 +87,13 @@ impl Controller {
         modules_dir: PathBuf,
     ) -> anyhow::Result<Arc<Self>> {
         let engine = shoal_runtime::engine::compiler_engine().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let scaler = Scaler::new(ctx.gateway.clone(), ctx.events.clone(), ctx.changed.clone());
+        let activator = Arc::downgrade(&scaler);
+        ctx.gateway.on_activate(move |service| {
+            if let Some(scaler) = activator.upgrade() {
+                scaler.activate(service);
+            }
+        });
         Ok(Arc::new(Self {
             store,
             ctx,
@@ -82,6 +107,8 @@ impl Controller {
             published: Mutex::new(HashSet::new()),
             halted: Mutex::new(HashMap::new()),
             announced: Mutex::new(HashMap::new()),
+            scaler,
+            usage: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -93,6 +120,7 @@ impl Controller {
     /// Runs passes until `shutdown` turns true, then stops every pod and
     /// waits for them.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let sampler = tokio::spawn(self.clone().sample(shutdown.clone()));
         loop {
             self.reconcile().await;
             tokio::select! {
@@ -111,6 +139,116 @@ impl Controller {
         for pod in pods {
             pod.wait().await;
         }
+        let _ = sampler.await;
+    }
+
+    /// Every [`TICK`] until shutdown: the autoscaler's sample and decision,
+    /// and each replica's figures for `shoal top` and `/metrics`.
+    async fn sample(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            self.scaler.tick();
+            let snapshot = self.ctx.gateway.snapshot();
+            let this = self.clone();
+            // Reading /proc and cgroup files blocks.
+            let _ = tokio::task::spawn_blocking(move || this.record_usage(&snapshot)).await;
+        }
+    }
+
+    fn record_usage(&self, snapshot: &[ServiceSnapshot]) {
+        let running: Vec<(String, u32, Option<String>)> = self
+            .pods
+            .lock()
+            .expect("pods lock")
+            .iter()
+            .filter_map(|p| {
+                let s = p.status();
+                Some((p.name.clone(), s.pid?, s.cgroup))
+            })
+            .collect();
+        let now = Instant::now();
+        let keep = USAGE_WINDOW_SECS as usize + 1;
+        let mut history = self.usage.lock().expect("usage lock");
+        history.retain(|name, _| running.iter().any(|(n, ..)| n == name));
+        for (name, pid, cgroup) in running {
+            let Some((service, requests)) = snapshot
+                .iter()
+                .find_map(|s| s.replicas.iter().find(|(n, _)| *n == name).map(|(_, r)| (s.name.clone(), r.clone())))
+            else {
+                continue;
+            };
+            let usage = self.ctx.agent.usage(pid, cgroup.as_deref());
+            let points = history.entry(name).or_default();
+            points.push_back(UsagePoint { at: now, service, requests, usage });
+            while points.len() > keep {
+                points.pop_front();
+            }
+        }
+    }
+
+    /// Each running replica's figures over the last window, sorted by name.
+    pub fn top(&self, service: Option<&str>) -> Vec<ReplicaUsage> {
+        let history = self.usage.lock().expect("usage lock");
+        let mut out: Vec<ReplicaUsage> = history
+            .iter()
+            .filter_map(|(name, points)| {
+                let (first, last) = (points.front()?, points.back()?);
+                if service.is_some_and(|s| s != last.service) {
+                    return None;
+                }
+                let seconds = last.at.saturating_duration_since(first.at).as_secs_f64();
+                let requests = last.requests.count().saturating_sub(first.requests.count());
+                let cpu = match (first.usage.cpu, last.usage.cpu) {
+                    (Some(a), Some(b)) if seconds > 0.0 => {
+                        Some((b.saturating_sub(a).as_secs_f64() * 1000.0 / seconds) as u64)
+                    }
+                    _ => None,
+                };
+                Some(ReplicaUsage {
+                    name: name.clone(),
+                    service: last.service.clone(),
+                    in_flight: last.requests.in_flight,
+                    rps: if seconds > 0.0 { requests as f64 / seconds } else { 0.0 },
+                    p99_ms: last.requests.quantile_since(&first.requests, 0.99).map(|s| s * 1000.0),
+                    cpu_millis: cpu,
+                    memory_bytes: last.usage.memory,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// What `/metrics` reports now.
+    pub fn scrape(&self) -> crate::metrics::Scrape {
+        let from_zero: HashMap<String, u64> = self.scaler.from_zero_counts().into_iter().collect();
+        let figures = self
+            .statuses
+            .lock()
+            .expect("status lock")
+            .values()
+            .map(|s| {
+                let figures = crate::metrics::ServiceFigures {
+                    desired: s.desired,
+                    ready: s.ready,
+                    panic: s.scale.as_ref().is_some_and(|d| d.panic),
+                    from_zero: from_zero.get(&s.name).copied().unwrap_or(0),
+                };
+                (s.name.clone(), figures)
+            })
+            .collect();
+        crate::metrics::Scrape { services: self.ctx.gateway.snapshot(), figures, usage: self.latest_usage() }
+    }
+
+    /// The latest resource use of each running replica, by name.
+    pub fn latest_usage(&self) -> HashMap<String, Usage> {
+        let history = self.usage.lock().expect("usage lock");
+        history.iter().filter_map(|(name, points)| Some((name.clone(), points.back()?.usage))).collect()
     }
 
     /// One pass.
@@ -123,6 +261,7 @@ impl Controller {
             }
         };
         self.reap();
+        self.scaler.sync(&records);
         for record in &records {
             let module = self.prepare_module(&record.module_digest).await;
             let status = self.reconcile_service(record, module);
@@ -182,9 +321,16 @@ impl Controller {
             service.spec.timeout,
             service.spec.limits.request_body,
         );
+        // Autoscaled services hold requests while they have no replica: as
+        // many as one replica takes on.
+        let max_held = match service.spec.autoscale {
+            Some(_) => u64::from(service.spec.limits.concurrency) + u64::from(service.spec.limits.queue),
+            None => 0,
+        };
+        self.ctx.gateway.set_activator(name, max_held);
         self.published.lock().expect("published lock").insert(name.clone());
         let revision = record.revision();
-        let desired = service.spec.replicas as usize;
+        let desired = self.scaler.desired(name).unwrap_or(service.spec.replicas) as usize;
         let mut message = module.as_ref().err().cloned();
         let mut phase = RolloutPhase::Progressing;
 
@@ -300,7 +446,7 @@ impl Controller {
             rollout: phase,
             message,
             routes: service.spec.routes.clone(),
-            scale: None,
+            scale: self.scaler.status(name),
         }
     }
 

@@ -6,52 +6,84 @@
 //! short.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use rand::Rng as _;
+use tokio::sync::watch;
 
 use crate::client::{WorkerClient, worker_client};
+use crate::metrics::ReplicaStats;
 
 /// One ready replica, as the gateway sees it.
 pub struct Endpoint {
     /// The replica's name.
     pub name: String,
-    in_flight: AtomicUsize,
+    stats: Arc<ReplicaStats>,
     pub(crate) client: WorkerClient,
 }
 
 impl Endpoint {
-    /// An endpoint for the worker listening on `socket`.
+    /// An endpoint for the worker listening on `socket`, with fresh figures.
     pub fn new(name: impl Into<String>, socket: &Path) -> Self {
-        Self { name: name.into(), in_flight: AtomicUsize::new(0), client: worker_client(socket) }
+        Self::with_stats(name, socket, Arc::default())
+    }
+
+    /// An endpoint that counts into `stats` (kept across its returns to the
+    /// rotation).
+    pub fn with_stats(name: impl Into<String>, socket: &Path, stats: Arc<ReplicaStats>) -> Self {
+        Self { name: name.into(), stats, client: worker_client(socket) }
     }
 
     /// Requests sent to this replica whose responses have not finished.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+    pub fn in_flight(&self) -> u64 {
+        self.stats.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Counts a request in flight until the guard drops.
+    /// Counts a request in flight until the guard drops; then records its
+    /// status and latency.
     pub fn track(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { endpoint: self.clone(), start: Instant::now(), status: 0 }
     }
 }
 
-/// A request in flight on an endpoint; dropping it ends the count.
-pub struct InFlight(Arc<Endpoint>);
+/// A request in flight on an endpoint; dropping it ends the count and
+/// records the request (a request without a response counts as `502`).
+pub struct InFlight {
+    endpoint: Arc<Endpoint>,
+    start: Instant,
+    status: u16,
+}
+
+impl InFlight {
+    /// The status the replica answered with.
+    pub fn answered(&mut self, status: u16) {
+        self.status = status;
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let stats = &self.endpoint.stats;
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let status = if self.status == 0 { 502 } else { self.status };
+        stats.observe(status, self.start.elapsed());
     }
 }
 
 /// The ready replicas of one service.
-#[derive(Default)]
 pub struct Balancer {
     endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    /// The number of ready replicas, for requests waiting for one.
+    ready: watch::Sender<usize>,
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        Self { endpoints: RwLock::new(Arc::from([])), ready: watch::Sender::new(0) }
+    }
 }
 
 impl Balancer {
@@ -87,7 +119,13 @@ impl Balancer {
         let mut guard = self.endpoints.write().expect("balancer lock");
         let mut list: Vec<Arc<Endpoint>> = guard.iter().filter(|e| e.name != endpoint.name).cloned().collect();
         list.push(Arc::new(endpoint));
+        self.ready.send_replace(list.len());
         *guard = list.into();
+    }
+
+    /// Watches the number of ready replicas.
+    pub fn watch(&self) -> watch::Receiver<usize> {
+        self.ready.subscribe()
     }
 
     /// Removes a replica; requests already sent to it finish.
@@ -95,6 +133,7 @@ impl Balancer {
         let mut guard = self.endpoints.write().expect("balancer lock");
         let before = guard.len();
         let list: Vec<Arc<Endpoint>> = guard.iter().filter(|e| e.name != name).cloned().collect();
+        self.ready.send_replace(list.len());
         *guard = list.into();
         guard.len() != before
     }

@@ -23,6 +23,7 @@
 
 pub mod balancer;
 pub mod client;
+pub mod metrics;
 mod proxy;
 pub mod router;
 mod server;
@@ -30,8 +31,10 @@ mod server;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
+
+use metrics::{Meter, MeterReading, ReplicaSnapshot, ReplicaStats};
 
 use shoal_api::Route;
 
@@ -49,6 +52,13 @@ pub struct Backend {
     max_body: AtomicU64,
     /// The ready replicas.
     pub replicas: Balancer,
+    /// Requests that may wait for a replica when none is ready (the
+    /// activator); 0 answers `503` at once.
+    max_held: AtomicU64,
+    /// The service's demand.
+    pub meter: Meter,
+    /// Each replica's figures, by name, kept while the replica exists.
+    stats: Mutex<HashMap<String, Arc<ReplicaStats>>>,
 }
 
 impl Backend {
@@ -58,7 +68,19 @@ impl Backend {
             timeout_ms: AtomicU64::new(millis(timeout)),
             max_body: AtomicU64::new(max_body),
             replicas: Balancer::default(),
+            max_held: AtomicU64::new(0),
+            meter: Meter::default(),
+            stats: Mutex::default(),
         }
+    }
+
+    /// Requests that may wait for a replica; 0 when the activator is off.
+    pub fn max_held(&self) -> u64 {
+        self.max_held.load(Ordering::Relaxed)
+    }
+
+    fn replica_stats(&self, replica: &str) -> Arc<ReplicaStats> {
+        self.stats.lock().expect("stats lock").entry(replica.to_owned()).or_default().clone()
     }
 
     /// The largest request body, in bytes.
@@ -79,12 +101,28 @@ fn millis(d: Duration) -> u64 {
 /// Each service's routes and backend, by name.
 type Services = HashMap<String, (Vec<Route>, Arc<Backend>)>;
 
+/// Called with a service's name when a request waits for it to have a
+/// replica.
+type ActivateHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The gateway: routes and backends, changed at run time by the control
 /// plane, read by every request.
 #[derive(Default)]
 pub struct Gateway {
     router: RwLock<Arc<Router<Arc<Backend>>>>,
     services: RwLock<Services>,
+    activate: OnceLock<ActivateHook>,
+}
+
+/// One service's figures at one moment.
+#[derive(Debug, Clone)]
+pub struct ServiceSnapshot {
+    pub name: String,
+    pub meter: MeterReading,
+    /// Ready replicas.
+    pub ready: usize,
+    /// Each replica's figures, by name, sorted.
+    pub replicas: Vec<(String, ReplicaSnapshot)>,
 }
 
 impl Gateway {
@@ -128,11 +166,69 @@ impl Gateway {
         self.services.read().expect("gateway lock").get(service).map(|(_, b)| b.clone())
     }
 
+    /// Turns the activator on for `service` (`max_held` > 0): a request that
+    /// finds no ready replica waits, up to the service's deadline, and the
+    /// activation hook is called; past `max_held` waiting requests, `503`.
+    pub fn set_activator(&self, service: &str, max_held: u64) {
+        if let Some(backend) = self.backend(service) {
+            backend.max_held.store(max_held, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the function called (once per waiting request, so it must be
+    /// idempotent) when a request waits for a service without ready
+    /// replicas. Only the first call takes effect.
+    pub fn on_activate(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.activate.set(Box::new(hook));
+    }
+
+    pub(crate) fn activate(&self, service: &str) {
+        if let Some(hook) = self.activate.get() {
+            hook(service);
+        }
+    }
+
     /// Puts a ready replica of `service`, listening on `socket`, in rotation.
     pub fn add_replica(&self, service: &str, replica: &str, socket: &Path) {
         if let Some(backend) = self.backend(service) {
-            backend.replicas.add(Endpoint::new(replica, socket));
+            let stats = backend.replica_stats(replica);
+            backend.replicas.add(Endpoint::with_stats(replica, socket, stats));
         }
+    }
+
+    /// Forgets a replica that no longer exists (its figures included).
+    pub fn forget_replica(&self, service: &str, replica: &str) {
+        if let Some(backend) = self.backend(service) {
+            backend.replicas.remove(replica);
+            backend.stats.lock().expect("stats lock").remove(replica);
+        }
+    }
+
+    /// Every service's figures, sorted by name.
+    pub fn snapshot(&self) -> Vec<ServiceSnapshot> {
+        let backends: Vec<Arc<Backend>> =
+            self.services.read().expect("gateway lock").values().map(|(_, b)| b.clone()).collect();
+        let mut out: Vec<ServiceSnapshot> = backends
+            .iter()
+            .map(|backend| {
+                let mut replicas: Vec<(String, ReplicaSnapshot)> = backend
+                    .stats
+                    .lock()
+                    .expect("stats lock")
+                    .iter()
+                    .map(|(name, stats)| (name.clone(), stats.snapshot()))
+                    .collect();
+                replicas.sort_by(|a, b| a.0.cmp(&b.0));
+                ServiceSnapshot {
+                    name: backend.name.clone(),
+                    meter: backend.meter.read(),
+                    ready: backend.replicas.len(),
+                    replicas,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Takes a replica out of rotation; requests in flight to it finish.

@@ -4,7 +4,10 @@
 //!
 //! 1. Route by Host (or the `:authority` of HTTP/2) and path: `404` if no
 //!    route matches.
-//! 2. Pick a ready replica: `503` if there is none.
+//! 2. Pick a ready replica. If there is none and the service's activator
+//!    is on (autoscaled services), wait for one under the request's
+//!    deadline and ask the control plane for it; past the activator's
+//!    bound, or without activator, `503`.
 //! 3. Rewrite the request for the worker: HTTP/1.1, hop-by-hop headers
 //!    removed, `X-Forwarded-For` and `X-Forwarded-Proto` set, `Host` kept.
 //! 4. Send it on a pooled connection under the service's deadline: `504`
@@ -27,17 +30,47 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::Gateway;
-use crate::balancer::InFlight;
+use crate::balancer::{Endpoint, InFlight};
 use crate::client::{LimitedBody, UpstreamBody};
+use crate::{Backend, Gateway};
 
 /// The gateway's response body: a worker's streamed body, or a short message
 /// of the gateway's own.
 pub enum Body {
-    /// A worker's response, counted in flight until it ends.
-    Upstream(Incoming, Option<InFlight>),
+    /// A worker's response, counted in flight (on its replica and its
+    /// service) until it ends.
+    Upstream(Incoming, Option<InFlight>, Option<Demand>),
     /// A message from the gateway.
     Message(Option<Bytes>),
+}
+
+/// A request counted in its service's [`crate::metrics::Meter`] until it
+/// ends.
+pub struct Demand {
+    backend: Arc<Backend>,
+    status: u16,
+}
+
+impl Demand {
+    fn begin(backend: &Arc<Backend>) -> Self {
+        backend.meter.begin();
+        Self { backend: backend.clone(), status: 0 }
+    }
+}
+
+impl Drop for Demand {
+    fn drop(&mut self) {
+        self.backend.meter.end(self.status);
+    }
+}
+
+/// Takes a request off the service's waiting count when it stops waiting.
+struct Held<'a>(&'a Backend);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.meter.hold(false);
+    }
 }
 
 impl HttpBody for Body {
@@ -46,10 +79,11 @@ impl HttpBody for Body {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Body::Upstream(body, in_flight) => {
+            Body::Upstream(body, in_flight, demand) => {
                 let polled = Pin::new(body).poll_frame(cx);
                 if let Poll::Ready(None | Some(Err(_))) = polled {
                     in_flight.take();
+                    demand.take();
                 }
                 polled
             }
@@ -59,14 +93,14 @@ impl HttpBody for Body {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Upstream(body, _) => body.is_end_stream(),
+            Body::Upstream(body, ..) => body.is_end_stream(),
             Body::Message(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Upstream(body, _) => body.size_hint(),
+            Body::Upstream(body, ..) => body.size_hint(),
             Body::Message(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Body::Message(None) => SizeHint::with_exact(0),
         }
@@ -148,7 +182,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 impl Gateway {
     /// Handles one client request.
-    pub(crate) async fn proxy(self: Arc<Self>, mut req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    pub(crate) async fn proxy(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         if let Err(problem) = check_host(&req) {
             return message(StatusCode::BAD_REQUEST, problem);
         }
@@ -161,8 +195,76 @@ impl Gateway {
         let Some(backend) = router.route(host.as_deref(), req.uri().path()) else {
             return message(StatusCode::NOT_FOUND, "404 no route for this host and path\n");
         };
-        let Some(endpoint) = backend.replicas.pick() else {
-            return message(StatusCode::SERVICE_UNAVAILABLE, "503 no ready replica\n");
+        let backend = backend.clone();
+        let mut demand = Demand::begin(&backend);
+        let response = self.forward(&backend, req, host, client).await;
+        demand.status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let body = match body {
+            Body::Upstream(body, in_flight, _) => Body::Upstream(body, in_flight, Some(demand)),
+            message => message,
+        };
+        Response::from_parts(parts, body)
+    }
+
+    /// A ready replica of `backend`, waiting for one when the activator is on.
+    async fn replica(
+        &self,
+        backend: &Backend,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Endpoint>, Response<Body>> {
+        if let Some(endpoint) = backend.replicas.pick() {
+            return Ok(endpoint);
+        }
+        let max_held = backend.max_held();
+        if max_held == 0 {
+            return Err(message(StatusCode::SERVICE_UNAVAILABLE, "503 no ready replica\n"));
+        }
+        if backend.meter.held() >= max_held {
+            let mut response = message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("503 no ready replica, and {max_held} requests are already waiting for one\n"),
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Err(response);
+        }
+        let mut ready = backend.replicas.watch();
+        backend.meter.hold(true);
+        let _held = Held(backend);
+        self.activate(&backend.name);
+        loop {
+            if let Some(endpoint) = backend.replicas.pick() {
+                return Ok(endpoint);
+            }
+            match tokio::time::timeout_at(deadline, ready.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(message(StatusCode::SERVICE_UNAVAILABLE, "503 the service was removed\n")),
+                Err(_) => {
+                    return Err(message(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "503 no replica became ready within the service's timeout ({})\n",
+                            humantime::format_duration(backend.timeout())
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Sends a routed request to a replica of `backend`.
+    async fn forward(
+        &self,
+        backend: &Backend,
+        mut req: Request<Incoming>,
+        host: Option<String>,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let timeout = backend.timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let endpoint = match self.replica(backend, deadline).await {
+            Ok(endpoint) => endpoint,
+            Err(response) => return response,
         };
 
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -211,8 +313,6 @@ impl Gateway {
         let exceeded = Arc::new(AtomicBool::new(false));
         let broken = Arc::new(AtomicBool::new(false));
 
-        let timeout = backend.timeout();
-        let deadline = tokio::time::Instant::now() + timeout;
         let mut endpoint = endpoint;
         for attempt in 0..2 {
             let body = match (&replay, streaming.take()) {
@@ -230,12 +330,13 @@ impl Gateway {
             *request.uri_mut() = parts.uri.clone();
             *request.version_mut() = Version::HTTP_11;
             *request.headers_mut() = parts.headers.clone();
-            let in_flight = endpoint.track();
+            let mut in_flight = endpoint.track();
             match tokio::time::timeout_at(deadline, endpoint.client.request(request)).await {
                 Ok(Ok(response)) => {
                     let (mut head, body) = response.into_parts();
+                    in_flight.answered(head.status.as_u16());
                     strip_hop_by_hop(&mut head.headers);
-                    return Response::from_parts(head, Body::Upstream(body, Some(in_flight)));
+                    return Response::from_parts(head, Body::Upstream(body, Some(in_flight), None));
                 }
                 Ok(Err(error)) => {
                     drop(in_flight);
@@ -263,6 +364,7 @@ impl Gateway {
                     }
                 }
                 Err(_) => {
+                    in_flight.answered(StatusCode::GATEWAY_TIMEOUT.as_u16());
                     tracing::warn!(service = %backend.name, replica = %endpoint.name, ?timeout, "deadline exceeded");
                     return message(
                         StatusCode::GATEWAY_TIMEOUT,

@@ -6,23 +6,36 @@
 //! 2. Open the cgroup's `cgroup.procs` files and a readiness pipe.
 //! 3. `fork`; in the child, before `exec`: set `PR_SET_PDEATHSIG` (so the
 //!    worker dies with Shoal), leave Shoal's process group (so a terminal's
-//!    Ctrl-C reaches Shoal only, which drains first), check the parent did not already die, join
-//!    the cgroup, and put the readiness pipe on fd 3.
-//! 4. `exec` the same `shoal` binary as `shoal worker`, which loads the
-//!    precompiled component, binds its Unix socket and writes `ready`.
+//!    Ctrl-C reaches Shoal only, which drains first), check the parent did
+//!    not already die, join the cgroup, and put the readiness pipe on fd 3.
+//! 4. `exec` the same `shoal` binary as `shoal worker`, which reads its
+//!    configuration from stdin, loads the precompiled component, binds its
+//!    Unix socket and writes `ready` with the time each step took.
 //! 5. A task per replica forwards its stdout and stderr line by line,
 //!    prefixed with the replica's name, and another waits for its exit,
 //!    removes its cgroup and socket, and publishes the [`Exit`].
+//!
+//! Steps 1 to 4 up to `exec` are done ahead for the next replica: one
+//! standby worker (`shoal-standby` in `ps`) waits, confined in its own
+//! cgroup, for its configuration. Joining a cgroup v1 costs the kernel an RCU
+//! grace period (about 15 ms on the machines measured), more than everything
+//! else a start does; the standby pays it before a replica is needed. When a
+//! replica starts, the standby's cgroup is renamed after it (cgroup v1; v2
+//! cannot rename, and the group keeps its `standby-<n>` name) and given the
+//! replica's limits, the configuration is sent, and another standby is
+//! started in the background.
 
+use std::fmt;
 use std::io::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_runtime::WorkerConfig;
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 
 use crate::cgroups::{CgroupLimits, Cgroups, ReplicaCgroup};
@@ -113,7 +126,87 @@ pub struct Replica {
     pub socket: PathBuf,
     /// Its cgroup path, or `None` when it runs unconfined.
     pub cgroup: Option<String>,
+    /// How long it took to become ready, step by step.
+    pub startup: Startup,
     exit: watch::Receiver<Option<Exit>>,
+}
+
+/// How long a replica took to start: in total (from the node agent's call
+/// until the worker reported ready), and the steps the worker reported.
+/// The process start (cgroup, fork, exec, the binary's own start) is the
+/// total less the worker's steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Startup {
+    pub total: Duration,
+    /// Creating the cgroup and setting its limits.
+    pub cgroup: Duration,
+    /// From spawning the worker to its start: fork, exec, the binary's
+    /// start.
+    pub exec: Duration,
+    /// Starting its tokio runtime.
+    pub runtime: Duration,
+    /// Configuring wasmtime (the pooling allocator's reservation).
+    pub engine: Duration,
+    /// Loading the precompiled component and linking it.
+    pub load: Duration,
+    /// The start check: one instantiation.
+    pub check: Duration,
+    /// The worker's own time, from its `main` until ready.
+    pub worker: Duration,
+    /// Whether a standby process became the replica (its fork, cgroup
+    /// join and exec happened before).
+    pub standby: bool,
+}
+
+impl Startup {
+    /// Reads the worker's `ready engine_us=… load_us=… check_us=…
+    /// total_us=…` line.
+    fn parse(total: Duration, line: &str) -> Self {
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
+                .map_or(Duration::ZERO, Duration::from_micros)
+        };
+        Self {
+            total,
+            cgroup: Duration::ZERO,
+            exec: field("exec_us"),
+            runtime: field("runtime_us"),
+            engine: field("engine_us"),
+            load: field("load_us"),
+            check: field("check_us"),
+            worker: field("total_us"),
+            standby: false,
+        }
+    }
+
+    /// What the steps do not account for: the agent's side of the spawn,
+    /// reading the readiness pipe.
+    pub fn other(&self) -> Duration {
+        let exec = if self.standby { Duration::ZERO } else { self.exec };
+        self.total.saturating_sub(self.worker + self.cgroup + exec)
+    }
+}
+
+impl fmt::Display for Startup {
+    /// `ready in 14.2ms (cgroup 0.2ms, exec 3.1ms, runtime 0.3ms, engine
+    /// 2.0ms, module load 4.1ms, start check 1.2ms, other 0.1ms)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: Duration| format!("{:.1}ms", d.as_secs_f64() * 1000.0);
+        let exec = if self.standby { "standby".to_owned() } else { ms(self.exec) };
+        write!(
+            f,
+            "ready in {} (cgroup {}, exec {}, runtime {}, engine {}, module load {}, start check {}, other {})",
+            ms(self.total),
+            ms(self.cgroup),
+            exec,
+            ms(self.runtime),
+            ms(self.engine),
+            ms(self.load),
+            ms(self.check),
+            ms(self.other())
+        )
+    }
 }
 
 /// Why a replica did not start.
@@ -138,12 +231,23 @@ pub enum StartError {
 pub struct NodeAgent {
     config: AgentConfig,
     cgroups: Option<Arc<Cgroups>>,
+    /// A worker process started ahead, for the next replica.
+    standby: Mutex<Option<Standby>>,
+    standby_seq: AtomicU64,
+    /// Set by [`NodeAgent::cleanup`]: no more standby processes.
+    closed: AtomicBool,
 }
 
 impl NodeAgent {
     /// A node agent; `cgroups` is `None` when replicas run unconfined.
     pub fn new(config: AgentConfig, cgroups: Option<Cgroups>) -> Self {
-        Self { config, cgroups: cgroups.map(Arc::new) }
+        Self {
+            config,
+            cgroups: cgroups.map(Arc::new),
+            standby: Mutex::new(None),
+            standby_seq: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        }
     }
 
     /// Whether replicas get cgroups.
@@ -151,27 +255,117 @@ impl NodeAgent {
         self.cgroups.is_some()
     }
 
-    /// Starts a replica and waits until it is ready to serve.
-    pub async fn start(&self, spec: &ReplicaSpec) -> Result<Replica, StartError> {
+    /// A running replica's resource use: CPU time of its process, and the
+    /// memory of its cgroup (its resident set when unconfined).
+    pub fn usage(&self, pid: u32, cgroup: Option<&str>) -> Usage {
+        let memory = match (&self.cgroups, cgroup) {
+            (Some(cgroups), Some(path)) => cgroups.memory_usage(path),
+            _ => None,
+        }
+        .or_else(|| resident_set(pid));
+        Usage { cpu: cpu_time(pid), memory }
+    }
+
+    /// Starts a replica and waits until it is ready to serve: the standby
+    /// process when there is one (then another standby is started), a new
+    /// process otherwise.
+    pub async fn start(self: &Arc<Self>, spec: &ReplicaSpec) -> Result<Replica, StartError> {
+        let started = std::time::Instant::now();
+        let standby = self.standby.lock().expect("standby lock").take();
+        // Forking blocks until the child has exec'd: not on a runtime thread.
+        let refill = self.clone();
+        tokio::task::spawn_blocking(move || refill.refill());
+        if let Some(mut standby) = standby {
+            if standby.process.child.try_wait().ok().flatten().is_none() {
+                let cgroup = match (&self.cgroups, standby.cgroup.take()) {
+                    (Some(cgroups), Some(group)) => {
+                        let group = cgroups.rename(group, &spec.name);
+                        if let Err(error) = group.apply(spec.limits) {
+                            let _ = standby.process.child.start_kill();
+                            let _ = standby.process.child.wait().await;
+                            let _ = group.remove();
+                            return Err(StartError::Cgroup(format!(
+                                "cannot set limits on cgroup {}: {error}",
+                                group.path()
+                            )));
+                        }
+                        Some(group)
+                    }
+                    (_, group) => group,
+                };
+                let cgroup_time = started.elapsed();
+                let mut replica = self.attach(spec, standby.process, cgroup, started).await?;
+                replica.startup.cgroup = cgroup_time;
+                replica.startup.standby = true;
+                return Ok(replica);
+            }
+            // It died while waiting: clean up and start afresh.
+            if let Some(group) = standby.cgroup.take() {
+                let _ = group.remove();
+            }
+        }
         let cgroup = match &self.cgroups {
             Some(cgroups) => Some(cgroups.create(&spec.name, spec.limits).map_err(StartError::Cgroup)?),
             None => None,
         };
-        match self.spawn(spec, cgroup).await {
-            Ok(replica) => Ok(replica),
-            Err((error, Some(cgroup))) => {
-                let _ = cgroup.remove();
-                Err(error)
+        let cgroup_time = started.elapsed();
+        let process = match spawn_process(&self.config, &spec.name, cgroup.as_ref()) {
+            Ok(process) => process,
+            Err(error) => {
+                if let Some(group) = cgroup {
+                    let _ = group.remove();
+                }
+                return Err(StartError::Spawn(error));
             }
-            Err((error, None)) => Err(error),
+        };
+        let mut replica = self.attach(spec, process, cgroup, started).await?;
+        replica.startup.cgroup = cgroup_time;
+        Ok(replica)
+    }
+
+    /// Starts a standby process if there is none and Shoal is not shutting
+    /// down: a worker already forked, confined and exec'd, waiting for its
+    /// configuration. Joining a cgroup v1 takes the kernel an RCU grace
+    /// period (about 15 ms here), and exec a few more; a standby pays them
+    /// before a replica is needed.
+    fn refill(&self) {
+        let mut standby = self.standby.lock().expect("standby lock");
+        if standby.is_some() || self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let number = self.standby_seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!("standby-{number}");
+        let cgroup = match &self.cgroups {
+            Some(cgroups) => match cgroups.create(&name, STANDBY_LIMITS) {
+                Ok(group) => Some(group),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot create a standby worker's cgroup");
+                    return;
+                }
+            },
+            None => None,
+        };
+        match spawn_process(&self.config, &name, cgroup.as_ref()) {
+            Ok(process) => *standby = Some(Standby { process, cgroup }),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start a standby worker");
+                if let Some(group) = cgroup {
+                    let _ = group.remove();
+                }
+            }
         }
     }
 
-    async fn spawn(
+    /// Makes a started process replica `spec`: sends its configuration,
+    /// forwards its output, watches its exit, and waits for its readiness.
+    async fn attach(
         &self,
         spec: &ReplicaSpec,
+        process: Process,
         cgroup: Option<ReplicaCgroup>,
-    ) -> Result<Replica, (StartError, Option<ReplicaCgroup>)> {
+        started: std::time::Instant,
+    ) -> Result<Replica, StartError> {
+        let Process { mut child, ready_read } = process;
         let socket = self.config.run_dir.join(format!("{}.sock", spec.name));
         let worker = WorkerConfig {
             service: spec.service.clone(),
@@ -186,70 +380,12 @@ impl NodeAgent {
             queue: spec.queue,
             drain_timeout_ms: spec.drain_timeout.as_millis() as u64,
         };
-        let config_json = serde_json::to_string(&worker).expect("worker config serializes");
-        let procs = match cgroup.as_ref().map(ReplicaCgroup::procs_files).transpose() {
-            Ok(files) => files.unwrap_or_default(),
-            Err(e) => {
-                return Err((StartError::Cgroup(format!("cannot open cgroup.procs: {e}")), cgroup));
-            }
-        };
-        let (ready_read, ready_write) = match pipe() {
-            Ok(p) => p,
-            Err(e) => return Err((StartError::Spawn(e), cgroup)),
-        };
-
-        let mut command = tokio::process::Command::new(&self.config.exe);
-        command
-            .arg("worker")
-            .arg(&spec.name)
-            .arg("--config")
-            .arg(config_json)
-            .env(shoal_runtime::worker::READY_FD_ENV, "3")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(false);
-        let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-        let ready_fd = ready_write.as_raw_fd();
-        // SAFETY: getpid has no preconditions.
-        let parent = unsafe { libc::getpid() };
-        // SAFETY: the closure runs in the child between fork and exec and
-        // only makes async-signal-safe system calls on descriptors opened
-        // before the fork; it allocates nothing.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Its own process group, so that a terminal's Ctrl-C reaches
-                // Shoal alone, which then drains and stops its workers.
-                if libc::setpgid(0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                for &fd in &procs_fds {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if ready_fd == 3 {
-                    let flags = libc::fcntl(3, libc::F_GETFD);
-                    libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(ready_fd, 3) != 3 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        let config_json = serde_json::to_vec(&worker).expect("worker config serializes");
+        // The worker reads its configuration to the end of its stdin. A
+        // worker that died first is reported below, from its exit.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(&config_json).await;
         }
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(e) => return Err((StartError::Spawn(e), cgroup)),
-        };
-        drop(ready_write);
-        drop(procs);
         let pid = child.id().unwrap_or_default();
         let name: Arc<str> = spec.name.as_str().into();
         let last_error = Arc::new(std::sync::Mutex::new(String::new()));
@@ -288,10 +424,20 @@ impl NodeAgent {
             let _ = exit_tx.send(Some(exit));
         });
 
-        let mut replica = Replica { name: spec.name.clone(), pid, socket, cgroup: cgroup_path, exit: exit_rx };
+        let mut replica = Replica {
+            name: spec.name.clone(),
+            pid,
+            socket,
+            cgroup: cgroup_path,
+            startup: Startup::default(),
+            exit: exit_rx,
+        };
         match tokio::time::timeout(self.config.ready_timeout, wait_ready(ready_read)).await {
-            Ok(true) => Ok(replica),
-            Ok(false) => {
+            Ok(Some(line)) => {
+                replica.startup = Startup::parse(started.elapsed(), &line);
+                Ok(replica)
+            }
+            Ok(None) => {
                 let exit = replica.wait().await;
                 // Its stderr is complete once the process is gone.
                 if let Some(done) = stderr_done {
@@ -299,12 +445,12 @@ impl NodeAgent {
                 }
                 let why = last_error.lock().expect("last error lock").trim().to_owned();
                 let why = if why.is_empty() { "it wrote no error".to_owned() } else { why };
-                Err((StartError::Exited(exit, why), None))
+                Err(StartError::Exited(exit, why))
             }
             Err(_) => {
                 replica.kill();
                 replica.wait().await;
-                Err((StartError::Timeout(self.config.ready_timeout), None))
+                Err(StartError::Timeout(self.config.ready_timeout))
             }
         }
     }
@@ -326,6 +472,17 @@ impl NodeAgent {
     /// Removes what the agent made outside its replicas (the instance's
     /// cgroup parent).
     pub fn cleanup(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(mut standby) = self.standby.lock().expect("standby lock").take() {
+            let _ = standby.process.child.start_kill();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while standby.process.child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Some(group) = standby.cgroup.take() {
+                let _ = group.remove();
+            }
+        }
         if let Some(cgroups) = &self.cgroups {
             cgroups.remove_base();
         }
@@ -365,6 +522,78 @@ impl Replica {
     }
 }
 
+/// A worker process, forked, confined and exec'd, not yet told what to run.
+struct Process {
+    child: tokio::process::Child,
+    ready_read: OwnedFd,
+}
+
+/// A standby worker and its cgroup.
+struct Standby {
+    process: Process,
+    cgroup: Option<ReplicaCgroup>,
+}
+
+/// Limits of a standby worker's cgroup until it becomes a replica (it only
+/// waits on its stdin meanwhile).
+const STANDBY_LIMITS: CgroupLimits = CgroupLimits { memory: 64 << 20, cpu_millis: None };
+
+/// Forks, confines (in `cgroup`) and execs `shoal worker <name>`, which
+/// waits for its configuration on stdin.
+fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup>) -> std::io::Result<Process> {
+    let procs = cgroup.map(ReplicaCgroup::procs_files).transpose()?.unwrap_or_default();
+    let (ready_read, ready_write) = pipe()?;
+    let mut command = tokio::process::Command::new(&config.exe);
+    command
+        .arg("worker")
+        .arg(name)
+        .env(shoal_runtime::worker::READY_FD_ENV, "3")
+        .env(shoal_runtime::worker::SPAWNED_ENV, shoal_runtime::worker::monotonic_nanos().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+    let ready_fd = ready_write.as_raw_fd();
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the child between fork and exec and
+    // only makes async-signal-safe system calls on descriptors opened
+    // before the fork; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Its own process group, so that a terminal's Ctrl-C reaches
+            // Shoal alone, which then drains and stops its workers.
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            for &fd in &procs_fds {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if ready_fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(ready_fd, 3) != 3 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(ready_write);
+    drop(procs);
+    Ok(Process { child, ready_read })
+}
+
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints for pipe2 to fill.
@@ -375,21 +604,19 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Reads the readiness pipe: `true` once the worker wrote `ready`, `false`
-/// if it closed the pipe (exited) first.
-async fn wait_ready(read: OwnedFd) -> bool {
-    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(read) else {
-        return false;
-    };
-    let mut buf = [0u8; 16];
+/// Reads the readiness pipe: the worker's `ready …` line once it wrote it
+/// whole, `None` if it closed the pipe (exited) first.
+async fn wait_ready(read: OwnedFd) -> Option<String> {
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(read).ok()?;
+    let mut buf = [0u8; 256];
     let mut seen = Vec::new();
     loop {
         match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => {
                 seen.extend_from_slice(&buf[..n]);
-                if seen.starts_with(b"ready") {
-                    return true;
+                if seen.starts_with(b"ready") && seen.contains(&b'\n') || seen.len() > 4096 {
+                    return seen.starts_with(b"ready").then(|| String::from_utf8_lossy(&seen).into_owned());
                 }
             }
         }
@@ -455,4 +682,74 @@ pub fn stdio_log() -> LogSink {
             Stream::Stderr => std::io::stderr().lock().write_all(chunk),
         };
     })
+}
+
+/// A replica's resource use at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time used since it started (user and system).
+    pub cpu: Option<Duration>,
+    /// Memory in bytes.
+    pub memory: Option<u64>,
+}
+
+/// User plus system time of a process, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields are counted after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|&t| t > 0)?;
+    Some(Duration::from_nanos((utime + stime).saturating_mul(1_000_000_000 / ticks)))
+}
+
+/// The resident set of a process, from `/proc/<pid>/status`.
+fn resident_set(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn startup_reads_the_workers_ready_line() {
+        let line = "ready exec_us=15000 runtime_us=100 engine_us=700 load_us=1100 check_us=150 total_us=2100\n";
+        let mut startup = Startup::parse(Duration::from_micros(17_600), line);
+        startup.cgroup = Duration::from_micros(300);
+        assert_eq!(startup.exec, Duration::from_millis(15));
+        assert_eq!(startup.load, Duration::from_micros(1100));
+        assert_eq!(startup.other(), Duration::from_micros(200));
+        assert_eq!(
+            startup.to_string(),
+            "ready in 17.6ms (cgroup 0.3ms, exec 15.0ms, runtime 0.1ms, engine 0.7ms, module load 1.1ms, \
+             start check 0.1ms, other 0.2ms)"
+        );
+        // From a standby process, its exec was paid before.
+        startup.standby = true;
+        startup.total = Duration::from_micros(2_600);
+        assert!(startup.to_string().starts_with("ready in 2.6ms (cgroup 0.3ms, exec standby,"), "{startup}");
+        assert_eq!(startup.other(), Duration::from_micros(200));
+        // A line without figures still reads.
+        assert_eq!(Startup::parse(Duration::from_millis(5), "ready\n").worker, Duration::ZERO);
+    }
+
+    #[test]
+    fn reads_the_usage_of_this_process() {
+        let pid = std::process::id();
+        // Burn a little CPU so the figure is not zero.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_time(pid).is_some_and(|t| t > Duration::ZERO));
+        assert!(resident_set(pid).is_some_and(|m| m > 1 << 20));
+        assert_eq!(cpu_time(u32::MAX), None);
+    }
 }

@@ -140,6 +140,43 @@ impl Cgroups {
         Ok(group)
     }
 
+    /// Renames a group to `replica`'s name, with its processes in it (a
+    /// standby worker's group when the worker becomes that replica). Only
+    /// cgroup v1 can rename groups; on failure the group keeps its name.
+    pub fn rename(&self, group: ReplicaCgroup, replica: &str) -> ReplicaCgroup {
+        let mut dirs = controller_dirs(&group.cgroup);
+        dirs.sort();
+        dirs.dedup();
+        let mut done: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for dir in dirs {
+            let to = dir.with_file_name(replica);
+            match std::fs::rename(&dir, &to) {
+                Ok(()) => done.push((dir, to)),
+                Err(error) => {
+                    tracing::debug!(%error, from = %dir.display(), "cannot rename a cgroup; it keeps its name");
+                    for (from, to) in done.iter().rev() {
+                        let _ = std::fs::rename(to, from);
+                    }
+                    return group;
+                }
+            }
+        }
+        let path = format!("{}/{replica}", self.base);
+        ReplicaCgroup { cgroup: self.load(&path), path: format!("/{path}") }
+    }
+
+    /// The memory a replica's group uses now (v1 `memory.usage_in_bytes`,
+    /// v2 `memory.current`); `path` as [`ReplicaCgroup::path`] gives it.
+    pub fn memory_usage(&self, path: &str) -> Option<u64> {
+        let cgroup = self.load(path.trim_start_matches('/'));
+        let memory: &MemController = cgroup.controller_of()?;
+        let dir: &Path = cgroups_rs::Controller::path(memory);
+        ["memory.current", "memory.usage_in_bytes"]
+            .iter()
+            .find_map(|file| std::fs::read_to_string(dir.join(file)).ok())
+            .and_then(|text| text.trim().parse().ok())
+    }
+
     /// Removes `shoal/<instance>` (and `shoal` if nothing else is in it).
     /// Replica groups must have been removed first.
     pub fn remove_base(&self) {
@@ -155,7 +192,8 @@ fn controller_dirs(cgroup: &Cgroup) -> Vec<PathBuf> {
 }
 
 impl ReplicaCgroup {
-    fn apply(&self, limits: CgroupLimits) -> cgroups_rs::error::Result<()> {
+    /// Sets the group's memory limit, cpu quota and pids limit.
+    pub fn apply(&self, limits: CgroupLimits) -> cgroups_rs::error::Result<()> {
         let memory: &MemController = self.cgroup.controller_of().expect("memory controller is loaded");
         memory.set_limit(i64::try_from(limits.memory).unwrap_or(i64::MAX))?;
         if let Some(millis) = limits.cpu_millis {

@@ -15,5 +15,7 @@
 pub mod agent;
 pub mod cgroups;
 
-pub use agent::{AgentConfig, Exit, LogSink, NodeAgent, Replica, ReplicaSpec, StartError, Stream, stdio_log};
+pub use agent::{
+    AgentConfig, Exit, LogSink, NodeAgent, Replica, ReplicaSpec, StartError, Startup, Stream, Usage, stdio_log,
+};
 pub use cgroups::{CgroupLimits, Cgroups};

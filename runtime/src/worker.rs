@@ -144,7 +144,11 @@ struct Replica {
 }
 
 /// Runs a worker until SIGTERM, then drains. Blocks the calling thread.
-pub fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
+///
+/// `exec` is how long the process took from the node agent's spawn to its
+/// `main` ([`since_spawn`]), reported with the readiness line.
+pub fn run_worker(config: WorkerConfig, exec: Duration) -> anyhow::Result<()> {
+    let entered = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // The cgroup's pids limit counts threads: keep the blocking pool
@@ -153,14 +157,37 @@ pub fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, entered, exec))
 }
 
-async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
+/// The environment variable in which the node agent passes the
+/// `CLOCK_MONOTONIC` time (ns) at which it spawned the worker.
+pub const SPAWNED_ENV: &str = "SHOAL_SPAWNED_NS";
+
+/// The time since the node agent spawned this process (fork, exec, the
+/// binary's start), from [`SPAWNED_ENV`]; zero without it.
+pub fn since_spawn() -> Duration {
+    std::env::var(SPAWNED_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::ZERO, |spawned| Duration::from_nanos(monotonic_nanos().saturating_sub(spawned)))
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process.
+pub fn monotonic_nanos() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC
+    // always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+}
+
+async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration) -> anyhow::Result<()> {
+    let runtime_ready = started.elapsed();
     let engine =
         worker_engine(PoolSettings { max_instances: config.max_concurrency, instance_memory: config.instance_memory })
             .map_err(|e| anyhow::anyhow!("cannot configure wasmtime: {e:#}"))?;
+    let engine_ready = started.elapsed();
     let (component, outcome) = ComponentCache::new(&config.cache_dir).load(&engine, &config.module)?;
     let mut linker = Linker::<Guest>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
@@ -191,16 +218,27 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
         queue: config.queue as usize,
     });
 
+    let loaded = started.elapsed();
     replica
         .check_start()
         .await
         .with_context(|| format!("{}: the component failed to start", config.module.display()))?;
+    let checked = started.elapsed();
 
     let _ = std::fs::remove_file(&config.socket);
     let listener =
         UnixListener::bind(&config.socket).with_context(|| format!("cannot listen on {}", config.socket.display()))?;
-    tracing::info!(replica = %config.replica, cache = ?outcome, elapsed = ?started.elapsed(), "ready");
-    notify_ready();
+    let total = started.elapsed();
+    tracing::info!(replica = %config.replica, cache = ?outcome, elapsed = ?total, "ready");
+    notify_ready(&format!(
+        "ready exec_us={} runtime_us={} engine_us={} load_us={} check_us={} total_us={}\n",
+        exec.as_micros(),
+        runtime_ready.as_micros(),
+        (engine_ready - runtime_ready).as_micros(),
+        (loaded - engine_ready).as_micros(),
+        (checked - loaded).as_micros(),
+        total.as_micros()
+    ));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -381,13 +419,15 @@ fn plain(status: StatusCode, body: &'static str) -> Response<HyperOutgoingBody> 
     response
 }
 
-/// Tells the node agent that the worker accepts requests.
-fn notify_ready() {
+/// Tells the node agent that the worker accepts requests: one line,
+/// `ready` and how long each start step took (`exec_us=… runtime_us=… engine_us=…
+/// load_us=… check_us=… total_us=…`; `total_us` is from `run_worker`).
+fn notify_ready(line: &str) {
     let Some(fd) = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) else {
         return;
     };
     // SAFETY: the node agent passes this descriptor, open for writing, to this
     // process alone; it is used once, here, and closed when `file` drops.
     let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    let _ = file.write_all(b"ready\n");
+    let _ = file.write_all(line.as_bytes());
 }

@@ -28,6 +28,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Follow rollouts.
     Rollout(RolloutArgs),
+    /// Show the live usage of running replicas: requests in flight, requests
+    /// per second, p99 latency, CPU and memory (over the last 10 seconds).
+    Top(TopArgs),
 }
 
 /// How to reach the admin API; every client command takes these.
@@ -194,6 +197,29 @@ pub struct RolloutStatusArgs {
     pub connect: ConnectArgs,
 }
 
+/// The output format of `shoal top`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TopOutput {
+    /// The figures as the API returns them, as JSON.
+    Json,
+}
+
+/// Arguments of `shoal top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Only the replicas of this service.
+    #[arg(value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_name = "FORMAT")]
+    pub output: Option<TopOutput>,
+    /// Print the figures again every 2 seconds, until Ctrl-C.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
 /// Parses `--timeout`: a humantime duration, or `0`.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {
@@ -306,6 +332,21 @@ mod tests {
         };
         assert_eq!(args.timeout, Duration::ZERO);
         assert!(Cli::try_parse_from(["shoal", "rollout", "status", "kubia", "--timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn top_takes_an_optional_service() {
+        let Command::Top(args) = parse(&["shoal", "top"]) else { panic!("not top") };
+        assert_eq!((args.service, args.output, args.watch), (None, None, false));
+        let Command::Top(args) = parse(&["shoal", "top", "kubia", "-o", "json", "-w"]) else { panic!("not top") };
+        assert_eq!((args.service.as_deref(), args.output, args.watch), (Some("kubia"), Some(TopOutput::Json), true));
+        let Command::Top(args) = parse(&["shoal", "top", "--watch", "--output", "json", "--server", "http://h:1"])
+        else {
+            panic!("not top")
+        };
+        assert_eq!((args.service, args.watch, args.connect.server.as_str()), (None, true, "http://h:1"));
+        assert!(Cli::try_parse_from(["shoal", "top", "-o", "wide"]).is_err());
+        assert!(Cli::try_parse_from(["shoal", "top", "a", "b"]).is_err());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use shoal_api::format_bytes;
-use shoal_api::objects::{Event, ReplicaInfo, now_unix};
+use shoal_api::objects::{Event, ReplicaInfo, ScaleStatus, now_unix};
+use shoal_api::{Autoscale, format_bytes};
 
 use super::client::{Client, or_not_found};
 use super::connect::encode;
@@ -16,6 +16,9 @@ const KEY_WIDTH: usize = 15;
 
 /// Width of the field names under `Resources:`.
 const SUB_KEY_WIDTH: usize = 20;
+
+/// Width of the field names under `Autoscale:`.
+const AUTOSCALE_KEY_WIDTH: usize = 24;
 
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.connect)?;
@@ -99,10 +102,52 @@ pub fn render(view: &ServiceView, replicas: &[ReplicaInfo], events: &[Event], no
     );
     field_in(&mut out, "  Instance memory:", &[format_bytes(resources.instance_memory)], SUB_KEY_WIDTH);
     field(&mut out, "Timeout:", &[duration(spec.timeout)]);
+    if let Some(settings) = &spec.autoscale {
+        autoscale(&mut out, settings, status.scale.as_ref(), now);
+    }
     field(&mut out, "Rollout:", &[rows::rollout(status.rollout, status.message.as_deref())]);
     section(&mut out, "Replicas:", &rows::service_replicas(replicas, now).render_indented("  "), replicas.is_empty());
     section(&mut out, "Events:", &rows::events(events, now).render_indented("  "), events.is_empty());
     out
+}
+
+/// The `Autoscale:` block (the settings, every default filled in) and the
+/// `Last decision:` of the autoscaler.
+fn autoscale(out: &mut String, settings: &Autoscale, scale: Option<&ScaleStatus>, now: u64) {
+    let percent = |value: u32| format!("{value}%");
+    out.push_str("Autoscale:\n");
+    for (key, value) in [
+        ("  Min:", settings.min.to_string()),
+        ("  Max:", settings.max.to_string()),
+        ("  Metric:", settings.metric.to_string()),
+        ("  Target:", format!("{} per replica", settings.target)),
+        ("  Target utilization:", percent(settings.target_utilization)),
+        ("  Stable window:", duration(settings.stable_window)),
+        ("  Panic window:", duration(settings.panic_window)),
+        ("  Panic threshold:", percent(settings.panic_threshold)),
+        ("  Tolerance:", percent(settings.tolerance)),
+        ("  Max scale up rate:", settings.max_scale_up_rate.to_string()),
+        ("  Max scale down rate:", settings.max_scale_down_rate.to_string()),
+        ("  Scale to zero grace:", duration(settings.scale_to_zero_grace_period)),
+    ] {
+        field_in(out, key, &[value], AUTOSCALE_KEY_WIDTH);
+    }
+    let decision = scale.map(|scale| {
+        let mut count = match scale.desired {
+            1 => "1 replica".to_owned(),
+            n => format!("{n} replicas"),
+        };
+        if scale.changed_unix != 0 {
+            let _ = write!(count, ", changed {} ago", age(now, scale.changed_unix));
+        }
+        if scale.panic {
+            count.push_str(", in panic mode");
+        }
+        let mut lines = vec![count];
+        lines.extend(Some(scale.reason.trim()).filter(|r| !r.is_empty()).map(str::to_owned));
+        lines
+    });
+    field(out, "Last decision:", &decision.unwrap_or_default());
 }
 
 /// `Key:           value`, further values on their own lines under the
@@ -137,7 +182,7 @@ mod tests {
     use shoal_api::objects::{EventType, ReplicaState, RolloutPhase};
 
     use super::*;
-    use crate::cli::rows::tests::{NOW, replica, view};
+    use crate::cli::rows::tests::{NOW, autoscaled, replica, view};
 
     fn event(seq: u64, object: &str, reason: &str) -> Event {
         Event {
@@ -216,6 +261,38 @@ mod tests {
     }
 
     #[test]
+    fn describes_the_autoscaler_of_an_autoscaled_service() {
+        let view = autoscaled("kubia", 3, 3, true);
+        let text = render(&view, &[], &[], NOW);
+        let expected = "\nTimeout:       10s\n\
+             Autoscale:\n\
+             \x20 Min:                  1\n\
+             \x20 Max:                  10\n\
+             \x20 Metric:               concurrency\n\
+             \x20 Target:               10 per replica\n\
+             \x20 Target utilization:   70%\n\
+             \x20 Stable window:        1m\n\
+             \x20 Panic window:         6s\n\
+             \x20 Panic threshold:      200%\n\
+             \x20 Tolerance:            10%\n\
+             \x20 Max scale up rate:    1000\n\
+             \x20 Max scale down rate:  2\n\
+             \x20 Scale to zero grace:  30s\n\
+             Last decision: 3 replicas, changed 90s ago\n\
+             \x20              4.2 in flight over 1m, target 10 × 70% per replica\n\
+             Rollout:       Complete\n";
+        assert!(text.contains(expected), "\n{text}");
+
+        let mut view = autoscaled("kubia", 1, 1, false);
+        view.status.scale.as_mut().unwrap().panic = true;
+        let text = render(&view, &[], &[], NOW);
+        assert!(text.contains("\nLast decision: 1 replica, in panic mode\n  "), "\n{text}");
+        view.status.scale = None;
+        let text = render(&view, &[], &[], NOW);
+        assert!(text.contains("\n  Scale to zero grace:  30s\nLast decision: <none>\nRollout:"), "\n{text}");
+    }
+
+    #[test]
     fn empty_parts_say_none() {
         let mut view = view("kubia", 0, 0);
         view.record.service.labels.clear();
@@ -226,5 +303,6 @@ mod tests {
         assert!(text.contains("\n  CPU:              unlimited\n"), "{text}");
         assert!(text.contains("\nReplicas:      0 desired | 0 updated | 0 total | 0 available\n"), "{text}");
         assert!(text.ends_with("\nReplicas:      <none>\nEvents:        <none>\n"), "{text}");
+        assert!(!text.contains("Autoscale:") && !text.contains("Last decision:"), "{text}");
     }
 }

@@ -99,7 +99,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                 print(&table.render())?;
             }
             if args.watch {
-                watch_table(&client, &query, table, wide).await?;
+                watch_table(&client, &query, (&items, table), wide).await?;
             }
         }
     }
@@ -154,21 +154,21 @@ fn key(item: &Value) -> String {
 }
 
 /// Watches with a table: every second, prints the rows that changed
-/// (ignoring AGE) and rows that are new, with the widths of the first table.
-async fn watch_table(client: &Client, query: &Query, first: Table, wide: bool) -> anyhow::Result<()> {
+/// (ignoring ages) and rows that are new, with the widths of the first table.
+async fn watch_table(client: &Client, query: &Query, first: (&[Value], Table), wide: bool) -> anyhow::Result<()> {
+    let (items, first) = first;
     let mut widths = (!first.is_empty()).then(|| first.widths());
-    let mut last = keyed_rows(first);
+    let mut last = keyed_rows(table(query.resource, items, wide, AGELESS)?);
     loop {
         tokio::time::sleep(WATCH_INTERVAL).await;
         let items = query.fetch(client, false).await?;
-        let table = table(query.resource, &items, wide, now_unix())?;
-        let headers = table.clone();
-        let current = keyed_rows(table);
-        let changed = changed_rows(&last, &current, headers.column("AGE"));
+        let current = keyed_rows(table(query.resource, &items, wide, AGELESS)?);
+        let printed = table(query.resource, &items, wide, now_unix())?;
+        let changed = changed_rows(&last, &current, &printed);
         if !changed.is_empty() {
             let mut out = String::new();
             let widths = widths.get_or_insert_with(|| {
-                let mut new = Table::new(headers.headers.clone());
+                let mut new = Table::new(printed.headers.clone());
                 new.rows = changed.clone();
                 let widths = new.widths();
                 out.push_str(&new.header(&widths));
@@ -186,25 +186,24 @@ async fn watch_table(client: &Client, query: &Query, first: Table, wide: bool) -
     }
 }
 
+/// The time at which to build the tables a watch compares: every age is
+/// then `0s` (the AGE column, and the age of the last change in AUTOSCALE),
+/// so that rows compare without their ages.
+const AGELESS: u64 = 0;
+
 fn keyed_rows(table: Table) -> BTreeMap<String, Vec<String>> {
     table.rows.into_iter().map(|row| (row[0].clone(), row)).collect()
 }
 
-/// Rows of `current` that are new or differ from `last` in a column other
-/// than `age`. (Rows that disappeared are not printed.)
+/// The rows of `table` (as printed) that are new, or whose rows in the
+/// ageless tables `last` and `current` differ. (Rows that disappeared are
+/// not printed.)
 pub fn changed_rows(
     last: &BTreeMap<String, Vec<String>>,
     current: &BTreeMap<String, Vec<String>>,
-    age: Option<usize>,
+    table: &Table,
 ) -> Vec<Vec<String>> {
-    let differs = |old: &[String], new: &[String]| {
-        old.len() != new.len() || old.iter().zip(new).enumerate().any(|(index, (a, b))| Some(index) != age && a != b)
-    };
-    current
-        .iter()
-        .filter(|(key, row)| last.get(*key).is_none_or(|old| differs(old, row)))
-        .map(|(_, row)| row.clone())
-        .collect()
+    table.rows.iter().filter(|row| last.get(&row[0]) != current.get(&row[0])).cloned().collect()
 }
 
 /// Watches with JSON or YAML: prints each object that is new or changed.
@@ -233,7 +232,7 @@ mod tests {
     use shoal_api::objects::ReplicaState;
 
     use super::*;
-    use crate::cli::rows::tests::{NOW, replica, view};
+    use crate::cli::rows::tests::{NOW, autoscaled, replica, view};
 
     #[test]
     fn tables_from_api_json() {
@@ -255,18 +254,38 @@ mod tests {
 
     #[test]
     fn watch_prints_only_changed_rows_ignoring_age() {
-        let replicas = |list: &[ReplicaInfo], now| keyed_rows(rows::replicas(list, false, now));
+        let replicas = |list: &[ReplicaInfo], now| rows::replicas(list, false, now);
+        let ageless = |list: &[ReplicaInfo]| keyed_rows(replicas(list, AGELESS));
         let a = replica("kubia-3382d9-aaaaa", ReplicaState::Running, true);
         let b = replica("kubia-3382d9-bbbbb", ReplicaState::Starting, false);
-        let last = replicas(&[a.clone(), b.clone()], NOW);
-        let age = Some(4);
-        assert!(changed_rows(&last, &replicas(&[a.clone(), b.clone()], NOW + 30), age).is_empty(), "only ages changed");
+        let last = ageless(&[a.clone(), b.clone()]);
+        let later = [a.clone(), b.clone()];
+        assert!(changed_rows(&last, &ageless(&later), &replicas(&later, NOW + 30)).is_empty(), "only ages changed");
         let ready = ReplicaInfo { state: ReplicaState::Running, ready: true, ..b };
         let c = replica("kubia-4493e0-ccccc", ReplicaState::Starting, false);
-        let changed = changed_rows(&last, &replicas(&[ready, c], NOW + 1), age);
+        let now = [ready, c];
+        let changed = changed_rows(&last, &ageless(&now), &replicas(&now, NOW + 1));
         let names: Vec<&str> = changed.iter().map(|row| row[0].as_str()).collect();
         assert_eq!(names, ["kubia-3382d9-bbbbb", "kubia-4493e0-ccccc"], "a vanished; b changed; c is new");
         assert_eq!(changed[0][1..3], ["1/1".to_owned(), "Running".to_owned()]);
+        assert_eq!(changed[0][4], "43s", "printed with their ages");
+    }
+
+    #[test]
+    fn watch_ignores_the_age_of_the_last_scale_change() {
+        let services = |list: &[ServiceView], now| rows::services(list, false, now);
+        let ageless = |list: &[ServiceView]| keyed_rows(services(list, AGELESS));
+        let view = autoscaled("kubia", 3, 3, true);
+        let last = ageless(std::slice::from_ref(&view));
+        let later = [view.clone()];
+        assert!(changed_rows(&last, &ageless(&later), &services(&later, NOW + 5)).is_empty());
+        let mut scaled = view;
+        let scale = scaled.status.scale.as_mut().unwrap();
+        (scale.desired, scale.changed_unix) = (4, NOW + 5);
+        let later = [scaled];
+        let changed = changed_rows(&last, &ageless(&later), &services(&later, NOW + 6));
+        assert_eq!(changed.len(), 1);
+        assert!(changed[0][7].starts_with("1-10, 4 1s ago: "), "{:?}", changed[0]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The client commands: kubectl-style access to the admin API of `shoal up`
 //! (`apply`, `push`, `get`, `describe`, `delete`, `scale`, `logs`,
-//! `rollout status`).
+//! `rollout status`, `top`).
 //!
 //! # Layout
 //!
@@ -9,7 +9,8 @@
 //! * `args`: the clap arguments of every command;
 //! * `connect`: `--server`, the token; `client`: requests and API errors;
 //! * `apply`: `apply` and `push` (manifest files, documents, modules);
-//! * `get`, `describe`, `logs`, `rollout`, `manage` (`delete`, `scale`);
+//! * `get`, `describe`, `logs`, `rollout`, `manage` (`delete`, `scale`),
+//!   `top`;
 //! * `table` and `rows`: pure formatting (aligned tables, ages, sizes).
 //!
 //! Every error ends the command with exit status 1 and one line
@@ -26,6 +27,7 @@ mod manage;
 mod rollout;
 mod rows;
 mod table;
+mod top;
 
 use std::process::ExitCode;
 
@@ -71,6 +73,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Scale(args) => manage::scale(args).await,
         Command::Logs(args) => logs::logs(args).await,
         Command::Rollout(RolloutArgs { command: RolloutCommand::Status(args) }) => rollout::status(args).await,
+        Command::Top(args) => top::top(args).await,
     }
 }
 

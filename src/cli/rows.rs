@@ -1,19 +1,21 @@
 //! The tables of `get` and `describe`: one row per service, replica,
 //! module or event. Pure functions of the objects and the current time.
 
-use shoal_api::objects::{Event, ModuleInfo, ReplicaInfo, RolloutPhase};
+use shoal_api::objects::{Event, ModuleInfo, ReplicaInfo, ReplicaUsage, RolloutPhase};
 use shoal_api::{Route, format_bytes};
 
 use super::ServiceView;
-use super::table::{NONE, Table, age, cpu, duration, human_size, short_digest};
+use super::table::{NONE, Table, age, cpu, duration, human_size, latency, mebibytes, millicores, short_digest};
 
-/// `NAME READY UP-TO-DATE AVAILABLE REVISION AGE`; wide adds `ROUTES
-/// MODULE MEMORY CPU TIMEOUT ROLLOUT`. Sorted by name.
+/// `NAME READY UP-TO-DATE AVAILABLE DESIRED REVISION AGE`; wide adds
+/// `ROUTES MODULE MEMORY CPU TIMEOUT ROLLOUT`; both end with `AUTOSCALE`.
+/// Sorted by name.
 pub fn services(views: &[ServiceView], wide: bool, now: u64) -> Table {
-    let mut headers = vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "REVISION", "AGE"];
+    let mut headers = vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "DESIRED", "REVISION", "AGE"];
     if wide {
         headers.extend(["ROUTES", "MODULE", "MEMORY", "CPU", "TIMEOUT", "ROLLOUT"]);
     }
+    headers.push("AUTOSCALE");
     let mut table = Table::new(headers);
     let mut views: Vec<&ServiceView> = views.iter().collect();
     views.sort_by(|a, b| a.record.service.name.cmp(&b.record.service.name));
@@ -25,6 +27,7 @@ pub fn services(views: &[ServiceView], wide: bool, now: u64) -> Table {
             format!("{}/{}", status.ready, status.desired),
             status.updated.to_string(),
             status.available.to_string(),
+            status.desired.to_string(),
             status.revision.clone(),
             age(now, record.created_unix),
         ];
@@ -38,9 +41,39 @@ pub fn services(views: &[ServiceView], wide: bool, now: u64) -> Table {
                 rollout(status.rollout, status.message.as_deref()),
             ]);
         }
+        row.push(autoscale(view, now));
         table.push(row);
     }
     table
+}
+
+/// The AUTOSCALE cell: `<min>-<max>, <desired> <age> ago: <reason>`
+/// (`<min>-<max>: <reason>` while the count never changed; `PANIC ` first
+/// in panic mode), or `-` for a service without `spec.autoscale`.
+pub fn autoscale(view: &ServiceView, now: u64) -> String {
+    let Some(settings) = &view.record.service.spec.autoscale else {
+        return "-".to_owned();
+    };
+    let range = format!("{}-{}", settings.min, settings.max);
+    let Some(scale) = &view.status.scale else {
+        return range;
+    };
+    let mut cell = String::new();
+    if scale.panic {
+        cell.push_str("PANIC ");
+    }
+    cell.push_str(&range);
+    if scale.changed_unix != 0 {
+        cell.push_str(&format!(", {} {} ago", scale.desired, age(now, scale.changed_unix)));
+    }
+    // The reason of a panic decision starts with `panic: `, which PANIC says.
+    let reason =
+        if scale.panic { scale.reason.strip_prefix("panic: ").unwrap_or(&scale.reason) } else { &scale.reason };
+    if !reason.trim().is_empty() {
+        cell.push_str(": ");
+        cell.push_str(reason.trim());
+    }
+    cell
 }
 
 /// The routes a service serves, comma-separated (`/`, `kubia.example.com/api`):
@@ -133,6 +166,35 @@ pub fn modules(modules: &[ModuleInfo], wide: bool, now: u64) -> Table {
     table
 }
 
+/// `NAME SERVICE IN-FLIGHT RPS P99 CPU MEMORY`: each replica's figures
+/// over the last [`USAGE_WINDOW_SECS`], in the order given (the API's: by
+/// name).
+///
+/// [`USAGE_WINDOW_SECS`]: shoal_api::objects::USAGE_WINDOW_SECS
+pub fn top(usage: &[ReplicaUsage]) -> Table {
+    let mut table = Table::new(vec!["NAME", "SERVICE", "IN-FLIGHT", "RPS", "P99", "CPU", "MEMORY"]);
+    for replica in usage {
+        table.push(vec![
+            replica.name.clone(),
+            replica.service.clone(),
+            replica.in_flight.to_string(),
+            format!("{:.1}", replica.rps),
+            latency(replica.p99_ms),
+            millicores(replica.cpu_millis),
+            mebibytes(replica.memory_bytes),
+        ]);
+    }
+    table
+}
+
+/// What `top` prints (to stderr) when there is no replica.
+pub fn no_replicas(service: Option<&str>) -> String {
+    match service {
+        Some(service) => format!("No replicas running for service {service:?}."),
+        None => "No replicas running.".to_owned(),
+    }
+}
+
 /// `TYPE REASON AGE MESSAGE`, in the order given (oldest first).
 pub fn events(events: &[Event], now: u64) -> Table {
     let mut table = Table::new(vec!["TYPE", "REASON", "AGE", "MESSAGE"]);
@@ -153,8 +215,8 @@ pub(crate) mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    use shoal_api::objects::{EventType, ReplicaState, ServiceRecord, ServiceStatus};
-    use shoal_api::{Resources, Service, ServiceSpec};
+    use shoal_api::objects::{EventType, ReplicaState, ScaleStatus, ServiceRecord, ServiceStatus};
+    use shoal_api::{Autoscale, Resources, ScaleMetric, Service, ServiceSpec};
 
     use super::*;
 
@@ -199,6 +261,39 @@ pub(crate) mod tests {
         ServiceView { record, status }
     }
 
+    /// Autoscale settings with the manifest's defaults, from `min` to `max`.
+    pub fn settings(min: u32, max: u32) -> Autoscale {
+        Autoscale {
+            min,
+            max,
+            metric: ScaleMetric::Concurrency,
+            target: 10,
+            target_utilization: 70,
+            stable_window: Duration::from_secs(60),
+            panic_window: Duration::from_secs(6),
+            panic_threshold: 200,
+            tolerance: 10,
+            max_scale_up_rate: 1000,
+            max_scale_down_rate: 2,
+            scale_to_zero_grace_period: Duration::from_secs(30),
+        }
+    }
+
+    /// An autoscaled service (1-10) whose autoscaler asked for `desired`
+    /// replicas 90 seconds ago (never, with `changed: false`).
+    pub fn autoscaled(name: &str, ready: u32, desired: u32, changed: bool) -> ServiceView {
+        let mut view = view(name, ready, desired);
+        view.record.service.spec.replicas = 1;
+        view.record.service.spec.autoscale = Some(settings(1, 10));
+        view.status.scale = Some(ScaleStatus {
+            desired,
+            panic: false,
+            reason: "4.2 in flight over 1m, target 10 × 70% per replica".into(),
+            changed_unix: if changed { NOW - 90 } else { 0 },
+        });
+        view
+    }
+
     pub fn replica(name: &str, state: ReplicaState, ready: bool) -> ReplicaInfo {
         ReplicaInfo {
             name: name.into(),
@@ -220,10 +315,45 @@ pub(crate) mod tests {
         let views = [view("kubia", 3, 3), view("api", 1, 2)];
         assert_eq!(
             services(&views, false, NOW).render(),
-            "NAME    READY   UP-TO-DATE   AVAILABLE   REVISION   AGE\n\
-             api     1/2     1            1           3382d9     5m\n\
-             kubia   3/3     3            3           3382d9     5m\n"
+            "NAME    READY   UP-TO-DATE   AVAILABLE   DESIRED   REVISION   AGE   AUTOSCALE\n\
+             api     1/2     1            1           2         3382d9     5m    -\n\
+             kubia   3/3     3            3           3         3382d9     5m    -\n"
         );
+    }
+
+    #[test]
+    fn services_table_with_autoscaled_services() {
+        let mut panicking = autoscaled("burst", 3, 8, true);
+        let scale = panicking.status.scale.as_mut().unwrap();
+        scale.panic = true;
+        scale.reason = "panic: 41.5 in flight over 6s, target 10 × 70% per replica; held at max 8".into();
+        panicking.record.service.spec.autoscale = Some(settings(0, 8));
+        let views = [autoscaled("kubia", 3, 3, true), view("api", 1, 1), autoscaled("fresh", 1, 1, false), panicking];
+        assert_eq!(
+            services(&views, false, NOW).render(),
+            "NAME    READY   UP-TO-DATE   AVAILABLE   DESIRED   REVISION   AGE   AUTOSCALE\n\
+             api     1/1     1            1           1         3382d9     5m    -\n\
+             burst   3/8     3            3           8         3382d9     5m    PANIC 0-8, 8 90s ago: 41.5 in flight over 6s, target 10 × 70% per replica; held at max 8\n\
+             fresh   1/1     1            1           1         3382d9     5m    1-10: 4.2 in flight over 1m, target 10 × 70% per replica\n\
+             kubia   3/3     3            3           3         3382d9     5m    1-10, 3 90s ago: 4.2 in flight over 1m, target 10 × 70% per replica\n"
+        );
+        let wide = services(&views[..1], true, NOW);
+        assert_eq!(wide.headers.last(), Some(&"AUTOSCALE"), "last in wide too");
+        assert_eq!(wide.rows[0][13], "1-10, 3 90s ago: 4.2 in flight over 1m, target 10 × 70% per replica");
+    }
+
+    #[test]
+    fn autoscale_cells() {
+        let mut view = autoscaled("kubia", 3, 3, true);
+        assert_eq!(autoscale(&view, NOW + 3600), "1-10, 3 61m ago: 4.2 in flight over 1m, target 10 × 70% per replica");
+        view.status.scale.as_mut().unwrap().reason = "panic: but not in panic mode".into();
+        assert_eq!(autoscale(&view, NOW), "1-10, 3 90s ago: panic: but not in panic mode");
+        view.status.scale.as_mut().unwrap().reason = " ".into();
+        assert_eq!(autoscale(&view, NOW), "1-10, 3 90s ago");
+        view.status.scale = None;
+        assert_eq!(autoscale(&view, NOW), "1-10", "no decision yet");
+        view.record.service.spec.autoscale = None;
+        assert_eq!(autoscale(&view, NOW), "-");
     }
 
     #[test]
@@ -237,9 +367,9 @@ pub(crate) mod tests {
         api.record.service.spec.resources.cpu_millis = None;
         assert_eq!(
             services(&[view("kubia", 3, 3), api], true, NOW).render(),
-            "NAME    READY   UP-TO-DATE   AVAILABLE   REVISION   AGE   ROUTES                    MODULE         MEMORY   CPU    TIMEOUT   ROLLOUT\n\
-             api     1/2     1            1           3382d9     5m    api.example.com/v1,/api   3f2a9c1b7e4d   64Mi     -      10s       Progressing: 1 of 2 updated replicas are available\n\
-             kubia   3/3     3            3           3382d9     5m    /                         3f2a9c1b7e4d   64Mi     500m   10s       Complete\n"
+            "NAME    READY   UP-TO-DATE   AVAILABLE   DESIRED   REVISION   AGE   ROUTES                    MODULE         MEMORY   CPU    TIMEOUT   ROLLOUT                                              AUTOSCALE\n\
+             api     1/2     1            1           2         3382d9     5m    api.example.com/v1,/api   3f2a9c1b7e4d   64Mi     -      10s       Progressing: 1 of 2 updated replicas are available   -\n\
+             kubia   3/3     3            3           3         3382d9     5m    /                         3f2a9c1b7e4d   64Mi     500m   10s       Complete                                             -\n"
         );
     }
 
@@ -285,6 +415,49 @@ pub(crate) mod tests {
         assert!(services(&[], false, NOW).is_empty());
         assert!(replicas(&[], true, NOW).is_empty());
         assert!(modules(&[], false, NOW).is_empty());
+        assert!(top(&[]).is_empty());
+    }
+
+    fn usage(name: &str, rps: f64, p99_ms: Option<f64>, cpu: Option<u64>, memory: Option<u64>) -> ReplicaUsage {
+        ReplicaUsage {
+            name: name.into(),
+            service: name.rsplitn(3, '-').last().unwrap().into(),
+            in_flight: 2,
+            rps,
+            p99_ms,
+            cpu_millis: cpu,
+            memory_bytes: memory,
+        }
+    }
+
+    #[test]
+    fn top_table() {
+        let list = [
+            usage("api-4493e0-aaaaa", 0.04, Some(0.42), Some(3), Some(5 << 20)),
+            usage("kubia-3382d9-x58q4", 153.44, Some(1.8), Some(23), Some((12 << 20) + 4096)),
+            usage("kubia-3382d9-b7k2m", 2.0, Some(1234.5), Some(1500), Some(130 << 20)),
+        ];
+        assert_eq!(
+            top(&list).render(),
+            "NAME                 SERVICE   IN-FLIGHT   RPS     P99      CPU     MEMORY\n\
+             api-4493e0-aaaaa     api       2           0.0     0.42ms   3m      5Mi\n\
+             kubia-3382d9-x58q4   kubia     2           153.4   1.8ms    23m     12Mi\n\
+             kubia-3382d9-b7k2m   kubia     2           2.0     1.2s     1500m   130Mi\n",
+            "in the order given"
+        );
+    }
+
+    #[test]
+    fn top_table_without_figures() {
+        let mut idle = usage("kubia-3382d9-x58q4", 0.0, None, None, None);
+        idle.in_flight = 0;
+        assert_eq!(
+            top(&[idle]).render(),
+            "NAME                 SERVICE   IN-FLIGHT   RPS   P99   CPU   MEMORY\n\
+             kubia-3382d9-x58q4   kubia     0           0.0   -     -     -\n"
+        );
+        assert_eq!(no_replicas(None), "No replicas running.");
+        assert_eq!(no_replicas(Some("kubia")), "No replicas running for service \"kubia\".");
     }
 
     #[test]

@@ -67,11 +67,6 @@ impl Table {
         }
         out
     }
-
-    /// The index of a column.
-    pub fn column(&self, header: &str) -> Option<usize> {
-        self.headers.iter().position(|h| *h == header)
-    }
 }
 
 /// Grows `widths` to fit `row`.
@@ -136,6 +131,32 @@ pub fn cpu(millis: Option<u32>) -> String {
     }
 }
 
+/// CPU use as `kubectl top` shows it: millicores (`23m`, `1500m`), or `-`.
+pub fn millicores(millis: Option<u64>) -> String {
+    millis.map_or_else(|| "-".to_owned(), |m| format!("{m}m"))
+}
+
+/// Memory use as `kubectl top` shows it: whole mebibytes (`12Mi`), or `-`.
+pub fn mebibytes(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".to_owned(), |b| format!("{}Mi", b >> 20))
+}
+
+/// A latency in milliseconds with two significant digits or so:
+/// `0.42ms`, `1.8ms`, `230ms`, `1.2s`, `12s`; `-` when there is none.
+pub fn latency(ms: Option<f64>) -> String {
+    match ms {
+        None => "-".to_owned(),
+        Some(ms) if !ms.is_finite() => "-".to_owned(),
+        // The bounds are where rounding would reach the next format.
+        Some(ms) if ms < 0.005 => "<0.01ms".to_owned(),
+        Some(ms) if ms < 0.995 => format!("{ms:.2}ms"),
+        Some(ms) if ms < 9.95 => format!("{ms:.1}ms"),
+        Some(ms) if ms < 999.5 => format!("{ms:.0}ms"),
+        Some(ms) if ms < 9950.0 => format!("{:.1}s", ms / 1000.0),
+        Some(ms) => format!("{:.0}s", ms / 1000.0),
+    }
+}
+
 /// A duration as written in manifests: `1h`, `10m`, `30s`, `1500ms`.
 pub fn duration(value: Duration) -> String {
     let ms = value.as_millis();
@@ -193,7 +214,33 @@ mod tests {
         let wider = vec!["a-name-longer-than-the-rest".into(), "1/1".into(), "1s".into()];
         widen(&mut widths, &wider);
         assert_eq!(widths, [27, 5, 5]);
-        assert_eq!(table.column("AGE"), Some(2));
+    }
+
+    #[test]
+    fn latencies_keep_about_two_significant_digits() {
+        let cases = [
+            (0.0, "<0.01ms"),
+            (0.004, "<0.01ms"),
+            (0.005, "0.01ms"),
+            (0.42, "0.42ms"),
+            (0.994, "0.99ms"),
+            (0.996, "1.0ms"),
+            (1.8, "1.8ms"),
+            (9.94, "9.9ms"),
+            (9.96, "10ms"),
+            (230.4, "230ms"),
+            (999.4, "999ms"),
+            (999.6, "1.0s"),
+            (1234.0, "1.2s"),
+            (9949.0, "9.9s"),
+            (9951.0, "10s"),
+            (61_000.0, "61s"),
+        ];
+        for (ms, want) in cases {
+            assert_eq!(latency(Some(ms)), want, "latency({ms})");
+        }
+        assert_eq!(latency(None), "-");
+        assert_eq!(latency(Some(f64::NAN)), "-");
     }
 
     #[test]
@@ -211,6 +258,15 @@ mod tests {
         assert_eq!(duration(Duration::from_secs(120)), "2m");
         assert_eq!(duration(Duration::from_secs(3600)), "1h");
         assert_eq!(short_digest(&"ab".repeat(32)), "sha256:abababababab");
+        assert_eq!(millicores(Some(23)), "23m");
+        assert_eq!(millicores(Some(2000)), "2000m", "kubectl top keeps millicores");
+        assert_eq!(millicores(Some(0)), "0m");
+        assert_eq!(millicores(None), "-");
+        assert_eq!(mebibytes(Some(12 << 20)), "12Mi");
+        assert_eq!(mebibytes(Some((12 << 20) + (1 << 19))), "12Mi", "truncated, as kubectl top does");
+        assert_eq!(mebibytes(Some(3 << 30)), "3072Mi");
+        assert_eq!(mebibytes(Some(1000)), "0Mi");
+        assert_eq!(mebibytes(None), "-");
         assert_eq!(short_digest("abc"), "sha256:abc");
         assert_eq!(age(1000, 995), "5s");
         assert_eq!(age(1000, 0), "<unknown>");

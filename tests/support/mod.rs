@@ -175,8 +175,16 @@ impl Shoal {
         self.output.lock().unwrap().join("\n")
     }
 
-    /// The worker processes (direct children).
+    /// The worker processes of replicas: direct children that call
+    /// themselves `shoal-worker` (a worker does once it has its
+    /// configuration, before it reports ready), so not the standby worker
+    /// waiting to become the next replica, nor one still starting.
     pub fn worker_pids(&self) -> Vec<u32> {
+        children(self.pid()).into_iter().filter(|&pid| comm(pid).as_deref() == Some("shoal-worker")).collect()
+    }
+
+    /// Every child process, the standby worker included.
+    pub fn all_children(&self) -> Vec<u32> {
         children(self.pid())
     }
 
@@ -252,6 +260,17 @@ impl Drop for Shoal {
             let _ = self.stop();
         }
     }
+}
+
+/// Whether `pid` is a standby worker, waiting to become a replica (it
+/// names itself `shoal-standby` until it gets its configuration).
+pub fn is_standby(pid: u32) -> bool {
+    comm(pid).as_deref() == Some("shoal-standby")
+}
+
+/// A process's name (`/proc/<pid>/comm`).
+pub fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_owned())
 }
 
 /// The direct children of `pid`.
@@ -347,4 +366,38 @@ pub async fn get_with(client: &Client<HttpConnector, Empty<Bytes>>, url: &str, h
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.expect("body failed").to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+impl Shoal {
+    /// GET `path` on the admin API with the token: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let request = hyper::Request::get(format!("{}{path}", self.server()))
+            .header("authorization", format!("Bearer {}", self.token()))
+            .body(Empty::new())
+            .unwrap();
+        let response = client().request(request).await.expect("admin request failed");
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.expect("body failed").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The name of the replica whose worker is `pid`, from the admin API.
+    pub fn replica_of(&self, pid: u32) -> String {
+        let (ok, out, err) = self.cli(&["get", "replicas", "-o", "json"]);
+        assert!(ok, "{err}");
+        let replicas: serde_json::Value = serde_json::from_str(&out).unwrap();
+        replicas
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["pid"].as_u64() == Some(u64::from(pid)))
+            .and_then(|r| r["name"].as_str())
+            .unwrap_or_else(|| panic!("no replica has pid {pid}: {out}"))
+            .to_owned()
+    }
+
+    /// How many lines printed so far match `matches`.
+    pub fn count_lines(&self, matches: impl Fn(&str) -> bool) -> usize {
+        self.output.lock().unwrap().iter().filter(|l| matches(l)).count()
+    }
 }

@@ -3,8 +3,9 @@
 //! - `GET /trap` panics, which traps the component (the host answers 500).
 //! - `GET /loop` spins forever (exercises the request timeout / fuel/epoch
 //!   interruption).
-//! - `GET /alloc?mb=N` allocates and touches N MiB of linear memory, then
-//!   answers `allocated N MiB` (exercises per-instance memory limits).
+//! - `GET /alloc?mb=N[&ms=M]` allocates and touches N MiB of linear memory,
+//!   holds it M milliseconds, then answers `allocated N MiB` (exercises
+//!   per-instance and per-replica memory limits).
 //! - `GET /env?name=X` answers the value of environment variable `X`
 //!   (404 if unset).
 //! - `GET /sleep?ms=N` waits N milliseconds (a WASI clock wait, not a
@@ -54,6 +55,10 @@ fn alloc(req: &Request) -> Response {
         buf[i] = 1;
     }
     std::hint::black_box(&buf);
+    // `ms`: keep the memory that long, so that concurrent requests overlap.
+    if let Some(ms) = req.query_param("ms").and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     Response::ok(format!("allocated {mb} MiB\n"))
 }
 

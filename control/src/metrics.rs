@@ -1,0 +1,193 @@
+//! `/metrics`: the gateway's request figures, the replicas' CPU and memory,
+//! and the autoscaler's counts, in the Prometheus text format
+//! (prometheus-client). The figures are read at scrape time from what the
+//! gateway and the controller already keep; nothing on the request path
+//! knows about Prometheus. The names are stable and listed in the README.
+
+use std::collections::HashMap;
+
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use shoal_gateway::ServiceSnapshot;
+use shoal_gateway::metrics::{CLASSES, LATENCY_BUCKETS};
+use shoal_node::Usage;
+
+/// Per-service figures the controller adds to the gateway's.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceFigures {
+    pub desired: u32,
+    pub ready: u32,
+    pub panic: bool,
+    pub from_zero: u64,
+}
+
+/// Everything one scrape reports.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub services: Vec<ServiceSnapshot>,
+    pub figures: HashMap<String, ServiceFigures>,
+    pub usage: HashMap<String, Usage>,
+}
+
+impl prometheus_client::collector::Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let service_label = |s: &ServiceSnapshot| vec![("service", s.name.clone())];
+        let replica_label = |s: &ServiceSnapshot, r: &str| vec![("service", s.name.clone()), ("replica", r.to_owned())];
+
+        // Services.
+        {
+            let mut family = encoder.encode_descriptor(
+                "shoal_service_requests",
+                "Requests routed to the service, by status class (including the gateway's own 502/503/504)",
+                None,
+                MetricType::Counter,
+            )?;
+            for s in &self.services {
+                for (class, count) in CLASSES.iter().zip(s.meter.responses) {
+                    let mut labels = service_label(s);
+                    labels.push(("code", (*class).to_owned()));
+                    family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+                }
+            }
+        }
+        gauge(&mut encoder, "shoal_service_requests_in_flight", "Requests in progress, held ones included", || {
+            self.services.iter().map(|s| (service_label(s), s.meter.in_flight as i64)).collect()
+        })?;
+        gauge(&mut encoder, "shoal_service_requests_held", "Requests waiting for a replica (activator)", || {
+            self.services.iter().map(|s| (service_label(s), s.meter.held as i64)).collect()
+        })?;
+        gauge(&mut encoder, "shoal_service_ready_replicas", "Replicas in the gateway's rotation", || {
+            self.services.iter().map(|s| (service_label(s), s.ready as i64)).collect()
+        })?;
+        let figure = |s: &ServiceSnapshot| self.figures.get(&s.name).cloned().unwrap_or_default();
+        gauge(&mut encoder, "shoal_service_desired_replicas", "Replicas the control plane wants", || {
+            self.services.iter().map(|s| (service_label(s), i64::from(figure(s).desired))).collect()
+        })?;
+        gauge(&mut encoder, "shoal_autoscaler_panic", "1 while the autoscaler is in panic mode", || {
+            self.services.iter().map(|s| (service_label(s), i64::from(figure(s).panic))).collect()
+        })?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "shoal_autoscaler_scale_from_zero",
+                "Times the service went from zero replicas to one",
+                None,
+                MetricType::Counter,
+            )?;
+            for s in &self.services {
+                let labels = service_label(s);
+                family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&figure(s).from_zero, None)?;
+            }
+        }
+
+        // Replicas.
+        {
+            let mut family = encoder.encode_descriptor(
+                "shoal_replica_requests",
+                "Requests a replica finished, by status class",
+                None,
+                MetricType::Counter,
+            )?;
+            for s in &self.services {
+                for (name, r) in &s.replicas {
+                    for (class, count) in CLASSES.iter().zip(r.responses) {
+                        let mut labels = replica_label(s, name);
+                        labels.push(("code", (*class).to_owned()));
+                        family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+                    }
+                }
+            }
+        }
+        gauge(&mut encoder, "shoal_replica_requests_in_flight", "Requests sent to the replica, not finished", || {
+            self.services
+                .iter()
+                .flat_map(|s| s.replicas.iter().map(move |(n, r)| (replica_label(s, n), r.in_flight as i64)))
+                .collect()
+        })?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "shoal_replica_request_duration_seconds",
+                "Time from sending a request to the replica to the end of its response",
+                None,
+                MetricType::Histogram,
+            )?;
+            for s in &self.services {
+                for (name, r) in &s.replicas {
+                    let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+                        .iter()
+                        .copied()
+                        .chain(std::iter::once(f64::MAX))
+                        .zip(r.buckets.iter().copied())
+                        .collect();
+                    let labels = replica_label(s, name);
+                    family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                        r.sum_seconds,
+                        r.buckets.iter().sum(),
+                        &buckets,
+                        None,
+                    )?;
+                }
+            }
+        }
+        let owner = |replica: &str| {
+            self.services.iter().find(|s| s.replicas.iter().any(|(n, _)| n == replica)).map(|s| s.name.clone())
+        };
+        let mut usage: Vec<(&String, &Usage)> = self.usage.iter().collect();
+        usage.sort_by(|a, b| a.0.cmp(b.0));
+        {
+            let mut family = encoder.encode_descriptor(
+                "shoal_replica_cpu_seconds",
+                "CPU time the replica's worker used (user and system)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (name, u) in &usage {
+                if let (Some(cpu), Some(service)) = (u.cpu, owner(name)) {
+                    let labels = vec![("service", service), ("replica", (*name).clone())];
+                    family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, f64>(&cpu.as_secs_f64(), None)?;
+                }
+            }
+        }
+        gauge(
+            &mut encoder,
+            "shoal_replica_memory_bytes",
+            "Memory of the replica's cgroup (its resident set without one)",
+            || {
+                usage
+                    .iter()
+                    .filter_map(|(name, u)| {
+                        Some((
+                            vec![("service", owner(name)?), ("replica", (*name).clone())],
+                            i64::try_from(u.memory?).ok()?,
+                        ))
+                    })
+                    .collect()
+            },
+        )?;
+        Ok(())
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl FnOnce() -> Vec<(Labels, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in values() {
+        family.encode_family(&labels)?.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+/// The scrape as Prometheus text.
+pub fn encode(scrape: Scrape) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}

@@ -1,0 +1,175 @@
+//! The autoscaler at run time: every [`TICK`] it reads each autoscaled
+//! service's meter in the gateway, pushes a sample into the service's
+//! window and asks [`autoscaler::decide`] for a count; the reconciler runs
+//! that many replicas. The gateway's activator calls [`Scaler::activate`]
+//! when a request finds a service at zero, which asks for one replica at
+//! once: however many requests wait, the count goes from 0 to 1 once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use shoal_api::objects::{ScaleStatus, ServiceRecord, now_unix};
+use shoal_api::{Autoscale, ServiceSpec};
+use shoal_gateway::Gateway;
+use shoal_gateway::metrics::MeterReading;
+use tokio::sync::Notify;
+
+use crate::autoscaler::{self, Observed, Sample, ScalerState, TICK, Window};
+use crate::events::EventLog;
+
+/// The autoscaled services and their scalers.
+pub struct Scaler {
+    gateway: Arc<Gateway>,
+    events: Arc<EventLog>,
+    /// Wakes the reconciler.
+    changed: Arc<Notify>,
+    services: Mutex<HashMap<String, Scaled>>,
+}
+
+/// One autoscaled service.
+struct Scaled {
+    settings: Autoscale,
+    /// `spec.replicas` as last seen: a change (apply, `shoal scale`) sets
+    /// the count.
+    replicas_field: u32,
+    window: Window,
+    state: ScalerState,
+    desired: u32,
+    status: ScaleStatus,
+    last: Option<MeterReading>,
+    /// Times it went from zero to one replica.
+    from_zero: u64,
+}
+
+impl Scaler {
+    pub fn new(gateway: Arc<Gateway>, events: Arc<EventLog>, changed: Arc<Notify>) -> Arc<Self> {
+        Arc::new(Self { gateway, events, changed, services: Mutex::default() })
+    }
+
+    /// Follows the stored services: starts scaling new autoscaled ones at
+    /// `spec.replicas`, applies changed settings, forgets the rest.
+    pub fn sync(&self, records: &[ServiceRecord]) {
+        let mut services = self.services.lock().expect("scaler lock");
+        services
+            .retain(|name, _| records.iter().any(|r| r.service.name == *name && r.service.spec.autoscale.is_some()));
+        for record in records {
+            let spec: &ServiceSpec = &record.service.spec;
+            let Some(settings) = &spec.autoscale else { continue };
+            let name = &record.service.name;
+            match services.get_mut(name) {
+                None => {
+                    let desired = spec.replicas.clamp(settings.min, settings.max);
+                    services.insert(name.clone(), Scaled::new(settings, spec.replicas, desired));
+                }
+                Some(scaled) => {
+                    let mut desired = scaled.desired;
+                    if scaled.replicas_field != spec.replicas {
+                        desired = spec.replicas;
+                    }
+                    if scaled.settings != *settings {
+                        *scaled =
+                            Scaled { from_zero: scaled.from_zero, ..Scaled::new(settings, spec.replicas, desired) };
+                    }
+                    scaled.replicas_field = spec.replicas;
+                    let clamped = desired.clamp(settings.min, settings.max);
+                    if clamped != scaled.desired {
+                        let reason = format!("spec.replicas or spec.autoscale changed to {}", spec.replicas);
+                        self.change(name, scaled, clamped, reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The count the autoscaler wants for `service`, if it is autoscaled.
+    pub fn desired(&self, service: &str) -> Option<u32> {
+        self.services.lock().expect("scaler lock").get(service).map(|s| s.desired)
+    }
+
+    /// The last decision for `service`, if it is autoscaled.
+    pub fn status(&self, service: &str) -> Option<ScaleStatus> {
+        self.services.lock().expect("scaler lock").get(service).map(|s| s.status.clone())
+    }
+
+    /// How often each autoscaled service went from zero to one replica.
+    pub fn from_zero_counts(&self) -> Vec<(String, u64)> {
+        let services = self.services.lock().expect("scaler lock");
+        let mut out: Vec<(String, u64)> = services.iter().map(|(n, s)| (n.clone(), s.from_zero)).collect();
+        out.sort();
+        out
+    }
+
+    /// A request waits for `service`, which has no ready replica: ask for
+    /// one if the count is zero. Idempotent.
+    pub fn activate(&self, service: &str) {
+        let mut services = self.services.lock().expect("scaler lock");
+        let Some(scaled) = services.get_mut(service) else { return };
+        scaled.state.note_activity();
+        if scaled.desired == 0 && scaled.settings.max > 0 {
+            scaled.from_zero += 1;
+            self.change(service, scaled, 1, "a request arrived".into());
+        }
+    }
+
+    /// One tick: a sample and a decision for every autoscaled service.
+    pub fn tick(&self) {
+        let mut services = self.services.lock().expect("scaler lock");
+        for (name, scaled) in services.iter_mut() {
+            let Some(backend) = self.gateway.backend(name) else { continue };
+            let reading = backend.meter.read();
+            let Some(last) = scaled.last.replace(reading) else { continue };
+            let elapsed = reading.at.saturating_duration_since(last.at).as_secs_f64();
+            if elapsed <= 0.0 {
+                continue;
+            }
+            // Arrivals per tick, whatever the loop's actual period was.
+            let arrivals = reading.arrivals.saturating_sub(last.arrivals) as f64;
+            let sample = Sample {
+                concurrency: reading.concurrency_since(&last),
+                requests: arrivals * TICK.as_secs_f64() / elapsed,
+            };
+            scaled.window.push(sample);
+            let observed = Observed { current: scaled.desired, ready: backend.replicas.len() as u32 };
+            let decision = autoscaler::decide(&scaled.settings, &scaled.window, observed, &mut scaled.state);
+            scaled.status.panic = decision.panic;
+            scaled.status.reason = decision.reason.clone();
+            if decision.desired != scaled.desired {
+                self.change(name, scaled, decision.desired, decision.reason);
+            }
+        }
+    }
+
+    /// Sets a new count, records it as an event and wakes the reconciler.
+    fn change(&self, name: &str, scaled: &mut Scaled, desired: u32, reason: String) {
+        let from = scaled.desired;
+        let reason_word = match (from, desired) {
+            (0, _) => "ScaledFromZero",
+            (_, 0) => "ScaledToZero",
+            _ => "Scaled",
+        };
+        self.events.normal(format!("service/{name}"), reason_word, format!("{from} → {desired} replicas: {reason}"));
+        scaled.desired = desired;
+        scaled.status = ScaleStatus { desired, panic: scaled.status.panic, reason, changed_unix: now_unix() };
+        self.changed.notify_one();
+    }
+}
+
+impl Scaled {
+    fn new(settings: &Autoscale, replicas_field: u32, desired: u32) -> Self {
+        Self {
+            settings: settings.clone(),
+            replicas_field,
+            window: Window::new(settings, TICK),
+            state: ScalerState::default(),
+            desired,
+            status: ScaleStatus {
+                desired,
+                panic: false,
+                reason: format!("initial count (spec.replicas {replicas_field})"),
+                changed_unix: 0,
+            },
+            last: None,
+            from_zero: 0,
+        }
+    }
+}
