@@ -85,8 +85,8 @@ mod validate;
 
 pub use error::ManifestError;
 pub use manifest::{
-    API_VERSION, Autoscale, KIND, Limits, Resources, Route, ScaleMetric, Service, ServiceSpec, parse_manifests,
-    validate_set,
+    API_VERSION, Autoscale, Instances, KIND, Limits, Resources, Route, ScaleMetric, Service, ServiceSpec,
+    parse_manifests, validate_set,
 };
 pub use objects::{
     Event, EventType, ModuleInfo, ReplicaInfo, ReplicaState, RolloutPhase, ServiceRecord, ServiceStatus, format_age,

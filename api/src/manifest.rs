@@ -60,6 +60,10 @@ pub struct ServiceSpec {
     /// defaults then).
     #[serde(default)]
     pub limits: Limits,
+    /// How Wasm instances are used (absent in records stored before it
+    /// existed: the defaults then).
+    #[serde(default)]
+    pub instances: Instances,
     /// Per-request deadline, 1ms..=1h (default 30s). Serialized as a
     /// humantime string.
     #[serde(with = "humantime_duration")]
@@ -157,6 +161,30 @@ impl Default for Limits {
             concurrency: crate::validate::DEFAULT_CONCURRENCY,
             queue: crate::validate::DEFAULT_QUEUE,
             request_body: crate::validate::DEFAULT_REQUEST_BODY,
+        }
+    }
+}
+
+/// `spec.instances`: whether a Wasm instance serves one request (strict
+/// isolation: nothing a request leaves in guest memory is seen by the next)
+/// or several (faster; the guest's globals persist between requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instances {
+    /// Requests one instance serves before it is discarded, 1..=100000; 1
+    /// is a fresh instance per request. An instance that trapped, ran out
+    /// of memory or hit its deadline is never reused.
+    pub max_requests: u32,
+    /// How long an idle instance is kept for reuse, 0s..=1h.
+    #[serde(with = "humantime_duration")]
+    pub max_idle: Duration,
+}
+
+impl Default for Instances {
+    fn default() -> Self {
+        Self {
+            max_requests: crate::validate::DEFAULT_INSTANCE_REQUESTS,
+            max_idle: crate::validate::DEFAULT_INSTANCE_IDLE,
         }
     }
 }

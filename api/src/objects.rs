@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{Limits, Resources, Route, Service};
+use crate::manifest::{Instances, Limits, Resources, Route, Service};
 
 /// A service as stored: the validated manifest plus what the control plane
 /// adds.
@@ -53,7 +53,13 @@ impl ServiceRecord {
             env: &'a BTreeMap<String, String>,
             resources: &'a Resources,
             limits: &'a Limits,
+            #[serde(skip_serializing_if = "is_default")]
+            instances: &'a Instances,
             timeout: Duration,
+        }
+        // Services stored before `instances` existed keep their revision.
+        fn is_default(instances: &&Instances) -> bool {
+            **instances == Instances::default()
         }
         let spec = &self.service.spec;
         let template = Template {
@@ -61,6 +67,7 @@ impl ServiceRecord {
             env: &spec.env,
             resources: &spec.resources,
             limits: &spec.limits,
+            instances: &spec.instances,
             timeout: spec.timeout,
         };
         let json = serde_json::to_vec(&template).expect("strings, maps and integers serialize");
@@ -318,6 +325,7 @@ mod tests {
                     env: BTreeMap::from([("GREETING".into(), "hi".into())]),
                     resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
                     limits: Default::default(),
+                    instances: Default::default(),
                     timeout: Duration::from_secs(10),
                     autoscale: None,
                 },
@@ -361,7 +369,7 @@ mod tests {
     #[test]
     fn revision_changes_with_the_template() {
         let base = record().revision();
-        let changes: [fn(&mut ServiceRecord); 7] = [
+        let changes: [fn(&mut ServiceRecord); 8] = [
             |r| r.module_digest = "cd".repeat(32),
             |r| {
                 r.service.spec.env.insert("GREETING".into(), "hello".into());
@@ -373,6 +381,7 @@ mod tests {
             |r| r.service.spec.resources.cpu_millis = None,
             |r| r.service.spec.resources.instance_memory = 32 << 20,
             |r| r.service.spec.timeout = Duration::from_millis(10_500),
+            |r| r.service.spec.instances.max_requests = 100,
         ];
         for (index, change) in changes.iter().enumerate() {
             let mut changed = record();

@@ -36,7 +36,7 @@ pub(crate) struct RawMetadata {
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mapping with module, replicas, routes, env, resources, limits, timeout and autoscale"
+    expecting = "a mapping with module, replicas, routes, env, resources, limits, instances, timeout and autoscale"
 )]
 pub(crate) struct RawSpec {
     pub module: Option<String>,
@@ -45,6 +45,7 @@ pub(crate) struct RawSpec {
     pub env: Option<StringMap>,
     pub resources: Option<RawResources>,
     pub limits: Option<RawLimits>,
+    pub instances: Option<RawInstances>,
     pub timeout: Option<String>,
     pub autoscale: Option<RawAutoscale>,
 }
@@ -79,6 +80,13 @@ pub(crate) struct RawLimits {
     pub concurrency: Option<WholeNumber>,
     pub queue: Option<WholeNumber>,
     pub request_body: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", expecting = "a mapping with maxRequests and maxIdle")]
+pub(crate) struct RawInstances {
+    pub max_requests: Option<WholeNumber>,
+    pub max_idle: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,9 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{ManifestError, join, key_path};
-use crate::manifest::{API_VERSION, Autoscale, KIND, Limits, Resources, Route, ScaleMetric, Service, ServiceSpec};
+use crate::manifest::{
+    API_VERSION, Autoscale, Instances, KIND, Limits, Resources, Route, ScaleMetric, Service, ServiceSpec,
+};
 use crate::quantity::{format_bytes, parse_cpu, parse_memory};
-use crate::raw::{RawAutoscale, RawLimits, RawResources, RawRoute, RawService, RawSpec, StringMap, WholeNumber};
+use crate::raw::{
+    RawAutoscale, RawInstances, RawLimits, RawResources, RawRoute, RawService, RawSpec, StringMap, WholeNumber,
+};
 
 const KI: u64 = 1024;
 const MI: u64 = 1024 * KI;
@@ -30,6 +34,12 @@ pub const DEFAULT_CONCURRENCY: u32 = 64;
 const MAX_CONCURRENCY: u32 = 10_000;
 /// Requests that may wait for an instance per replica, by default and at most.
 pub const DEFAULT_QUEUE: u32 = 256;
+/// Default `spec.instances.maxRequests`: a fresh instance per request.
+pub const DEFAULT_INSTANCE_REQUESTS: u32 = 1;
+/// Default `spec.instances.maxIdle`.
+pub const DEFAULT_INSTANCE_IDLE: Duration = Duration::from_secs(10);
+/// Largest `spec.instances.maxRequests`.
+pub const MAX_INSTANCE_REQUESTS: u32 = 100_000;
 const MAX_QUEUE: u32 = 100_000;
 /// The largest request body, by default and at most.
 pub const DEFAULT_REQUEST_BODY: u64 = 16 * MI;
@@ -163,6 +173,7 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
     let env = env(raw.env.unwrap_or_default())?;
     let resources = resources(raw.resources)?;
     let limits = limits(raw.limits.unwrap_or_default())?;
+    let instances = instances(raw.instances.unwrap_or_default())?;
     let timeout = match raw.timeout {
         None => DEFAULT_TIMEOUT,
         Some(text) => duration(&text, MIN_TIMEOUT, MAX_TIMEOUT).map_err(|m| ManifestError::new("spec.timeout", m))?,
@@ -190,9 +201,21 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
         env,
         resources,
         limits,
+        instances,
         timeout,
         autoscale,
     })
+}
+
+fn instances(raw: RawInstances) -> Result<Instances> {
+    let max_requests =
+        count(raw.max_requests, DEFAULT_INSTANCE_REQUESTS, 1, MAX_INSTANCE_REQUESTS, "spec.instances.maxRequests")?;
+    let max_idle = match raw.max_idle {
+        None => DEFAULT_INSTANCE_IDLE,
+        Some(text) => duration(&text, Duration::ZERO, Duration::from_secs(3600))
+            .map_err(|m| ManifestError::new("spec.instances.maxIdle", m))?,
+    };
+    Ok(Instances { max_requests, max_idle })
 }
 
 /// A whole number in `min..=max`, or `default` when absent.

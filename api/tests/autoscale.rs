@@ -342,12 +342,14 @@ fn spec_lists_autoscale_among_its_fields() {
     assert_error(
         &with_spec("  autoscaling: {}\n"),
         "spec.autoscaling",
-        &["unknown field, expected one of module, replicas, routes, env, resources, limits, timeout, autoscale"],
+        &[
+            "unknown field, expected one of module, replicas, routes, env, resources, limits, instances, timeout, autoscale",
+        ],
     );
     assert_error(
         &with_spec("  - x\n").replace("spec:\n  module: hello.wasm\n", "spec:\n"),
         "spec",
-        &["expected a mapping with module, replicas, routes, env, resources, limits, timeout and autoscale"],
+        &["expected a mapping with module, replicas, routes, env, resources, limits, instances, timeout and autoscale"],
     );
 }
 
@@ -357,4 +359,26 @@ fn several_documents_name_the_document() {
     let text = format!("{}---\n{bad}", with_spec(""));
     let err = common::parse(&text).unwrap_err();
     assert_eq!(err.to_string(), "document 2: spec.autoscale.max: must be at least spec.autoscale.min (5), found 3");
+}
+
+#[test]
+fn instances_default_to_a_fresh_instance_per_request() {
+    let spec = &parse_one(&with_spec("")).spec;
+    assert_eq!(spec.instances, shoal_api::Instances::default());
+    assert_eq!(spec.instances.max_requests, 1);
+    assert_eq!(spec.instances.max_idle, Duration::from_secs(10));
+    let spec = &parse_one(&with_spec("  instances: {maxRequests: 1000, maxIdle: 2s}\n")).spec;
+    assert_eq!(spec.instances.max_requests, 1000);
+    assert_eq!(spec.instances.max_idle, Duration::from_secs(2));
+    assert_error(
+        &with_spec("  instances: {maxRequests: 0}\n"),
+        "spec.instances.maxRequests",
+        &["must be between 1 and 100000, found 0"],
+    );
+    assert_error(&with_spec("  instances: {maxIdle: 2h}\n"), "spec.instances.maxIdle", &["between 0s and 1h"]);
+    assert_error(
+        &with_spec("  instances: {reuse: 5}\n"),
+        "spec.instances.reuse",
+        &["unknown field", "maxRequests", "maxIdle"],
+    );
 }

@@ -31,7 +31,9 @@ fn unknown_fields() {
     let err = assert_error(
         &with_spec("  replicass: 3\n"),
         "spec.replicass",
-        &["unknown field, expected one of module, replicas, routes, env, resources, limits, timeout, autoscale"],
+        &[
+            "unknown field, expected one of module, replicas, routes, env, resources, limits, instances, timeout, autoscale",
+        ],
     );
     assert!(err.to_string().contains("(line 7, column 3)"), "{err}");
     assert_error(

@@ -298,6 +298,7 @@ enum Schema {
     Routes,
     Resources,
     Limits,
+    Instances,
     Autoscale,
     /// A map with arbitrary keys: `spec.env`, `metadata.labels`.
     AnyKeys,
@@ -317,10 +318,12 @@ fn child(schema: Schema, key: &str) -> Option<Schema> {
         (Spec, "env") => AnyKeys,
         (Spec, "resources") => Resources,
         (Spec, "limits") => Limits,
+        (Spec, "instances") => Instances,
         (Spec, "autoscale") => Autoscale,
         (Route, "host" | "path") => Leaf,
         (Resources, "memory" | "cpu" | "instanceMemory") => Leaf,
         (Limits, "concurrency" | "queue" | "requestBody") => Leaf,
+        (Instances, "maxRequests" | "maxIdle") => Leaf,
         (Autoscale, key) if AUTOSCALE_KEYS.contains(&key) => Leaf,
         _ => return None,
     })
@@ -1208,7 +1211,7 @@ fn bad_host() -> impl Strategy<Value = String> {
 }
 
 /// Every key the schema knows, at any level (with `AUTOSCALE_KEYS`).
-const KNOWN_KEYS: [&str; 22] = [
+const KNOWN_KEYS: [&str; 25] = [
     "apiVersion",
     "kind",
     "metadata",
@@ -1230,6 +1233,9 @@ const KNOWN_KEYS: [&str; 22] = [
     "concurrency",
     "queue",
     "requestBody",
+    "instances",
+    "maxRequests",
+    "maxIdle",
     "autoscale",
 ];
 

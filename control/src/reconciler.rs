@@ -424,6 +424,8 @@ impl Controller {
                     max_concurrency: service.spec.limits.concurrency,
                     queue: service.spec.limits.queue,
                     drain_timeout: GRACE,
+                    instance_requests: service.spec.instances.max_requests,
+                    instance_idle: service.spec.instances.max_idle,
                 };
                 pods.push(Pod::start(self.ctx.clone(), spec, revision.clone()));
             }

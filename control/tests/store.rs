@@ -54,6 +54,7 @@ fn record(name: &str, replicas: u32) -> ServiceRecord {
                 env: BTreeMap::from([("GREETING".into(), "hi".into())]),
                 resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
                 limits: Default::default(),
+                instances: Default::default(),
                 timeout: Duration::from_millis(1500),
                 autoscale: None,
             },

@@ -92,6 +92,10 @@ pub struct ReplicaSpec {
     pub queue: u32,
     /// How long in-flight requests may finish when the replica is stopped.
     pub drain_timeout: Duration,
+    /// Requests one Wasm instance serves (1: a fresh one per request).
+    pub instance_requests: u32,
+    /// How long an idle instance is kept for reuse.
+    pub instance_idle: Duration,
 }
 
 /// How a worker ended.
@@ -379,6 +383,8 @@ impl NodeAgent {
             max_concurrency: spec.max_concurrency,
             queue: spec.queue,
             drain_timeout_ms: spec.drain_timeout.as_millis() as u64,
+            instance_requests: spec.instance_requests,
+            instance_idle_ms: spec.instance_idle.as_millis() as u64,
         };
         let config_json = serde_json::to_vec(&worker).expect("worker config serializes");
         // The worker reads its configuration to the end of its stdin. A

@@ -235,6 +235,7 @@ pub(crate) mod tests {
                     env: BTreeMap::new(),
                     resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
                     limits: Default::default(),
+                    instances: Default::default(),
                     timeout: Duration::from_secs(10),
                     autoscale: None,
                 },

@@ -8,6 +8,8 @@
 //!   per-instance and per-replica memory limits).
 //! - `GET /env?name=X` answers the value of environment variable `X`
 //!   (404 if unset).
+//! - `GET /count` answers how many requests this instance has served (global
+//!   state: 1 with a fresh instance per request).
 //! - `GET /sleep?ms=N` waits N milliseconds (a WASI clock wait, not a
 //!   spin), then answers `slept N ms` (exercises graceful drain).
 //! - `/echo` (any method) answers `<METHOD>\n` followed by the request
@@ -33,6 +35,7 @@ fn handle(req: Request) -> Response {
         ("GET", "/alloc") => alloc(&req),
         ("GET", "/env") => env(&req),
         ("GET", "/sleep") => sleep(&req),
+        ("GET", "/count") => count(),
         (_, "/echo") => echo(&req),
         _ => {
             let host = shoal_sdk::hostname().unwrap_or_else(|| "unknown".to_owned());
@@ -60,6 +63,14 @@ fn alloc(req: &Request) -> Response {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     Response::ok(format!("allocated {mb} MiB\n"))
+}
+
+/// Requests this instance has served: global state, which a fresh instance
+/// per request resets and a reused instance keeps.
+fn count() -> Response {
+    static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    Response::ok(format!("{n}\n"))
 }
 
 fn sleep(req: &Request) -> Response {
