@@ -13,7 +13,10 @@
 set -euo pipefail
 export LC_ALL=C # predictable number formats for awk, printf and sort
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# ROOT, log, die, stop_pid, apt_install, free_port and the report helpers.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 TRIALS=${TRIALS:-20}
 STEP_TRIALS=${STEP_TRIALS:-3}
 STEP_SECONDS=${STEP_SECONDS:-10}
@@ -34,7 +37,6 @@ FAULTY_WASM=$ROOT/samples/target/wasm32-wasip2/release/faulty.wasm
 TMP=""
 SHOAL_PID="" WRK_PID=""
 LOAD_PIDS=() # curl loops, when wrk is unavailable
-USED_PORTS=" "
 LOAD_TOOL=wrk
 LOAD_RESULT=""      # "requests/s non_2xx errors" of the last load step
 STEP_INCOMPLETE=""  # why load-step trials were skipped, if they were
@@ -42,31 +44,7 @@ IDLE_BEFORE=100     # CPU idle (%) just before the measurements
 SHOAL_CONFINED=true # false if shoal said cgroups are unavailable
 NOTES=()            # extra lines for the report
 
-log() { printf 'autoscale.sh: %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
 # ---------------------------------------------------------------- cleanup --
-
-# stop_pid PID GRACE_SECONDS NAME: SIGTERM, wait up to GRACE, then SIGKILL.
-stop_pid() {
-  local pid=$1 grace=$2 name=$3 i
-  [[ -n $pid ]] || return 0
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < grace * 10; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "warning: $name (pid $pid) still running ${grace}s after SIGTERM; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 
 stop_load() {
   local pid
@@ -78,9 +56,8 @@ stop_load() {
   LOAD_PIDS=()
 }
 
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
+# stop_processes: what cleanup (lib.sh) stops on exit.
+stop_processes() {
   stop_load
   # Shoal with a long grace: it drains, stops its replicas and removes their
   # cgroups on SIGTERM.
@@ -89,8 +66,6 @@ cleanup() {
     log "warning: shoal did not report a clean stop; the end of its log:"
     grep -v 'Received request from' "$TMP/shoal.log" | tail -n 20 >&2 || true
   fi
-  [[ -n $TMP ]] && rm -rf "$TMP"
-  exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -99,40 +74,7 @@ trap 'exit 143' TERM
 # ----------------------------------------------------------------- set-up --
 
 check_knobs() {
-  local name
-  for name in TRIALS STEP_TRIALS STEP_SECONDS SETTLE_TIMEOUT; do
-    [[ ${!name} =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer (got '${!name}')"
-  done
-}
-
-# apt_install PKG: installs a Debian package; only as root, with apt-get.
-# On failure, says why in APT_FAILURE.
-APT_FAILURE=""
-apt_install() {
-  local pkg=$1
-  if [[ $(id -u) -ne 0 ]]; then
-    APT_FAILURE="not running as root"
-    return 1
-  fi
-  if ! command -v apt-get >/dev/null; then
-    APT_FAILURE="there is no apt-get"
-    return 1
-  fi
-  log "installing $pkg with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -q "$pkg" >"$TMP/apt-$pkg.log" 2>&1; then
-    log "apt-get install $pkg failed; running apt-get update and retrying"
-    apt-get update -q >>"$TMP/apt-$pkg.log" 2>&1 || true
-    if ! apt-get install -y -q "$pkg" >>"$TMP/apt-$pkg.log" 2>&1; then
-      tail -n 5 "$TMP/apt-$pkg.log" >&2
-      APT_FAILURE="apt-get install $pkg failed"
-      return 1
-    fi
-  fi
-  if ! command -v "$pkg" >/dev/null; then
-    APT_FAILURE="apt-get installed $pkg but it is not on PATH ($PATH)"
-    return 1
-  fi
+  require_positive_ints TRIALS STEP_TRIALS STEP_SECONDS SETTLE_TIMEOUT
 }
 
 check_tools() {
@@ -154,30 +96,8 @@ check_tools() {
   fi
 }
 
-# free_port: prints a free loopback TCP port not handed out before.
-free_port() {
-  local port tries
-  for ((tries = 0; tries < 100; tries++)); do
-    if command -v python3 >/dev/null; then
-      port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    else
-      port=$((20000 + RANDOM % 30000))
-      # A successful connect means something listens there.
-      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
-    fi
-    if [[ $USED_PORTS != *" $port "* ]]; then
-      USED_PORTS+="$port "
-      echo "$port"
-      return 0
-    fi
-  done
-  die "cannot find a free port"
-}
-
-build_shoal() {
-  log "building shoal and the samples (cargo build --release)"
-  (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
-  [[ -x $ROOT/target/release/shoal ]] || die "$ROOT/target/release/shoal was not built"
+build_shoal_and_samples() {
+  build_shoal "shoal and the samples"
   [[ -f $HELLO_WASM ]] || die "$HELLO_WASM was not built"
   [[ -f $FAULTY_WASM ]] || die "$FAULTY_WASM was not built"
 }
@@ -230,10 +150,7 @@ start_shoal() {
     die "shoal did not report its admin API and 'service/step Ready' within ${READY_TIMEOUT}s (log above)"
   fi
   TOKEN=$(<"$TMP/shoal-data/token")
-  if grep -q 'cgroups are unavailable' "$TMP/shoal.log"; then
-    SHOAL_CONFINED=false
-    log "warning: shoal runs its replicas without cgroups (no cpu/memory limits)"
-  fi
+  note_shoal_confinement
   log "shoal is up (pid $SHOAL_PID)"
 }
 
@@ -297,20 +214,6 @@ stats() {
       p50 = (NR % 2) ? v[m] : (v[m] + v[m + 1]) / 2
       printf "%.1f %.1f %.1f\n", v[1], p50, v[NR]
     }'
-}
-
-# cpu_idle_percent: how idle the machine's CPUs are over one second.
-cpu_idle_percent() {
-  local before after
-  before=$(head -n 1 /proc/stat)
-  sleep 1
-  after=$(head -n 1 /proc/stat)
-  awk -v a="$before" -v b="$after" 'BEGIN {
-    split(a, x); split(b, y)
-    for (i = 2; i <= 9; i++) total += y[i] - x[i]
-    idle = (y[5] - x[5]) + (y[6] - x[6])
-    printf "%.0f", total ? 100 * idle / total : 100
-  }'
 }
 
 # ------------------------------------------------------- scale from zero --
@@ -514,13 +417,6 @@ run_step() {
 
 # ----------------------------------------------------------------- report --
 
-shoal_revision() {
-  local rev
-  rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
-  git -C "$ROOT" --no-optional-locks diff --quiet HEAD -- 2>/dev/null || rev+="+changes"
-  echo "$rev"
-}
-
 # verdict P50 MAX GOAL: "≤ GOAL ms: p50 met, max missed" and the like.
 verdict() {
   awk -v p="$1" -v m="$2" -v g="$3" 'BEGIN {
@@ -566,9 +462,8 @@ print_shoal_warnings() {
 }
 
 print_report() {
-  local cpu min p50 max col label goal n td tr maxd maxr rps non2xx errs scalings mins=()
-  cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)
-  echo "Autoscale benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'): nproc $(nproc)${cpu:+ ($cpu)}, $(uname -sr);" \
+  local min p50 max col label goal n td tr maxd maxr rps non2xx errs scalings mins=()
+  echo "Autoscale benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'): $(machine_description);" \
     "shoal $(shoal_revision); replicas $($SHOAL_CONFINED && echo "in cgroups" || echo "UNCONFINED (shoal: cgroups are unavailable)");" \
     "CPU ${IDLE_BEFORE}% idle just before the measurements"
   echo
@@ -635,8 +530,7 @@ print_report() {
   echo "- Shoal's scaling events for step, in order: ${scalings:-none}."
   print_shoal_warnings
   ((${#NOTES[@]} == 0)) || printf -- '- %s\n' "${NOTES[@]}"
-  ((IDLE_BEFORE >= 90)) ||
-    echo "- WARNING: the machine was busy before the run (CPU ${IDLE_BEFORE}% idle): other load skews these numbers."
+  busy_warning "$IDLE_BEFORE"
 }
 
 # ------------------------------------------------------------------- main --
@@ -647,7 +541,7 @@ main() {
   check_knobs
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/shoal-autoscale.XXXXXX")
   check_tools
-  build_shoal
+  build_shoal_and_samples
   write_manifests
   start_shoal
   IDLE_BEFORE=$(cpu_idle_percent)

@@ -1,71 +1,70 @@
 #!/usr/bin/env bash
-# Benchmarks the kubia sample through Shoal's gateway against the seed's
-# Node.js kubia (samples/hello-node/app.js, run unchanged), and nginx -> Node.js
-# kubia when nginx is available, with the same wrk settings in the same run.
+# Benchmarks the kubia sample (hello.wasm) through Shoal's gateway, with a
+# fresh instance per request (the default) and with instances reused, against
+# the seed's Node.js kubia (samples/hello-node/app.js, run unchanged), nginx ->
+# Node.js kubia when nginx is available, and `wasmtime serve` of the same
+# hello.wasm when a wasmtime binary is found; same wrk settings, same run.
 #
-# Prints a Markdown table (requests/s, p50, p99, ratio to Node.js) to stdout;
-# progress and diagnostics go to stderr. See bench/README.md.
+# Prints a Markdown table (requests/s, p50, p99, ratio to Node.js) to stdout,
+# then the goal, RSS and replica start-up figures; progress and diagnostics
+# go to stderr. See bench/README.md.
 #
 # Knobs (environment): DURATION (s per round, default 8), ROUNDS (default 3),
-# CONNECTIONS (default 32), WARMUP (s per server before round 1, default 2).
+# CONNECTIONS (default 32), WARMUP (s per server before round 1, default 2),
+# WASMTIME (a wasmtime binary; else wasmtime on PATH,
+# /opt/wasmtime-cli/bin/wasmtime or ~/.cargo/bin/wasmtime).
 set -euo pipefail
 export LC_ALL=C # predictable number formats for awk, printf and sort
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# ROOT, log, die, stop_pid, apt_install, free_port and the report helpers.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 WARMUP=${WARMUP:-2}
+WASMTIME=${WASMTIME:-}
 THREADS=1
 READY_TIMEOUT=120 # seconds Shoal may take to report its replicas ready
+REPLICAS=3        # per Shoal configuration, as in samples/hello/service.yaml
+HELLO_WASM=$ROOT/samples/target/wasm32-wasip2/release/hello.wasm
 
 TMP=""
-NODE_PID="" NGINX_PID="" SHOAL_PID=""
-USED_PORTS=" "
-NGINX_SKIPPED="" # why the nginx row is skipped, if it is
-IDLE_BEFORE=100   # CPU idle (%) just before the run
+NODE_PID="" NGINX_PID="" WASMTIME_PID=""
+NGINX_SKIPPED=""    # why the nginx row is skipped, if it is
+WASMTIME_CMD=""     # the wasmtime binary found
+WASMTIME_SKIPPED="" # why the wasmtime serve row is skipped, if it is
+IDLE_BEFORE=100     # CPU idle (%) just before the run
 SHOAL_CONFINED=true # false if shoal said cgroups are unavailable
-
-log() { printf 'kubia.sh: %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+SHOAL_IDS=(fresh reuse) # the Shoal configurations, one `shoal up` each
+# By Shoal configuration: its process, gateway port, the CPU ticks the other
+# configuration's processes used during its measured rounds.
+declare -A SHOAL_PID=() SHOAL_PORT=() OTHER_SHOAL_TICKS=()
+# By server id: RSS figures (KiB) taken right after its last round.
+declare -A RSS_KIB=() WORKERS_KIB=() WORKERS=()
+# By Shoal configuration: "periods throttled throttled_us" summed over its
+# replicas' cgroups (cpu.stat), right after its last round.
+declare -A THROTTLING=()
 
 # ---------------------------------------------------------------- cleanup --
 
-# stop_pid PID GRACE_SECONDS NAME: SIGTERM, wait up to GRACE, then SIGKILL.
-stop_pid() {
-  local pid=$1 grace=$2 name=$3 i
-  [[ -n $pid ]] || return 0
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < grace * 10; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "warning: $name (pid $pid) still running ${grace}s after SIGTERM; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
+# stop_processes: what cleanup (lib.sh) stops on exit.
+stop_processes() {
+  local id
   # Shoal first and with a long grace: it drains, stops its replicas and
   # removes their cgroups on SIGTERM.
-  stop_pid "$SHOAL_PID" 30 shoal
-  if [[ -n $SHOAL_PID && -f $TMP/shoal.log ]] && ! grep -q '^shoal: stopped' "$TMP/shoal.log"; then
-    log "warning: shoal did not report a clean stop; the end of its log:"
-    grep -v '^Received request from' "$TMP/shoal.log" | tail -n 20 >&2 || true
-  fi
+  for id in "${SHOAL_IDS[@]}"; do
+    [[ -n ${SHOAL_PID[$id]:-} ]] || continue
+    stop_pid "${SHOAL_PID[$id]}" 30 "shoal ($id)"
+    if [[ -f $TMP/$id.log ]] && ! grep -q '^shoal: stopped' "$TMP/$id.log"; then
+      log "warning: shoal ($id) did not report a clean stop; the end of its log:"
+      grep -v 'Received request from' "$TMP/$id.log" | tail -n 20 >&2 || true
+    fi
+  done
+  stop_pid "$WASMTIME_PID" 10 "wasmtime serve"
   stop_pid "$NGINX_PID" 10 nginx
   stop_pid "$NODE_PID" 10 node
-  [[ -n $TMP ]] && rm -rf "$TMP"
-  exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -74,41 +73,8 @@ trap 'exit 143' TERM
 # ----------------------------------------------------------------- set-up --
 
 check_knobs() {
-  local name
-  for name in DURATION ROUNDS CONNECTIONS WARMUP; do
-    [[ ${!name} =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer (got '${!name}')"
-  done
+  require_positive_ints DURATION ROUNDS CONNECTIONS WARMUP
   ((CONNECTIONS >= THREADS)) || die "CONNECTIONS must be at least $THREADS"
-}
-
-# apt_install PKG: installs a Debian package; only as root, with apt-get.
-# On failure, says why in APT_FAILURE.
-APT_FAILURE=""
-apt_install() {
-  local pkg=$1
-  if [[ $(id -u) -ne 0 ]]; then
-    APT_FAILURE="not running as root"
-    return 1
-  fi
-  if ! command -v apt-get >/dev/null; then
-    APT_FAILURE="there is no apt-get"
-    return 1
-  fi
-  log "installing $pkg with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -q "$pkg" >"$TMP/apt-$pkg.log" 2>&1; then
-    log "apt-get install $pkg failed; running apt-get update and retrying"
-    apt-get update -q >>"$TMP/apt-$pkg.log" 2>&1 || true
-    if ! apt-get install -y -q "$pkg" >>"$TMP/apt-$pkg.log" 2>&1; then
-      tail -n 5 "$TMP/apt-$pkg.log" >&2
-      APT_FAILURE="apt-get install $pkg failed"
-      return 1
-    fi
-  fi
-  if ! command -v "$pkg" >/dev/null; then
-    APT_FAILURE="apt-get installed $pkg but it is not on PATH ($PATH)"
-    return 1
-  fi
 }
 
 check_tools() {
@@ -127,42 +93,47 @@ check_tools() {
       log "skipping the nginx row: $NGINX_SKIPPED"
     fi
   fi
+  find_wasmtime
 }
 
-# free_port: prints a free loopback TCP port not handed out before.
-free_port() {
-  local port tries
-  for ((tries = 0; tries < 100; tries++)); do
-    if command -v python3 >/dev/null; then
-      port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    else
-      port=$((20000 + RANDOM % 30000))
-      # A successful connect means something listens there.
-      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
-    fi
-    if [[ $USED_PORTS != *" $port "* ]]; then
-      USED_PORTS+="$port "
-      echo "$port"
+# find_wasmtime: sets WASMTIME_CMD to the first executable of $WASMTIME,
+# wasmtime on PATH, /opt/wasmtime-cli/bin/wasmtime, ~/.cargo/bin/wasmtime;
+# else marks the wasmtime serve row skipped.
+find_wasmtime() {
+  local candidate
+  if [[ -n $WASMTIME && ! (-f $WASMTIME && -x $WASMTIME) ]]; then
+    log "warning: WASMTIME=$WASMTIME is not an executable file; looking for wasmtime elsewhere"
+  fi
+  for candidate in "$WASMTIME" "$(command -v wasmtime || true)" \
+    /opt/wasmtime-cli/bin/wasmtime "${HOME:-/nonexistent}/.cargo/bin/wasmtime"; do
+    if [[ -n $candidate && -f $candidate && -x $candidate ]]; then
+      WASMTIME_CMD=$candidate
+      log "using $WASMTIME_CMD ($("$WASMTIME_CMD" --version 2>/dev/null || echo 'version unknown'))"
       return 0
     fi
   done
-  die "cannot find a free port"
+  WASMTIME_SKIPPED="not installed (cargo install wasmtime-cli --version 48.0.8 takes ~15 min)"
+  log "skipping the wasmtime serve row: $WASMTIME_SKIPPED"
 }
 
-# wait_for_kubia NAME URL SECONDS PID: waits until URL answers "You've hit ",
-# checking that PID is still alive; prints the answer.
+# wait_for_kubia NAME URL SECONDS PID: waits until URL answers 200 "You've
+# hit ", checking that PID is still alive; prints the answer.
 wait_for_kubia() {
-  local name=$1 url=$2 seconds=$3 pid=$4 body="" i
+  local name=$1 url=$2 seconds=$3 pid=$4 out="" body="" code="" i
   for ((i = 0; i < seconds * 10; i++)); do
     kill -0 "$pid" 2>/dev/null || { log "$name exited before answering"; return 1; }
-    body=$(curl -sS --max-time 2 "$url" 2>/dev/null || true)
-    if [[ $body == "You've hit "* ]]; then
+    out=$(curl -sS --max-time 2 -w '\n%{http_code}' "$url" 2>/dev/null || true)
+    code=${out##*$'\n'}
+    body=${out%$'\n'*}
+    body=${body%$'\n'}
+    if [[ $code == 200 && $body == "You've hit "* ]]; then
       log "$name at $url answers: $body"
       return 0
     fi
     sleep 0.1
   done
-  log "$name at $url did not answer \"You've hit ...\" within ${seconds}s (last answer: '${body}')"
+  log "$name at $url did not answer 200 \"You've hit ...\" within ${seconds}s" \
+    "(last answer: ${code:-none} '${body}')"
   return 1
 }
 
@@ -233,47 +204,88 @@ start_nginx() {
   fi
 }
 
-build_shoal() {
-  log "building shoal (cargo build --release)"
-  (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
-  [[ -x $ROOT/target/release/shoal ]] || die "$ROOT/target/release/shoal was not built"
+# start_wasmtime: `wasmtime serve` of hello.wasm (it prints nothing useful
+# when ready: polled with curl). On failure, marks the row skipped.
+start_wasmtime() {
+  [[ -z $WASMTIME_SKIPPED ]] || return 0
+  WASMTIME_PORT=$(free_port)
+  log "starting wasmtime serve on 127.0.0.1:$WASMTIME_PORT"
+  # The guest's per-request "Received request from" lines go to /dev/null,
+  # like Node's.
+  HOSTNAME=wasmtime-serve "$WASMTIME_CMD" serve -Scli --env HOSTNAME \
+    --addr "127.0.0.1:$WASMTIME_PORT" "$HELLO_WASM" </dev/null >/dev/null 2>"$TMP/wasmtime.err" &
+  WASMTIME_PID=$!
+  if ! wait_for_kubia "wasmtime serve" "http://127.0.0.1:$WASMTIME_PORT/" 60 "$WASMTIME_PID"; then
+    cat "$TMP/wasmtime.err" >&2 || true
+    stop_pid "$WASMTIME_PID" 10 "wasmtime serve"
+    WASMTIME_PID=""
+    WASMTIME_SKIPPED="$WASMTIME_CMD serve failed to start (its log is above)"
+    log "skipping the wasmtime serve row: $WASMTIME_SKIPPED"
+  fi
 }
 
+# write_manifest ID INSTANCES: samples/hello/service.yaml's settings, with
+# hello.wasm's absolute path and the given spec.instances.
+write_manifest() {
+  cat >"$TMP/$1.yaml" <<EOF
+# Generated by bench/kubia.sh: samples/hello/service.yaml plus spec.instances.
+apiVersion: shoal.dev/v1
+kind: Service
+metadata:
+  name: kubia
+spec:
+  module: $HELLO_WASM
+  replicas: $REPLICAS
+  routes:
+    - path: /
+  resources:
+    memory: 64Mi
+    cpu: 500m
+    instanceMemory: 16Mi
+  instances: $2
+  timeout: 10s
+EOF
+}
+
+# start_shoal ID: one `shoal up` for the manifest $TMP/ID.yaml, its own
+# ports, data dir and log ($TMP/ID.log); waits until its replicas are ready
+# and keeps their Started lines in $TMP/ID.boot.
 start_shoal() {
-  local shoal=$ROOT/target/release/shoal i admin=()
-  SHOAL_PORT=$(free_port)
+  local id=$1 shoal=$ROOT/target/release/shoal log=$TMP/$1.log i admin=() port pid
+  port=$(free_port)
   # Newer shoal also serves an admin API (default 127.0.0.1:8081): keep it
   # off ports that may be in use.
   if "$shoal" up --help 2>/dev/null | grep -q -- '--admin-listen'; then
     admin=(--admin-listen "127.0.0.1:$(free_port)")
   fi
-  log "starting shoal up on 127.0.0.1:$SHOAL_PORT"
+  log "starting shoal up ($id) on 127.0.0.1:$port"
   # The guests' per-request "Received request from" lines go to this log.
-  : >"$TMP/shoal.log"
-  "$shoal" up --listen "127.0.0.1:$SHOAL_PORT" "${admin[@]}" --data-dir "$TMP/shoal-data" \
-    </dev/null >"$TMP/shoal.log" 2>&1 &
-  SHOAL_PID=$!
+  : >"$log"
+  "$shoal" up -f "$TMP/$id.yaml" --listen "127.0.0.1:$port" "${admin[@]}" --data-dir "$TMP/$id-data" \
+    </dev/null >"$log" 2>&1 &
+  pid=$!
+  SHOAL_PID[$id]=$pid
+  SHOAL_PORT[$id]=$port
   # "shoal: service kubia ready: 3/3 replicas" (or, in newer versions,
   # "shoal: service/kubia Ready: 3/3 replicas ready (revision ...)").
   for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-    grep -Eq '^shoal: service[ /]kubia [Rr]eady: 3/3 replicas' "$TMP/shoal.log" && break
-    if ! kill -0 "$SHOAL_PID" 2>/dev/null; then
-      cat "$TMP/shoal.log" >&2
-      die "shoal exited before its replicas were ready (log above)"
+    grep -Eq "^shoal: service[ /]kubia [Rr]eady: $REPLICAS/$REPLICAS replicas" "$log" && break
+    if ! kill -0 "$pid" 2>/dev/null; then
+      cat "$log" >&2
+      die "shoal ($id) exited before its replicas were ready (log above)"
     fi
     sleep 0.1
   done
   if ((i >= READY_TIMEOUT * 10)); then
-    cat "$TMP/shoal.log" >&2
-    die "shoal did not report 'service kubia ready: 3/3 replicas' within ${READY_TIMEOUT}s (log above)"
+    cat "$log" >&2
+    die "shoal ($id) did not report 'service kubia ready: $REPLICAS/$REPLICAS replicas' within ${READY_TIMEOUT}s (log above)"
   fi
-  if grep -q 'cgroups are unavailable' "$TMP/shoal.log"; then
-    SHOAL_CONFINED=false
-    log "warning: shoal runs its replicas without cgroups (no cpu/memory limits)"
-  fi
-  wait_for_kubia "Shoal gateway" "http://127.0.0.1:$SHOAL_PORT/" 10 "$SHOAL_PID" || {
-    cat "$TMP/shoal.log" >&2
-    die "shoal's gateway did not answer"
+  # The replicas started at boot: the Started lines before the Ready line.
+  sed -n -e '/^shoal: replica\/[^ ]* Started: /p' -e '/^shoal: service[ /]kubia [Rr]eady: /q' "$log" >"$TMP/$id.boot"
+  SHOAL_LOG=$log note_shoal_confinement
+  wait_for_kubia "Shoal gateway ($id)" "http://127.0.0.1:$port/" 10 "$pid" || {
+    cat "$log" >&2
+    die "shoal's gateway ($id) did not answer"
   }
 }
 
@@ -321,10 +333,88 @@ parse_wrk() {
     }' "$1"
 }
 
+# is_shoal ID: whether ID is one of the Shoal configurations.
+is_shoal() { [[ " ${SHOAL_IDS[*]} " == *" $1 "* ]]; }
+
+# other_shoal ID: the Shoal configuration not being measured.
+other_shoal() {
+  local id
+  for id in "${SHOAL_IDS[@]}"; do
+    [[ $id == "$1" ]] || echo "$id"
+  done
+}
+
+# children PID: PID's direct children.
+children() { cat /proc/"$1"/task/*/children 2>/dev/null || true; }
+
+# tree_cpu_ticks PID: the CPU time (clock ticks) of PID, its reaped children
+# and its live children.
+tree_cpu_ticks() {
+  local pid
+  # shellcheck disable=SC2046 # word splitting of the pid list is intended
+  for pid in "$1" $(children "$1"); do
+    cat /proc/"$pid"/stat 2>/dev/null || true
+  done | awk '{ sub(/^.*\) /, ""); t += $12 + $13 + $14 + $15 } END { print t + 0 }'
+}
+
+# vmrss_kib PID: PID's VmRSS in KiB (0 if it is gone).
+vmrss_kib() { awk '/^VmRSS:/ { kib = $2 } END { print kib + 0 }' /proc/"$1"/status 2>/dev/null || echo 0; }
+
+# cpu_stat_file PID: the cpu.stat of PID's cpu cgroup (v1 or v2), if any.
+cpu_stat_file() {
+  local controllers path v2=""
+  while IFS=: read -r _ controllers path; do
+    if [[ ,$controllers, == *,cpu,* ]]; then
+      echo "/sys/fs/cgroup/cpu$path/cpu.stat"
+      return 0
+    fi
+    [[ -n $controllers ]] || v2=$path
+  done <"/proc/$1/cgroup"
+  [[ -z $v2 ]] || echo "/sys/fs/cgroup$v2/cpu.stat"
+}
+
+# record_usage ID: the RSS figures of server ID and, for Shoal, its
+# replicas' CPU throttling, right after its last round.
+record_usage() {
+  local id=$1 pid kib sum=0 n=0 stats=()
+  case $id in
+    node) RSS_KIB[$id]=$(vmrss_kib "$NODE_PID") ;;
+    wasmtime) RSS_KIB[$id]=$(vmrss_kib "$WASMTIME_PID") ;;
+    *)
+      is_shoal "$id" || return 0
+      RSS_KIB[$id]=$(vmrss_kib "${SHOAL_PID[$id]}")
+      # Its replicas' workers (the standby worker calls itself shoal-standby).
+      for pid in $(children "${SHOAL_PID[$id]}"); do
+        [[ $(cat /proc/"$pid"/comm 2>/dev/null || true) == shoal-worker ]] || continue
+        kib=$(vmrss_kib "$pid")
+        sum=$((sum + kib))
+        n=$((n + 1))
+        stats+=("$(cpu_stat_file "$pid" 2>/dev/null || true)")
+      done
+      WORKERS_KIB[$id]=$sum
+      WORKERS[$id]=$n
+      # cgroup v1: throttled_time (ns); v2: throttled_usec.
+      THROTTLING[$id]=$({ cat "${stats[@]}" /dev/null 2>/dev/null || true; } | awk '
+        $1 == "nr_periods" { p += $2 } $1 == "nr_throttled" { t += $2; seen = 1 }
+        $1 == "throttled_time" { us += $2 / 1000 } $1 == "throttled_usec" { us += $2 }
+        END { if (seen) printf "%d %d %.0f\n", p, t, us }')
+      ;;
+  esac
+}
+
 # measure ID ROUND: one wrk run, its parsed result appended to $TMP/results/ID.
+# For a Shoal configuration, also adds up the CPU the other one used meanwhile.
 measure() {
-  local id=$1 round=$2 out="$TMP/wrk/$1.$2.txt" result
+  local id=$1 round=$2 out="$TMP/wrk/$1.$2.txt" result other="" before=0 after
+  if is_shoal "$id"; then
+    other=$(other_shoal "$id")
+    before=$(tree_cpu_ticks "${SHOAL_PID[$other]}")
+  fi
   run_wrk "$DURATION" "${URL[$id]}" "$out"
+  if [[ -n $other ]]; then
+    after=$(tree_cpu_ticks "${SHOAL_PID[$other]}")
+    OTHER_SHOAL_TICKS[$id]=$((${OTHER_SHOAL_TICKS[$id]:-0} + after - before))
+  fi
   result=$(parse_wrk "$out") || {
     cat "$out" >&2
     die "cannot parse wrk's output for ${LABEL[$id]}"
@@ -349,21 +439,6 @@ summarize() {
 # thousands 1234567 -> 1,234,567
 thousands() { sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/' -e 'ta' <<<"$1"; }
 
-# cpu_idle_percent: how idle the machine's CPUs are over one second.
-cpu_idle_percent() {
-  local before after
-  before=$(head -n 1 /proc/stat)
-  sleep 1
-  after=$(head -n 1 /proc/stat)
-  # cpu user nice system idle iowait irq softirq steal (guest time is in user)
-  awk -v a="$before" -v b="$after" 'BEGIN {
-    split(a, x); split(b, y)
-    for (i = 2; i <= 9; i++) total += y[i] - x[i]
-    idle = (y[5] - x[5]) + (y[6] - x[6])
-    printf "%.0f", total ? 100 * idle / total : 100
-  }'
-}
-
 run_benchmark() {
   local id round
   mkdir -p "$TMP/wrk" "$TMP/results"
@@ -378,28 +453,106 @@ run_benchmark() {
   for ((round = 1; round <= ROUNDS; round++)); do
     for id in "${SERVERS[@]}"; do
       measure "$id" "$round"
+      ((round < ROUNDS)) || record_usage "$id"
     done
   done
 }
 
 # ----------------------------------------------------------------- report --
 
-# shoal_revision: the commit, "+changes" if the work tree differs (read-only:
-# no index refresh, as someone else may be using the repository).
-shoal_revision() {
-  local rev
-  rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
-  git -C "$ROOT" --no-optional-locks diff --quiet HEAD -- 2>/dev/null || rev+="+changes"
-  echo "$rev"
+# mib KIB -> "12.3 MiB"
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+
+# boot_ready_ms ID...: the "ready in" figures (ms) of the replicas those
+# `shoal up`s started at boot, one a line.
+boot_ready_ms() {
+  local id
+  for id in "$@"; do
+    sed -n 's/.* ready in \([0-9.]*\)ms .*/\1/p' "$TMP/$id.boot"
+  done
+}
+
+# median: the median of the numbers on stdin (mean of the middle two if even).
+median() {
+  sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) exit 1
+    m = int((NR + 1) / 2)
+    printf "%.1f", (NR % 2) ? v[m] : (v[m] + v[m + 1]) / 2
+  }'
+}
+
+# print_goal: the goal and whether this run met it.
+print_goal() {
+  local node_rps node_p99 rps p99 nginx_rps verdict
+  echo "Goal: Shoal's default ≥ 1.00× Node.js in requests/s with p99 no worse, and ≥ 2× nginx → Node.js"
+  read -r node_rps _ node_p99 _ <<<"$(summarize node)"
+  read -r rps _ p99 _ <<<"$(summarize fresh)"
+  verdict=$(awk -v r="$rps" -v n="$node_rps" -v p="$p99" -v np="$node_p99" 'BEGIN {
+    printf "%.2f× Node.js in requests/s (%s), p99 %.2f ms vs %.2f ms (%s)", r / n,
+      (r >= n) ? "met" : "not met", p, np, (p <= np) ? "met" : "not met" }')
+  if [[ -z $NGINX_SKIPPED ]]; then
+    read -r nginx_rps _ <<<"$(summarize nginx)"
+    verdict+=$(awk -v r="$rps" -v n="$nginx_rps" 'BEGIN {
+      printf ", %.2f× nginx → Node.js (%s)", r / n, (r >= 2 * n) ? "met" : "not met" }')
+  else
+    verdict+=", no nginx row to compare with"
+  fi
+  echo
+  echo "This run, Shoal's default: $verdict."
+}
+
+# print_resources: RSS after each row's last round, the Shoal replicas' CPU
+# throttling, replica start at boot, and the idle Shoal's CPU during the
+# other's rounds.
+print_resources() {
+  local id hz all=() values periods throttled us line=""
+  echo "- RSS (VmRSS) right after each row's last round:"
+  echo "  - ${LABEL[node]}: $(mib "${RSS_KIB[node]}") (node)"
+  [[ -n $WASMTIME_SKIPPED ]] || echo "  - ${LABEL[wasmtime]}: $(mib "${RSS_KIB[wasmtime]}") (wasmtime)"
+  for id in "${SHOAL_IDS[@]}"; do
+    echo "  - ${LABEL[$id]}: $(mib $((WORKERS_KIB[$id] / REPLICAS))) per replica" \
+      "($(mib "${WORKERS_KIB[$id]}") in ${WORKERS[$id]} shoal-worker processes / $REPLICAS;" \
+      "the standby not counted) + gateway (shoal up) $(mib "${RSS_KIB[$id]}")"
+  done
+  for id in "${SHOAL_IDS[@]}"; do
+    [[ -n ${THROTTLING[$id]:-} ]] || continue
+    read -r periods throttled us <<<"${THROTTLING[$id]}"
+    line+="${line:+; }$id: $throttled of $periods periods throttled, $(awk -v u="$us" 'BEGIN { printf "%.2f", u / 1e6 }') s in all"
+  done
+  [[ -z $line ]] ||
+    echo "- Shoal replicas' CPU throttling (cgroup cpu.stat summed over the replicas, since boot, read after the row's last round): $line."
+  for id in "${SHOAL_IDS[@]}"; do
+    mapfile -t values < <(boot_ready_ms "$id")
+    all+=("${values[@]}")
+  done
+  if ((${#all[@]} == 0)); then
+    echo "- Replica start at boot: no 'Started: … ready in' lines found in shoal's output."
+  else
+    line=""
+    for id in "${SHOAL_IDS[@]}"; do
+      line+="${line:+; }$id: $(boot_ready_ms "$id" | paste -sd, - | sed 's/,/, /g') ms"
+    done
+    echo "- Replica start at boot (shoal's \"ready in\" for the ${#all[@]} replicas the two shoal up started):" \
+      "median $(printf '%s\n' "${all[@]}" | median) ms ($line)."
+  fi
+  hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+  line=""
+  for id in "${SHOAL_IDS[@]}"; do
+    line+="${line:+, }$(other_shoal "$id") $(awk -v t="${OTHER_SHOAL_TICKS[$id]:-0}" -v hz="$hz" -v s="$((ROUNDS * DURATION))" \
+      'BEGIN { printf "%.0f ms (%.2f%% of one CPU)", 1000 * t / hz, 100 * t / hz / s }') while $id was"
+  done
+  echo "- Both Shoal configurations run throughout, as separate shoal up processes started one after the other;" \
+    "only the measured one is under load. CPU used by the idle one during the other's ${ROUNDS}×${DURATION} s" \
+    "of measured rounds: $line."
 }
 
 print_report() {
-  local id rps p50 p99 non2xx socket node_rps ratio per_round nginx_version cpu errors=()
+  local id rps p50 p99 non2xx socket node_rps ratio per_round nginx_version wasmtime_version="" errors=()
   nginx_version=$( (nginx -v 2>&1 || true) | sed -n 's|^nginx version: nginx/||p')
-  cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)
-  echo "kubia benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'): nproc $(nproc)${cpu:+ ($cpu)}, $(uname -sr);" \
+  [[ -n $WASMTIME_SKIPPED ]] || wasmtime_version=$("$WASMTIME_CMD" --version 2>/dev/null || true)
+  echo "kubia benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'): $(machine_description);" \
     "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, ${WARMUP}s warm-up per server," \
-    "$ROUNDS interleaved round(s), median; Node.js $(node --version)${nginx_version:+, nginx $nginx_version};" \
+    "$ROUNDS interleaved round(s), median; Node.js $(node --version)${nginx_version:+, nginx $nginx_version}${wasmtime_version:+, $wasmtime_version};" \
     "shoal $(shoal_revision); CPU ${IDLE_BEFORE}% idle just before the run"
   echo
   echo "| server | requests/s | p50 (ms) | p99 (ms) | vs Node.js |"
@@ -413,6 +566,8 @@ print_report() {
     ((socket == 0)) || errors+=("${LABEL[$id]}: $socket socket errors over the measured rounds")
   done
   echo
+  print_goal
+  echo
   # Per-round figures, to judge the noise.
   for id in "${SERVERS[@]}"; do
     per_round=""
@@ -422,18 +577,23 @@ print_report() {
     echo "- ${LABEL[$id]}, requests/s per round: $per_round"
   done
   [[ -z $NGINX_SKIPPED ]] || echo "- nginx → Node.js kubia row skipped: $NGINX_SKIPPED."
+  [[ -z $WASMTIME_SKIPPED ]] || echo "- wasmtime serve: $WASMTIME_SKIPPED; row skipped."
+  echo "- Shoal rows: samples/hello/service.yaml's settings (replicas $REPLICAS, memory 64Mi, cpu 500m," \
+    "instanceMemory 16Mi, timeout 10s) plus instances: {maxRequests: 1} (fresh) or" \
+    "{maxRequests: 1000, maxIdle: 10s} (reuse)."
   if ! $SHOAL_CONFINED; then
-    echo "- Shoal's replicas ran unconfined (no cgroups), like Node.js and nginx."
+    echo "- Shoal's replicas ran unconfined (no cgroups), like Node.js, nginx and wasmtime serve."
   else
-    echo "- Shoal's replicas ran in cgroups with the default kubia manifest's limits; Node.js and nginx are unconfined."
+    echo "- Shoal's replicas ran in cgroups with those limits; Node.js, nginx and wasmtime serve are unconfined."
   fi
+  print_resources
   if ((${#errors[@]} == 0)); then
     echo "- No non-2xx/3xx responses and no socket errors in the measured rounds."
   else
     printf -- '- WARNING: %s\n' "${errors[@]}"
   fi
-  ((IDLE_BEFORE >= 90)) ||
-    echo "- WARNING: the machine was busy before the run (CPU ${IDLE_BEFORE}% idle): other load skews these numbers."
+  busy_warning "$IDLE_BEFORE"
+  echo "- Run time until this report: ${SECONDS} s (build and start-up included)."
 }
 
 # ------------------------------------------------------------------- main --
@@ -445,14 +605,24 @@ main() {
   # let it reach its temp paths.
   chmod 755 "$TMP"
   check_tools
-  build_shoal
+  build_shoal "shoal and the samples"
+  [[ -f $HELLO_WASM ]] || die "$HELLO_WASM was not built"
 
   start_node
   add_server node "Node.js kubia (app.js)" "http://127.0.0.1:$NODE_PORT/"
   start_nginx
   [[ -n $NGINX_SKIPPED ]] || add_server nginx "nginx → Node.js kubia" "http://127.0.0.1:$NGINX_PORT/"
-  start_shoal
-  add_server shoal "Shoal gateway → 3 Wasm replicas" "http://127.0.0.1:$SHOAL_PORT/"
+  start_wasmtime
+  [[ -n $WASMTIME_SKIPPED ]] || add_server wasmtime "wasmtime serve (hello.wasm)" "http://127.0.0.1:$WASMTIME_PORT/"
+  # One shoal up per configuration, started one after the other.
+  write_manifest fresh '{maxRequests: 1}'
+  start_shoal fresh
+  add_server fresh "Shoal → $REPLICAS Wasm replicas, fresh instance per request (default)" \
+    "http://127.0.0.1:${SHOAL_PORT[fresh]}/"
+  write_manifest reuse '{maxRequests: 1000, maxIdle: 10s}'
+  start_shoal reuse
+  add_server reuse "Shoal → $REPLICAS Wasm replicas, instances reused (maxRequests 1000)" \
+    "http://127.0.0.1:${SHOAL_PORT[reuse]}/"
 
   run_benchmark
   print_report
