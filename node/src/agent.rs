@@ -396,6 +396,7 @@ impl NodeAgent {
         let name: Arc<str> = spec.name.as_str().into();
         let last_error = Arc::new(std::sync::Mutex::new(String::new()));
         if let Some(out) = child.stdout.take() {
+            widen_pipe(out.as_raw_fd());
             tokio::spawn(forward(out, name.clone(), Stream::Stdout, self.config.log.clone(), None));
         }
         let stderr_done = child.stderr.take().map(|err| {
@@ -598,6 +599,17 @@ fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup
     drop(ready_write);
     drop(procs);
     Ok(Process { child, ready_read })
+}
+
+/// Room for a worker's output before its writes block: a guest that logs a
+/// line per request must not stall (its worker runs one thread) while
+/// `shoal up` is busy proxying; 64 KiB, Linux's default, is ~1,000 lines.
+const OUTPUT_PIPE_SIZE: i32 = 1 << 20;
+
+fn widen_pipe(fd: i32) {
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; failure (e.g. over
+    // /proc/sys/fs/pipe-max-size) leaves the pipe as it was.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, OUTPUT_PIPE_SIZE) };
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
