@@ -190,3 +190,29 @@ async fn metrics_are_exposed_in_prometheus_format_behind_the_token() {
     }
     assert!(shoal.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_waiting_for_a_service_that_is_deleted_get_503_at_once() {
+    // A component that traps at start: no replica ever becomes ready, so a
+    // request waits in the activator (up to its 60 s deadline).
+    let dir = Scratch::new("held");
+    let crash = wat::parse_file(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/crash-at-start.wat")).unwrap();
+    dir.write("crash.wasm", crash);
+    let file = dir.write("crash.yaml", manifest("crash", "crash.wasm", "timeout: 60s\nautoscale:\n  min: 0\n  max: 2"));
+    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
+    shoal.wait_for_output(|l| l.contains("replica/crash-") && l.contains("FailedStart"));
+
+    let url = shoal.url("/");
+    let waiting = tokio::spawn(async move { get(&url, None).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "the request should wait for a replica");
+    let (_, metrics) = shoal.admin_get("/metrics").await;
+    assert!(metrics.contains("shoal_service_requests_held{service=\"crash\"} 1"), "{metrics}");
+
+    let (ok, out, err) = shoal.cli(&["delete", "service", "crash"]);
+    assert!(ok, "{out}{err}");
+    let answered = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+    let (status, body) = answered.expect("the waiting request was not answered after the delete").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(shoal.stop().success());
+}

@@ -34,7 +34,7 @@
 //!     stableWindow: 60s          # steady-state averaging window (humantime); default 60s; 2s..=1h
 //!     panicWindow: 6s            # burst detection window; default 6s (capped at stableWindow); 1s..=stableWindow
 //!     panicThreshold: 200%       # percent of capacity that starts panic mode; default 200; 110..=1000
-//!     tolerance: 10%             # percent change ignored; default 10; 0..=100
+//!     tolerance: 10%             # percent change ignored; default 10; 0..=99
 //!     maxScaleUpRate: 1000       # at most ready × this per decision; default 1000; 2..=1000
 //!     maxScaleDownRate: 2        # at least ready ÷ this per decision; default 2; 2..=1000
 //!     scaleToZeroGracePeriod: 30s  # with min 0: idle time before scaling to zero; default 30s; 0s..=1h

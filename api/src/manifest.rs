@@ -124,7 +124,7 @@ pub struct Autoscale {
     /// 110..=1000 (default 200).
     pub panic_threshold: u32,
     /// Percent difference from the current count within which no change is
-    /// made, 0..=100 (default 10).
+    /// made, 0..=99 (100 would hold any count at zero load) (default 10).
     pub tolerance: u32,
     /// At most this many times the ready replicas per decision, 2..=1000
     /// (default 1000).

@@ -320,7 +320,7 @@ fn autoscale(raw: RawAutoscale) -> Result<Autoscale> {
         MAX_PANIC_THRESHOLD,
         "spec.autoscale.panicThreshold",
     )?;
-    let tolerance = percent(raw.tolerance.as_deref(), DEFAULT_TOLERANCE, 0, 100, "spec.autoscale.tolerance")?;
+    let tolerance = percent(raw.tolerance.as_deref(), DEFAULT_TOLERANCE, 0, 99, "spec.autoscale.tolerance")?;
     let max_scale_up_rate = count(
         raw.max_scale_up_rate,
         DEFAULT_MAX_SCALE_UP_RATE,

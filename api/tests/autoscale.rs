@@ -178,8 +178,8 @@ fn range_errors_name_the_field_and_the_range() {
         ("panicWindow: soon", "spec.autoscale.panicWindow", &["\"soon\" is not a duration"]),
         ("panicThreshold: 109", "spec.autoscale.panicThreshold", &["must be between 110% and 1000%, found 109%"]),
         ("panicThreshold: 1001%", "spec.autoscale.panicThreshold", &["must be between 110% and 1000%, found 1001%"]),
-        ("tolerance: -1", "spec.autoscale.tolerance", &["must be between 0% and 100%, found -1%"]),
-        ("tolerance: 101%", "spec.autoscale.tolerance", &["must be between 0% and 100%, found 101%"]),
+        ("tolerance: -1", "spec.autoscale.tolerance", &["must be between 0% and 99%, found -1%"]),
+        ("tolerance: 100%", "spec.autoscale.tolerance", &["must be between 0% and 99%, found 100%"]),
         ("maxScaleUpRate: 1", "spec.autoscale.maxScaleUpRate", &["must be between 2 and 1000, found 1"]),
         ("maxScaleUpRate: 1001", "spec.autoscale.maxScaleUpRate", &["must be between 2 and 1000, found 1001"]),
         ("maxScaleDownRate: 1", "spec.autoscale.maxScaleDownRate", &["must be between 2 and 1000, found 1"]),
@@ -205,14 +205,14 @@ fn the_edges_of_each_range_are_accepted() {
     let text = with_autoscale(
         "",
         "min: 1000, max: 1000, target: 1000000, targetUtilization: 100, stableWindow: 1h, \
-         panicWindow: 1h, panicThreshold: 1000, tolerance: 100, maxScaleUpRate: 1000, \
+         panicWindow: 1h, panicThreshold: 1000, tolerance: 99, maxScaleUpRate: 1000, \
          maxScaleDownRate: 1000, scaleToZeroGracePeriod: 1h",
     );
     let service = parse_one(&text);
     let a = autoscale_of(&service);
     assert_eq!((a.min, a.max, a.target, a.target_utilization), (1000, 1000, 1_000_000, 100));
     assert_eq!((a.stable_window, a.panic_window), (3600 * SECOND, 3600 * SECOND));
-    assert_eq!((a.panic_threshold, a.tolerance, a.max_scale_up_rate, a.max_scale_down_rate), (1000, 100, 1000, 1000));
+    assert_eq!((a.panic_threshold, a.tolerance, a.max_scale_up_rate, a.max_scale_down_rate), (1000, 99, 1000, 1000));
     assert_eq!(a.scale_to_zero_grace_period, 3600 * SECOND);
     assert_eq!(service.spec.replicas, 1000);
 

@@ -468,7 +468,7 @@ fn check_service(service: &Service) -> Result<(), TestCaseError> {
         prop_assert!((secs(2)..=secs(3600)).contains(&a.stable_window), "{a:?}");
         prop_assert!((secs(1)..=a.stable_window).contains(&a.panic_window), "{a:?}");
         prop_assert!((110..=1000).contains(&a.panic_threshold), "{a:?}");
-        prop_assert!(a.tolerance <= 100, "{a:?}");
+        prop_assert!(a.tolerance <= 99, "{a:?}");
         prop_assert!((2..=1000).contains(&a.max_scale_up_rate), "{a:?}");
         prop_assert!((2..=1000).contains(&a.max_scale_down_rate), "{a:?}");
         prop_assert!(a.scale_to_zero_grace_period <= secs(3600), "{a:?}");
@@ -780,7 +780,7 @@ fn gen_autoscale() -> impl Strategy<Value = GenAutoscale> {
         prop::option::of(percent_in(1, 100)),
         scale_windows(),
         prop::option::of(percent_in(110, 1000)),
-        prop::option::of(percent_in(0, 100)),
+        prop::option::of(percent_in(0, 99)),
         prop::option::of(whole_in(2, 1000)),
         prop::option::of(whole_in(2, 1000)),
         prop::option::of(prop_oneof![Just(Timeout { text: "0s".into(), value: Duration::ZERO }), timeout()]),
@@ -1292,8 +1292,8 @@ fn bad_autoscale_value() -> impl Strategy<Value = Mutation> {
         ("panicWindow", s("soon"), "\"soon\" is not a duration"),
         ("panicThreshold", raw("109"), "must be between 110% and 1000%, found 109%"),
         ("panicThreshold", s("1001%"), "must be between 110% and 1000%, found 1001%"),
-        ("tolerance", raw("-1"), "must be between 0% and 100%, found -1%"),
-        ("tolerance", s("101%"), "must be between 0% and 100%, found 101%"),
+        ("tolerance", raw("-1"), "must be between 0% and 99%, found -1%"),
+        ("tolerance", s("100%"), "must be between 0% and 99%, found 100%"),
         ("maxScaleUpRate", raw("1"), "must be between 2 and 1000, found 1"),
         ("maxScaleUpRate", raw("1001"), "must be between 2 and 1000, found 1001"),
         ("maxScaleDownRate", raw("1"), "must be between 2 and 1000, found 1"),

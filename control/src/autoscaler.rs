@@ -133,6 +133,14 @@ impl ScalerState {
     pub fn note_activity(&mut self) {
         self.idle_ticks = 0;
     }
+
+    /// A count set by hand (`shoal scale`, a changed `spec.replicas`): it
+    /// stands for a stable window unless the load needs more, the way a
+    /// count the autoscaler chose does.
+    pub fn hold(&mut self, count: u32, settings: &Autoscale, tick: Duration) {
+        self.recommendations.clear();
+        self.recommendations.extend(std::iter::repeat_n(count, ticks(settings.stable_window, tick)));
+    }
 }
 
 /// The service as it is now.
@@ -461,6 +469,21 @@ mod tests {
         // What holds it is the minimum, not a rate limit.
         let reason = &sim.decisions.last().unwrap().reason;
         assert!(reason.ends_with("held at min 1"), "{reason}");
+    }
+
+    #[test]
+    fn a_count_set_by_hand_stands_for_a_stable_window() {
+        let mut sim = Sim::new(settings(), 1);
+        sim.run(70, |_| 5.0);
+        assert_eq!(sim.current, 1);
+        sim.current = 5;
+        sim.state.hold(5, &sim.settings, TICK);
+        // Five replicas stay while the window remembers them, then the
+        // count follows the load again.
+        let counts = sim.run(59, |_| 5.0);
+        assert!(counts.iter().all(|&c| c == 5), "{counts:?}");
+        sim.run(10, |_| 5.0);
+        assert!(sim.current < 5, "{}", sim.current);
     }
 
     #[test]

@@ -73,6 +73,7 @@ pub struct Controller {
 #[derive(Debug, Clone)]
 struct UsagePoint {
     at: Instant,
+    pid: u32,
     service: String,
     requests: ReplicaSnapshot,
     usage: Usage,
@@ -172,21 +173,30 @@ impl Controller {
             })
             .collect();
         let now = Instant::now();
+        // Read /proc and the cgroups before taking the lock `top` and
+        // `/metrics` wait on.
+        let points: Vec<(String, UsagePoint)> = running
+            .into_iter()
+            .filter_map(|(name, pid, cgroup)| {
+                let (service, requests) = snapshot.iter().find_map(|s| {
+                    s.replicas.iter().find(|(n, _)| *n == name).map(|(_, r)| (s.name.clone(), r.clone()))
+                })?;
+                let usage = self.ctx.agent.usage(pid, cgroup.as_deref());
+                Some((name, UsagePoint { at: now, pid, service, requests, usage }))
+            })
+            .collect();
         let keep = USAGE_WINDOW_SECS as usize + 1;
         let mut history = self.usage.lock().expect("usage lock");
-        history.retain(|name, _| running.iter().any(|(n, ..)| n == name));
-        for (name, pid, cgroup) in running {
-            let Some((service, requests)) = snapshot
-                .iter()
-                .find_map(|s| s.replicas.iter().find(|(n, _)| *n == name).map(|(_, r)| (s.name.clone(), r.clone())))
-            else {
-                continue;
-            };
-            let usage = self.ctx.agent.usage(pid, cgroup.as_deref());
-            let points = history.entry(name).or_default();
-            points.push_back(UsagePoint { at: now, service, requests, usage });
-            while points.len() > keep {
-                points.pop_front();
+        history.retain(|name, _| points.iter().any(|(n, _)| n == name));
+        for (name, point) in points {
+            let series = history.entry(name).or_default();
+            // A restarted replica keeps its name, not its CPU counter.
+            if series.back().is_some_and(|last| last.pid != point.pid) {
+                series.clear();
+            }
+            series.push_back(point);
+            while series.len() > keep {
+                series.pop_front();
             }
         }
     }
@@ -321,11 +331,13 @@ impl Controller {
             service.spec.timeout,
             service.spec.limits.request_body,
         );
-        // Autoscaled services hold requests while they have no replica: as
-        // many as one replica takes on.
+        // Autoscaled services hold requests while they have no replica (as
+        // many as one replica takes on), unless no replica can start.
         let max_held = match service.spec.autoscale {
-            Some(_) => u64::from(service.spec.limits.concurrency) + u64::from(service.spec.limits.queue),
-            None => 0,
+            Some(_) if module.is_ok() => {
+                u64::from(service.spec.limits.concurrency) + u64::from(service.spec.limits.queue)
+            }
+            _ => 0,
         };
         self.ctx.gateway.set_activator(name, max_held);
         self.published.lock().expect("published lock").insert(name.clone());

@@ -62,18 +62,23 @@ impl Scaler {
                     services.insert(name.clone(), Scaled::new(settings, spec.replicas, desired));
                 }
                 Some(scaled) => {
-                    let mut desired = scaled.desired;
-                    if scaled.replicas_field != spec.replicas {
-                        desired = spec.replicas;
-                    }
+                    let by_hand = scaled.replicas_field != spec.replicas;
+                    let desired = if by_hand { spec.replicas } else { scaled.desired };
                     if scaled.settings != *settings {
                         *scaled =
                             Scaled { from_zero: scaled.from_zero, ..Scaled::new(settings, spec.replicas, desired) };
                     }
                     scaled.replicas_field = spec.replicas;
                     let clamped = desired.clamp(settings.min, settings.max);
+                    if by_hand {
+                        scaled.state.hold(clamped, settings, TICK);
+                    }
                     if clamped != scaled.desired {
-                        let reason = format!("spec.replicas or spec.autoscale changed to {}", spec.replicas);
+                        let reason = if by_hand {
+                            format!("spec.replicas set to {}", spec.replicas)
+                        } else {
+                            "spec.autoscale changed".to_owned()
+                        };
                         self.change(name, scaled, clamped, reason);
                     }
                 }

@@ -50,7 +50,8 @@ impl Endpoint {
 }
 
 /// A request in flight on an endpoint; dropping it ends the count and
-/// records the request (a request without a response counts as `502`).
+/// records the request's status and latency (unless it was cancelled
+/// before any status: the client went away).
 pub struct InFlight {
     endpoint: Arc<Endpoint>,
     start: Instant,
@@ -68,8 +69,11 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let stats = &self.endpoint.stats;
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let status = if self.status == 0 { 502 } else { self.status };
-        stats.observe(status, self.start.elapsed());
+        // Without a status the client went away first: not the replica's
+        // answer, so not counted as one.
+        if self.status != 0 {
+            stats.observe(self.status, self.start.elapsed());
+        }
     }
 }
 
@@ -126,6 +130,12 @@ impl Balancer {
     /// Watches the number of ready replicas.
     pub fn watch(&self) -> watch::Receiver<usize> {
         self.ready.subscribe()
+    }
+
+    /// Wakes the requests waiting for a replica, to look again at why they
+    /// wait (the service was removed, or its activator turned off).
+    pub fn wake(&self) {
+        self.ready.send_modify(|_| {});
     }
 
     /// Removes a replica; requests already sent to it finish.

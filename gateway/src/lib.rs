@@ -150,7 +150,11 @@ impl Gateway {
     /// Removes a service and its routes.
     pub fn remove_service(&self, name: &str) {
         let mut services = self.services.write().expect("gateway lock");
-        services.remove(name);
+        if let Some((_, backend)) = services.remove(name) {
+            // Requests waiting for a replica get their 503 now.
+            backend.max_held.store(0, Ordering::Relaxed);
+            backend.replicas.wake();
+        }
         self.rebuild(&services);
     }
 
@@ -169,9 +173,13 @@ impl Gateway {
     /// Turns the activator on for `service` (`max_held` > 0): a request that
     /// finds no ready replica waits, up to the service's deadline, and the
     /// activation hook is called; past `max_held` waiting requests, `503`.
+    /// Turning it off (0) answers the requests already waiting with `503`.
     pub fn set_activator(&self, service: &str, max_held: u64) {
         if let Some(backend) = self.backend(service) {
-            backend.max_held.store(max_held, Ordering::Relaxed);
+            let before = backend.max_held.swap(max_held, Ordering::Relaxed);
+            if before != 0 && max_held == 0 {
+                backend.replicas.wake();
+            }
         }
     }
 

@@ -100,22 +100,32 @@ impl Meter {
         });
     }
 
-    /// A request ended with `status`.
+    /// A request ended with `status`; 0 when the client went away before
+    /// any status (not counted as a response).
     pub fn end(&self, status: u16) {
         self.update(|m| {
             m.in_flight = m.in_flight.saturating_sub(1);
-            m.responses[class(status)] += 1;
+            if status != 0 {
+                m.responses[class(status)] += 1;
+            }
         });
     }
 
-    /// A request started or stopped waiting for a replica.
-    pub fn hold(&self, waiting: bool) {
-        self.update(|m| if waiting { m.held += 1 } else { m.held = m.held.saturating_sub(1) });
+    /// Counts a request as waiting for a replica, unless `max` already do.
+    pub fn try_hold(&self, max: u64) -> bool {
+        let mut held = false;
+        self.update(|m| {
+            if m.held < max {
+                m.held += 1;
+                held = true;
+            }
+        });
+        held
     }
 
-    /// Requests waiting for a replica.
-    pub fn held(&self) -> u64 {
-        self.inner.lock().expect("meter lock").held
+    /// A request stopped waiting for a replica.
+    pub fn unhold(&self) {
+        self.update(|m| m.held = m.held.saturating_sub(1));
     }
 
     pub fn read(&self) -> MeterReading {

@@ -69,7 +69,7 @@ struct Held<'a>(&'a Backend);
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.0.meter.hold(false);
+        self.0.meter.unhold();
     }
 }
 
@@ -220,7 +220,8 @@ impl Gateway {
         if max_held == 0 {
             return Err(message(StatusCode::SERVICE_UNAVAILABLE, "503 no ready replica\n"));
         }
-        if backend.meter.held() >= max_held {
+        let mut ready = backend.replicas.watch();
+        if !backend.meter.try_hold(max_held) {
             let mut response = message(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("503 no ready replica, and {max_held} requests are already waiting for one\n"),
@@ -228,13 +229,19 @@ impl Gateway {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return Err(response);
         }
-        let mut ready = backend.replicas.watch();
-        backend.meter.hold(true);
         let _held = Held(backend);
         self.activate(&backend.name);
         loop {
             if let Some(endpoint) = backend.replicas.pick() {
                 return Ok(endpoint);
+            }
+            // Removed, or no replica can start (a bad module, a halted
+            // rollout): the control plane turned the activator off.
+            if backend.max_held() == 0 {
+                return Err(message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "503 no ready replica, and none can start now (see `shoal describe service`)\n",
+                ));
             }
             match tokio::time::timeout_at(deadline, ready.changed()).await {
                 Ok(Ok(())) => {}
@@ -339,6 +346,7 @@ impl Gateway {
                     return Response::from_parts(head, Body::Upstream(body, Some(in_flight), None));
                 }
                 Ok(Err(error)) => {
+                    in_flight.answered(StatusCode::BAD_GATEWAY.as_u16());
                     drop(in_flight);
                     if exceeded.load(Ordering::SeqCst) {
                         return too_large(max_body);

@@ -240,6 +240,10 @@ pub struct NodeAgent {
     standby_seq: AtomicU64,
     /// Set by [`NodeAgent::cleanup`]: no more standby processes.
     closed: AtomicBool,
+    /// While the fork thread starts a standby.
+    refilling: AtomicBool,
+    /// Jobs for the fork thread (see [`NodeAgent::on_fork_thread`]).
+    forker: Mutex<Option<std::sync::mpsc::Sender<ForkJob>>>,
 }
 
 impl NodeAgent {
@@ -251,6 +255,8 @@ impl NodeAgent {
             standby: Mutex::new(None),
             standby_seq: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            refilling: AtomicBool::new(false),
+            forker: Mutex::new(None),
         }
     }
 
@@ -276,9 +282,8 @@ impl NodeAgent {
     pub async fn start(self: &Arc<Self>, spec: &ReplicaSpec) -> Result<Replica, StartError> {
         let started = std::time::Instant::now();
         let standby = self.standby.lock().expect("standby lock").take();
-        // Forking blocks until the child has exec'd: not on a runtime thread.
-        let refill = self.clone();
-        tokio::task::spawn_blocking(move || refill.refill());
+        let agent = self.clone();
+        self.on_fork_thread(move || agent.refill());
         if let Some(mut standby) = standby {
             if standby.process.child.try_wait().ok().flatten().is_none() {
                 let cgroup = match (&self.cgroups, standby.cgroup.take()) {
@@ -313,7 +318,16 @@ impl NodeAgent {
             None => None,
         };
         let cgroup_time = started.elapsed();
-        let process = match spawn_process(&self.config, &spec.name, cgroup.as_ref()) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (config, name) = (self.config.clone(), spec.name.clone());
+        self.on_fork_thread(move || {
+            let process = spawn_process(&config, &name, cgroup.as_ref());
+            let _ = sender.send((process, cgroup));
+        });
+        let Ok((process, cgroup)) = receiver.await else {
+            return Err(StartError::Spawn(std::io::Error::other("the fork thread is gone")));
+        };
+        let process = match process {
             Ok(process) => process,
             Err(error) => {
                 if let Some(group) = cgroup {
@@ -333,10 +347,12 @@ impl NodeAgent {
     /// period (about 15 ms here), and exec a few more; a standby pays them
     /// before a replica is needed.
     fn refill(&self) {
-        let mut standby = self.standby.lock().expect("standby lock");
-        if standby.is_some() || self.closed.load(Ordering::SeqCst) {
+        // Only the fork thread refills, so nobody else can start one between
+        // this check and the store below.
+        if self.standby.lock().expect("standby lock").is_some() || self.closed.load(Ordering::SeqCst) {
             return;
         }
+        self.refilling.store(true, Ordering::SeqCst);
         let number = self.standby_seq.fetch_add(1, Ordering::Relaxed);
         let name = format!("standby-{number}");
         let cgroup = match &self.cgroups {
@@ -344,13 +360,26 @@ impl NodeAgent {
                 Ok(group) => Some(group),
                 Err(error) => {
                     tracing::warn!(%error, "cannot create a standby worker's cgroup");
+                    self.refilling.store(false, Ordering::SeqCst);
                     return;
                 }
             },
             None => None,
         };
         match spawn_process(&self.config, &name, cgroup.as_ref()) {
-            Ok(process) => *standby = Some(Standby { process, cgroup }),
+            Ok(mut process) => {
+                let mut standby = self.standby.lock().expect("standby lock");
+                if self.closed.load(Ordering::SeqCst) {
+                    // Shoal is stopping: this one is not needed.
+                    drop(standby);
+                    stop_now(&mut process.child);
+                    if let Some(group) = cgroup {
+                        let _ = group.remove();
+                    }
+                } else {
+                    *standby = Some(Standby { process, cgroup });
+                }
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot start a standby worker");
                 if let Some(group) = cgroup {
@@ -358,6 +387,33 @@ impl NodeAgent {
                 }
             }
         }
+        self.refilling.store(false, Ordering::SeqCst);
+    }
+
+    /// Runs `job` on the agent's fork thread, started on first use. Every
+    /// worker is forked there: `PR_SET_PDEATHSIG` fires when the *thread*
+    /// that forked a process exits, so that thread must live as long as
+    /// Shoal (a tokio blocking thread exits after 10 s idle); and a fork
+    /// blocks until the child has joined its cgroup and exec'd, which must
+    /// not hold up a runtime thread.
+    fn on_fork_thread(&self, job: impl FnOnce() + Send + 'static) {
+        let mut forker = self.forker.lock().expect("forker lock");
+        let sender = forker.get_or_insert_with(|| {
+            let (sender, jobs) = std::sync::mpsc::channel::<ForkJob>();
+            let runtime = tokio::runtime::Handle::current();
+            std::thread::Builder::new()
+                .name("shoal-fork".into())
+                .spawn(move || {
+                    // tokio::process needs the runtime to watch the children.
+                    let _entered = runtime.enter();
+                    for job in jobs {
+                        job();
+                    }
+                })
+                .expect("cannot start the fork thread");
+            sender
+        });
+        let _ = sender.send(Box::new(job));
     }
 
     /// Makes a started process replica `spec`: sends its configuration,
@@ -390,7 +446,7 @@ impl NodeAgent {
         // The worker reads its configuration to the end of its stdin. A
         // worker that died first is reported below, from its exit.
         if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(&config_json).await;
+            let _ = tokio::time::timeout(self.config.ready_timeout, stdin.write_all(&config_json)).await;
         }
         let pid = child.id().unwrap_or_default();
         let name: Arc<str> = spec.name.as_str().into();
@@ -480,12 +536,13 @@ impl NodeAgent {
     /// cgroup parent).
     pub fn cleanup(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        // A standby being started now is stopped by the fork thread itself.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.refilling.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if let Some(mut standby) = self.standby.lock().expect("standby lock").take() {
-            let _ = standby.process.child.start_kill();
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while standby.process.child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            stop_now(&mut standby.process.child);
             if let Some(group) = standby.cgroup.take() {
                 let _ = group.remove();
             }
@@ -526,6 +583,19 @@ impl Replica {
     /// Kills the worker at once.
     pub fn kill(&self) {
         self.signal(libc::SIGKILL);
+    }
+}
+
+/// Work for the agent's fork thread.
+type ForkJob = Box<dyn FnOnce() + Send>;
+
+/// Kills a process that runs no replica yet and waits (at most 5 s) until
+/// it is gone, so that its cgroup can be removed.
+fn stop_now(child: &mut tokio::process::Child) {
+    let _ = child.start_kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

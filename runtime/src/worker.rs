@@ -275,8 +275,11 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true);
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = sweep.tick() => replica.sweep(),
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
                     Ok(conn) => conn,
@@ -349,11 +352,21 @@ impl Replica {
             return None;
         }
         let mut idle = self.idle.lock().expect("idle lock");
+        self.drop_expired(&mut idle);
+        idle.pop()
+    }
+
+    /// Drops the instances idle longer than `maxIdle` (the oldest are first).
+    fn drop_expired(&self, idle: &mut Vec<Warm>) {
         let now = std::time::Instant::now();
-        // The oldest are first: drop those idle too long.
         let expired = idle.iter().take_while(|w| now.duration_since(w.since) > self.instance_idle).count();
         idle.drain(..expired);
-        idle.pop()
+    }
+
+    /// Frees the memory of instances left idle by a replica gone quiet.
+    fn sweep(&self) {
+        let mut idle = self.idle.lock().expect("idle lock");
+        self.drop_expired(&mut idle);
     }
 
     /// Keeps an instance that served a request cleanly, unless it has
