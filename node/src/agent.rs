@@ -23,7 +23,8 @@
 //! replica starts, the standby's cgroup is renamed after it (cgroup v1; v2
 //! cannot rename, and the group keeps its `standby-<n>` name) and given the
 //! replica's limits, the configuration is sent, and another standby is
-//! started in the background.
+//! started in the background. Every fork happens on one long-lived thread
+//! (see `NodeAgent::on_fork_thread`).
 
 use std::fmt;
 use std::io::Write as _;
