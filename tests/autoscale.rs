@@ -36,17 +36,9 @@ async fn until(shoal: &Shoal, service: &str, limit: Duration, done: impl Fn(u64,
     }
 }
 
-fn start(name: &str, spec: &str) -> (Shoal, Scratch) {
-    let dir = Scratch::new(name);
-    let file = dir.write("faulty.yaml", manifest("faulty", FAULTY_WASM, spec));
-    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
-    shoal.wait_ready("faulty");
-    (shoal, dir)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_load_step_scales_up_within_seconds_and_back_down_after() {
-    let (mut shoal, _dir) = start(
+    let (mut shoal, _dir) = start_faulty(
         "step",
         "replicas: 1\nautoscale:\n  min: 1\n  max: 6\n  target: 2\n  stableWindow: 6s\n  panicWindow: 2s",
     );
@@ -88,7 +80,7 @@ async fn a_load_step_scales_up_within_seconds_and_back_down_after() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scales_to_zero_after_its_grace_period_and_the_next_request_gets_200() {
-    let (mut shoal, _dir) = start("zero", "autoscale:\n  min: 0\n  max: 3\n  scaleToZeroGracePeriod: 2s");
+    let (mut shoal, _dir) = start_faulty("zero", "autoscale:\n  min: 0\n  max: 3\n  scaleToZeroGracePeriod: 2s");
     let (status, _) = get(&shoal.url("/"), None).await;
     assert_eq!(status, 200);
     shoal.wait_for_line(|l| l.contains("service/faulty ScaledToZero: 1 → 0 replicas: no requests for 2s"));
@@ -118,7 +110,7 @@ async fn scales_to_zero_after_its_grace_period_and_the_next_request_gets_200() {
 async fn fifty_concurrent_requests_at_zero_all_succeed_with_one_scale_from_zero() {
     // A high target: the 50 requests alone do not call for a second replica.
     let (mut shoal, _dir) =
-        start("burst", "autoscale:\n  min: 0\n  max: 3\n  target: 100\n  scaleToZeroGracePeriod: 1s");
+        start_faulty("burst", "autoscale:\n  min: 0\n  max: 3\n  target: 100\n  scaleToZeroGracePeriod: 1s");
     shoal.wait_for_line(|l| l.contains("service/faulty ScaledToZero"));
     until(&shoal, "faulty", Duration::from_secs(20), |ready, _| ready == 0).await;
     let started_before = shoal.count_lines(|l| l.contains("replica/faulty-") && l.contains("Started:"));
@@ -146,7 +138,7 @@ async fn fifty_concurrent_requests_at_zero_all_succeed_with_one_scale_from_zero(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_are_exposed_in_prometheus_format_behind_the_token() {
-    let (mut shoal, _dir) = start("metrics", "replicas: 2");
+    let (mut shoal, _dir) = start_faulty("metrics", "replicas: 2");
     let client = client();
     for _ in 0..20 {
         assert_eq!(get_with(&client, &shoal.url("/"), None).await.0, 200);

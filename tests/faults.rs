@@ -8,17 +8,9 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn start_faulty(spec: &str) -> (Shoal, Scratch) {
-    let dir = Scratch::new("faulty");
-    let file = dir.write("faulty.yaml", manifest("faulty", FAULTY_WASM, spec));
-    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
-    shoal.wait_ready("faulty");
-    (shoal, dir)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trap_gives_500_and_the_replica_keeps_serving() {
-    let (mut shoal, _dir) = start_faulty("replicas: 1\ntimeout: 2s");
+    let (mut shoal, _dir) = start_faulty("faulty", "replicas: 1\ntimeout: 2s");
     let (status, before) = get(&shoal.url("/"), None).await;
     assert_eq!(status, 200);
     for _ in 0..3 {
@@ -34,7 +26,7 @@ async fn a_trap_gives_500_and_the_replica_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_endless_loop_gives_504_within_its_deadline_and_the_replica_keeps_serving() {
-    let (mut shoal, _dir) = start_faulty("replicas: 1\ntimeout: 2s");
+    let (mut shoal, _dir) = start_faulty("faulty", "replicas: 1\ntimeout: 2s");
     let (_, before) = get(&shoal.url("/"), None).await;
     let started = Instant::now();
     let (status, body) = get(&shoal.url("/loop"), None).await;
@@ -52,7 +44,7 @@ async fn an_endless_loop_gives_504_within_its_deadline_and_the_replica_keeps_ser
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_request_gives_502_and_is_replaced() {
-    let (mut shoal, _dir) = start_faulty("replicas: 1\ntimeout: 20s");
+    let (mut shoal, _dir) = start_faulty("faulty", "replicas: 1\ntimeout: 20s");
     let workers = shoal.worker_pids();
     assert_eq!(workers.len(), 1);
     let url = shoal.url("/loop");
@@ -71,7 +63,7 @@ async fn a_worker_killed_mid_request_gives_502_and_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_replica_gives_503() {
-    let (mut shoal, _dir) = start_faulty("replicas: 0");
+    let (mut shoal, _dir) = start_faulty("faulty", "replicas: 0");
     let (status, body) = get(&shoal.url("/"), None).await;
     assert_eq!(status, 503);
     assert!(body.contains("no ready replica"), "{body}");

@@ -9,14 +9,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn start(name: &str, spec: &str) -> (Shoal, Scratch) {
-    let dir = Scratch::new(name);
-    let file = dir.write("faulty.yaml", manifest("faulty", FAULTY_WASM, spec));
-    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
-    shoal.wait_ready("faulty");
-    (shoal, dir)
-}
-
 /// GETs `/count` `n` times in a row on one connection.
 async fn counts(shoal: &Shoal, n: usize) -> Vec<u32> {
     let client = client();
@@ -31,21 +23,21 @@ async fn counts(shoal: &Shoal, n: usize) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn by_default_every_request_gets_a_fresh_instance() {
-    let (mut shoal, _dir) = start("fresh", "replicas: 1");
+    let (mut shoal, _dir) = start_faulty("fresh", "replicas: 1");
     assert_eq!(counts(&shoal, 10).await, [1; 10]);
     assert!(shoal.stop().success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reused_instance_keeps_its_globals_for_max_requests() {
-    let (mut shoal, _dir) = start("reuse", "replicas: 1\ninstances:\n  maxRequests: 5");
+    let (mut shoal, _dir) = start_faulty("reuse", "replicas: 1\ninstances:\n  maxRequests: 5");
     assert_eq!(counts(&shoal, 12).await, [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2]);
     assert!(shoal.stop().success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_that_trapped_or_idled_is_never_reused() {
-    let (mut shoal, _dir) = start("discard", "replicas: 1\ninstances:\n  maxRequests: 100\n  maxIdle: 1s");
+    let (mut shoal, _dir) = start_faulty("discard", "replicas: 1\ninstances:\n  maxRequests: 100\n  maxIdle: 1s");
     assert_eq!(counts(&shoal, 3).await, [1, 2, 3]);
     // The trap happens in the warm instance: it is discarded.
     let (status, _) = get(&shoal.url("/trap"), None).await;
@@ -59,7 +51,7 @@ async fn an_instance_that_trapped_or_idled_is_never_reused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_instance_is_discarded() {
-    let (mut shoal, _dir) = start("deadline", "replicas: 1\ntimeout: 1s\ninstances:\n  maxRequests: 100");
+    let (mut shoal, _dir) = start_faulty("deadline", "replicas: 1\ntimeout: 1s\ninstances:\n  maxRequests: 100");
     assert_eq!(counts(&shoal, 2).await, [1, 2]);
     let (status, _) = get(&shoal.url("/loop"), None).await;
     assert_eq!(status, 504);

@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn start(name: &str, spec: &str) -> (Shoal, Scratch) {
-    let dir = Scratch::new(name);
-    let file = dir.write("svc.yaml", manifest("faulty", FAULTY_WASM, spec));
-    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
-    shoal.wait_ready("faulty");
-    (shoal, dir)
-}
-
 /// Sends raw bytes on a new connection and returns the status code of the
 /// answer (0 if the connection closed without one).
 fn raw_status(shoal: &Shoal, request: &[u8]) -> u16 {
@@ -42,7 +34,7 @@ async fn still_serves(shoal: &Shoal) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn instance_memory_obeyed_and_violated() {
-    let (mut shoal, _dir) = start("instmem", "resources:\n  memory: 128Mi\n  instanceMemory: 16Mi");
+    let (mut shoal, _dir) = start_faulty("instmem", "resources:\n  memory: 128Mi\n  instanceMemory: 16Mi");
     let (status, body) = get(&shoal.url("/alloc?mb=4"), None).await;
     assert_eq!((status, body.as_str()), (200, "allocated 4 MiB\n"));
     let (status, body) = get(&shoal.url("/alloc?mb=32"), None).await;
@@ -59,8 +51,10 @@ async fn replica_memory_obeyed_and_oom_killed_then_replaced() {
         eprintln!("SKIPPED: cgroups unavailable: {reason}");
         return;
     }
-    let (mut shoal, _dir) =
-        start("oom", "resources:\n  memory: 48Mi\n  instanceMemory: 40Mi\nlimits:\n  concurrency: 8\ntimeout: 10s");
+    let (mut shoal, _dir) = start_faulty(
+        "oom",
+        "resources:\n  memory: 48Mi\n  instanceMemory: 40Mi\nlimits:\n  concurrency: 8\ntimeout: 10s",
+    );
     let (status, _) = get(&shoal.url("/alloc?mb=16"), None).await;
     assert_eq!(status, 200, "16 MiB fits in a 48 MiB replica");
 
@@ -90,7 +84,7 @@ async fn replica_memory_obeyed_and_oom_killed_then_replaced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrency_and_queue_obeyed_and_exceeded() {
-    let (mut shoal, _dir) = start("queue", "limits:\n  concurrency: 1\n  queue: 1\ntimeout: 6s");
+    let (mut shoal, _dir) = start_faulty("queue", "limits:\n  concurrency: 1\n  queue: 1\ntimeout: 6s");
     // The only instance is busy with a loop until its 6 s deadline.
     let busy = {
         let url = shoal.url("/loop");
@@ -124,7 +118,7 @@ async fn concurrency_and_queue_obeyed_and_exceeded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn request_body_size_obeyed_and_exceeded() {
-    let (mut shoal, _dir) = start("body", "limits:\n  requestBody: 1Ki");
+    let (mut shoal, _dir) = start_faulty("body", "limits:\n  requestBody: 1Ki");
     let post = |len: usize| {
         format!(
             "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{}",
@@ -147,7 +141,7 @@ async fn request_body_size_obeyed_and_exceeded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn header_size_and_count_obeyed_and_exceeded() {
-    let (mut shoal, _dir) = start("headers", "replicas: 1");
+    let (mut shoal, _dir) = start_faulty("headers", "replicas: 1");
     let with_headers = |count: usize, size: usize| {
         let mut request = String::from("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
         for i in 0..count {

@@ -66,6 +66,17 @@ pub fn manifest(name: &str, module: &str, spec: &str) -> String {
     text
 }
 
+/// Starts `shoal up` with the faulty sample as service `faulty` (spec lines
+/// `spec`, files in a scratch directory tagged `tag`) and waits until it is
+/// ready.
+pub fn start_faulty(tag: &str, spec: &str) -> (Shoal, Scratch) {
+    let dir = Scratch::new(tag);
+    let file = dir.write("faulty.yaml", manifest("faulty", FAULTY_WASM, spec));
+    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
+    shoal.wait_ready("faulty");
+    (shoal, dir)
+}
+
 /// A running `shoal up`.
 pub struct Shoal {
     child: Child,
