@@ -23,6 +23,7 @@ fn main() {
         println!("cargo:rerun-if-changed=samples/{sample}");
     }
 
+    embed_sdk_js(&root);
     ensure_target();
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -50,6 +51,43 @@ fn main() {
         println!("cargo:rustc-env=SHOAL_{}_WASM={}", sample.to_uppercase(), wasm.display());
     }
     println!("cargo:rustc-env=SHOAL_SAMPLES_DIR={}", samples.display());
+}
+
+/// Writes `$OUT_DIR/sdk_js.rs`: the JS SDK's files (`sdk/js`, without
+/// `node_modules` and dot files) as `&[(path, include_bytes!(…))]`, which
+/// `shoal build` writes out to its cache.
+fn embed_sdk_js(root: &Path) {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        println!("cargo:rerun-if-changed={}", dir.display());
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+            .map(|entry| entry.expect("a directory entry").path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with('.') || name == "node_modules" {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, files);
+            } else {
+                println!("cargo:rerun-if-changed={}", path.display());
+                files.push(path);
+            }
+        }
+    }
+    let sdk = root.join("sdk/js");
+    let mut files = Vec::new();
+    walk(&sdk, &mut files);
+    let mut code = String::from("&[\n");
+    for file in files {
+        let relative = file.strip_prefix(&sdk).expect("under sdk/js").to_str().expect("a UTF-8 path");
+        code.push_str(&format!("    ({relative:?}, include_bytes!({:?})),\n", file.display().to_string()));
+    }
+    code.push_str("]\n");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("sdk_js.rs");
+    std::fs::write(&out, code).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
 }
 
 /// Adds the wasm target to the toolchain in use if it lacks it.

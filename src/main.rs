@@ -2,6 +2,7 @@
 //! `shoal up` runs gateway and node agent for the services in manifests;
 //! `shoal worker` is a replica process, started by the node agent.
 
+mod builder;
 mod cli;
 mod up;
 
@@ -24,6 +25,10 @@ enum Command {
     /// Run the gateway and a node agent for the services in the manifests
     /// (without -f: the kubia sample, 3 replicas).
     Up(UpArgs),
+    /// Build a service's directory into the Wasm component its manifest
+    /// names: a Cargo project for wasm32-wasip2, a JavaScript project
+    /// (package.json, app.js, index.js) with the JS SDK.
+    Build(builder::BuildArgs),
     /// Run one replica (started by the node agent; not for direct use).
     #[command(hide = true)]
     Worker {
@@ -97,6 +102,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Build(args) => match builder::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Client(command) => cli::run(command),
     }
 }

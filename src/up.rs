@@ -199,11 +199,8 @@ fn read_module(manifest: &Path, service: &Service) -> anyhow::Result<Vec<u8>> {
                 module.display(),
                 service.name
             );
-            if module.components().any(|c| c.as_os_str() == "wasm32-wasip2") {
-                message.push_str(
-                    "; build it first, for example: cargo build --release --target wasm32-wasip2 --manifest-path <project>/Cargo.toml",
-                );
-            }
+            let dir = manifest.parent().unwrap_or(Path::new("."));
+            message.push_str(&format!("; build it with: {}", crate::builder::build_hint(dir, module)));
             bail!(message)
         }
         Err(error) => bail!("{}: spec.module: cannot read {}: {error}", manifest.display(), module.display()),

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
@@ -133,7 +133,7 @@ pub fn plan_text(file: &str, text: &str, dir: &Path) -> anyhow::Result<Vec<Plann
         let where_ = if several { format!("{file}: document {}", index + 1) } else { file.to_owned() };
         let mut parsed = parse_manifests(&document, dir).map_err(|e| anyhow!("{where_}: {e}"))?;
         let service = parsed.pop().ok_or_else(|| anyhow!("{where_}: no Service"))?;
-        check_module(&where_, &service)?;
+        check_module(&where_, dir, &service)?;
         planned.push(Planned { file: file.to_owned(), document, service });
     }
     Ok(planned)
@@ -154,7 +154,7 @@ pub fn split_documents(text: &str) -> Result<Vec<String>, serde_yaml_ng::Error> 
 }
 
 /// Checks that `spec.module` names an existing file.
-fn check_module(where_: &str, service: &Service) -> anyhow::Result<()> {
+fn check_module(where_: &str, dir: &Path, service: &Service) -> anyhow::Result<()> {
     let spec = &service.spec;
     let module = &spec.module;
     let problem = match std::fs::metadata(module) {
@@ -166,46 +166,8 @@ fn check_module(where_: &str, service: &Service) -> anyhow::Result<()> {
     if Path::new(&spec.module_field) != module.as_path() {
         message.push_str(&format!(" (looked for {})", module.display()));
     }
-    message.push_str(&format!("; build it with: {}", build_hint(module)));
+    message.push_str(&format!("; build it with: {}", crate::builder::build_hint(dir, module)));
     Err(anyhow!(message))
-}
-
-/// How to build a missing module: from `<crate>/target/wasm32-wasip2/<profile>/x.wasm`,
-/// `cargo build [--release] --target wasm32-wasip2 --manifest-path <crate>/Cargo.toml`.
-pub fn build_hint(module: &Path) -> String {
-    let normalized = normalize(module);
-    let parts: Vec<Component<'_>> = normalized.components().collect();
-    let target = parts.windows(2).rposition(
-        |w| matches!(w, [Component::Normal(a), Component::Normal(b)] if *a == "target" && *b == "wasm32-wasip2"),
-    );
-    if let Some(index) = target {
-        let release = matches!(parts.get(index + 2), Some(Component::Normal(p)) if *p == "release");
-        let root: PathBuf = parts[..index].iter().collect();
-        let profile = if release { " --release" } else { "" };
-        let manifest = root.join("Cargo.toml");
-        let manifest = if root.as_os_str().is_empty() {
-            String::new()
-        } else {
-            format!(" --manifest-path {}", manifest.display())
-        };
-        return format!("cargo build{profile} --target wasm32-wasip2{manifest}");
-    }
-    "cargo build --release --target wasm32-wasip2 (in the service's crate)".to_owned()
-}
-
-/// `a/b/../c` → `a/c`, without touching the filesystem.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// The key under which a module is read once: its canonical path.
@@ -314,23 +276,6 @@ mod tests {
         let error = manifest_files(&[empty]).unwrap_err().to_string();
         assert!(error.ends_with("no *.yaml or *.yml files in this directory"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn build_hints() {
-        assert_eq!(
-            build_hint(Path::new("samples/hello/../target/wasm32-wasip2/release/hello.wasm")),
-            "cargo build --release --target wasm32-wasip2 --manifest-path samples/Cargo.toml"
-        );
-        assert_eq!(
-            build_hint(Path::new("/src/app/target/wasm32-wasip2/debug/app.wasm")),
-            "cargo build --target wasm32-wasip2 --manifest-path /src/app/Cargo.toml"
-        );
-        assert_eq!(
-            build_hint(Path::new("target/wasm32-wasip2/release/x.wasm")),
-            "cargo build --release --target wasm32-wasip2"
-        );
-        assert!(build_hint(Path::new("/opt/x.wasm")).ends_with("(in the service's crate)"));
     }
 
     #[test]

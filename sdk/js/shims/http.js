@@ -1,0 +1,744 @@
+// `http` / `node:http` for Shoal JS services.
+//
+// There are no sockets: the component exports wasi:http/incoming-handler and
+// the StarlingMonkey engine turns each incoming request into a `fetch` event.
+// createServer() records the handler, listen() only marks the server as
+// listening, and the fetch listener registered below adapts each Request into
+// a Node-like IncomingMessage / ServerResponse pair and dispatches it to the
+// server's 'request' listeners.
+//
+// Response: end() without earlier write() sends one buffered body; the first
+// write() starts a streamed (chunked) body fed by later write()/end() calls.
+// A handler that throws (or whose returned promise rejects) before the
+// response started gets a 500 and the error is logged with console.error.
+
+import EventEmitter from './events.cjs';
+import { Buffer, toBuffer } from './buffer.js';
+
+export const STATUS_CODES = {
+  100: 'Continue',
+  101: 'Switching Protocols',
+  102: 'Processing',
+  103: 'Early Hints',
+  200: 'OK',
+  201: 'Created',
+  202: 'Accepted',
+  203: 'Non-Authoritative Information',
+  204: 'No Content',
+  205: 'Reset Content',
+  206: 'Partial Content',
+  207: 'Multi-Status',
+  208: 'Already Reported',
+  226: 'IM Used',
+  300: 'Multiple Choices',
+  301: 'Moved Permanently',
+  302: 'Found',
+  303: 'See Other',
+  304: 'Not Modified',
+  305: 'Use Proxy',
+  307: 'Temporary Redirect',
+  308: 'Permanent Redirect',
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  402: 'Payment Required',
+  403: 'Forbidden',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  406: 'Not Acceptable',
+  407: 'Proxy Authentication Required',
+  408: 'Request Timeout',
+  409: 'Conflict',
+  410: 'Gone',
+  411: 'Length Required',
+  412: 'Precondition Failed',
+  413: 'Payload Too Large',
+  414: 'URI Too Long',
+  415: 'Unsupported Media Type',
+  416: 'Range Not Satisfiable',
+  417: 'Expectation Failed',
+  418: "I'm a Teapot",
+  421: 'Misdirected Request',
+  422: 'Unprocessable Entity',
+  423: 'Locked',
+  424: 'Failed Dependency',
+  425: 'Too Early',
+  426: 'Upgrade Required',
+  428: 'Precondition Required',
+  429: 'Too Many Requests',
+  431: 'Request Header Fields Too Large',
+  451: 'Unavailable For Legal Reasons',
+  500: 'Internal Server Error',
+  501: 'Not Implemented',
+  502: 'Bad Gateway',
+  503: 'Service Unavailable',
+  504: 'Gateway Timeout',
+  505: 'HTTP Version Not Supported',
+  506: 'Variant Also Negotiates',
+  507: 'Insufficient Storage',
+  508: 'Loop Detected',
+  509: 'Bandwidth Limit Exceeded',
+  510: 'Not Extended',
+  511: 'Network Authentication Required',
+};
+
+export const METHODS = [
+  'ACL', 'BIND', 'CHECKOUT', 'CONNECT', 'COPY', 'DELETE', 'GET', 'HEAD', 'LINK', 'LOCK',
+  'M-SEARCH', 'MERGE', 'MKACTIVITY', 'MKCALENDAR', 'MKCOL', 'MOVE', 'NOTIFY', 'OPTIONS',
+  'PATCH', 'POST', 'PROPFIND', 'PROPPATCH', 'PURGE', 'PUT', 'QUERY', 'REBIND', 'REPORT',
+  'SEARCH', 'SOURCE', 'SUBSCRIBE', 'TRACE', 'UNBIND', 'UNLINK', 'UNLOCK', 'UNSUBSCRIBE',
+];
+
+export const maxHeaderSize = 16384;
+
+function httpError(code, message, Ctor = Error) {
+  const e = new Ctor(message);
+  e.code = code;
+  return e;
+}
+
+const TOKEN = /^[\^_`a-zA-Z\-0-9!#$%&'*+.|~]+$/;
+const BAD_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
+
+export function validateHeaderName(name) {
+  if (typeof name !== 'string' || !TOKEN.test(name)) {
+    throw httpError('ERR_INVALID_HTTP_TOKEN', 'Header name must be a valid HTTP token ["' + name + '"]', TypeError);
+  }
+}
+
+export function validateHeaderValue(name, value) {
+  if (value === undefined) throw httpError('ERR_HTTP_INVALID_HEADER_VALUE', 'Invalid value "undefined" for header "' + name + '"', TypeError);
+  if (BAD_VALUE.test(String(value))) throw httpError('ERR_INVALID_CHAR', 'Invalid character in header content ["' + name + '"]', TypeError);
+}
+
+function toBytes(chunk, encoding) {
+  if (typeof chunk === 'string') return Buffer.from(chunk, encoding || 'utf8');
+  if (chunk instanceof Uint8Array) return chunk;
+  if (chunk instanceof ArrayBuffer) return new Uint8Array(chunk);
+  if (ArrayBuffer.isView(chunk)) return new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  throw httpError(
+    'ERR_INVALID_ARG_TYPE',
+    'The "chunk" argument must be of type string or an instance of Buffer or Uint8Array. Received ' + (chunk === null ? 'null' : typeof chunk),
+    TypeError,
+  );
+}
+
+// Hop-by-hop headers cannot be set on a wasi:http response (the host rejects them).
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings']);
+
+// ---------------------------------------------------------------------------
+// Socket stand-in
+
+class Socket extends EventEmitter {
+  constructor(remoteAddress, encrypted) {
+    super();
+    this.remoteAddress = remoteAddress;
+    this.remoteFamily = remoteAddress === undefined ? undefined : remoteAddress.includes(':') ? 'IPv6' : 'IPv4';
+    this.remotePort = undefined;
+    this.localAddress = undefined;
+    this.localPort = undefined;
+    this.encrypted = encrypted || undefined;
+    this.readable = true;
+    this.writable = true;
+    this.destroyed = false;
+  }
+  setTimeout() {
+    return this;
+  }
+  setNoDelay() {
+    return this;
+  }
+  setKeepAlive() {
+    return this;
+  }
+  ref() {
+    return this;
+  }
+  unref() {
+    return this;
+  }
+  address() {
+    return {};
+  }
+  destroy() {
+    this.destroyed = true;
+    return this;
+  }
+  end() {
+    return this;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// IncomingMessage (the `req` argument)
+
+export class IncomingMessage extends EventEmitter {
+  constructor(request) {
+    super();
+    const url = new URL(request.url);
+    this.method = request.method;
+    this.url = url.pathname + url.search;
+    this.httpVersion = '1.1';
+    this.httpVersionMajor = 1;
+    this.httpVersionMinor = 1;
+
+    const headers = {};
+    const rawHeaders = [];
+    for (const [name, value] of request.headers) {
+      rawHeaders.push(name, value);
+      if (name === 'set-cookie') (headers[name] ||= []).push(value);
+      else headers[name] = name in headers ? headers[name] + ', ' + value : value;
+    }
+    this.headers = headers;
+    this.rawHeaders = rawHeaders;
+    this.trailers = {};
+    this.rawTrailers = [];
+
+    // The Shoal gateway appends the peer address it saw to X-Forwarded-For, so
+    // the last entry is the immediate peer (what Node reports as remoteAddress).
+    const xff = request.headers.get('x-forwarded-for');
+    const hops = xff ? xff.split(',').map((s) => s.trim()).filter(Boolean) : [];
+    this.socket = this.connection = new Socket(hops.length ? hops[hops.length - 1] : undefined, url.protocol === 'https:');
+
+    this.complete = false;
+    this.aborted = false;
+    this.readable = true;
+    this.readableEnded = false;
+    this.destroyed = false;
+    this._request = request;
+    this._encoding = null;
+    this._decoder = null;
+    this._flowing = null; // null: not started, true: flowing, false: paused
+    this._started = false;
+    this._resumeWaiter = null;
+  }
+
+  on(name, listener) {
+    super.on(name, listener);
+    // Reading starts once someone listens for the body (or its end).
+    if ((name === 'data' || name === 'end') && this._flowing === null) this.resume();
+    return this;
+  }
+
+  addListener(name, listener) {
+    return this.on(name, listener);
+  }
+
+  once(name, listener) {
+    const wrapped = (...args) => {
+      this.off(name, wrapped);
+      listener.apply(this, args);
+    };
+    wrapped.listener = listener;
+    return this.on(name, wrapped);
+  }
+
+  off(name, listener) {
+    const l = this.listeners(name).find((f) => f === listener || f.listener === listener);
+    return super.off(name, l || listener);
+  }
+
+  removeListener(name, listener) {
+    return this.off(name, listener);
+  }
+
+  setEncoding(encoding) {
+    this._encoding = String(encoding || 'utf8').toLowerCase();
+    if (this._encoding === 'utf8' || this._encoding === 'utf-8') this._decoder = new TextDecoder();
+    return this;
+  }
+
+  setTimeout(_ms, cb) {
+    if (typeof cb === 'function') this.on('timeout', cb);
+    return this;
+  }
+
+  isPaused() {
+    return this._flowing === false;
+  }
+
+  pause() {
+    if (this._flowing !== false) this._flowing = false;
+    return this;
+  }
+
+  resume() {
+    this._flowing = true;
+    if (this._resumeWaiter) {
+      const w = this._resumeWaiter;
+      this._resumeWaiter = null;
+      w();
+    }
+    if (!this._started) {
+      this._started = true;
+      this._pump();
+    }
+    return this;
+  }
+
+  pipe(dest, { end = true } = {}) {
+    this.on('data', (chunk) => dest.write(chunk));
+    if (end) this.on('end', () => dest.end());
+    return dest;
+  }
+
+  unpipe() {
+    return this;
+  }
+
+  destroy(err) {
+    this.destroyed = true;
+    if (this._reader) this._reader.cancel().catch(() => {});
+    if (err) this._fail(err);
+    return this;
+  }
+
+  _decode(bytes) {
+    if (this._decoder) return this._decoder.decode(bytes, { stream: true });
+    const buf = toBuffer(bytes);
+    return this._encoding ? buf.toString(this._encoding) : buf;
+  }
+
+  _fail(err) {
+    if (this.listenerCount('error')) this.emit('error', err);
+    else console.error('Error reading request body:', err);
+  }
+
+  _finish() {
+    if (this._decoder) {
+      const rest = this._decoder.decode();
+      if (rest) this.emit('data', rest);
+    }
+    this.complete = true;
+    this.readable = false;
+    this.readableEnded = true;
+    this.emit('end');
+    this.emit('close');
+  }
+
+  async *_chunks() {
+    const body = this._request.body;
+    if (!body) return;
+    const reader = (this._reader = body.getReader());
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      if (value && value.byteLength) yield value;
+    }
+  }
+
+  async _pump() {
+    try {
+      for await (const bytes of this._chunks()) {
+        while (this._flowing === false) await new Promise((r) => (this._resumeWaiter = r));
+        if (this.destroyed) return;
+        this.emit('data', this._decode(bytes));
+      }
+      if (!this.destroyed) this._finish();
+    } catch (err) {
+      this._fail(err);
+    }
+  }
+
+  // `for await (const chunk of req)` (use it instead of 'data' listeners).
+  async *[Symbol.asyncIterator]() {
+    if (this._started) throw new Error('The request body is already being consumed');
+    this._started = true;
+    this._flowing = true;
+    for await (const bytes of this._chunks()) yield this._decode(bytes);
+    this._finish();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// ServerResponse (the `res` argument)
+
+export class ServerResponse extends EventEmitter {
+  constructor(req, deliver) {
+    super();
+    this.req = req;
+    this.socket = this.connection = req.socket;
+    this.statusCode = 200;
+    this.statusMessage = undefined;
+    this.sendDate = true;
+    this.headersSent = false;
+    this.writableEnded = false;
+    this.writableFinished = false;
+    this.finished = false;
+    this.writable = true;
+    this.destroyed = false;
+    this.chunkedEncoding = false;
+    this.strictContentLength = false;
+    this._headers = new Map(); // lowercased name -> [name, value]
+    this._deliver = deliver; // (Response) => void, resolves respondWith()
+    this._responded = false;
+    this._controller = null;
+  }
+
+  _assertHeadersNotSent(what) {
+    if (this.headersSent) throw httpError('ERR_HTTP_HEADERS_SENT', 'Cannot ' + what + ' headers after they are sent to the client');
+  }
+
+  setHeader(name, value) {
+    this._assertHeadersNotSent('set');
+    validateHeaderName(name);
+    validateHeaderValue(name, value);
+    this._headers.set(name.toLowerCase(), [name, Array.isArray(value) ? value.map(String) : value]);
+    return this;
+  }
+
+  appendHeader(name, value) {
+    this._assertHeadersNotSent('append');
+    validateHeaderName(name);
+    validateHeaderValue(name, value);
+    const prev = this._headers.get(name.toLowerCase());
+    const v = prev ? [].concat(prev[1], value).map(String) : value;
+    this._headers.set(name.toLowerCase(), [prev ? prev[0] : name, v]);
+    return this;
+  }
+
+  setHeaders(headers) {
+    const entries = typeof headers.entries === 'function' ? headers.entries() : Object.entries(headers);
+    for (const [k, v] of entries) this.setHeader(k, v);
+    return this;
+  }
+
+  getHeader(name) {
+    const h = this._headers.get(String(name).toLowerCase());
+    return h ? h[1] : undefined;
+  }
+
+  getHeaders() {
+    const out = Object.create(null);
+    for (const [k, [, v]] of this._headers) out[k] = v;
+    return out;
+  }
+
+  getHeaderNames() {
+    return [...this._headers.keys()];
+  }
+
+  getRawHeaderNames() {
+    return [...this._headers.values()].map(([n]) => n);
+  }
+
+  hasHeader(name) {
+    return this._headers.has(String(name).toLowerCase());
+  }
+
+  removeHeader(name) {
+    this._assertHeadersNotSent('remove');
+    this._headers.delete(String(name).toLowerCase());
+  }
+
+  writeHead(statusCode, statusMessage, headers) {
+    this._assertHeadersNotSent('write');
+    if (typeof statusMessage !== 'string') {
+      headers = statusMessage;
+      statusMessage = undefined;
+    }
+    const code = statusCode | 0;
+    if (code !== Number(statusCode) || code < 100 || code > 999) {
+      throw httpError('ERR_HTTP_INVALID_STATUS_CODE', 'Invalid status code: ' + statusCode, RangeError);
+    }
+    this.statusCode = code;
+    if (statusMessage !== undefined) this.statusMessage = statusMessage;
+    if (Array.isArray(headers)) {
+      // Either [[name, value], ...] or a flat [name, value, name, value, ...].
+      const pairs = headers.length && Array.isArray(headers[0]) ? headers : [];
+      if (!pairs.length) {
+        if (headers.length % 2 !== 0) throw httpError('ERR_INVALID_ARG_VALUE', 'The argument \'headers\' is invalid', TypeError);
+        for (let i = 0; i < headers.length; i += 2) pairs.push([headers[i], headers[i + 1]]);
+      }
+      for (const [k, v] of pairs) this.appendHeader(k, v);
+    } else if (headers && typeof headers === 'object') {
+      for (const k of Object.keys(headers)) if (headers[k] !== undefined) this.setHeader(k, headers[k]);
+    }
+    this._implicitHeader();
+    return this;
+  }
+
+  _implicitHeader() {
+    if (this.headersSent) return;
+    if (this.statusMessage === undefined) this.statusMessage = STATUS_CODES[this.statusCode] || 'unknown';
+    this.headersSent = true;
+  }
+
+  flushHeaders() {
+    this._implicitHeader();
+    this._startStream();
+  }
+
+  writeContinue() {}
+  writeProcessing() {}
+  writeEarlyHints() {}
+  addTrailers() {}
+  cork() {}
+  uncork() {}
+
+  setTimeout(_ms, cb) {
+    if (typeof cb === 'function') this.on('timeout', cb);
+    return this;
+  }
+
+  _buildHeaders() {
+    const h = new Headers();
+    for (const [lower, [name, value]] of this._headers) {
+      if (HOP_BY_HOP.has(lower)) continue;
+      for (const v of Array.isArray(value) ? value : [value]) {
+        try {
+          h.append(name, String(v));
+        } catch (err) {
+          console.error('http: dropping response header ' + JSON.stringify(name) + ': ' + (err && err.message));
+        }
+      }
+    }
+    return h;
+  }
+
+  _respond(body) {
+    const status = this.statusCode;
+    const nullBody = status === 204 || status === 205 || status === 304;
+    const response = new Response(nullBody ? null : body, { status, headers: this._buildHeaders() });
+    this._responded = true;
+    this._deliver(response);
+  }
+
+  _startStream() {
+    if (this._responded) return;
+    let controller;
+    const stream = new ReadableStream({
+      start(c) {
+        controller = c;
+      },
+    });
+    this._controller = controller;
+    this.chunkedEncoding = !this.hasHeader('content-length');
+    this._respond(stream);
+  }
+
+  write(chunk, encoding, cb) {
+    if (typeof encoding === 'function') [cb, encoding] = [encoding, undefined];
+    if (this.writableEnded) {
+      const err = httpError('ERR_STREAM_WRITE_AFTER_END', 'write after end');
+      if (typeof cb === 'function') queueMicrotask(() => cb(err));
+      if (this.listenerCount('error')) queueMicrotask(() => this.emit('error', err));
+      else console.error('http: res.write() after res.end() ignored');
+      return false;
+    }
+    if (chunk === null) throw httpError('ERR_STREAM_NULL_VALUES', 'May not write null values to stream', TypeError);
+    const bytes = toBytes(chunk, encoding);
+    this._implicitHeader();
+    this._startStream();
+    if (bytes.byteLength && this._controller) this._controller.enqueue(bytes);
+    if (typeof cb === 'function') queueMicrotask(cb);
+    return true;
+  }
+
+  end(chunk, encoding, cb) {
+    if (typeof chunk === 'function') [cb, chunk, encoding] = [chunk, undefined, undefined];
+    else if (typeof encoding === 'function') [cb, encoding] = [encoding, undefined];
+    if (this.writableEnded) {
+      if (typeof cb === 'function') queueMicrotask(cb);
+      return this;
+    }
+    const bytes = chunk === undefined || chunk === null ? null : toBytes(chunk, encoding);
+    this._implicitHeader();
+    if (this._controller) {
+      if (bytes && bytes.byteLength) this._controller.enqueue(bytes);
+      this._controller.close();
+    } else if (!this._responded) {
+      this._respond(bytes && bytes.byteLength ? bytes : null);
+    }
+    this.writableEnded = true;
+    this.finished = true;
+    this.writable = false;
+    queueMicrotask(() => {
+      this.writableFinished = true;
+      this.emit('finish');
+      this.emit('close');
+      if (typeof cb === 'function') cb();
+    });
+    return this;
+  }
+
+  destroy(err) {
+    this.destroyed = true;
+    if (this._controller) {
+      try {
+        this._controller.error(err || new Error('response destroyed'));
+      } catch {}
+    } else if (!this._responded) {
+      this._fail500(err || new Error('response destroyed before it was sent'));
+    }
+    return this;
+  }
+
+  // Handler failure: 500 if nothing was sent yet, otherwise abort the body stream.
+  _fail500(err) {
+    console.error('Error in HTTP request handler:', err);
+    if (!this._responded) {
+      this._responded = true;
+      this.headersSent = true;
+      this.writableEnded = this.finished = true;
+      this.statusCode = 500;
+      this._deliver(new Response('Internal Server Error\n', { status: 500, headers: { 'content-type': 'text/plain; charset=utf-8' } }));
+    } else if (this._controller && !this.writableEnded) {
+      try {
+        this._controller.error(err);
+      } catch {}
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Server
+
+const servers = [];
+
+export class Server extends EventEmitter {
+  constructor(options, requestListener) {
+    super();
+    if (typeof options === 'function') {
+      requestListener = options;
+      options = {};
+    }
+    if (typeof requestListener === 'function') this.on('request', requestListener);
+    this.listening = false;
+    this.timeout = 0;
+    this.keepAliveTimeout = 5000;
+    this.headersTimeout = 60000;
+    this.requestTimeout = 300000;
+    this.maxHeadersCount = null;
+    this._port = null;
+    servers.push(this);
+  }
+
+  // listen([port[, host[, backlog]]][, callback]) / listen(options[, callback]):
+  // nothing to bind (the host owns the socket); just record and report.
+  listen(...args) {
+    const cb = typeof args[args.length - 1] === 'function' ? args.pop() : undefined;
+    const first = args[0];
+    let port = first && typeof first === 'object' ? first.port : first;
+    port = port === undefined || port === null || port === '' ? 0 : Number(port);
+    this._port = Number.isFinite(port) ? port : 0;
+    this.listening = true;
+    if (cb) this.once('listening', cb);
+    queueMicrotask(() => this.emit('listening'));
+    return this;
+  }
+
+  close(cb) {
+    this.listening = false;
+    queueMicrotask(() => {
+      this.emit('close');
+      if (typeof cb === 'function') cb();
+    });
+    return this;
+  }
+
+  address() {
+    return this.listening ? { address: '::', family: 'IPv6', port: this._port } : null;
+  }
+
+  setTimeout(ms, cb) {
+    this.timeout = ms;
+    if (typeof cb === 'function') this.on('timeout', cb);
+    return this;
+  }
+
+  closeAllConnections() {}
+  closeIdleConnections() {}
+
+  ref() {
+    return this;
+  }
+
+  unref() {
+    return this;
+  }
+}
+
+export function createServer(options, requestListener) {
+  return new Server(options, requestListener);
+}
+
+// Outbound HTTP through this module is not implemented; fetch() is.
+export class Agent {
+  constructor(options) {
+    this.options = options || {};
+  }
+  destroy() {}
+}
+export const globalAgent = new Agent();
+
+export function request() {
+  throw new Error('http.request() is not supported in Shoal JS services; use fetch() for outbound HTTP');
+}
+
+export function get() {
+  throw new Error('http.get() is not supported in Shoal JS services; use fetch() for outbound HTTP');
+}
+
+// ---------------------------------------------------------------------------
+// Dispatch: one fetch event -> one 'request' on the listening server.
+
+function pickServer() {
+  // The first server that called listen(); failing that, the last one created.
+  return servers.find((s) => s.listening) || servers[servers.length - 1] || null;
+}
+
+function handle(server, request) {
+  return new Promise((resolve) => {
+    let req;
+    let res;
+    try {
+      req = new IncomingMessage(request);
+      res = new ServerResponse(req, resolve);
+    } catch (err) {
+      console.error('Error adapting the HTTP request:', err);
+      resolve(new Response('Bad Request\n', { status: 400 }));
+      return;
+    }
+    const listeners = server.listeners('request');
+    if (listeners.length === 0) {
+      res._fail500(new Error("the HTTP server has no 'request' handler (pass one to http.createServer())"));
+      return;
+    }
+    const fail = (err) => res._fail500(err);
+    for (const listener of listeners) {
+      try {
+        const ret = listener.call(server, req, res);
+        if (ret && typeof ret.then === 'function') ret.then(undefined, fail);
+      } catch (err) {
+        fail(err);
+        return;
+      }
+    }
+  });
+}
+
+addEventListener('fetch', (event) => {
+  const server = pickServer();
+  if (!server) {
+    console.error('No HTTP server: the app never called http.createServer()');
+    event.respondWith(new Response('Internal Server Error\n', { status: 500 }));
+    return;
+  }
+  event.respondWith(handle(server, event.request));
+});
+
+export default {
+  STATUS_CODES,
+  METHODS,
+  maxHeaderSize,
+  createServer,
+  Server,
+  IncomingMessage,
+  ServerResponse,
+  Agent,
+  globalAgent,
+  request,
+  get,
+  validateHeaderName,
+  validateHeaderValue,
+};

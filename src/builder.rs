@@ -1,0 +1,451 @@
+//! `shoal build [DIR]`: builds a service's source directory into the Wasm
+//! component its manifest names, like `spin build`.
+//!
+//! - A Cargo project (`Cargo.toml`) is built with
+//!   `cargo build --release --target wasm32-wasip2` (the target is added
+//!   with rustup when missing). The component is copied to `spec.module`
+//!   when cargo's output is somewhere else.
+//! - A JavaScript project (`package.json`, `app.js`, `index.js` or
+//!   `server.js`) is bundled and componentized by the JS SDK (`sdk/js`).
+//!   The SDK is embedded in this binary. It is written once to the cache
+//!   directory, and `npm ci` installs its locked dependencies there.
+//!
+//! The output goes where the directory's manifest (`service.yaml`,
+//! `service.yml`, `shoal.yaml`, or `-f FILE`) says `spec.module` is. Without
+//! a manifest, it goes to cargo's usual place, or to
+//! `target/<directory name>.wasm` for JavaScript.
+
+use std::fs::File;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context as _, anyhow, bail};
+use sha2::{Digest as _, Sha256};
+
+/// Arguments of `shoal build`.
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// The service's directory: a Cargo project or a JavaScript project.
+    #[arg(default_value = ".", value_name = "DIR")]
+    dir: PathBuf,
+    /// The manifest naming the module to build (default: `service.yaml`,
+    /// `service.yml` or `shoal.yaml` in DIR, when there is one).
+    #[arg(short = 'f', long = "file", value_name = "MANIFEST")]
+    files: Vec<PathBuf>,
+}
+
+/// The manifest names `shoal build` looks for in a directory.
+const MANIFEST_NAMES: [&str; 3] = ["service.yaml", "service.yml", "shoal.yaml"];
+/// The entry points of a JavaScript project without a `main` in its
+/// package.json, in the order they are looked for.
+const JS_ENTRIES: [&str; 3] = ["app.js", "index.js", "server.js"];
+const TARGET: &str = "wasm32-wasip2";
+
+/// What a directory builds from.
+#[derive(Debug, PartialEq, Eq)]
+enum Project {
+    /// A Cargo project, by its Cargo.toml.
+    Cargo(PathBuf),
+    /// A JavaScript project, by its entry point.
+    Js(PathBuf),
+}
+
+/// The SDK's files, embedded by build.rs: (path under `sdk/js`, contents).
+const SDK_JS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/sdk_js.rs"));
+
+/// Runs `shoal build`.
+pub fn run(args: BuildArgs) -> anyhow::Result<()> {
+    let dir = &args.dir;
+    if !dir.is_dir() {
+        bail!("{}: not a directory", dir.display());
+    }
+    let project = detect(dir)?.ok_or_else(|| {
+        anyhow!(
+            "{}: nothing to build: no Cargo.toml, package.json, {} here",
+            dir.display(),
+            JS_ENTRIES.join(", ").replacen(", server.js", " or server.js", 1)
+        )
+    })?;
+    let outputs = outputs(dir, &args.files)?;
+    let started = Instant::now();
+    let built = match &project {
+        Project::Cargo(manifest) => build_cargo(manifest, &outputs)?,
+        Project::Js(entry) => build_js(dir, entry, &outputs)?,
+    };
+    for path in built {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!("built {} ({:.1} MB) in {:.1}s", path.display(), size as f64 / 1e6, started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// What `dir` builds from, if anything.
+fn detect(dir: &Path) -> anyhow::Result<Option<Project>> {
+    let cargo = dir.join("Cargo.toml");
+    if cargo.is_file() {
+        return Ok(Some(Project::Cargo(cargo)));
+    }
+    let package = dir.join("package.json");
+    if package.is_file() {
+        let text = std::fs::read_to_string(&package).with_context(|| format!("cannot read {}", package.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", package.display()))?;
+        if let Some(main) = json.get("main") {
+            let main = main.as_str().ok_or_else(|| anyhow!("{}: \"main\" is not a string", package.display()))?;
+            let entry = dir.join(main);
+            if !entry.is_file() {
+                bail!("{}: \"main\" names {}, which does not exist", package.display(), entry.display());
+            }
+            return Ok(Some(Project::Js(entry)));
+        }
+    }
+    if let Some(entry) = JS_ENTRIES.iter().map(|name| dir.join(name)).find(|p| p.is_file()) {
+        return Ok(Some(Project::Js(entry)));
+    }
+    if package.is_file() {
+        bail!("{}: no \"main\" and none of {} in {}", package.display(), JS_ENTRIES.join(", "), dir.display());
+    }
+    Ok(None)
+}
+
+/// The modules the manifests name, each once, in order.
+fn outputs(dir: &Path, files: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let files: Vec<PathBuf> = if files.is_empty() {
+        MANIFEST_NAMES.iter().map(|name| dir.join(name)).filter(|p| p.is_file()).take(1).collect()
+    } else {
+        files.to_vec()
+    };
+    let mut modules: Vec<PathBuf> = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read manifest {}", file.display()))?;
+        let manifest_dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let services =
+            shoal_api::parse_manifests(&text, manifest_dir).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+        for service in services {
+            if !modules.contains(&service.spec.module) {
+                modules.push(service.spec.module);
+            }
+        }
+    }
+    Ok(modules)
+}
+
+/// Builds a Cargo project for wasm32-wasip2 and puts its component where
+/// each output says.
+fn build_cargo(manifest: &Path, outputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = manifest.parent().unwrap_or(Path::new("."));
+    ensure_wasm_target(dir)?;
+    let mut child = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(dir)
+        .args(["build", "--release", "--target", TARGET, "--message-format", "json-render-diagnostics"])
+        .arg("--manifest-path")
+        .arg(manifest.file_name().unwrap_or(manifest.as_os_str()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow!("cannot run cargo: {e}; building a Rust service needs a Rust toolchain"))?;
+    // Components cargo produced, from its JSON messages.
+    let mut artifacts: Vec<PathBuf> = Vec::new();
+    for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
+        let line = line.context("cannot read cargo's output")?;
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let files = message["filenames"].as_array().into_iter().flatten().filter_map(|f| f.as_str());
+        artifacts.extend(files.filter(|f| f.ends_with(".wasm")).map(PathBuf::from));
+    }
+    let status = child.wait().context("cannot wait for cargo")?;
+    if !status.success() {
+        bail!("cargo build failed ({status}) in {}", dir.display());
+    }
+    if artifacts.is_empty() {
+        bail!("cargo built no .wasm file in {}: is it a binary crate (src/main.rs)?", dir.display());
+    }
+    if outputs.is_empty() {
+        return Ok(artifacts);
+    }
+    for output in outputs {
+        let same = |a: &PathBuf| canonical(a) == canonical(output);
+        if artifacts.iter().any(same) {
+            continue;
+        }
+        let named: Vec<&PathBuf> = artifacts.iter().filter(|a| a.file_name() == output.file_name()).collect();
+        let source = match (named.as_slice(), artifacts.as_slice()) {
+            ([one], _) => *one,
+            ([], [one]) => one,
+            _ => bail!(
+                "cannot tell which of cargo's outputs is spec.module {}: {}",
+                output.display(),
+                artifacts.iter().map(|a| a.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        copy(source, output)?;
+    }
+    Ok(outputs.to_vec())
+}
+
+/// Adds the wasm32-wasip2 target to the toolchain `dir` builds with, when
+/// rustup is there and the target is not.
+fn ensure_wasm_target(dir: &Path) -> anyhow::Result<()> {
+    let Ok(listed) = Command::new("rustup").current_dir(dir).args(["target", "list", "--installed"]).output() else {
+        return Ok(()); // no rustup: cargo will say what is missing
+    };
+    if !listed.status.success() || String::from_utf8_lossy(&listed.stdout).lines().any(|l| l.trim() == TARGET) {
+        return Ok(());
+    }
+    eprintln!("adding the {TARGET} target to the Rust toolchain (rustup target add {TARGET})");
+    let status = Command::new("rustup").current_dir(dir).args(["target", "add", TARGET]).status()?;
+    if !status.success() {
+        bail!("`rustup target add {TARGET}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Bundles and componentizes a JavaScript entry point with the JS SDK.
+fn build_js(dir: &Path, entry: &Path, outputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let node = require_tool("node", "--version")?;
+    let major: Option<u32> = node.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok());
+    if major.is_some_and(|m| m < 18) {
+        bail!("building a JavaScript service needs Node.js 18 or later; node is {}", node.trim());
+    }
+    require_tool("npm", "--version")?;
+    let sdk = sdk_js()?;
+    let default_output;
+    let outputs = if outputs.is_empty() {
+        let name = canonical(dir).file_name().map_or_else(|| "service".into(), |n| n.to_string_lossy().into_owned());
+        default_output = [dir.join("target").join(format!("{name}.wasm"))];
+        &default_output[..]
+    } else {
+        outputs
+    };
+    let first = &outputs[0];
+    if let Some(parent) = first.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let status =
+        Command::new("node").arg(sdk.join("build.mjs")).arg(entry).arg(first).status().context("cannot run node")?;
+    if !status.success() {
+        bail!("building {} failed ({status})", entry.display());
+    }
+    for output in &outputs[1..] {
+        copy(first, output)?;
+    }
+    Ok(outputs.to_vec())
+}
+
+/// Runs `tool flag` and returns what it printed; an error that says what
+/// is missing when it cannot run.
+fn require_tool(tool: &str, flag: &str) -> anyhow::Result<String> {
+    match Command::new(tool).arg(flag).output() {
+        Ok(output) if output.status.success() => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+        Ok(output) => bail!("`{tool} {flag}` failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr)),
+        Err(e) => bail!(
+            "building a JavaScript service needs Node.js 18 or later and npm: cannot run {tool} ({e}); install them (Debian: apt-get install nodejs npm)"
+        ),
+    }
+}
+
+/// The JS SDK, written to the cache directory with its dependencies
+/// installed; its path. Safe against concurrent builds (a file lock).
+fn sdk_js() -> anyhow::Result<PathBuf> {
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("cannot create the cache directory {}", cache.display()))?;
+    let mut hash = Sha256::new();
+    for (path, contents) in SDK_JS {
+        hash.update(path.as_bytes());
+        hash.update((contents.len() as u64).to_le_bytes());
+        hash.update(contents);
+    }
+    let digest: String = hash.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let sdk = cache.join(format!("sdk-js-{digest}"));
+    let installed = sdk.join("node_modules").join(".shoal-installed");
+    if installed.is_file() {
+        return Ok(sdk);
+    }
+    let lock_path = cache.join("sdk-js.lock");
+    let lock = File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    if installed.is_file() {
+        return Ok(sdk); // another build installed it while this one waited
+    }
+    for (path, contents) in SDK_JS {
+        let file = sdk.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&file, contents).with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    eprintln!("installing the JavaScript SDK's dependencies (npm ci in {}; once per SDK version)", sdk.display());
+    let status = Command::new("npm")
+        .current_dir(&sdk)
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run npm")?;
+    if !status.success() {
+        bail!("`npm ci` in {} failed ({status}); the npm registry must be reachable the first time", sdk.display());
+    }
+    std::fs::write(&installed, b"").with_context(|| format!("cannot write {}", installed.display()))?;
+    Ok(sdk)
+}
+
+/// Where `shoal build` keeps the JS SDK: `$SHOAL_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/shoal`, else `~/.cache/shoal`.
+fn cache_dir() -> anyhow::Result<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = var("SHOAL_CACHE_DIR") {
+        return Ok(dir);
+    }
+    if let Some(dir) = var("XDG_CACHE_HOME") {
+        return Ok(dir.join("shoal"));
+    }
+    var("HOME")
+        .map(|home| home.join(".cache").join("shoal"))
+        .ok_or_else(|| anyhow!("no cache directory: set SHOAL_CACHE_DIR, XDG_CACHE_HOME or HOME"))
+}
+
+fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| normalize(path))
+}
+
+/// How to build a missing module named by a manifest in `manifest_dir`:
+/// `shoal build <dir>` when that directory holds a project; else, from
+/// `<crate>/target/wasm32-wasip2/<profile>/x.wasm`, the cargo command.
+pub fn build_hint(manifest_dir: &Path, module: &Path) -> String {
+    if matches!(detect(manifest_dir), Ok(Some(_))) {
+        let dir = if manifest_dir.as_os_str().is_empty() { Path::new(".") } else { manifest_dir };
+        return format!("shoal build {}", dir.display());
+    }
+    cargo_hint(module)
+}
+
+/// `cargo build [--release] --target wasm32-wasip2 --manifest-path <crate>/Cargo.toml`
+/// for a module in `<crate>/target/wasm32-wasip2/<profile>/`.
+fn cargo_hint(module: &Path) -> String {
+    let normalized = normalize(module);
+    let parts: Vec<Component<'_>> = normalized.components().collect();
+    let target = parts
+        .windows(2)
+        .rposition(|w| matches!(w, [Component::Normal(a), Component::Normal(b)] if *a == "target" && *b == TARGET));
+    if let Some(index) = target {
+        let release = matches!(parts.get(index + 2), Some(Component::Normal(p)) if *p == "release");
+        let root: PathBuf = parts[..index].iter().collect();
+        let profile = if release { " --release" } else { "" };
+        let manifest = root.join("Cargo.toml");
+        let manifest = if root.as_os_str().is_empty() {
+            String::new()
+        } else {
+            format!(" --manifest-path {}", manifest.display())
+        };
+        return format!("cargo build{profile} --target {TARGET}{manifest}");
+    }
+    format!("cargo build --release --target {TARGET} (in the service's crate)")
+}
+
+/// `a/b/../c` → `a/c`, without touching the filesystem.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("shoal-build-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn cargo_hints() {
+        assert_eq!(
+            cargo_hint(Path::new("samples/hello/../target/wasm32-wasip2/release/hello.wasm")),
+            "cargo build --release --target wasm32-wasip2 --manifest-path samples/Cargo.toml"
+        );
+        assert_eq!(
+            cargo_hint(Path::new("/src/app/target/wasm32-wasip2/debug/app.wasm")),
+            "cargo build --target wasm32-wasip2 --manifest-path /src/app/Cargo.toml"
+        );
+        assert_eq!(
+            cargo_hint(Path::new("target/wasm32-wasip2/release/x.wasm")),
+            "cargo build --release --target wasm32-wasip2"
+        );
+        assert!(cargo_hint(Path::new("/opt/x.wasm")).ends_with("(in the service's crate)"));
+    }
+
+    #[test]
+    fn detects_projects_and_hints_shoal_build() {
+        let dir = temp_dir("detect");
+        assert_eq!(detect(&dir).unwrap(), None);
+        assert_eq!(
+            build_hint(&dir, &dir.join("x.wasm")),
+            "cargo build --release --target wasm32-wasip2 (in the service's crate)"
+        );
+
+        std::fs::write(dir.join("index.js"), "").unwrap();
+        assert_eq!(detect(&dir).unwrap(), Some(Project::Js(dir.join("index.js"))));
+        std::fs::write(dir.join("app.js"), "").unwrap();
+        assert_eq!(detect(&dir).unwrap(), Some(Project::Js(dir.join("app.js"))), "app.js comes first");
+        assert_eq!(build_hint(&dir, &dir.join("x.wasm")), format!("shoal build {}", dir.display()));
+
+        std::fs::write(dir.join("package.json"), r#"{"main": "src/server.js"}"#).unwrap();
+        let error = detect(&dir).unwrap_err().to_string();
+        assert!(error.contains("\"main\" names") && error.ends_with("which does not exist"), "{error}");
+        std::fs::create_dir(dir.join("src")).unwrap();
+        std::fs::write(dir.join("src/server.js"), "").unwrap();
+        assert_eq!(detect(&dir).unwrap(), Some(Project::Js(dir.join("src/server.js"))));
+        std::fs::write(dir.join("package.json"), "{").unwrap();
+        assert!(detect(&dir).unwrap_err().to_string().contains("invalid JSON"));
+
+        std::fs::write(dir.join("Cargo.toml"), "").unwrap();
+        assert_eq!(detect(&dir).unwrap(), Some(Project::Cargo(dir.join("Cargo.toml"))), "Cargo.toml wins");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn outputs_come_from_the_manifest() {
+        let dir = temp_dir("outputs");
+        assert!(outputs(&dir, &[]).unwrap().is_empty());
+        let manifest =
+            "apiVersion: shoal.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  module: target/web.wasm\n";
+        std::fs::write(dir.join("service.yaml"), manifest).unwrap();
+        assert_eq!(outputs(&dir, &[]).unwrap(), [dir.join("target/web.wasm")]);
+        std::fs::write(dir.join("bad.yaml"), "kind: Service\n").unwrap();
+        let error = outputs(&dir, &[dir.join("bad.yaml")]).unwrap_err().to_string();
+        assert!(error.starts_with(&format!("{}: ", dir.join("bad.yaml").display())), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_sdk_is_embedded() {
+        let paths: Vec<&str> = SDK_JS.iter().map(|(path, _)| *path).collect();
+        for expected in ["build.mjs", "package.json", "package-lock.json", "shims/http.js", "shims/os.js"] {
+            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+        }
+        assert!(paths.iter().any(|p| p.starts_with("wit/")), "{paths:?}");
+        assert!(!paths.iter().any(|p| p.contains("node_modules")), "{paths:?}");
+    }
+}
