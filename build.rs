@@ -53,33 +53,35 @@ fn main() {
     println!("cargo:rustc-env=SHOAL_SAMPLES_DIR={}", samples.display());
 }
 
-/// Writes `$OUT_DIR/sdk_js.rs`: the JS SDK's files (`sdk/js`, without
-/// `node_modules` and dot files) as `&[(path, include_bytes!(…))]`, which
-/// `shoal build` writes out to its cache.
+/// What of `sdk/js` `shoal build` needs (not `node_modules`, nor anything
+/// else a developer leaves there).
+const SDK_JS: [&str; 6] = ["build.mjs", "package.json", "package-lock.json", "README.md", "shims", "wit"];
+
+/// Writes `$OUT_DIR/sdk_js.rs`: the JS SDK's files (`SDK_JS`, directories
+/// walked) as `&[(path, include_bytes!(…))]`, which `shoal build` writes out
+/// to its cache.
 fn embed_sdk_js(root: &Path) {
-    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
-        println!("cargo:rerun-if-changed={}", dir.display());
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+    fn walk(path: &Path, files: &mut Vec<PathBuf>) {
+        println!("cargo:rerun-if-changed={}", path.display());
+        if !path.is_dir() {
+            assert!(path.is_file(), "{} is missing", path.display());
+            files.push(path.to_path_buf());
+            return;
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
             .map(|entry| entry.expect("a directory entry").path())
             .collect();
         entries.sort();
-        for path in entries {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if name.starts_with('.') || name == "node_modules" {
-                continue;
-            }
-            if path.is_dir() {
-                walk(&path, files);
-            } else {
-                println!("cargo:rerun-if-changed={}", path.display());
-                files.push(path);
-            }
+        for entry in entries {
+            walk(&entry, files);
         }
     }
     let sdk = root.join("sdk/js");
     let mut files = Vec::new();
-    walk(&sdk, &mut files);
+    for name in SDK_JS {
+        walk(&sdk.join(name), &mut files);
+    }
     let mut code = String::from("&[\n");
     for file in files {
         let relative = file.strip_prefix(&sdk).expect("under sdk/js").to_str().expect("a UTF-8 path");

@@ -34,6 +34,10 @@ pub struct BuildArgs {
     /// `service.yml` or `shoal.yaml` in DIR, when there is one).
     #[arg(short = 'f', long = "file", value_name = "MANIFEST")]
     files: Vec<PathBuf>,
+    /// Build the module of this service only (its `metadata.name`), when
+    /// the manifests name several.
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
 }
 
 /// The manifest names `shoal build` looks for in a directory.
@@ -42,6 +46,8 @@ const MANIFEST_NAMES: [&str; 3] = ["service.yaml", "service.yml", "shoal.yaml"];
 /// package.json, in the order they are looked for.
 const JS_ENTRIES: [&str; 3] = ["app.js", "index.js", "server.js"];
 const TARGET: &str = "wasm32-wasip2";
+/// The oldest Node.js the JS SDK's locked dependencies support.
+const NODE_MAJOR: u32 = 20;
 
 /// What a directory builds from.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,15 +74,27 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             JS_ENTRIES.join(", ").replacen(", server.js", " or server.js", 1)
         )
     })?;
-    let outputs = outputs(dir, &args.files)?;
-    let started = Instant::now();
-    let built = match &project {
-        Project::Cargo(manifest) => build_cargo(manifest, &outputs)?,
-        Project::Js(entry) => build_js(dir, entry, &outputs)?,
+    let wanted = outputs(dir, &args.files, args.service.as_deref())?;
+    let modules: Vec<PathBuf> = wanted.iter().map(|(_, module)| module.clone()).collect();
+    let (started, built) = match &project {
+        Project::Cargo(manifest) => (Instant::now(), build_cargo(manifest, &modules)?),
+        Project::Js(entry) => {
+            if modules.len() > 1 {
+                let listed: Vec<String> = wanted.iter().map(|(name, m)| format!("{name} → {}", m.display())).collect();
+                bail!(
+                    "the manifests name {} modules ({}); a JavaScript project builds one: choose with --service NAME",
+                    modules.len(),
+                    listed.join(", ")
+                );
+            }
+            let sdk = sdk_js()?;
+            (Instant::now(), build_js(&sdk, dir, entry, modules.first())?)
+        }
     };
     for path in built {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        println!("built {} ({:.1} MB) in {:.1}s", path.display(), size as f64 / 1e6, started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed().as_secs_f64();
+        println!("built {} ({:.1} MB) in {elapsed:.1}s", normalize(&path).display(), size as f64 / 1e6);
     }
     Ok(())
 }
@@ -84,20 +102,25 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
 /// What `dir` builds from, if anything.
 fn detect(dir: &Path) -> anyhow::Result<Option<Project>> {
     let cargo = dir.join("Cargo.toml");
+    let package = dir.join("package.json");
     if cargo.is_file() {
+        if package.is_file() {
+            eprintln!("note: {} has both Cargo.toml and package.json; building the Cargo project", dir.display());
+        }
         return Ok(Some(Project::Cargo(cargo)));
     }
-    let package = dir.join("package.json");
     if package.is_file() {
         let text = std::fs::read_to_string(&package).with_context(|| format!("cannot read {}", package.display()))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", package.display()))?;
         if let Some(main) = json.get("main") {
             let main = main.as_str().ok_or_else(|| anyhow!("{}: \"main\" is not a string", package.display()))?;
-            let entry = dir.join(main);
-            if !entry.is_file() {
-                bail!("{}: \"main\" names {}, which does not exist", package.display(), entry.display());
-            }
+            // Node's resolution: the file, with `.js`, or the directory's index.js.
+            let named = dir.join(main);
+            let candidates = [named.clone(), dir.join(format!("{main}.js")), named.join("index.js")];
+            let Some(entry) = candidates.into_iter().find(|p| p.is_file()) else {
+                bail!("{}: \"main\" names {}, which does not exist", package.display(), named.display());
+            };
             return Ok(Some(Project::Js(entry)));
         }
     }
@@ -110,24 +133,35 @@ fn detect(dir: &Path) -> anyhow::Result<Option<Project>> {
     Ok(None)
 }
 
-/// The modules the manifests name, each once, in order.
-fn outputs(dir: &Path, files: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+/// The services the manifests name (all, or the one called `service`) with
+/// their modules, each module once, in order.
+fn outputs(dir: &Path, files: &[PathBuf], service: Option<&str>) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let files: Vec<PathBuf> = if files.is_empty() {
         MANIFEST_NAMES.iter().map(|name| dir.join(name)).filter(|p| p.is_file()).take(1).collect()
     } else {
         files.to_vec()
     };
-    let mut modules: Vec<PathBuf> = Vec::new();
+    let mut modules: Vec<(String, PathBuf)> = Vec::new();
+    let mut names = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read manifest {}", file.display()))?;
         let manifest_dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let services =
             shoal_api::parse_manifests(&text, manifest_dir).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-        for service in services {
-            if !modules.contains(&service.spec.module) {
-                modules.push(service.spec.module);
+        for found in services {
+            names.push(found.name.clone());
+            let chosen = service.is_none_or(|wanted| wanted == found.name);
+            if chosen && !modules.iter().any(|(_, module)| *module == found.spec.module) {
+                modules.push((found.name, found.spec.module));
             }
         }
+    }
+    if let Some(wanted) = service.filter(|_| modules.is_empty()) {
+        let listed: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        if listed.is_empty() {
+            bail!("--service {wanted}: no manifest (service.yaml, service.yml, shoal.yaml) in {}", dir.display());
+        }
+        bail!("--service {wanted}: no such service in {} (found: {})", listed.join(", "), names.join(", "));
     }
     Ok(modules)
 }
@@ -172,9 +206,10 @@ fn build_cargo(manifest: &Path, outputs: &[PathBuf]) -> anyhow::Result<Vec<PathB
             continue;
         }
         let named: Vec<&PathBuf> = artifacts.iter().filter(|a| a.file_name() == output.file_name()).collect();
+        // Copied by file name; or the one component to the one module.
         let source = match (named.as_slice(), artifacts.as_slice()) {
             ([one], _) => *one,
-            ([], [one]) => one,
+            ([], [one]) if outputs.len() == 1 => one,
             _ => bail!(
                 "cannot tell which of cargo's outputs is spec.module {}: {}",
                 output.display(),
@@ -203,36 +238,36 @@ fn ensure_wasm_target(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bundles and componentizes a JavaScript entry point with the JS SDK.
-fn build_js(dir: &Path, entry: &Path, outputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let node = require_tool("node", "--version")?;
-    let major: Option<u32> = node.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok());
-    if major.is_some_and(|m| m < 18) {
-        bail!("building a JavaScript service needs Node.js 18 or later; node is {}", node.trim());
-    }
-    require_tool("npm", "--version")?;
-    let sdk = sdk_js()?;
-    let default_output;
-    let outputs = if outputs.is_empty() {
-        let name = canonical(dir).file_name().map_or_else(|| "service".into(), |n| n.to_string_lossy().into_owned());
-        default_output = [dir.join("target").join(format!("{name}.wasm"))];
-        &default_output[..]
-    } else {
-        outputs
+/// Bundles and componentizes a JavaScript entry point with the JS SDK in
+/// `sdk`, into `output` (default `<dir>/target/<dir name>.wasm`).
+fn build_js(sdk: &Path, dir: &Path, entry: &Path, output: Option<&PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
+    let output = match output {
+        Some(output) => output.clone(),
+        None => {
+            let name =
+                canonical(dir).file_name().map_or_else(|| "service".into(), |n| n.to_string_lossy().into_owned());
+            dir.join("target").join(format!("{name}.wasm"))
+        }
     };
-    let first = &outputs[0];
-    if let Some(parent) = first.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let status =
-        Command::new("node").arg(sdk.join("build.mjs")).arg(entry).arg(first).status().context("cannot run node")?;
+        Command::new("node").arg(sdk.join("build.mjs")).arg(entry).arg(&output).status().context("cannot run node")?;
     if !status.success() {
         bail!("building {} failed ({status})", entry.display());
     }
-    for output in &outputs[1..] {
-        copy(first, output)?;
+    Ok(vec![output])
+}
+
+/// Checks that Node.js 20 or later is on PATH (the SDK's dependencies need it).
+fn require_node() -> anyhow::Result<()> {
+    let node = require_tool("node", "--version")?;
+    let major: Option<u32> = node.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok());
+    if major.is_some_and(|m| m < NODE_MAJOR) {
+        bail!("building a JavaScript service needs Node.js {NODE_MAJOR} or later; node is {}", node.trim());
     }
-    Ok(outputs.to_vec())
+    Ok(())
 }
 
 /// Runs `tool flag` and returns what it printed; an error that says what
@@ -242,7 +277,7 @@ fn require_tool(tool: &str, flag: &str) -> anyhow::Result<String> {
         Ok(output) if output.status.success() => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
         Ok(output) => bail!("`{tool} {flag}` failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr)),
         Err(e) => bail!(
-            "building a JavaScript service needs Node.js 18 or later and npm: cannot run {tool} ({e}); install them (Debian: apt-get install nodejs npm)"
+            "building a JavaScript service needs Node.js {NODE_MAJOR} or later and npm: cannot run {tool} ({e}); install them"
         ),
     }
 }
@@ -250,6 +285,7 @@ fn require_tool(tool: &str, flag: &str) -> anyhow::Result<String> {
 /// The JS SDK, written to the cache directory with its dependencies
 /// installed; its path. Safe against concurrent builds (a file lock).
 fn sdk_js() -> anyhow::Result<PathBuf> {
+    require_node()?;
     let cache = cache_dir()?;
     std::fs::create_dir_all(&cache)
         .with_context(|| format!("cannot create the cache directory {}", cache.display()))?;
@@ -267,10 +303,14 @@ fn sdk_js() -> anyhow::Result<PathBuf> {
     }
     let lock_path = cache.join("sdk-js.lock");
     let lock = File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
+        eprintln!("waiting for another shoal build to install the JavaScript SDK (lock {})", lock_path.display());
+    }
     lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
     if installed.is_file() {
         return Ok(sdk); // another build installed it while this one waited
     }
+    require_tool("npm", "--version")?;
     for (path, contents) in SDK_JS {
         let file = sdk.join(path);
         if let Some(parent) = file.parent() {
@@ -289,6 +329,13 @@ fn sdk_js() -> anyhow::Result<PathBuf> {
         bail!("`npm ci` in {} failed ({status}); the npm registry must be reachable the first time", sdk.display());
     }
     std::fs::write(&installed, b"").with_context(|| format!("cannot write {}", installed.display()))?;
+    // Earlier SDK versions' copies (each with its node_modules) go.
+    for old in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
+        let name = old.file_name();
+        if name.to_string_lossy().starts_with("sdk-js-") && old.path() != sdk && old.path().is_dir() {
+            let _ = std::fs::remove_dir_all(old.path());
+        }
+    }
     Ok(sdk)
 }
 
@@ -323,7 +370,8 @@ fn canonical(path: &Path) -> PathBuf {
 /// `shoal build <dir>` when that directory holds a project; else, from
 /// `<crate>/target/wasm32-wasip2/<profile>/x.wasm`, the cargo command.
 pub fn build_hint(manifest_dir: &Path, module: &Path) -> String {
-    if matches!(detect(manifest_dir), Ok(Some(_))) {
+    // A project `shoal build` can build, or one it will say what is wrong with.
+    if matches!(detect(manifest_dir), Ok(Some(_)) | Err(_)) {
         let dir = if manifest_dir.as_os_str().is_empty() { Path::new(".") } else { manifest_dir };
         return format!("shoal build {}", dir.display());
     }
@@ -417,8 +465,16 @@ mod tests {
         std::fs::create_dir(dir.join("src")).unwrap();
         std::fs::write(dir.join("src/server.js"), "").unwrap();
         assert_eq!(detect(&dir).unwrap(), Some(Project::Js(dir.join("src/server.js"))));
+        // Node's resolution of "main": without .js, or a directory's index.js.
+        std::fs::write(dir.join("package.json"), r#"{"main": "src/server"}"#).unwrap();
+        assert_eq!(detect(&dir).unwrap(), Some(Project::Js(dir.join("src/server.js"))));
+        std::fs::write(dir.join("src/index.js"), "").unwrap();
+        std::fs::write(dir.join("package.json"), r#"{"main": "src"}"#).unwrap();
+        assert_eq!(detect(&dir).unwrap(), Some(Project::Js(dir.join("src/index.js"))));
         std::fs::write(dir.join("package.json"), "{").unwrap();
         assert!(detect(&dir).unwrap_err().to_string().contains("invalid JSON"));
+        // A broken project: `shoal build` is still what to run (it says what is wrong).
+        assert_eq!(build_hint(&dir, &dir.join("x.wasm")), format!("shoal build {}", dir.display()));
 
         std::fs::write(dir.join("Cargo.toml"), "").unwrap();
         assert_eq!(detect(&dir).unwrap(), Some(Project::Cargo(dir.join("Cargo.toml"))), "Cargo.toml wins");
@@ -428,13 +484,24 @@ mod tests {
     #[test]
     fn outputs_come_from_the_manifest() {
         let dir = temp_dir("outputs");
-        assert!(outputs(&dir, &[]).unwrap().is_empty());
+        assert!(outputs(&dir, &[], None).unwrap().is_empty());
         let manifest =
             "apiVersion: shoal.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  module: target/web.wasm\n";
         std::fs::write(dir.join("service.yaml"), manifest).unwrap();
-        assert_eq!(outputs(&dir, &[]).unwrap(), [dir.join("target/web.wasm")]);
+        assert_eq!(outputs(&dir, &[], None).unwrap(), [("web".to_owned(), dir.join("target/web.wasm"))]);
+        let two = format!("{manifest}---\n{}", manifest.replace("web", "api"));
+        std::fs::write(dir.join("two.yaml"), two).unwrap();
+        let both = outputs(&dir, &[dir.join("two.yaml")], None).unwrap();
+        assert_eq!(both.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["web", "api"]);
+        let api = outputs(&dir, &[dir.join("two.yaml")], Some("api")).unwrap();
+        assert_eq!(api, [("api".to_owned(), dir.join("target/api.wasm"))]);
+        let error = outputs(&dir, &[dir.join("two.yaml")], Some("db")).unwrap_err().to_string();
+        assert!(
+            error.starts_with("--service db: no such service in") && error.ends_with("(found: web, api)"),
+            "{error}"
+        );
         std::fs::write(dir.join("bad.yaml"), "kind: Service\n").unwrap();
-        let error = outputs(&dir, &[dir.join("bad.yaml")]).unwrap_err().to_string();
+        let error = outputs(&dir, &[dir.join("bad.yaml")], None).unwrap_err().to_string();
         assert!(error.starts_with(&format!("{}: ", dir.join("bad.yaml").display())), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -2,37 +2,59 @@
 //! `samples/hello-node/app.js`), built to a Wasm component by `shoal build`
 //! through the JS SDK and served by three replicas.
 //!
-//! Needs Node.js and npm (and, the first time, the npm registry): without
-//! them the test prints why it is skipped. The SDK's dependencies are
-//! installed once under `target/tmp`, shared by later runs.
+//! Needs Node.js 20+ and npm (and, the first time, the npm registry):
+//! without them the tests print why they are skipped, unless
+//! `SHOAL_REQUIRE_NODE=1` (set by `.ci/run`) makes that a failure. The SDK's
+//! dependencies are installed once under `target/tmp`, shared by later runs.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 use support::*;
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/hello-js");
 const SEED_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/hello-node/app.js");
+const ECHO_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/js-echo");
 
-/// Why JavaScript services cannot be built here, if they cannot.
+/// Why JavaScript services cannot be built here, if they cannot; a panic
+/// instead when `SHOAL_REQUIRE_NODE=1`.
 fn node_missing() -> Option<String> {
+    let reason = node_problem()?;
+    assert!(std::env::var("SHOAL_REQUIRE_NODE").as_deref() != Ok("1"), "SHOAL_REQUIRE_NODE=1 but {reason}");
+    Some(reason)
+}
+
+fn node_problem() -> Option<String> {
     for tool in ["node", "npm"] {
         match Command::new(tool).arg("--version").output() {
-            Ok(output) if output.status.success() => {}
+            Ok(output) if output.status.success() => {
+                let version = String::from_utf8_lossy(&output.stdout);
+                let major = version.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok());
+                if tool == "node" && major.is_some_and(|m: u32| m < 20) {
+                    return Some(format!("node is {}; the JS SDK needs Node.js 20+", version.trim()));
+                }
+            }
             Ok(output) => return Some(format!("`{tool} --version` failed: {}", output.status)),
-            Err(error) => return Some(format!("{tool} not found ({error}); install Node.js 18+ and npm")),
+            Err(error) => return Some(format!("{tool} not found ({error}); install Node.js 20+ and npm")),
         }
     }
     None
 }
 
-/// Runs `shoal build` with a cache shared by test runs.
-fn shoal_build(dir: &Path) -> (bool, String) {
+/// Runs `shoal build DIR` in `cwd`, with a cache shared by test runs.
+fn shoal_build_in(cwd: &Path, dir: &Path) -> (bool, String) {
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shoal-cache");
     let output = Command::new(SHOAL)
+        .current_dir(cwd)
         .arg("build")
         .arg(dir)
         .env("SHOAL_CACHE_DIR", cache)
@@ -40,6 +62,25 @@ fn shoal_build(dir: &Path) -> (bool, String) {
         .expect("cannot run shoal build");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
+}
+
+fn shoal_build(dir: &Path) -> (bool, String) {
+    shoal_build_in(Path::new("."), dir)
+}
+
+/// Sends one request with a body: (status, body).
+async fn send(method: &str, url: &str, body: &str) -> (u16, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = client.request(request).await.expect("request failed");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.expect("body failed").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -66,13 +107,18 @@ async fn node_style_kubia_is_built_and_served_by_three_replicas() {
     assert!(stderr.contains("spec.module") && stderr.contains("not found"), "{stderr}");
     assert!(stderr.contains(&format!("build it with: shoal build {}", dir.0.display())), "{stderr}");
 
-    let (built, output) = shoal_build(&dir.0);
+    // Built the way the README says, with a relative directory.
+    let (parent, name) = (dir.0.parent().unwrap(), dir.0.file_name().unwrap());
+    let (built, output) = shoal_build_in(parent, Path::new(name));
     eprintln!("{output}");
     assert!(built, "shoal build failed:\n{output}");
     let module = dir.0.join("target/hello-js.wasm");
     let bytes = std::fs::read(&module).unwrap();
     assert!(bytes.starts_with(b"\0asm"), "{} is not WebAssembly", module.display());
-    assert!(output.contains(&format!("built {}", module.display())), "{output}");
+    let relative = Path::new(name).join("target/hello-js.wasm");
+    assert!(output.contains(&format!("built {}", relative.display())), "{output}");
+    // Top-level code runs at build time (the snapshot).
+    assert!(output.contains("Kubia server starting..."), "{output}");
 
     let mut shoal = Shoal::start(&["-f", manifest.to_str().unwrap()]);
     shoal.wait_ready("hello-js");
@@ -109,4 +155,48 @@ fn building_a_directory_without_a_project_names_what_is_missing() {
         output.contains(&format!("error: {}: nothing to build: no Cargo.toml, package.json", dir.0.display())),
         "{output}"
     );
+}
+
+/// What a Node user's handler does beyond kubia: read a body, set headers,
+/// throw (in the handler, or in a body listener) and get a 500 at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_style_handlers_read_bodies_and_errors_become_500s() {
+    if let Some(reason) = node_missing() {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let dir = Scratch::new("js-echo");
+    for file in ["app.js", "package.json"] {
+        std::fs::copy(Path::new(ECHO_APP).join(file), dir.0.join(file)).unwrap();
+    }
+    let (built, output) = shoal_build(&dir.0);
+    assert!(built, "shoal build failed:\n{output}");
+    let module = dir.0.join("target").join(format!("{}.wasm", dir.0.file_name().unwrap().to_str().unwrap()));
+    assert!(module.is_file(), "no {} after:\n{output}", module.display());
+    let spec = "replicas: 1\nresources:\n  memory: 128Mi\n  instanceMemory: 32Mi\ntimeout: 10s";
+    let file = dir.write("echo.yaml", manifest("echo", module.to_str().unwrap(), spec));
+    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
+    shoal.wait_ready("echo");
+
+    assert_eq!(get(&shoal.url("/"), None).await, (200, "js-echo\n".to_owned()));
+    let (status, body) = send("POST", &shoal.url("/echo"), "hello").await;
+    assert_eq!(status, 200, "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(echoed["method"], "POST", "{body}");
+    assert_eq!(echoed["url"], "/echo", "{body}");
+    assert_eq!(echoed["body"], "hello", "{body}");
+    assert_eq!(echoed["contentType"], "text/plain", "{body}");
+    let (status, body) = send("POST", &shoal.url("/parse"), r#"{"a":1}"#).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"ok":true,"value":{"a":1}}"#));
+    assert_eq!(get(&shoal.url("/nowhere"), None).await.0, 404);
+
+    // Errors answer 500 well before the 10 s deadline, and are logged.
+    let started = Instant::now();
+    assert_eq!(get(&shoal.url("/throw"), None).await.0, 500);
+    assert_eq!(send("POST", &shoal.url("/parse"), "not json").await.0, 500);
+    assert!(started.elapsed() < Duration::from_secs(5), "errors took {:?}", started.elapsed());
+    shoal.wait_for_output(|l| l.contains("| Error in HTTP request handler: Error: boom"));
+    // The replica serves on after them.
+    assert_eq!(get(&shoal.url("/"), None).await, (200, "js-echo\n".to_owned()));
+    assert!(shoal.stop().success());
 }

@@ -10,7 +10,10 @@
 // Response: end() without earlier write() sends one buffered body; the first
 // write() starts a streamed (chunked) body fed by later write()/end() calls.
 // A handler that throws (or whose returned promise rejects) before the
-// response started gets a 500 and the error is logged with console.error.
+// response started gets a 500 and the error is logged with console.error; if
+// the response had already started, its body is aborted instead. The same goes
+// for an exception thrown by a req 'data'/'end'/... listener (Node would crash
+// the process) and for a request-body read error nobody listens 'error' for.
 
 import EventEmitter from './events.cjs';
 import { Buffer, toBuffer } from './buffer.js';
@@ -210,6 +213,7 @@ export class IncomingMessage extends EventEmitter {
     this._flowing = null; // null: not started, true: flowing, false: paused
     this._started = false;
     this._resumeWaiter = null;
+    this._response = null; // the ServerResponse for this request (set by its constructor)
   }
 
   on(name, listener) {
@@ -288,7 +292,8 @@ export class IncomingMessage extends EventEmitter {
   destroy(err) {
     this.destroyed = true;
     if (this._reader) this._reader.cancel().catch(() => {});
-    if (err) this._fail(err);
+    // Asynchronously, as in Node: a response ended right after destroy() wins.
+    if (err) queueMicrotask(() => this._fail(err));
     return this;
   }
 
@@ -298,21 +303,40 @@ export class IncomingMessage extends EventEmitter {
     return this._encoding ? buf.toString(this._encoding) : buf;
   }
 
+  // Emits an event to the app's listeners. An exception thrown by a listener
+  // is a bug in the app, not a body-read error: it is handled like a throwing
+  // request handler (500, or the started response is aborted) and reading
+  // stops. Returns false if a listener threw.
+  _emitSafe(name, ...args) {
+    try {
+      this.emit(name, ...args);
+      return true;
+    } catch (err) {
+      this.destroyed = true;
+      if (this._reader) this._reader.cancel().catch(() => {});
+      if (this._response) this._response._fail500(err);
+      else console.error('Uncaught exception in a request listener:', err);
+      return false;
+    }
+  }
+
+  // Reading the request body failed: 'error' for the app if it listens,
+  // otherwise (Node would crash) a 500 / aborted response.
   _fail(err) {
-    if (this.listenerCount('error')) this.emit('error', err);
+    if (this.listenerCount('error')) this._emitSafe('error', err);
+    else if (this._response) this._response._fail500(err, 'Error reading request body:');
     else console.error('Error reading request body:', err);
   }
 
   _finish() {
     if (this._decoder) {
       const rest = this._decoder.decode();
-      if (rest) this.emit('data', rest);
+      if (rest && !this._emitSafe('data', rest)) return;
     }
     this.complete = true;
     this.readable = false;
     this.readableEnded = true;
-    this.emit('end');
-    this.emit('close');
+    if (this._emitSafe('end')) this._emitSafe('close');
   }
 
   async *_chunks() {
@@ -327,16 +351,22 @@ export class IncomingMessage extends EventEmitter {
   }
 
   async _pump() {
-    try {
-      for await (const bytes of this._chunks()) {
-        while (this._flowing === false) await new Promise((r) => (this._resumeWaiter = r));
-        if (this.destroyed) return;
-        this.emit('data', this._decode(bytes));
+    const chunks = this._chunks();
+    for (;;) {
+      let next;
+      try {
+        next = await chunks.next();
+      } catch (err) {
+        // A read error (listener exceptions never get here: see _emitSafe).
+        if (!this.destroyed) this._fail(err);
+        return;
       }
-      if (!this.destroyed) this._finish();
-    } catch (err) {
-      this._fail(err);
+      if (next.done) break;
+      while (this._flowing === false) await new Promise((r) => (this._resumeWaiter = r));
+      if (this.destroyed) return;
+      if (!this._emitSafe('data', this._decode(next.value))) return;
     }
+    if (!this.destroyed) this._finish();
   }
 
   // `for await (const chunk of req)` (use it instead of 'data' listeners).
@@ -356,6 +386,7 @@ export class ServerResponse extends EventEmitter {
   constructor(req, deliver) {
     super();
     this.req = req;
+    req._response = this;
     this.socket = this.connection = req.socket;
     this.statusCode = 200;
     this.statusMessage = undefined;
@@ -518,6 +549,10 @@ export class ServerResponse extends EventEmitter {
 
   write(chunk, encoding, cb) {
     if (typeof encoding === 'function') [cb, encoding] = [encoding, undefined];
+    if (this.destroyed) {
+      if (typeof cb === 'function') queueMicrotask(() => cb(httpError('ERR_STREAM_DESTROYED', 'Cannot call write after a stream was destroyed')));
+      return false;
+    }
     if (this.writableEnded) {
       const err = httpError('ERR_STREAM_WRITE_AFTER_END', 'write after end');
       if (typeof cb === 'function') queueMicrotask(() => cb(err));
@@ -573,16 +608,21 @@ export class ServerResponse extends EventEmitter {
     return this;
   }
 
-  // Handler failure: 500 if nothing was sent yet, otherwise abort the body stream.
-  _fail500(err) {
-    console.error('Error in HTTP request handler:', err);
+  // Handler failure: 500 if nothing was sent yet, otherwise abort the body
+  // stream (the client sees a truncated response, not a hang).
+  _fail500(err, what = 'Error in HTTP request handler:') {
+    console.error(what, err);
     if (!this._responded) {
       this._responded = true;
       this.headersSent = true;
       this.writableEnded = this.finished = true;
+      this.writable = false;
       this.statusCode = 500;
       this._deliver(new Response('Internal Server Error\n', { status: 500, headers: { 'content-type': 'text/plain; charset=utf-8' } }));
     } else if (this._controller && !this.writableEnded) {
+      this.destroyed = true;
+      this.writableEnded = this.finished = true;
+      this.writable = false;
       try {
         this._controller.error(err);
       } catch {}
