@@ -402,7 +402,7 @@ fn cargo_hint(module: &Path) -> String {
 }
 
 /// `a/b/../c` → `a/c`, without touching the filesystem.
-pub fn normalize(path: &Path) -> PathBuf {
+fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {

@@ -122,18 +122,9 @@ async fn node_style_kubia_is_built_and_served_by_three_replicas() {
 
     let mut shoal = Shoal::start(&["-f", manifest.to_str().unwrap()]);
     shoal.wait_ready("hello-js");
-    let client = client();
-    let mut seen = BTreeSet::new();
-    for _ in 0..30 {
-        let (status, body) = get_with(&client, &shoal.url("/"), None).await;
-        assert_eq!(status, 200, "body: {body}");
-        let name = body
-            .strip_prefix("You've hit ")
-            .and_then(|rest| rest.strip_suffix('\n'))
-            .unwrap_or_else(|| panic!("unexpected body {body:?}"));
-        assert!(name.starts_with("hello-js-"), "not a replica name: {name:?}");
-        seen.insert(name.to_owned());
-    }
+    let names = kubia_hits(&shoal, 30).await;
+    assert!(names.iter().all(|name| name.starts_with("hello-js-")), "not replica names: {names:?}");
+    let seen: BTreeSet<String> = names.into_iter().collect();
     assert_eq!(seen.len(), 3, "30 requests reached {seen:?}");
 
     // `console.log` in the handler is each replica's log, with the

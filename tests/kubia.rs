@@ -23,18 +23,9 @@ fn is_replica_name(name: &str) -> bool {
 async fn thirty_gets_reach_all_three_replicas() {
     let mut shoal = Shoal::start(&[]);
     shoal.wait_ready("kubia");
-    let client = client();
-    let mut seen = BTreeSet::new();
-    for _ in 0..30 {
-        let (status, body) = get_with(&client, &shoal.url("/"), None).await;
-        assert_eq!(status, 200, "body: {body}");
-        let name = body
-            .strip_prefix("You've hit ")
-            .and_then(|rest| rest.strip_suffix('\n'))
-            .unwrap_or_else(|| panic!("unexpected body {body:?}"));
-        assert!(is_replica_name(name), "not a replica name: {name:?}");
-        seen.insert(name.to_owned());
-    }
+    let names = kubia_hits(&shoal, 30).await;
+    assert!(names.iter().all(|name| is_replica_name(name)), "not replica names: {names:?}");
+    let seen: BTreeSet<String> = names.into_iter().collect();
     assert_eq!(seen.len(), 3, "30 requests reached {seen:?}");
 
     // Each replica logged its requests, prefixed with its name.

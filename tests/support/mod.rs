@@ -379,6 +379,24 @@ pub async fn get_with(client: &Client<HttpConnector, Empty<Bytes>>, url: &str, h
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Sends `requests` GETs for `/` to a kubia-style service (one that
+/// answers `You've hit <replica>\n`) on one keep-alive client; asserts each
+/// answer is a `200` of that form and returns the replica names, in order.
+pub async fn kubia_hits(shoal: &Shoal, requests: usize) -> Vec<String> {
+    let client = client();
+    let mut names = Vec::new();
+    for _ in 0..requests {
+        let (status, body) = get_with(&client, &shoal.url("/"), None).await;
+        assert_eq!(status, 200, "body: {body}");
+        let name = body
+            .strip_prefix("You've hit ")
+            .and_then(|rest| rest.strip_suffix('\n'))
+            .unwrap_or_else(|| panic!("unexpected body {body:?}"));
+        names.push(name.to_owned());
+    }
+    names
+}
+
 impl Shoal {
     /// GET `path` on the admin API with the token: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
