@@ -74,6 +74,9 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             JS_ENTRIES.join(", ").replacen(", server.js", " or server.js", 1)
         )
     })?;
+    if matches!(project, Project::Cargo(_)) && dir.join("package.json").is_file() {
+        eprintln!("note: {} has both Cargo.toml and package.json; building the Cargo project", dir.display());
+    }
     let wanted = outputs(dir, &args.files, args.service.as_deref())?;
     let modules: Vec<PathBuf> = wanted.iter().map(|(_, module)| module.clone()).collect();
     let (started, built) = match &project {
@@ -104,9 +107,6 @@ fn detect(dir: &Path) -> anyhow::Result<Option<Project>> {
     let cargo = dir.join("Cargo.toml");
     let package = dir.join("package.json");
     if cargo.is_file() {
-        if package.is_file() {
-            eprintln!("note: {} has both Cargo.toml and package.json; building the Cargo project", dir.display());
-        }
         return Ok(Some(Project::Cargo(cargo)));
     }
     if package.is_file() {

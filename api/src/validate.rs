@@ -72,6 +72,26 @@ const MAX_SCALE_TO_ZERO_GRACE_PERIOD: Duration = Duration::from_secs(3600);
 
 type Result<T> = std::result::Result<T, ManifestError>;
 
+/// The settings `spec.autoscale: {}` stands for.
+impl Default for Autoscale {
+    fn default() -> Self {
+        Autoscale {
+            min: DEFAULT_MIN_SCALE,
+            max: DEFAULT_MAX_SCALE,
+            metric: ScaleMetric::Concurrency,
+            target: DEFAULT_CONCURRENCY_TARGET,
+            target_utilization: DEFAULT_TARGET_UTILIZATION,
+            stable_window: DEFAULT_STABLE_WINDOW,
+            panic_window: DEFAULT_PANIC_WINDOW,
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
+            tolerance: DEFAULT_TOLERANCE,
+            max_scale_up_rate: DEFAULT_MAX_SCALE_UP_RATE,
+            max_scale_down_rate: DEFAULT_MAX_SCALE_DOWN_RATE,
+            scale_to_zero_grace_period: DEFAULT_SCALE_TO_ZERO_GRACE_PERIOD,
+        }
+    }
+}
+
 fn required(field: &str) -> ManifestError {
     ManifestError::new(field, "required field missing")
 }

@@ -54,6 +54,7 @@ fn absent_autoscale_changes_nothing() {
 fn empty_autoscale_gives_every_default() {
     let service = parse_one(&with_autoscale("", ""));
     assert_eq!(autoscale_of(&service), &defaults());
+    assert_eq!(Autoscale::default(), defaults(), "Autoscale::default() is what `autoscale: {{}}` gives");
     // Initial count: min (1).
     assert_eq!(service.spec.replicas, 1);
 

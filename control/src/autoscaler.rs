@@ -272,20 +272,7 @@ mod tests {
     use super::*;
 
     fn settings() -> Autoscale {
-        Autoscale {
-            min: 1,
-            max: 100,
-            metric: ScaleMetric::Concurrency,
-            target: 10,
-            target_utilization: 100,
-            stable_window: Duration::from_secs(60),
-            panic_window: Duration::from_secs(6),
-            panic_threshold: 200,
-            tolerance: 10,
-            max_scale_up_rate: 1000,
-            max_scale_down_rate: 2,
-            scale_to_zero_grace_period: Duration::from_secs(30),
-        }
+        Autoscale { max: 100, target_utilization: 100, ..Autoscale::default() }
     }
 
     /// Runs the autoscaler over a load given per tick; replicas become

@@ -216,7 +216,7 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use shoal_api::objects::{EventType, ReplicaState, ScaleStatus, ServiceRecord, ServiceStatus};
-    use shoal_api::{Autoscale, Resources, ScaleMetric, Service, ServiceSpec};
+    use shoal_api::{Autoscale, Resources, Service, ServiceSpec};
 
     use super::*;
 
@@ -264,20 +264,7 @@ pub(crate) mod tests {
 
     /// Autoscale settings with the manifest's defaults, from `min` to `max`.
     pub fn settings(min: u32, max: u32) -> Autoscale {
-        Autoscale {
-            min,
-            max,
-            metric: ScaleMetric::Concurrency,
-            target: 10,
-            target_utilization: 70,
-            stable_window: Duration::from_secs(60),
-            panic_window: Duration::from_secs(6),
-            panic_threshold: 200,
-            tolerance: 10,
-            max_scale_up_rate: 1000,
-            max_scale_down_rate: 2,
-            scale_to_zero_grace_period: Duration::from_secs(30),
-        }
+        Autoscale { min, max, ..Autoscale::default() }
     }
 
     /// An autoscaled service (1-10) whose autoscaler asked for `desired`
