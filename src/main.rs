@@ -35,6 +35,10 @@ enum Command {
         /// The replica's name, or `standby-<n>` for a standby process
         /// (shown in process listings).
         name: String,
+        /// Spaces: room for the replica's name in the process's command
+        /// line, which a standby rewrites once it knows it.
+        #[arg(hide = true)]
+        room: Option<String>,
         /// The worker's configuration, as JSON. Without it, the worker
         /// reads it from stdin (the node agent sends it there, so that the
         /// guest's environment is not in the process listing).
@@ -64,6 +68,22 @@ pub struct UpArgs {
     /// Default: $XDG_DATA_HOME/shoal or ~/.local/share/shoal.
     #[arg(long, value_name = "DIR", env = "SHOAL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Open client connections the gateway takes at most; past it, new ones
+    /// are closed at once. Default: 10,000, or as many as the open-files
+    /// limit holds if that is fewer. A number the limit cannot hold is
+    /// lowered, with a warning.
+    #[arg(long, value_name = "N", env = "SHOAL_MAX_CONNECTIONS",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    max_connections: Option<usize>,
+    /// How long a module that no service and no replica uses is kept before
+    /// it is deleted ("90s", "1h"); `shoal gc` deletes them at once.
+    #[arg(long, value_name = "DURATION", default_value = "1h", env = "SHOAL_MODULE_RETENTION",
+          value_parser = parse_duration)]
+    module_retention: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (expected e.g. 90s, 30m, 1h)"))
 }
 
 fn main() -> ExitCode {
@@ -79,7 +99,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Worker { name, config } => {
+        Command::Worker { name, room: _, config } => {
             let exec = shoal_runtime::worker::since_spawn();
             init_tracing("warn");
             // What `ps -o comm` and top show: a standby waits for its
@@ -93,7 +113,11 @@ fn main() -> ExitCode {
             set_process_name(c"shoal-worker");
             let result = config
                 .and_then(|c| serde_json::from_str(&c).map_err(|e| anyhow::anyhow!("bad worker configuration: {e}")))
-                .and_then(|config| shoal_runtime::run_worker(config, exec));
+                .and_then(|config: shoal_runtime::WorkerConfig| {
+                    // `ps` shows the replica a standby became, not the standby.
+                    set_command_line(&format!("shoal worker {}", config.replica));
+                    shoal_runtime::run_worker(config, exec)
+                });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -123,6 +147,39 @@ fn init_tracing(default: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+}
+
+/// Rewrites this process's command line as `ps` shows it: the memory that
+/// held its arguments (whose bounds `/proc/self/stat` gives) gets `title`,
+/// cut to fit, and NULs after it. The node agent passes every worker an
+/// argument of spaces as room for the replica's name.
+fn set_command_line(title: &str) {
+    let Some((start, end)) = argument_memory() else { return };
+    let room = end.saturating_sub(start);
+    if room < 2 {
+        return;
+    }
+    let title = title.as_bytes();
+    let len = title.len().min(room - 1);
+    // SAFETY: [start, end) is this process's own argument memory, on its
+    // initial stack, writable, and read by nothing else once the arguments
+    // were parsed (which `main` did before calling this); the writes stay
+    // within it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(title.as_ptr(), start as *mut u8, len);
+        std::ptr::write_bytes((start + len) as *mut u8, 0, room - len);
+    }
+}
+
+/// Where this process's arguments are in its memory: `arg_start` and
+/// `arg_end` of `/proc/self/stat` (fields 48 and 49).
+fn argument_memory() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces: fields are counted after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let start = fields.get(45)?.parse().ok()?;
+    let end = fields.get(46)?.parse().ok()?;
+    (start != 0 && end > start).then_some((start, end))
 }
 
 /// Sets this thread's name, which for the main thread is the process name

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use shoal_api::Service;
-use shoal_control::admin::{AdminState, router};
+use shoal_control::admin::AdminState;
 use shoal_control::apply::apply;
 use shoal_control::events::EventLog;
 use shoal_control::logs::LogBook;
@@ -68,7 +68,7 @@ struct Loaded {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
-    raise_open_files_limit();
+    let open_files = raise_open_files_limit();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
@@ -89,8 +89,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     for Loaded { source, service, module } in loaded {
         let info = store.put_module(&module)?;
         let name = service.name.clone();
+        let warnings = shoal_api::warnings(&service);
         let (applied, _) = apply(&*store, service, &info.digest).map_err(|e| anyhow!("{source}: {e}"))?;
         println!("shoal: service/{name} {}", applied.as_str());
+        for warning in warnings {
+            eprintln!("warning: {source}: service {name:?}: {warning}");
+        }
     }
     std::fs::write(data_dir.join(INITIALIZED), b"")
         .with_context(|| format!("cannot write to the data directory {}", data_dir.display()))?;
@@ -102,7 +106,32 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         builder.worker_threads(gateway_threads());
     }
     let runtime = builder.enable_all().build().context("cannot start the tokio runtime")?;
-    runtime.block_on(serve(args, store, token, cache, data_dir))
+    let max_connections = connection_budget(args.max_connections, open_files);
+    runtime.block_on(serve(args, store, token, cache, data_dir, max_connections))
+}
+
+/// Descriptors kept for everything but client connections: the store, the
+/// workers' pipes and sockets, probes, the admin API's connections.
+const RESERVED_FDS: u64 = 1024 + shoal_control::admin::MAX_CONNECTIONS as u64;
+
+/// The gateway's connection cap within the open-files limit: each client
+/// connection may hold two descriptors (its own and one to a worker), and
+/// the rest of Shoal keeps [`RESERVED_FDS`]; so no number of connections to
+/// one listener starves the others or the workers.
+fn connection_budget(wanted: Option<usize>, open_files: u64) -> usize {
+    let budget = usize::try_from(open_files.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX).max(1);
+    let Some(wanted) = wanted else {
+        return budget.min(GatewayConfig::default().max_connections);
+    };
+    if wanted > budget {
+        eprintln!(
+            "WARNING: the open-files limit ({open_files}) holds only {budget} gateway connections (each may use \
+             two descriptors, and {RESERVED_FDS} are kept for the rest); the gateway takes {budget}, not \
+             {wanted}. Raise the limit (ulimit -n) for more."
+        );
+        return budget;
+    }
+    wanted
 }
 
 /// Threads for the gateway (and the control plane, which is mostly idle):
@@ -116,18 +145,37 @@ fn gateway_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
+/// The open-files limit Shoal asks for when it may raise the hard limit
+/// (as root): 10,000 gateway connections at two descriptors each, and room
+/// for the rest.
+const WANTED_OPEN_FILES: u64 = 65_536;
+
 /// Every client connection and every pooled worker connection is a file
-/// descriptor: raise the soft limit to the hard one, as nginx does with
-/// `worker_rlimit_nofile`.
-fn raise_open_files_limit() {
+/// descriptor: raise the soft limit to the hard one, and, where allowed
+/// (root), both to [`WANTED_OPEN_FILES`], as nginx does with
+/// `worker_rlimit_nofile`. Returns the limit in effect.
+fn raise_open_files_limit() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write `limit`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    // SAFETY: getrlimit only writes `limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(WANTED_OPEN_FILES);
+    let wanted = limit.rlim_max.max(WANTED_OPEN_FILES.min(ceiling));
+    for target in [wanted, limit.rlim_max] {
+        if target <= limit.rlim_cur {
+            return limit.rlim_cur;
+        }
+        let raised = libc::rlimit { rlim_cur: target, rlim_max: target.max(limit.rlim_max) };
+        // SAFETY: setrlimit only reads `raised`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return target;
         }
     }
+    limit.rlim_cur
 }
 
 /// The data directory when none is given: `$XDG_DATA_HOME/shoal` or
@@ -207,14 +255,15 @@ fn read_module(manifest: &Path, service: &Service) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Compiles every module (or finds it in the cache), so that a file that is
-/// not a valid component stops `shoal up` before anything starts.
+/// Checks every module as the admin API checks uploads (compiled into the
+/// cache, linked as a `wasi:http` proxy), so that a file that is not a
+/// valid component stops `shoal up` before anything starts.
 fn compile(services: &[Loaded], cache: &ComponentCache) -> anyhow::Result<()> {
     let engine = shoal_runtime::engine::compiler_engine().map_err(|e| anyhow!("cannot configure wasmtime: {e:#}"))?;
     for Loaded { source, service, module } in services {
         let started = Instant::now();
-        let (_, outcome) = cache
-            .load_bytes(&engine, &service.spec.module, module)
+        let outcome = cache
+            .check_bytes(&engine, &service.spec.module, module)
             .map_err(|e| anyhow!("{source}: spec.module: {e} (service {:?})", service.name))?;
         tracing::info!(service = %service.name, ?outcome, elapsed = ?started.elapsed(), "module ready");
     }
@@ -227,6 +276,7 @@ async fn serve(
     token: String,
     cache: ComponentCache,
     data_dir: PathBuf,
+    max_connections: usize,
 ) -> anyhow::Result<()> {
     // Handle SIGINT and SIGTERM from here on (before anything is printed
     // that says Shoal is up), so that a signal always means a clean stop.
@@ -286,7 +336,7 @@ async fn serve(
         changed: Arc::new(Notify::new()),
         node: hostname(),
     };
-    let controller = Controller::new(store.clone(), ctx, logs.clone(), cache, data_dir.join("modules"))?;
+    let controller = Controller::new(store.clone(), ctx, logs.clone(), cache, data_dir.clone(), args.module_retention)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // One pass before serving, so that every stored service's routes are
@@ -294,17 +344,14 @@ async fn serve(
     // 503 (no ready replica), never 404.
     controller.reconcile().await;
     let reconciler = tokio::spawn(controller.clone().run(shutdown_rx.clone()));
-    let admin = AdminState { store, controller, events, logs, token: token.into() };
+    let admin = AdminState::new(store, controller, events, logs, &token);
     let mut admin_shutdown = shutdown_rx.clone();
-    let admin_server = tokio::spawn(async move {
-        axum::serve(admin_listener, router(admin))
-            .with_graceful_shutdown(async move {
-                let _ = admin_shutdown.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let admin_server = tokio::spawn(shoal_control::admin::serve(admin_listener, admin, async move {
+        let _ = admin_shutdown.wait_for(|stop| *stop).await;
+    }));
     let mut gateway_shutdown = shutdown_rx.clone();
-    let gateway_server = tokio::spawn(gateway.clone().serve(gateway_listener, GatewayConfig::default(), async move {
+    let gateway_config = GatewayConfig { max_connections, ..GatewayConfig::default() };
+    let gateway_server = tokio::spawn(gateway.clone().serve(gateway_listener, gateway_config, async move {
         let _ = gateway_shutdown.wait_for(|stop| *stop).await;
     }));
     println!("shoal: gateway listening on http://{gateway_address}");
@@ -328,11 +375,26 @@ async fn bind(
     gateway: std::net::SocketAddr,
     admin: std::net::SocketAddr,
 ) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
-    let g = tokio::net::TcpListener::bind(gateway).await.map_err(|e| anyhow!("cannot listen on {gateway}: {e}"))?;
-    let a = tokio::net::TcpListener::bind(admin)
-        .await
+    let g = listen(gateway).map_err(|e| anyhow!("cannot listen on {gateway}: {e}"))?;
+    let a = listen(admin)
         .map_err(|e| anyhow!("cannot listen on {admin} for the admin API: {e} (choose another with --admin-listen)"))?;
     Ok((g, a))
+}
+
+/// Connections the kernel completes for a listener before it accepts them.
+/// std's 128 is easily overrun by a burst: the kernel then drops handshakes,
+/// and a client whose last handshake packet was dropped believes it is
+/// connected to a server that never heard of it. 4,096 is Linux's default
+/// ceiling (`net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`] (and
+/// `SO_REUSEADDR`, so a restart does not wait for old connections).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn hostname() -> String {

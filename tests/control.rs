@@ -210,27 +210,17 @@ async fn services_come_back_after_a_restart_and_tampered_modules_are_refused() {
     assert_eq!(modules_before, modules_after, "modules changed across the restart");
     let data = shoal.stop_keep_data();
 
-    // Tamper with the stored module behind Shoal's back.
+    // Tamper with the stored module's file behind Shoal's back.
     {
-        let db = redb::Database::open(data.0.join("store.redb")).unwrap();
-        let table: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("modules");
-        let tx = db.begin_write().unwrap();
-        {
-            let mut modules = tx.open_table(table).unwrap();
-            let keys: Vec<String> = {
-                use redb::ReadableTable as _;
-                modules.iter().unwrap().map(|e| e.unwrap().0.value().to_owned()).collect()
-            };
-            assert_eq!(keys.len(), 1);
-            let hello = std::fs::read(HELLO_WASM).unwrap();
-            modules.insert(keys[0].as_str(), hello.as_slice()).unwrap();
-        }
-        tx.commit().unwrap();
+        let modules: serde_json::Value = serde_json::from_str(&modules_before).unwrap();
+        let digest = modules[0]["digest"].as_str().unwrap().to_owned();
+        let file = data.0.join("modules").join(format!("{digest}.wasm"));
+        assert!(file.exists(), "{} is missing", file.display());
+        std::fs::write(&file, std::fs::read(HELLO_WASM).unwrap()).unwrap();
     }
     // The compiled cache would still hold the real module: clear it, so
-    // that the tampered blob is what would be served.
+    // that the tampered file is what would be served.
     let _ = std::fs::remove_dir_all(data.0.join("cache"));
-    let _ = std::fs::remove_dir_all(data.0.join("modules"));
 
     let mut shoal = Shoal::start_in(data, &[], |_| {});
     shoal.wait_for_output(|l| l.contains("ModuleInvalid") && l.contains("does not match its content"));

@@ -24,6 +24,10 @@
 //!     memory: 64Mi               # per replica (cgroup); default 128Mi; at least 16Mi
 //!     cpu: 500m                  # per replica; "500m", "1", "0.5", 2; optional = unlimited; max 1024 cores
 //!     instanceMemory: 16Mi       # per Wasm instance linear memory; default 64Mi (capped at memory); 64Ki..=4Gi
+//!   limits:
+//!     concurrency: 3             # instances per replica at once; default: as many as fit in (memory - 16Mi), at most 64
+//!     queue: 256                 # requests waiting for an instance per replica; default 256
+//!     requestBody: 16Mi          # largest request body; default 16Mi; at most 1Gi
 //!   timeout: 10s                 # per request deadline (humantime); default 30s; 1ms..=1h
 //!   autoscale:                   # optional; present (even `{}`): replicas follow the load; every field optional
 //!     min: 0                     # fewest replicas, default 1, 0..=1000; 0 allows scale to zero (then starts at 1)
@@ -86,7 +90,7 @@ mod validate;
 pub use error::ManifestError;
 pub use manifest::{
     API_VERSION, Autoscale, Instances, KIND, Limits, Resources, Route, ScaleMetric, Service, ServiceSpec,
-    parse_manifests, validate_set,
+    WORKER_RESERVE, parse_manifests, validate_set, warnings,
 };
 pub use objects::{
     Event, EventType, ModuleInfo, ReplicaInfo, ReplicaState, RolloutPhase, ServiceRecord, ServiceStatus, format_age,

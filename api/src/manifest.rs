@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::error::ManifestError;
 pub use crate::quantity::{format_bytes, parse_cpu, parse_memory};
 use crate::raw::RawService;
+pub use crate::validate::{WORKER_RESERVE, warnings};
 
 /// The only accepted `apiVersion`.
 pub const API_VERSION: &str = "shoal.dev/v1";
@@ -145,7 +146,8 @@ pub struct Autoscale {
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// Requests one replica serves at once (its instances), 1..=10000
-    /// (default 64).
+    /// (default: as many as its memory holds, at most 64). A replica never
+    /// runs more than [`ServiceSpec::admitted_concurrency`].
     pub concurrency: u32,
     /// Requests that may wait for a free instance per replica, 0..=100000
     /// (default 256); past it, `503` with `Retry-After`.
@@ -223,6 +225,26 @@ pub struct Resources {
     /// Linear memory cap of one Wasm instance in bytes, 64Ki..=4Gi and at
     /// most `memory` (default 64Mi, or `memory` if that is smaller).
     pub instance_memory: u64,
+}
+
+impl Resources {
+    /// Instances whose linear memory can all be in use at once within the
+    /// replica's memory, less [`WORKER_RESERVE`] for the worker itself; at
+    /// least 1 (a replica that cannot hold one still serves the requests
+    /// that use less).
+    pub fn instances_that_fit(&self) -> u32 {
+        let room = self.memory.saturating_sub(WORKER_RESERVE);
+        u32::try_from(room / self.instance_memory.max(1)).unwrap_or(u32::MAX).max(1)
+    }
+}
+
+impl ServiceSpec {
+    /// Requests a replica serves at once: `limits.concurrency`, but never
+    /// more instances than its memory holds
+    /// ([`Resources::instances_that_fit`]); the rest wait in its queue.
+    pub fn admitted_concurrency(&self) -> u32 {
+        self.limits.concurrency.min(self.resources.instances_that_fit())
+    }
 }
 
 /// Parses and validates every Service document in `text`.

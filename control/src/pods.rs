@@ -38,6 +38,8 @@ pub struct Pod {
     pub name: String,
     pub service: String,
     pub revision: String,
+    /// The sha256 of the module it runs.
+    pub digest: String,
     status: Arc<Mutex<PodStatus>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -71,7 +73,7 @@ pub struct PodContext {
 
 impl Pod {
     /// Starts a pod running `spec`.
-    pub fn start(ctx: PodContext, spec: ReplicaSpec, revision: String) -> Pod {
+    pub fn start(ctx: PodContext, spec: ReplicaSpec, revision: String, digest: String) -> Pod {
         let status = Arc::new(Mutex::new(PodStatus {
             state: ReplicaState::Starting,
             ready: false,
@@ -90,7 +92,7 @@ impl Pod {
             // The replica is gone for good: so are its figures.
             gateway.forget_replica(&service, &name);
         });
-        Pod { name: spec.name, service: spec.service, revision, status, stop, task }
+        Pod { name: spec.name, service: spec.service, revision, digest, status, stop, task }
     }
 
     /// Asks the pod to stop; [`Pod::finished`] tells when it has.
@@ -188,16 +190,7 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                     () = probe(&ctx, &spec.service, &name, &socket, &update, &object) => unreachable!(),
                     exit = replica.wait() => {
                         ctx.gateway.remove_replica(&spec.service, &replica.name);
-                        let ran = started.elapsed();
-                        if ran >= BACKOFF_RESET {
-                            failures = 0;
-                        }
-                        delay = if ran >= HEALTHY_RUN {
-                            Duration::ZERO
-                        } else {
-                            failures += 1;
-                            backoff(failures)
-                        };
+                        (failures, delay) = after_exit(failures, Some(started.elapsed()));
                         let reason = if exit == Exit::OomKilled { "OOMKilled" } else { "Exited" };
                         update(&|s| {
                             s.ready = false;
@@ -220,8 +213,7 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                 }
             }
             Err(error) => {
-                failures += 1;
-                delay = backoff(failures);
+                (failures, delay) = after_exit(failures, None);
                 let message = error.to_string();
                 update(&|s| {
                     s.restarts += 1;
@@ -245,6 +237,23 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
     }
 }
 
+/// The restart policy, as a pure function: given the failures counted so
+/// far and how long the worker ran after becoming ready (`None`: it failed
+/// to start), the new count and the delay before the next start. A run of
+/// [`HEALTHY_RUN`] or more restarts at once; one of [`BACKOFF_RESET`] or
+/// more also forgets the earlier failures; anything shorter is a failure,
+/// and waits [`backoff`].
+fn after_exit(failures: u32, ran: Option<Duration>) -> (u32, Duration) {
+    match ran {
+        Some(ran) if ran >= BACKOFF_RESET => (0, Duration::ZERO),
+        Some(ran) if ran >= HEALTHY_RUN => (failures, Duration::ZERO),
+        _ => {
+            let failures = failures.saturating_add(1);
+            (failures, backoff(failures))
+        }
+    }
+}
+
 /// The delay before the next start after `failures` failures in a row:
 /// 1 s, doubling, capped.
 fn backoff(failures: u32) -> Duration {
@@ -259,14 +268,16 @@ fn when(delay: Duration) -> String {
 type StatusUpdate<'a> = dyn Fn(&dyn Fn(&mut PodStatus)) + Sync + 'a;
 
 /// How often a running worker is probed, how long a probe may take, and
-/// how many failures in a row take it out of the rotation.
-const PROBE_PERIOD: Duration = Duration::from_secs(1);
+/// how many failures in a row take it out of the rotation: a worker that
+/// stops answering leaves within 3 s (0.5 + 1 + 0.5 + 1).
+const PROBE_PERIOD: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-const PROBE_FAILURES: u32 = 3;
+const PROBE_FAILURES: u32 = 2;
 
 /// Probes a running worker forever: after [`PROBE_FAILURES`] failed probes
 /// in a row it leaves the gateway's rotation (its process may be alive but
-/// stuck or stopped), and returns to it on the next success.
+/// stuck or stopped), requests waiting on it go to another replica where
+/// that is safe, and it returns to the rotation on the next success.
 async fn probe(
     ctx: &PodContext,
     service: &str,
@@ -292,7 +303,7 @@ async fn probe(
             failures += 1;
             if failures == PROBE_FAILURES && in_rotation {
                 in_rotation = false;
-                ctx.gateway.remove_replica(service, replica);
+                ctx.gateway.fail_replica(service, replica);
                 update(&|s| s.ready = false);
                 ctx.events.warning(
                     object,
@@ -330,6 +341,29 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crash_loop_backs_off_and_sixty_seconds_of_health_reset_it() {
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        // Failed starts and short runs back off, doubling.
+        let mut failures = 0;
+        let mut delays = Vec::new();
+        for ran in [None, Some(Duration::from_millis(200)), None, None, None, None] {
+            let delay;
+            (failures, delay) = after_exit(failures, ran);
+            delays.push(delay.as_secs());
+        }
+        assert_eq!((failures, delays), (6, vec![1, 2, 4, 8, 16, 32]));
+        // A healthy run restarts at once but remembers the loop…
+        assert_eq!(after_exit(failures, secs(30)), (6, Duration::ZERO));
+        assert_eq!(after_exit(6, None), (7, Duration::from_secs(60)));
+        // …until it lasted 60 s: then the next failure waits 1 s again.
+        let (failures, delay) = after_exit(6, secs(60));
+        assert_eq!((failures, delay), (0, Duration::ZERO));
+        assert_eq!(after_exit(failures, None), (1, Duration::from_secs(1)));
+        assert_eq!(after_exit(failures, Some(Duration::from_millis(999))), (1, Duration::from_secs(1)));
+        assert_eq!(after_exit(2, secs(1)), (2, Duration::ZERO), "a second of service is not a crash");
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap() {

@@ -5,37 +5,53 @@
 //! difference, so a missed trigger costs at most one period. Passes run on
 //! every change (API writes, pod readiness) and every [`PERIOD`].
 //!
-//! Per service, in order:
+//! A pass, in order:
 //!
-//! 1. Publish its routes and deadline to the gateway.
-//! 2. Prepare its module: read it from the store (verifying its digest),
-//!    write it to `modules/<digest>.wasm`, compile it into the cache. A
-//!    module that fails here blocks new pods and is reported; running pods
-//!    keep serving.
+//! 1. Publish every service's routes and deadline to the gateway, before
+//!    anything else: a route belongs to its service from the moment the
+//!    service exists, so a request for it gets that service's answer, or
+//!    `503` (or waits, if autoscaled) while it has no ready replica, never
+//!    the answer of a catch-all route.
+//! 2. Per service, its module: ready, being prepared, or failed. Preparing
+//!    (check the file against its digest, compile it into the cache, link
+//!    it as a `wasi:http` proxy) runs in the background, at most
+//!    [`PREPARING_AT_ONCE`] at a time, and triggers a pass when done, so a
+//!    module that takes seconds to compile holds up nobody else. A module
+//!    that fails halts its service's rollout with the reason (running pods
+//!    keep serving), and is tried again after a back-off.
 //! 3. Pods of the current revision versus older ones. Without older ones,
 //!    scale to the desired count. With older ones, roll: at most
 //!    [`MAX_SURGE`] pods above the desired count, never fewer ready pods than
 //!    desired minus [`MAX_UNAVAILABLE`]; a new pod that fails before it was
 //!    ever ready halts the rollout, and the old pods keep serving.
+//! 4. Deleted services: their pods stop; their routes stay (answering
+//!    `503`) until the last pod is gone, then go.
+//!
+//! The controller also owns the modules' life: it knows which modules
+//! services and running pods use, deletes unused ones on request
+//! ([`Controller::delete_module`], [`Controller::collect_modules`]) and,
+//! every [`GC_PERIOD`], those unused for longer than the retention.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shoal_api::objects::{ReplicaInfo, ReplicaUsage, RolloutPhase, ServiceRecord, ServiceStatus, USAGE_WINDOW_SECS};
+use shoal_api::objects::{
+    ModuleInfo, ReplicaInfo, ReplicaUsage, RolloutPhase, ServiceRecord, ServiceStatus, USAGE_WINDOW_SECS,
+};
 use shoal_gateway::ServiceSnapshot;
 use shoal_gateway::metrics::ReplicaSnapshot;
 use shoal_node::{CgroupLimits, ReplicaSpec, Usage};
-use shoal_runtime::ComponentCache;
 use shoal_runtime::engine::Engine;
+use shoal_runtime::{CacheOutcome, ComponentCache, ModuleError};
 use tokio::sync::watch;
 
 use crate::autoscaler::TICK;
 use crate::logs::LogBook;
 use crate::pods::{GRACE, Pod, PodContext};
 use crate::scaling::Scaler;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// How often a pass runs without a trigger.
 pub const PERIOD: Duration = Duration::from_secs(5);
@@ -43,6 +59,37 @@ pub const PERIOD: Duration = Duration::from_secs(5);
 pub const MAX_SURGE: usize = 1;
 /// Ready pods a rollout may take away below the desired count.
 pub const MAX_UNAVAILABLE: usize = 0;
+/// Modules prepared (compiled) at once: one, since wasmtime compiles one
+/// module on every core already; two at once only make each take longer.
+/// The smallest are started first, so that a large module (a JavaScript
+/// engine) does not hold up the small ones.
+pub const PREPARING_AT_ONCE: usize = 1;
+/// How often unused modules are looked for.
+pub const GC_PERIOD: Duration = Duration::from_secs(30);
+/// The first wait before a module that failed to prepare is tried again;
+/// it doubles up to [`RETRY_MAX`].
+const RETRY_START: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Where a module stands.
+#[derive(Debug, Clone)]
+enum ModuleState {
+    /// Being prepared in the background.
+    Preparing,
+    /// Prepared: the file workers load.
+    Ready(PathBuf),
+    /// Failed; tried again once `retry_at` has passed.
+    Failed { message: String, retry_at: Instant, attempts: u32 },
+}
+
+/// What [`Controller::delete_module`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleDeletion {
+    Deleted,
+    NotFound,
+    /// In use; who uses it, as a sentence.
+    InUse(String),
+}
 
 /// The reconciler and the actual state it manages.
 pub struct Controller {
@@ -51,10 +98,19 @@ pub struct Controller {
     logs: Arc<LogBook>,
     cache: ComponentCache,
     engine: Engine,
-    modules_dir: PathBuf,
+    data_dir: PathBuf,
     pods: Mutex<Vec<Pod>>,
-    /// Prepared modules by digest: the file workers load, or why not.
-    modules: Mutex<HashMap<String, Result<PathBuf, String>>>,
+    /// Each module's preparation, by digest.
+    modules: Mutex<HashMap<String, ModuleState>>,
+    /// Bounds the preparations running at once.
+    preparing: Arc<tokio::sync::Semaphore>,
+    /// Held while a module's use is checked and changed (apply, delete,
+    /// gc), so that a module is never deleted under a service naming it.
+    module_lock: Mutex<()>,
+    /// How long a module nothing uses is kept.
+    module_retention: Duration,
+    /// Since when each module has been unused, as seen by the collector.
+    unused_since: Mutex<HashMap<String, Instant>>,
     statuses: Mutex<HashMap<String, ServiceStatus>>,
     /// Services the gateway knows, to remove deleted ones.
     published: Mutex<HashSet<String>>,
@@ -80,12 +136,15 @@ struct UsagePoint {
 }
 
 impl Controller {
+    /// A controller over `store`, with the data directory (for messages)
+    /// and how long modules nothing uses are kept.
     pub fn new(
         store: Arc<dyn Store>,
         ctx: PodContext,
         logs: Arc<LogBook>,
         cache: ComponentCache,
-        modules_dir: PathBuf,
+        data_dir: PathBuf,
+        module_retention: Duration,
     ) -> anyhow::Result<Arc<Self>> {
         let engine = shoal_runtime::engine::compiler_engine().map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let scaler = Scaler::new(ctx.gateway.clone(), ctx.events.clone(), ctx.changed.clone());
@@ -101,9 +160,13 @@ impl Controller {
             logs,
             cache,
             engine,
-            modules_dir,
+            data_dir,
             pods: Mutex::new(Vec::new()),
             modules: Mutex::new(HashMap::new()),
+            preparing: Arc::new(tokio::sync::Semaphore::new(PREPARING_AT_ONCE)),
+            module_lock: Mutex::new(()),
+            module_retention,
+            unused_since: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             published: Mutex::new(HashSet::new()),
             halted: Mutex::new(HashMap::new()),
@@ -122,6 +185,7 @@ impl Controller {
     /// waits for them.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let sampler = tokio::spawn(self.clone().sample(shutdown.clone()));
+        let collector = tokio::spawn(self.clone().collect_periodically(shutdown.clone()));
         loop {
             self.reconcile().await;
             tokio::select! {
@@ -141,6 +205,31 @@ impl Controller {
             pod.wait().await;
         }
         let _ = sampler.await;
+        let _ = collector.await;
+    }
+
+    /// Every [`GC_PERIOD`] until shutdown: deletes the modules nothing has
+    /// used for the retention period.
+    async fn collect_periodically(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(GC_PERIOD.min(self.module_retention.max(Duration::from_secs(1))));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let this = self.clone();
+            let retention = self.module_retention;
+            match tokio::task::spawn_blocking(move || this.collect_modules(retention)).await {
+                Ok(Ok(deleted)) => {
+                    for module in deleted {
+                        tracing::info!(module = %module.digest, size = module.size, "deleted an unused module");
+                    }
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "cannot collect unused modules"),
+                Err(error) => tracing::warn!(%error, "module collector failed"),
+            }
+        }
     }
 
     /// Every [`TICK`] until shutdown: the autoscaler's sample and decision,
@@ -262,7 +351,7 @@ impl Controller {
     }
 
     /// One pass.
-    pub async fn reconcile(&self) {
+    pub async fn reconcile(self: &Arc<Self>) {
         let records = match self.store.services() {
             Ok(records) => records,
             Err(error) => {
@@ -272,28 +361,61 @@ impl Controller {
         };
         self.reap();
         self.scaler.sync(&records);
+        // Routes first: every service's, before anything can take time.
         for record in &records {
-            let module = self.prepare_module(&record.module_digest).await;
-            let status = self.reconcile_service(record, module);
+            self.publish(record);
+        }
+        // Modules to prepare, smallest first (they are prepared in order).
+        let mut by_size: Vec<(u64, &str)> = records
+            .iter()
+            .map(|r| {
+                let size = self.store.module_info(&r.module_digest).ok().flatten().map_or(u64::MAX, |m| m.size);
+                (size, r.module_digest.as_str())
+            })
+            .collect();
+        by_size.sort_unstable();
+        for (_, digest) in by_size {
+            self.module(digest);
+        }
+        for record in &records {
+            let module = self.module(&record.module_digest);
+            let status = self.reconcile_service(record, &module);
             self.announce(&status);
             self.statuses.lock().expect("status lock").insert(record.service.name.clone(), status);
         }
 
-        // Services no longer desired: stop their pods, forget their routes.
+        // Services no longer desired: stop their pods; their routes stay
+        // (answering 503) until the last of their pods is gone.
         let names: HashSet<String> = records.iter().map(|r| r.service.name.clone()).collect();
+        let mut draining: HashSet<String> = HashSet::new();
         for pod in self.pods.lock().expect("pods lock").iter() {
-            if !names.contains(&pod.service) && !pod.stopping() {
-                pod.stop();
+            if !names.contains(&pod.service) {
+                if !pod.stopping() {
+                    pod.stop();
+                }
+                draining.insert(pod.service.clone());
             }
         }
         let mut published = self.published.lock().expect("published lock");
         for gone in published.difference(&names).cloned().collect::<Vec<_>>() {
+            // Requests waiting for a replica of it get their 503 now.
+            self.ctx.gateway.set_activator(&gone, 0);
+            if draining.contains(&gone) {
+                continue;
+            }
             self.ctx.gateway.remove_service(&gone);
             self.statuses.lock().expect("status lock").remove(&gone);
             self.halted.lock().expect("halted lock").remove(&gone);
             self.announced.lock().expect("announced lock").remove(&gone);
             published.remove(&gone);
         }
+    }
+
+    /// Publishes a service's routes, deadline and body limit to the gateway.
+    fn publish(&self, record: &ServiceRecord) {
+        let spec = &record.service.spec;
+        self.ctx.gateway.set_service(&record.service.name, spec.routes.clone(), spec.timeout, spec.limits.request_body);
+        self.published.lock().expect("published lock").insert(record.service.name.clone());
     }
 
     /// Records a `Ready` event the first time a generation is fully rolled
@@ -322,29 +444,34 @@ impl Controller {
         self.logs.retain(|replica| alive.contains(replica));
     }
 
-    fn reconcile_service(&self, record: &ServiceRecord, module: Result<PathBuf, String>) -> ServiceStatus {
+    fn reconcile_service(&self, record: &ServiceRecord, module: &ModuleState) -> ServiceStatus {
         let service = &record.service;
         let name = &service.name;
-        self.ctx.gateway.set_service(
-            name,
-            service.spec.routes.clone(),
-            service.spec.timeout,
-            service.spec.limits.request_body,
-        );
+        let digest = &record.module_digest;
         // Autoscaled services hold requests while they have no replica (as
         // many as one replica takes on), unless no replica can start.
-        let max_held = match service.spec.autoscale {
-            Some(_) if module.is_ok() => {
-                u64::from(service.spec.limits.concurrency) + u64::from(service.spec.limits.queue)
+        let max_held = match (&service.spec.autoscale, module) {
+            (Some(_), ModuleState::Ready(_) | ModuleState::Preparing) => {
+                u64::from(service.spec.admitted_concurrency()) + u64::from(service.spec.limits.queue)
             }
             _ => 0,
         };
         self.ctx.gateway.set_activator(name, max_held);
-        self.published.lock().expect("published lock").insert(name.clone());
         let revision = record.revision();
         let desired = self.scaler.desired(name).unwrap_or(service.spec.replicas) as usize;
-        let mut message = module.as_ref().err().cloned();
         let mut phase = RolloutPhase::Progressing;
+        let mut message = match module {
+            ModuleState::Ready(_) => None,
+            ModuleState::Preparing => Some(format!("preparing module sha256:{} (compiling it)", short(digest))),
+            ModuleState::Failed { message, .. } => {
+                phase = RolloutPhase::Halted;
+                Some(format!("module sha256:{} cannot be prepared: {message}", short(digest)))
+            }
+        };
+        let module: Result<PathBuf, ()> = match module {
+            ModuleState::Ready(path) => Ok(path.clone()),
+            _ => Err(()),
+        };
 
         let mut pods = self.pods.lock().expect("pods lock");
         let live: Vec<usize> = (0..pods.len()).filter(|&i| pods[i].service == *name && !pods[i].stopping()).collect();
@@ -388,7 +515,7 @@ impl Controller {
                 });
                 to_stop.extend(extra.into_iter().take(current.len() - desired));
             }
-            if current.len() == desired && ready_current == desired && failed.is_none() {
+            if current.len() == desired && ready_current == desired && failed.is_none() && module.is_ok() {
                 phase = RolloutPhase::Complete;
                 self.halted.lock().expect("halted lock").remove(name);
             }
@@ -433,13 +560,14 @@ impl Controller {
                     },
                     instance_memory: service.spec.resources.instance_memory,
                     timeout: service.spec.timeout,
-                    max_concurrency: service.spec.limits.concurrency,
+                    // Never more instances than the replica's memory holds.
+                    max_concurrency: service.spec.admitted_concurrency(),
                     queue: service.spec.limits.queue,
                     drain_timeout: GRACE,
                     instance_requests: service.spec.instances.max_requests,
                     instance_idle: service.spec.instances.max_idle,
                 };
-                pods.push(Pod::start(self.ctx.clone(), spec, revision.clone()));
+                pods.push(Pod::start(self.ctx.clone(), spec, revision.clone(), digest.clone()));
             }
         }
         if message.is_none() && phase != RolloutPhase::Complete {
@@ -464,37 +592,196 @@ impl Controller {
         }
     }
 
-    /// The file workers load for `digest`, preparing it on first use.
-    async fn prepare_module(&self, digest: &str) -> Result<PathBuf, String> {
-        if let Some(Ok(path)) = self.modules.lock().expect("modules lock").get(digest) {
-            return Ok(path.clone());
+    /// Where module `digest` stands; starts preparing it (in the
+    /// background) when it is new, or failed and due for another try.
+    fn module(self: &Arc<Self>, digest: &str) -> ModuleState {
+        let mut modules = self.modules.lock().expect("modules lock");
+        let due = match modules.get(digest) {
+            None => true,
+            Some(ModuleState::Failed { retry_at, .. }) => Instant::now() >= *retry_at,
+            Some(state) => return state.clone(),
+        };
+        if !due {
+            return modules[digest].clone();
         }
-        let result = self.prepare_module_uncached(digest).await;
-        let previous = self.modules.lock().expect("modules lock").insert(digest.to_owned(), result.clone());
-        if let Err(error) = &result
-            && previous.and_then(|p| p.err()).as_ref() != Some(error)
-        {
-            self.ctx.events.warning(format!("module/sha256:{digest}"), "ModuleInvalid", error.clone());
-        }
-        result
+        let attempts = match modules.insert(digest.to_owned(), ModuleState::Preparing) {
+            Some(ModuleState::Failed { attempts, .. }) => attempts,
+            _ => 0,
+        };
+        drop(modules);
+        let this = self.clone();
+        let digest = digest.to_owned();
+        tokio::spawn(async move {
+            let Ok(_permit) = this.preparing.clone().acquire_owned().await else { return };
+            let (worker, target) = (this.clone(), digest.clone());
+            let result = tokio::task::spawn_blocking(move || worker.prepare(&target))
+                .await
+                .unwrap_or_else(|e| Err(format!("module preparation failed: {e}")));
+            this.prepared(&digest, result, attempts);
+        });
+        ModuleState::Preparing
     }
 
-    async fn prepare_module_uncached(&self, digest: &str) -> Result<PathBuf, String> {
-        let bytes = match self.store.module(digest) {
-            Ok(Some(bytes)) => bytes,
+    /// Records how a preparation ended, reports a failure once, and asks
+    /// for a pass.
+    fn prepared(&self, digest: &str, result: Result<PathBuf, String>, attempts: u32) {
+        let state = match result {
+            Ok(path) => ModuleState::Ready(path),
+            Err(message) => {
+                let retry = RETRY_START.saturating_mul(1 << attempts.min(10)).min(RETRY_MAX);
+                let previous = match self.modules.lock().expect("modules lock").get(digest) {
+                    Some(ModuleState::Failed { message, .. }) => Some(message.clone()),
+                    _ => None,
+                };
+                if previous.as_deref() != Some(message.as_str()) {
+                    self.ctx.events.warning(format!("module/sha256:{digest}"), "ModuleInvalid", message.clone());
+                }
+                ModuleState::Failed { message, retry_at: Instant::now() + retry, attempts: attempts + 1 }
+            }
+        };
+        let mut modules = self.modules.lock().expect("modules lock");
+        // A module deleted meanwhile stays forgotten.
+        if modules.contains_key(digest) {
+            modules.insert(digest.to_owned(), state);
+        }
+        drop(modules);
+        self.trigger();
+    }
+
+    /// Prepares module `digest` (blocking): its file, checked against the
+    /// digest, compiled into the cache and linked as a `wasi:http` proxy.
+    fn prepare(&self, digest: &str) -> Result<PathBuf, String> {
+        let started = Instant::now();
+        let path = match self.store.module_file(digest) {
+            Ok(Some(path)) => path,
             Ok(None) => return Err(format!("module sha256:{digest} is not in the store; push it again")),
             Err(error) => return Err(error.to_string()),
         };
-        let path = self.modules_dir.join(format!("{digest}.wasm"));
-        let (cache, engine, file) = (self.cache.clone(), self.engine.clone(), path.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            write_atomically(&file, &bytes).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-            cache.load_bytes(&engine, &file, &bytes).map_err(|e| e.to_string())?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| format!("module preparation failed: {e}"))??;
+        let outcome = self.check_module(&path, digest).map_err(|e| match e {
+            e if e.is_disk_full() => {
+                StoreError::DiskFull { dir: self.data_dir.clone(), what: "compile the module".to_owned() }.to_string()
+            }
+            e => e.to_string(),
+        })?;
+        tracing::info!(module = %short(digest), ?outcome, elapsed = ?started.elapsed(), "module prepared");
         Ok(path)
+    }
+
+    /// The check a module passes before it is stored: a component that
+    /// compiles (into the cache) and links as a `wasi:http` proxy. `digest`
+    /// is the sha256 of the file, which the store computed.
+    pub fn check_module(&self, path: &std::path::Path, digest: &str) -> Result<CacheOutcome, ModuleError> {
+        self.cache.check_file(&self.engine, path, digest)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// Held while a module's use is checked and changed (apply, delete,
+    /// gc).
+    pub fn module_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.module_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The services with pods still running module `digest`.
+    pub fn services_running(&self, digest: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .pods
+            .lock()
+            .expect("pods lock")
+            .iter()
+            .filter(|p| p.digest == digest && !p.finished())
+            .map(|p| p.service.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Who uses module `digest` (a stored service, or pods still running
+    /// it), as a sentence.
+    fn module_users(&self, digest: &str, services: &[ServiceRecord]) -> Option<String> {
+        let mut users: Vec<&str> =
+            services.iter().filter(|r| r.module_digest == digest).map(|r| r.service.name.as_str()).collect();
+        if !users.is_empty() {
+            users.sort_unstable();
+            return Some(format!(
+                "service {} runs it (delete the service or apply another module first)",
+                users.join(", ")
+            ));
+        }
+        let running = self.services_running(digest);
+        if !running.is_empty() {
+            return Some(format!(
+                "replicas of service {} still run it (a rollout is replacing them); try again once they are gone",
+                running.join(", ")
+            ));
+        }
+        None
+    }
+
+    /// Deletes module `digest` unless something uses it (blocking).
+    pub fn delete_module(&self, digest: &str) -> Result<ModuleDeletion, StoreError> {
+        let _lock = self.module_lock();
+        if self.store.module_info(digest)?.is_none() {
+            return Ok(ModuleDeletion::NotFound);
+        }
+        if let Some(users) = self.module_users(digest, &self.store.services()?) {
+            return Ok(ModuleDeletion::InUse(users));
+        }
+        self.remove_module(digest)?;
+        self.store.compact()?;
+        Ok(ModuleDeletion::Deleted)
+    }
+
+    fn remove_module(&self, digest: &str) -> Result<(), StoreError> {
+        self.store.delete_module(digest)?;
+        self.cache.forget(digest);
+        self.modules.lock().expect("modules lock").remove(digest);
+        self.unused_since.lock().expect("unused lock").remove(digest);
+        self.ctx.events.normal(format!("module/sha256:{digest}"), "Deleted", "module deleted; its space is free");
+        Ok(())
+    }
+
+    /// Forgets a failed preparation of module `digest`, which was just
+    /// stored again (perhaps repaired): the next pass tries it at once.
+    pub fn module_stored(&self, digest: &str) {
+        let mut modules = self.modules.lock().expect("modules lock");
+        if matches!(modules.get(digest), Some(ModuleState::Failed { .. })) {
+            modules.remove(digest);
+        }
+    }
+
+    /// Deletes every module that no service and no pod has used for
+    /// `grace` (blocking); returns what it deleted. With a zero grace, every
+    /// unused module goes now (`shoal gc`).
+    pub fn collect_modules(&self, grace: Duration) -> Result<Vec<ModuleInfo>, StoreError> {
+        let _lock = self.module_lock();
+        let services = self.store.services()?;
+        let now = Instant::now();
+        let mut deleted = Vec::new();
+        let modules = self.store.modules()?;
+        {
+            let mut unused = self.unused_since.lock().expect("unused lock");
+            unused.retain(|digest, _| modules.iter().any(|m| m.digest == *digest));
+        }
+        for module in modules {
+            if self.module_users(&module.digest, &services).is_some() {
+                self.unused_since.lock().expect("unused lock").remove(&module.digest);
+                continue;
+            }
+            let since = *self.unused_since.lock().expect("unused lock").entry(module.digest.clone()).or_insert(now);
+            if now.duration_since(since) >= grace {
+                self.remove_module(&module.digest)?;
+                deleted.push(module);
+            }
+        }
+        if !deleted.is_empty() {
+            self.store.compact()?;
+        }
+        Ok(deleted)
     }
 
     /// The status of a service, or `None` before its first pass.
@@ -512,16 +799,9 @@ impl Controller {
     }
 }
 
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    if std::fs::read(path).is_ok_and(|existing| existing == bytes) {
-        return Ok(());
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// The first 12 characters of a digest, as `shoal get modules` shows it.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 /// `<service>-<revision>-<5 random characters>`, like a Kubernetes pod name.

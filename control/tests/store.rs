@@ -14,7 +14,9 @@ use shoal_control::store::{MemoryStore, RedbStore, SCHEMA_VERSION, Store, StoreE
 // The on-disk layout, as documented in `shoal_control::store` (redb_store).
 const META: TableDefinition<'_, &str, u32> = TableDefinition::new("meta");
 const SERVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("services");
-const MODULES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("modules");
+/// Schema 1's table of module bytes (schema 2 keeps them in files).
+const LEGACY_MODULES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("modules");
+const MODULE_INFO: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("module_info");
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -198,13 +200,10 @@ fn a_tampered_module_is_refused_and_a_put_repairs_it() {
     let path = dir.store_path();
     let info = open(&path).put_module(b"the real component").unwrap();
 
-    // Change the blob behind the store's back, through redb itself.
-    {
-        let db = Database::open(&path).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(MODULES).unwrap().insert(info.digest.as_str(), &b"an evil component"[..]).unwrap();
-        txn.commit().unwrap();
-    }
+    // Change the module's file behind the store's back.
+    let file = path.with_file_name("modules").join(format!("{}.wasm", info.digest));
+    assert_eq!(std::fs::read(&file).unwrap(), b"the real component");
+    std::fs::write(&file, b"an evil component").unwrap();
 
     let store = open(&path);
     let err = store.module(&info.digest).unwrap_err();
@@ -217,7 +216,9 @@ fn a_tampered_module_is_refused_and_a_put_repairs_it() {
             info.digest
         )
     );
-    // The info is still readable; putting the true bytes again repairs the blob.
+    let err = store.module_file(&info.digest).unwrap_err();
+    assert!(matches!(&err, StoreError::Tampered { actual, .. } if *actual == evil), "{err:?}");
+    // The info is still readable; putting the true bytes again repairs the file.
     assert_eq!(store.module_info(&info.digest).unwrap(), Some(info.clone()));
     assert_eq!(store.put_module(b"the real component").unwrap(), info);
     assert_eq!(store.module(&info.digest).unwrap().as_deref(), Some(&b"the real component"[..]));
@@ -237,11 +238,15 @@ fn a_newer_schema_is_refused_and_left_alone() {
     write_version(SCHEMA_VERSION + 1);
 
     let err = open_err(&path);
-    assert!(matches!(&err, StoreError::NewerSchema { found: 2, supported: 1, .. }), "{err:?}");
+    let newer = SCHEMA_VERSION + 1;
+    assert!(
+        matches!(&err, StoreError::NewerSchema { found, supported, .. } if *found == newer && *supported == SCHEMA_VERSION),
+        "{err:?}"
+    );
     assert_eq!(
         err.to_string(),
         format!(
-            "the store at {} was written by a newer Shoal (schema 2; this version reads schema 1 and older)",
+            "the store at {} was written by a newer Shoal (schema {newer}; this version reads schema {SCHEMA_VERSION} and older)",
             path.display()
         )
     );
@@ -379,4 +384,166 @@ fn open_fails_clearly_where_it_cannot_create_the_file() {
     let err = open_err(&file.join("store.redb"));
     assert!(matches!(&err, StoreError::Backend { .. }), "{err:?}");
     assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+}
+
+#[test]
+fn a_schema_1_store_moves_its_module_bytes_to_files() {
+    let dir = TempDir::new("migrate");
+    let path = dir.store_path();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let (good, tampered) = (b"a component of schema 1".to_vec(), b"bytes changed behind shoal's back".to_vec());
+    let good_digest = sha256_hex(&good);
+    let tampered_digest = sha256_hex(b"what was stored first");
+    // A store as Shoal wrote it before module bytes moved to files.
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema_version", 1).unwrap();
+        txn.open_table(SERVICES)
+            .unwrap()
+            .insert("kubia", serde_json::to_vec(&record("kubia", 2)).unwrap().as_slice())
+            .unwrap();
+        {
+            let mut modules = txn.open_table(LEGACY_MODULES).unwrap();
+            modules.insert(good_digest.as_str(), good.as_slice()).unwrap();
+            modules.insert(tampered_digest.as_str(), tampered.as_slice()).unwrap();
+        }
+        {
+            let mut infos = txn.open_table(MODULE_INFO).unwrap();
+            for (digest, size) in [(&good_digest, good.len()), (&tampered_digest, 21)] {
+                let info = format!(r#"{{"digest":"{digest}","size":{size},"createdUnix":1700000000}}"#);
+                infos.insert(digest.as_str(), info.as_bytes()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    let store = open(&path);
+    assert_eq!(store.services().unwrap(), vec![record("kubia", 2)]);
+    assert_eq!(store.module(&good_digest).unwrap(), Some(good.clone()));
+    assert_eq!(store.modules().unwrap().len(), 2);
+    let file = store.module_file(&good_digest).unwrap().unwrap();
+    assert_eq!(file, path.with_file_name("modules").join(format!("{good_digest}.wasm")));
+    // Bytes that did not match their digest still do not: refused, not lost.
+    assert!(matches!(store.module(&tampered_digest), Err(StoreError::Tampered { .. })));
+    drop(store);
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert_eq!(txn.open_table(META).unwrap().get("schema_version").unwrap().unwrap().value(), SCHEMA_VERSION);
+        assert!(txn.open_table(LEGACY_MODULES).is_err(), "the table of module bytes is gone");
+    }
+    // And it opens again as it is.
+    assert_eq!(open(&path).module(&good_digest).unwrap(), Some(good));
+}
+
+#[test]
+fn deleting_a_module_frees_its_file_and_compaction_keeps_the_store_small() {
+    let dir = TempDir::new("delete");
+    let path = dir.store_path();
+    let store = open(&path);
+    let infos: Vec<_> = (0..5u8).map(|n| store.put_module(&vec![n; 1 << 20]).unwrap()).collect();
+    let modules_dir = path.with_file_name("modules");
+    let files = || std::fs::read_dir(&modules_dir).unwrap().flatten().filter(|e| e.path().is_file()).count();
+    assert_eq!(files(), 5);
+    assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20, "module bytes are not in the store file");
+    for info in &infos {
+        assert!(store.delete_module(&info.digest).unwrap());
+    }
+    store.compact().unwrap();
+    assert_eq!(files(), 0);
+    assert!(store.modules().unwrap().is_empty());
+    // An upload that is not committed leaves nothing behind.
+    let mut upload = store.begin_module().unwrap();
+    upload.write(b"half").unwrap();
+    drop(upload);
+    let staged = store.begin_module().unwrap().finish().unwrap();
+    let staged_path = staged.path().to_owned();
+    assert!(staged_path.exists());
+    drop(staged);
+    assert!(!staged_path.exists());
+}
+
+/// A tmpfs of `size` on `dir`, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        if std::process::Command::new("id").arg("-u").output().map(|o| o.stdout != b"0\n").unwrap_or(true) {
+            return Err("not running as root".into());
+        }
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !status.success() {
+            return Err(format!("mount failed ({status})"));
+        }
+        Ok(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_writes_clearly_and_the_next_write_after_freeing_space_succeeds() {
+    let dir = TempDir::new("full");
+    let mount = dir.0.join("fs");
+    let _tmpfs = match Tmpfs::mount(&mount, "4m") {
+        Ok(tmpfs) => tmpfs,
+        Err(reason) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs: {reason}");
+            return;
+        }
+    };
+    let path = mount.join("data").join("store.redb");
+    let store = open(&path);
+    store.put_service(&record("kubia", 1)).unwrap();
+    let info = store.put_module(b"a module").unwrap();
+
+    // Fill the disk, then write records until one fails.
+    let filler = mount.join("filler");
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        while file.write_all(&[7u8; 16 * 1024]).is_ok() {}
+    }
+    let mut failure = None;
+    for n in 0..2000 {
+        let mut big = record(&format!("service-{n}"), 1);
+        big.service.spec.env.insert("PADDING".into(), "x".repeat(64 * 1024));
+        if let Err(error) = store.put_service(&big) {
+            failure = Some(error);
+            break;
+        }
+    }
+    let error = failure.expect("writes never failed on a full disk");
+    assert!(matches!(&error, StoreError::DiskFull { .. }), "{error:?}");
+    assert!(
+        error.to_string().starts_with(&format!("disk full in {}: cannot ", path.parent().unwrap().display())),
+        "{error}"
+    );
+    // A module does not fit either, and leaves nothing behind.
+    let module = store.put_module(&[9u8; 256 * 1024]).unwrap_err();
+    assert!(matches!(module, StoreError::DiskFull { .. }), "{module:?}");
+    // Reads go on.
+    assert_eq!(store.service("kubia").unwrap(), Some(record("kubia", 1)));
+    assert_eq!(store.module(&info.digest).unwrap().as_deref(), Some(&b"a module"[..]));
+
+    // Space freed: the next write succeeds, on the same handle.
+    std::fs::remove_file(&filler).unwrap();
+    store.put_service(&record("after", 2)).unwrap();
+    assert_eq!(store.service("after").unwrap(), Some(record("after", 2)));
+    store.put_module(&[9u8; 256 * 1024]).unwrap();
+    drop(store);
+    // And everything acknowledged is there after a reopen.
+    let store = open(&path);
+    assert_eq!(store.service("kubia").unwrap(), Some(record("kubia", 1)));
+    assert_eq!(store.service("after").unwrap(), Some(record("after", 2)));
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use rand::Rng as _;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::client::{WorkerClient, worker_client};
 use crate::metrics::ReplicaStats;
@@ -22,6 +22,10 @@ pub struct Endpoint {
     pub name: String,
     stats: Arc<ReplicaStats>,
     pub(crate) client: WorkerClient,
+    /// Set when the replica stopped answering (its probes failed): requests
+    /// in flight to it give up and, where safe, go to another replica.
+    failed: std::sync::atomic::AtomicBool,
+    failed_notify: Notify,
 }
 
 impl Endpoint {
@@ -33,7 +37,30 @@ impl Endpoint {
     /// An endpoint that counts into `stats` (kept across its returns to the
     /// rotation).
     pub fn with_stats(name: impl Into<String>, socket: &Path, stats: Arc<ReplicaStats>) -> Self {
-        Self { name: name.into(), stats, client: worker_client(socket) }
+        Self {
+            name: name.into(),
+            stats,
+            client: worker_client(socket),
+            failed: std::sync::atomic::AtomicBool::new(false),
+            failed_notify: Notify::new(),
+        }
+    }
+
+    /// Marks the replica as failed: requests in flight to it stop waiting.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.failed_notify.notify_waiters();
+    }
+
+    /// Completes once the replica is marked failed.
+    pub async fn failed(&self) {
+        loop {
+            let notified = self.failed_notify.notified();
+            if self.failed.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Requests sent to this replica whose responses have not finished.
@@ -99,8 +126,19 @@ impl Balancer {
 
     /// Like [`Balancer::pick`], never choosing the replica named `not`.
     pub fn pick_other(&self, not: &str) -> Option<Arc<Endpoint>> {
-        let endpoints: Vec<Arc<Endpoint>> =
-            self.endpoints.read().expect("balancer lock").iter().filter(|e| e.name != not).cloned().collect();
+        self.pick_excluding(&[not])
+    }
+
+    /// Like [`Balancer::pick`], never choosing a replica named in `tried`.
+    pub fn pick_excluding(&self, tried: &[&str]) -> Option<Arc<Endpoint>> {
+        let endpoints: Vec<Arc<Endpoint>> = self
+            .endpoints
+            .read()
+            .expect("balancer lock")
+            .iter()
+            .filter(|e| !tried.contains(&e.name.as_str()))
+            .cloned()
+            .collect();
         Self::choose(&endpoints)
     }
 
@@ -140,12 +178,26 @@ impl Balancer {
 
     /// Removes a replica; requests already sent to it finish.
     pub fn remove(&self, name: &str) -> bool {
+        self.take(name).is_some()
+    }
+
+    /// Removes a replica that stopped answering: requests in flight to it
+    /// give up on it (and go to another replica where that is safe).
+    pub fn fail(&self, name: &str) -> bool {
+        let removed = self.take(name);
+        if let Some(endpoint) = &removed {
+            endpoint.fail();
+        }
+        removed.is_some()
+    }
+
+    fn take(&self, name: &str) -> Option<Arc<Endpoint>> {
         let mut guard = self.endpoints.write().expect("balancer lock");
-        let before = guard.len();
+        let removed = guard.iter().find(|e| e.name == name).cloned();
         let list: Vec<Arc<Endpoint>> = guard.iter().filter(|e| e.name != name).cloned().collect();
         self.ready.send_replace(list.len());
         *guard = list.into();
-        guard.len() != before
+        removed
     }
 
     /// The names of the ready replicas.
@@ -208,6 +260,31 @@ mod tests {
             assert_eq!(b.pick_other("a").unwrap().name, "b");
         }
         assert!(balancer(&["a"]).pick_other("a").is_none());
+    }
+
+    #[tokio::test]
+    async fn pick_excluding_avoids_every_tried_replica() {
+        let b = balancer(&["a", "b", "c"]);
+        for _ in 0..20 {
+            assert_eq!(b.pick_excluding(&["a", "c"]).unwrap().name, "b");
+        }
+        assert!(b.pick_excluding(&["a", "b", "c"]).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_replica_wakes_its_waiters_and_leaves() {
+        let b = balancer(&["a", "b"]);
+        let a = b.pick_excluding(&["b"]).unwrap();
+        let waiter = tokio::spawn({
+            let a = a.clone();
+            async move { a.failed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(b.fail("a"));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert_eq!(b.names(), ["b"]);
+        // A waiter that comes after the failure returns at once.
+        tokio::time::timeout(std::time::Duration::from_secs(5), a.failed()).await.unwrap();
     }
 
     #[tokio::test]

@@ -19,10 +19,13 @@
 //! - [`balancer`]: ready replicas of a service and the choice among them.
 //! - [`client`]: the pooled connections to a worker.
 //! - `proxy`: the request path.
-//! - `server`: the accept loop and graceful drain.
+//! - [`listener`]: the accept loop every listener of Shoal runs (connection
+//!   cap, header and idle timeouts, eviction, graceful drain).
+//! - `server`: the gateway's listener settings.
 
 pub mod balancer;
 pub mod client;
+pub mod listener;
 pub mod metrics;
 mod proxy;
 pub mod router;
@@ -243,6 +246,15 @@ impl Gateway {
     pub fn remove_replica(&self, service: &str, replica: &str) {
         if let Some(backend) = self.backend(service) {
             backend.replicas.remove(replica);
+        }
+    }
+
+    /// Takes a replica that stopped answering out of rotation: requests in
+    /// flight to it give up on it, and go to another replica where that is
+    /// safe (else `502`).
+    pub fn fail_replica(&self, service: &str, replica: &str) {
+        if let Some(backend) = self.backend(service) {
+            backend.replicas.fail(replica);
         }
     }
 

@@ -11,9 +11,11 @@
 //! 3. Rewrite the request for the worker: HTTP/1.1, hop-by-hop headers
 //!    removed, `X-Forwarded-For` and `X-Forwarded-Proto` set, `Host` kept.
 //! 4. Send it on a pooled connection under the service's deadline: `504`
-//!    when it passes. When the worker fails before answering, send it once
-//!    more to another replica if that is safe (no connection was made, or
-//!    the method is idempotent, and the body was small enough to keep);
+//!    when it passes. When the worker fails before answering (its process
+//!    died, or its probes failed while the request waited), send it to
+//!    another replica not tried yet if that is safe (no connection was made,
+//!    or the method is idempotent, and the body was small enough to keep),
+//!    as many times as there are ready replicas, at most [`MAX_TRIES`];
 //!    otherwise `502`.
 //! 5. Stream the response back; the replica's in-flight count ends when the
 //!    body does.
@@ -320,8 +322,12 @@ impl Gateway {
         let exceeded = Arc::new(AtomicBool::new(false));
         let broken = Arc::new(AtomicBool::new(false));
 
+        // As many tries as there are ready replicas (each on one not tried
+        // yet), at most MAX_TRIES, when trying again is safe.
+        let tries = backend.replicas.len().clamp(1, MAX_TRIES);
+        let mut tried: Vec<Arc<Endpoint>> = Vec::with_capacity(tries);
         let mut endpoint = endpoint;
-        for attempt in 0..2 {
+        loop {
             let body = match (&replay, streaming.take()) {
                 (Some(bytes), _) => UpstreamBody::Buffered(Some(bytes.clone())),
                 (None, Some(body)) => UpstreamBody::Streaming(LimitedBody {
@@ -338,40 +344,57 @@ impl Gateway {
             *request.version_mut() = Version::HTTP_11;
             *request.headers_mut() = parts.headers.clone();
             let mut in_flight = endpoint.track();
-            match tokio::time::timeout_at(deadline, endpoint.client.request(request)).await {
-                Ok(Ok(response)) => {
+            let outcome = tokio::select! {
+                result = tokio::time::timeout_at(deadline, endpoint.client.request(request)) => match result {
+                    Ok(Ok(response)) => Attempt::Answered(response),
+                    Ok(Err(error)) => Attempt::Failed { connected: !error.is_connect(), reason: error.to_string() },
+                    Err(_) => Attempt::TimedOut,
+                },
+                // Its probes failed: it is stuck (stopped, overloaded);
+                // the request may or may not have reached the guest.
+                () = endpoint.failed() => Attempt::Failed {
+                    connected: true,
+                    reason: "the replica stopped answering its readiness probes".to_owned(),
+                },
+            };
+            match outcome {
+                Attempt::Answered(response) => {
                     let (mut head, body) = response.into_parts();
                     in_flight.answered(head.status.as_u16());
                     strip_hop_by_hop(&mut head.headers);
                     return Response::from_parts(head, Body::Upstream(body, Some(in_flight), None));
                 }
-                Ok(Err(error)) => {
+                Attempt::Failed { connected, reason } => {
                     in_flight.answered(StatusCode::BAD_GATEWAY.as_u16());
                     drop(in_flight);
                     if exceeded.load(Ordering::SeqCst) {
                         return too_large(max_body);
                     }
                     if broken.load(Ordering::SeqCst) {
-                        tracing::debug!(service = %backend.name, %error, "client sent a broken body");
+                        tracing::debug!(service = %backend.name, %reason, "client sent a broken body");
                         return message(StatusCode::BAD_REQUEST, "400 bad request body\n");
                     }
                     // Safe to send again: nothing reached the worker (no
                     // connection), or the method is idempotent; and the body
                     // is still at hand.
-                    let safe = error.is_connect() || is_idempotent(&parts.method);
-                    let retry = attempt == 0 && replay.is_some() && safe;
+                    let safe = replay.is_some() && (!connected || is_idempotent(&parts.method));
+                    tried.push(endpoint.clone());
+                    let next = if safe && tried.len() < tries {
+                        let names: Vec<&str> = tried.iter().map(|e| e.name.as_str()).collect();
+                        backend.replicas.pick_excluding(&names)
+                    } else {
+                        None
+                    };
                     tracing::warn!(
-                        service = %backend.name, replica = %endpoint.name, %error, retry, "replica failed"
+                        service = %backend.name, replica = %endpoint.name, error = %reason, retry = next.is_some(),
+                        "replica failed"
                     );
-                    if !retry {
-                        break;
-                    }
-                    match backend.replicas.pick_other(&endpoint.name) {
+                    match next {
                         Some(other) => endpoint = other,
                         None => break,
                     }
                 }
-                Err(_) => {
+                Attempt::TimedOut => {
                     in_flight.answered(StatusCode::GATEWAY_TIMEOUT.as_u16());
                     tracing::warn!(service = %backend.name, replica = %endpoint.name, ?timeout, "deadline exceeded");
                     return message(
@@ -383,6 +406,18 @@ impl Gateway {
         }
         message(StatusCode::BAD_GATEWAY, "502 bad gateway: the replica failed\n")
     }
+}
+
+/// How one try of a request ended.
+enum Attempt {
+    Answered(Response<Incoming>),
+    /// The replica failed before answering; `connected` when the request
+    /// may have reached it.
+    Failed {
+        connected: bool,
+        reason: String,
+    },
+    TimedOut,
 }
 
 fn too_large(limit: u64) -> Response<Body> {
@@ -403,6 +438,9 @@ fn is_idempotent(method: &http::Method) -> bool {
 
 /// The largest request body buffered for a possible retry.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// The most replicas one request is sent to.
+const MAX_TRIES: usize = 4;
 
 #[cfg(test)]
 mod tests {

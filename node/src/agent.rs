@@ -612,6 +612,11 @@ struct Standby {
     cgroup: Option<ReplicaCgroup>,
 }
 
+/// Spaces passed as a last argument to every worker: the room its command
+/// line (what `ps` shows) has for `shoal worker <replica name>`, which a
+/// standby learns only once it is given its configuration.
+const TITLE_ROOM: usize = 64;
+
 /// Limits of a standby worker's cgroup until it becomes a replica (it only
 /// waits on its stdin meanwhile).
 const STANDBY_LIMITS: CgroupLimits = CgroupLimits { memory: 64 << 20, cpu_millis: None };
@@ -625,6 +630,9 @@ fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup
     command
         .arg("worker")
         .arg(name)
+        // Room in the process's argument memory for the replica's name,
+        // which the worker writes there once it knows it (see `ps`).
+        .arg(" ".repeat(TITLE_ROOM))
         .env(shoal_runtime::worker::READY_FD_ENV, "3")
         .env(shoal_runtime::worker::SPAWNED_ENV, shoal_runtime::worker::monotonic_nanos().to_string())
         .stdin(Stdio::piped())

@@ -39,6 +39,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Maps a module file read-only.
+fn map_file(path: &Path) -> Result<memmap2::Mmap, ModuleError> {
+    let read = |source| ModuleError::Read { path: path.to_owned(), source };
+    let file = std::fs::File::open(path).map_err(read)?;
+    // SAFETY: Shoal's module files are written once under a temporary name
+    // and renamed into place, never modified in place; a file changed behind
+    // Shoal's back changes the bytes compiled or hashed, never memory
+    // safety of this process (the mapping is read-only and only read as
+    // bytes).
+    unsafe { memmap2::Mmap::map(&file) }.map_err(read)
+}
+
 /// Checks that `bytes` are a Wasm component (not a core module, not
 /// something else), naming what they are instead.
 pub fn check_component(path: &Path, bytes: &[u8]) -> Result<(), ModuleError> {
@@ -71,10 +83,56 @@ impl ComponentCache {
 
     /// Loads the component in `path` for `engine`: from the cache when an
     /// artifact for these bytes and this engine exists, otherwise by compiling
-    /// it and storing the artifact.
+    /// it and storing the artifact. The file is mapped, not read: memory
+    /// does not grow with its size beyond the pages looked at.
     pub fn load(&self, engine: &Engine, path: &Path) -> Result<(Component, CacheOutcome), ModuleError> {
-        let bytes = std::fs::read(path).map_err(|source| ModuleError::Read { path: path.to_owned(), source })?;
+        let bytes = map_file(path)?;
         self.load_bytes(engine, path, &bytes)
+    }
+
+    /// The check every module passes before Shoal stores it or starts it
+    /// from a manifest (`shoal up -f`, uploads through the admin API: one
+    /// code path): it is a component (not a core module, not another
+    /// file), wasmtime compiles it (the artifact is cached, so preparing it
+    /// later is a cache hit), and it links as a `wasi:http` proxy against
+    /// exactly what workers provide. Errors name `path`.
+    pub fn check_bytes(&self, engine: &Engine, path: &Path, bytes: &[u8]) -> Result<CacheOutcome, ModuleError> {
+        self.check_digested(engine, path, bytes, &sha256_hex(bytes))
+    }
+
+    /// [`ComponentCache::check_bytes`] for a file whose sha256 is known
+    /// (the store computed it as the file was written), mapped rather than
+    /// read: a file that is not a component is refused having touched only
+    /// its first pages, whatever its size.
+    pub fn check_file(&self, engine: &Engine, path: &Path, digest: &str) -> Result<CacheOutcome, ModuleError> {
+        let bytes = map_file(path)?;
+        self.check_digested(engine, path, &bytes, digest)
+    }
+
+    fn check_digested(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<CacheOutcome, ModuleError> {
+        let (component, outcome) = self.load_digested(engine, path, bytes, digest)?;
+        crate::worker::proxy_pre(engine, &component)
+            .map_err(|source| ModuleError::NotAProxy { path: path.to_owned(), source })?;
+        Ok(outcome)
+    }
+
+    /// Removes the compiled artifacts of the component whose sha256 is
+    /// `digest` (every engine's), once its module is deleted.
+    pub fn forget(&self, digest: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let is_artifact = name.to_str().is_some_and(|n| n.starts_with(digest) && n.ends_with(".cwasm"));
+            if is_artifact {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Like [`ComponentCache::load`], for bytes already read from `path`.
@@ -84,8 +142,18 @@ impl ComponentCache {
         path: &Path,
         bytes: &[u8],
     ) -> Result<(Component, CacheOutcome), ModuleError> {
+        self.load_digested(engine, path, bytes, &sha256_hex(bytes))
+    }
+
+    fn load_digested(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<(Component, CacheOutcome), ModuleError> {
         check_component(path, bytes)?;
-        let artifact = self.artifact_path(engine, bytes);
+        let artifact = self.artifact_for(engine, digest);
         if artifact.exists() {
             // SAFETY: the artifact was written by `store` below from
             // `Engine::precompile_component` of an engine with the same
@@ -109,10 +177,15 @@ impl ComponentCache {
         Ok((component, CacheOutcome::Compiled))
     }
 
-    fn artifact_path(&self, engine: &Engine, bytes: &[u8]) -> PathBuf {
+    /// Where the artifact of `bytes` for `engine` is (or would be) stored.
+    pub fn artifact_path(&self, engine: &Engine, bytes: &[u8]) -> PathBuf {
+        self.artifact_for(engine, &sha256_hex(bytes))
+    }
+
+    fn artifact_for(&self, engine: &Engine, digest: &str) -> PathBuf {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        self.dir.join(format!("{}-{:016x}.cwasm", sha256_hex(bytes), hasher.finish()))
+        self.dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()))
     }
 
     fn store(&self, artifact: &Path, compiled: &[u8]) -> std::io::Result<()> {

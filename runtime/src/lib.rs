@@ -26,6 +26,32 @@ use std::path::PathBuf;
 pub use cache::{CacheOutcome, ComponentCache, check_component, sha256_hex};
 pub use worker::{WorkerConfig, run_worker};
 
+impl ModuleError {
+    /// What is wrong, without the file's name (for a caller that names the
+    /// file its own way, such as the CLI for an upload).
+    pub fn reason(&self) -> String {
+        let full = self.to_string();
+        match self {
+            ModuleError::Read { path, .. }
+            | ModuleError::NotAComponent { path, .. }
+            | ModuleError::Compile { path, .. }
+            | ModuleError::NotAProxy { path, .. } => {
+                full.strip_prefix(&format!("{}: ", path.display())).map_or(full.clone(), str::to_owned)
+            }
+            ModuleError::Cache { .. } => full,
+        }
+    }
+
+    /// Whether it failed because the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            ModuleError::Read { source, .. } | ModuleError::Cache { source, .. } => source,
+            _ => return false,
+        };
+        matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+    }
+}
+
 /// Why a module cannot be loaded. Each message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
@@ -48,6 +74,16 @@ pub enum ModuleError {
     /// wasmtime rejected the component.
     #[error("{}: not a valid component: {source:#}", path.display())]
     Compile {
+        /// The module file.
+        path: PathBuf,
+        /// wasmtime's error.
+        source: wasmtime::Error,
+    },
+    /// The component does not link as a `wasi:http` proxy: it does not
+    /// export `wasi:http/incoming-handler`, or imports what workers do not
+    /// provide.
+    #[error("{}: not a wasi:http service that Shoal can run: {source:#}", path.display())]
+    NotAProxy {
         /// The module file.
         path: PathBuf,
         /// wasmtime's error.

@@ -98,7 +98,7 @@ fn one() -> u32 {
 }
 
 /// Per-store state: WASI contexts, the resource table and memory limits.
-struct Guest {
+pub(crate) struct Guest {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
@@ -169,6 +169,18 @@ struct Warm {
     since: std::time::Instant,
 }
 
+/// Links `component` against what a worker provides (WASI and `wasi:http`)
+/// and checks that it exports `wasi:http/incoming-handler`.
+pub(crate) fn proxy_pre(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> wasmtime::Result<ProxyPre<Guest>> {
+    let mut linker = Linker::<Guest>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    linker.instantiate_pre(component).and_then(ProxyPre::new)
+}
+
 /// Runs a worker until SIGTERM, then drains. Blocks the calling thread.
 ///
 /// `exec` is how long the process took from the node agent's spawn to its
@@ -217,12 +229,7 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
             .map_err(|e| anyhow::anyhow!("cannot configure wasmtime: {e:#}"))?;
     let engine_ready = started.elapsed();
     let (component, outcome) = ComponentCache::new(&config.cache_dir).load(&engine, &config.module)?;
-    let mut linker = Linker::<Guest>::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let pre = linker
-        .instantiate_pre(&component)
-        .and_then(ProxyPre::new)
+    let pre = proxy_pre(&engine, &component)
         .map_err(|e| anyhow::anyhow!("{}: cannot serve it as a wasi:http proxy: {e:#}", config.module.display()))?;
 
     let ticker = engine.clone();

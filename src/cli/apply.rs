@@ -11,7 +11,7 @@ use serde::Deserialize;
 use shoal_api::objects::ModuleInfo;
 use shoal_api::{Service, parse_manifests, validate_set};
 
-use super::client::{Client, rejected};
+use super::client::{ApiError, Client, rejected};
 use super::connect::{encode, io_reason};
 use super::table::human_size;
 use super::{ApplyArgs, PushArgs, print};
@@ -30,6 +30,39 @@ pub struct Planned {
 #[derive(Deserialize)]
 struct Applied {
     result: String,
+    /// What the service asks for that works, but not as it may expect.
+    #[serde(default)]
+    warnings: Vec<String>,
+}
+
+/// How long an upload waits for the server to take it while other uploads
+/// run (`429`), in all.
+const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Uploads a module, waiting (and telling so once) while the server is busy
+/// with other uploads. A module the server refuses (`400`) is named as
+/// `what` says, with the server's reason: `FILE: not a valid component: …`.
+async fn upload(client: &Client, bytes: Bytes, what: impl Fn() -> String) -> anyhow::Result<ModuleInfo> {
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match client.post_wasm::<ModuleInfo>("/v1/modules", bytes.clone()).await {
+            Ok(info) => return Ok(info),
+            Err(error) => match error.downcast_ref::<ApiError>() {
+                Some(ApiError::Status { status, .. }) if status.as_u16() == 429 && started.elapsed() < UPLOAD_WAIT => {
+                    if !told {
+                        eprintln!("waiting: the server is busy with other uploads");
+                        told = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Some(ApiError::Status { status, message, .. }) if status.as_u16() == 400 => {
+                    return Err(anyhow!("{}: {message}", what()));
+                }
+                _ => return rejected(Err(error), || format!("cannot upload {}", what())),
+            },
+        }
+    }
 }
 
 pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
@@ -39,8 +72,9 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.connect)?;
     let mut digests: HashMap<PathBuf, String> = HashMap::new();
     for (path, bytes) in modules {
-        let info: ModuleInfo =
-            rejected(client.post_wasm("/v1/modules", bytes).await, || format!("cannot upload {}", path.display()))?;
+        let user = planned.iter().find(|p| module_key(&p.service.spec.module) == path).expect("a module of a manifest");
+        let what = || format!("{}: spec.module: {}", user.file, user.service.spec.module_field);
+        let info = upload(&client, bytes, what).await?;
         digests.insert(path, info.digest);
     }
     for item in &planned {
@@ -51,6 +85,9 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
             format!("{}: service {name:?}", item.file)
         })?;
         print(&format!("service/{name} {}\n", applied.result))?;
+        for warning in &applied.warnings {
+            eprintln!("Warning: {}: service {name:?}: {warning}", item.file);
+        }
     }
     Ok(())
 }
@@ -59,9 +96,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.file).map_err(|e| anyhow!("{}: {}", args.file.display(), io_reason(&e)))?;
     check_wasm(&bytes).map_err(|why| anyhow!("{}: {why}", args.file.display()))?;
     let client = Client::new(&args.connect)?;
-    let info: ModuleInfo = rejected(client.post_wasm("/v1/modules", Bytes::from(bytes)).await, || {
-        format!("cannot upload {}", args.file.display())
-    })?;
+    let info = upload(&client, Bytes::from(bytes), || args.file.display().to_string()).await?;
     print(&format!("module sha256:{} ({})\n", info.digest, human_size(info.size)))?;
     Ok(())
 }
@@ -192,9 +227,10 @@ fn read_modules(planned: &[Planned]) -> anyhow::Result<BTreeMap<PathBuf, Bytes>>
     Ok(modules)
 }
 
-/// A quick look at the bytes (the server checks the component itself).
-fn check_wasm(bytes: &[u8]) -> Result<(), &'static str> {
-    if bytes.starts_with(b"\0asm") { Ok(()) } else { Err("not a WebAssembly file") }
+/// A quick look at the bytes, in the words of the server's check (which
+/// checks the whole component).
+fn check_wasm(bytes: &[u8]) -> Result<(), String> {
+    shoal_runtime::check_component(Path::new(""), bytes).map_err(|e| e.reason())
 }
 
 #[cfg(test)]
@@ -281,6 +317,7 @@ mod tests {
     #[test]
     fn wasm_magic() {
         assert!(check_wasm(b"\0asm\x0d\0\x01\0").is_ok());
-        assert_eq!(check_wasm(b"hello"), Err("not a WebAssembly file"));
+        assert_eq!(check_wasm(b"hello"), Err("not a WebAssembly file".to_owned()));
+        assert!(check_wasm(b"\0asm\x01\0\0\0").unwrap_err().contains("core WebAssembly module"));
     }
 }

@@ -20,8 +20,10 @@ pub enum Command {
     Get(GetArgs),
     /// Show a service in detail, with its replicas and events.
     Describe(DescribeArgs),
-    /// Delete a service (its replicas are stopped).
+    /// Delete a service (its replicas are stopped) or a module nothing uses.
     Delete(DeleteArgs),
+    /// Delete every module that no service and no replica uses.
+    Gc(GcArgs),
     /// Set the number of replicas of a service.
     Scale(ScaleArgs),
     /// Print the output of a service's replicas, or of one replica.
@@ -131,13 +133,30 @@ pub struct DescribeArgs {
     pub connect: ConnectArgs,
 }
 
+/// What `shoal delete` deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeleteKind {
+    #[value(aliases = ["services", "svc"])]
+    Service,
+    #[value(aliases = ["modules"])]
+    Module,
+}
+
 /// Arguments of `shoal delete`.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    /// service (svc).
-    pub kind: ServiceKind,
-    /// The service's name.
+    /// service (svc) or module.
+    pub kind: DeleteKind,
+    /// The service's name, or the module's digest (`sha256:…`, or enough of
+    /// its start to name one module).
     pub name: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Arguments of `shoal gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -295,7 +314,10 @@ mod tests {
     #[test]
     fn service_commands() {
         let Command::Delete(args) = parse(&["shoal", "delete", "svc", "kubia"]) else { panic!() };
-        assert_eq!((args.kind, args.name.as_str()), (ServiceKind::Service, "kubia"));
+        assert_eq!((args.kind, args.name.as_str()), (DeleteKind::Service, "kubia"));
+        let Command::Delete(args) = parse(&["shoal", "delete", "module", "sha256:ab12"]) else { panic!() };
+        assert_eq!((args.kind, args.name.as_str()), (DeleteKind::Module, "sha256:ab12"));
+        assert!(matches!(parse(&["shoal", "gc"]), Command::Gc(_)));
         let Command::Scale(args) = parse(&["shoal", "scale", "service", "kubia", "--replicas", "5"]) else { panic!() };
         assert_eq!((args.name.as_str(), args.replicas), ("kubia", 5));
         assert!(Cli::try_parse_from(["shoal", "scale", "svc", "kubia"]).is_err(), "--replicas is required");

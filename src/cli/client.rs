@@ -140,6 +140,12 @@ impl Client {
         self.decode(&Method::POST, path, &body)
     }
 
+    /// `POST path` without a body, decoded.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let body = self.call(Method::POST, path, None, REQUEST_TIMEOUT).await?;
+        self.decode(&Method::POST, path, &body)
+    }
+
     /// `DELETE path`, decoded.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let body = self.call(Method::DELETE, path, None, REQUEST_TIMEOUT).await?;

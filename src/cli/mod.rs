@@ -9,8 +9,8 @@
 //! * `args`: the clap arguments of every command;
 //! * `connect`: `--server`, the token; `client`: requests and API errors;
 //! * `apply`: `apply` and `push` (manifest files, documents, modules);
-//! * `get`, `describe`, `logs`, `rollout`, `manage` (`delete`, `scale`),
-//!   `top`;
+//! * `get`, `describe`, `logs`, `rollout`, `manage` (`delete`, `scale`,
+//!   `gc`), `top`;
 //! * `table` and `rows`: pure formatting (aligned tables, ages, sizes).
 //!
 //! Every error ends the command with exit status 1 and one line
@@ -70,6 +70,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Get(args) => get::get(args).await,
         Command::Describe(args) => describe::describe(args).await,
         Command::Delete(args) => manage::delete(args).await,
+        Command::Gc(args) => manage::gc(args).await,
         Command::Scale(args) => manage::scale(args).await,
         Command::Logs(args) => logs::logs(args).await,
         Command::Rollout(RolloutArgs { command: RolloutCommand::Status(args) }) => rollout::status(args).await,

@@ -110,16 +110,15 @@ impl Shoal {
         std::fs::set_permissions(&data.0, std::fs::Permissions::from_mode(0o777)).unwrap();
         let mut command = Command::new(SHOAL);
         customize(&mut command);
-        let mut child = command
+        command
             .arg("up")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data.0)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start shoal");
+            .stderr(Stdio::piped());
+        let mut child = spawn_tied(command).expect("cannot start shoal");
         let (tx, rx) = channel();
         let output = Arc::new(Mutex::new(Vec::new()));
         for reader in [
@@ -273,6 +272,47 @@ impl Drop for Shoal {
     }
 }
 
+/// Spawns `command` so that it gets SIGTERM when this test process dies
+/// (a killed or aborted test run): `shoal up` then stops its workers and
+/// removes its cgroups, so nothing is left behind. `PR_SET_PDEATHSIG`
+/// fires when the *thread* that spawned the child ends, so every child is
+/// spawned by one thread that lives as long as the test process.
+pub fn spawn_tied(mut command: Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt as _;
+    type Job = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe calls (prctl, getppid, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (jobs, receiver) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("shoal-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in receiver {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("cannot start the spawner thread");
+        Mutex::new(jobs)
+    });
+    let (reply, answer) = std::sync::mpsc::channel();
+    spawner.lock().unwrap().send((command, reply)).expect("the spawner thread is gone");
+    answer.recv().expect("the spawner thread is gone")
+}
+
 /// Whether `pid` is a standby worker, waiting to become a replica (it
 /// names itself `shoal-standby` until it gets its configuration).
 pub fn is_standby(pid: u32) -> bool {
@@ -410,6 +450,24 @@ impl Shoal {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// `METHOD path` on the admin API with the token and an optional JSON
+    /// body: (status, body).
+    pub async fn admin_request(&self, method: &str, path: &str, json: Option<String>) -> (u16, String) {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.server()))
+            .header("authorization", format!("Bearer {}", self.token()));
+        if json.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let body = http_body_util::Full::new(Bytes::from(json.unwrap_or_default()));
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let response = client.request(request.body(body).unwrap()).await.expect("admin request failed");
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.expect("body failed").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// The name of the replica whose worker is `pid`, from the admin API.
     pub fn replica_of(&self, pid: u32) -> String {
         let (ok, out, err) = self.cli(&["get", "replicas", "-o", "json"]);
@@ -429,4 +487,44 @@ impl Shoal {
     pub fn count_lines(&self, matches: impl Fn(&str) -> bool) -> usize {
         self.output.lock().unwrap().iter().filter(|l| matches(l)).count()
     }
+}
+
+/// The kubia sample with a large core module appended that nothing
+/// instantiates: it serves like kubia, but compiling it takes seconds
+/// (`functions` functions of arithmetic, about 2,000 per second here).
+/// Used where a module must be slow to prepare.
+pub fn slow_component(functions: usize) -> Vec<u8> {
+    let mut wat = String::from("(module (memory 1)\n");
+    for f in 0..functions {
+        wat.push_str(&format!("(func (export \"f{f}\") (param i32 i32) (result i32) (local i32)\n"));
+        for k in 0..40 {
+            wat.push_str(&format!(
+                "local.get 0 local.get 1 i32.mul i32.const {k} i32.xor local.tee 2 i32.load offset={} \
+                 local.get 2 i32.rotl local.set 0 local.get 1 i32.const {} i32.add local.set 1\n",
+                (k * 4) % 1024,
+                k + f
+            ));
+            if k % 8 == 0 {
+                wat.push_str("local.get 0 if local.get 1 i32.const 3 i32.shl local.set 1 end\n");
+            }
+        }
+        wat.push_str("local.get 0)\n");
+    }
+    wat.push(')');
+    let module = wat::parse_str(&wat).expect("the generated module is valid");
+    let mut bytes = std::fs::read(HELLO_WASM).expect("the kubia sample");
+    // A core module section (id 1) at the end of the component.
+    bytes.push(1);
+    let mut n = module.len();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            bytes.push(byte);
+            break;
+        }
+        bytes.push(byte | 0x80);
+    }
+    bytes.extend(module);
+    bytes
 }

@@ -56,6 +56,16 @@ pub enum StoreError {
     #[error("{0:?} is not a module digest (expected a sha256 as 64 lowercase hex characters)")]
     InvalidDigest(String),
 
+    /// The disk holding the store is full (or the user's quota is used
+    /// up). Nothing was changed; once space is freed, writes succeed again.
+    #[error("disk full in {}: cannot {what} (nothing was changed; free some space and try again)", dir.display())]
+    DiskFull {
+        /// The data directory.
+        dir: PathBuf,
+        /// What was being written, e.g. `store the module`.
+        what: String,
+    },
+
     /// Any other failure of the backend (IO, a failed commit, …), with what
     /// was being done.
     #[error("store error: {detail}")]

@@ -5,54 +5,67 @@
 //! * **services** ([`ServiceRecord`]), keyed by name: the applied manifest,
 //!   the digest of its module and the bookkeeping around it (generation,
 //!   times);
-//! * **modules**: the bytes of Wasm components, keyed by the lowercase hex
-//!   sha256 of those bytes, with a small [`ModuleInfo`] beside each.
+//! * **modules**: Wasm components, keyed by the lowercase hex sha256 of
+//!   their bytes, with a small [`ModuleInfo`] beside each. The bytes are
+//!   files ([`Blobs`]: `modules/<sha256>.wasm` beside the store), written
+//!   as they arrive, so that storing a module costs no memory in proportion
+//!   to its size and deleting one gives its space back at once.
 //!
 //! # The contract
 //!
 //! * **Atomic writes.** Every write method is one transaction: after it
 //!   returns `Ok` the change is durable, and a crash leaves either the old or
-//!   the new state, never a mix. [`Store::put_module`] writes the bytes and
-//!   their info together.
-//! * **Reads see the last committed write** of this store handle.
+//!   the new state, never a mix. A module's file is complete before its
+//!   info is recorded, so an info never names a partial file.
+//! * **Reads see the last committed write** of this store handle, and keep
+//!   working when writes fail (a full disk): they are served from what was
+//!   committed.
+//! * **A failed write leaves the store usable.** A full disk is
+//!   [`StoreError::DiskFull`], naming the directory; the next write after
+//!   space is freed succeeds, without a restart.
 //! * **Content addressing.** A module's key is the sha256 of its bytes,
-//!   computed by the store, so the same bytes are stored once and the key
-//!   says what the content is. Putting the same bytes again changes nothing
-//!   and returns the same [`ModuleInfo`] (with the time of the first put).
-//! * **Verification.** [`Store::module`] hashes the bytes it read and
-//!   returns [`StoreError::Tampered`] if they do not match the digest, so a
-//!   file edited outside Shoal is noticed before a modified component runs.
-//!   Putting the right bytes again repairs such an entry.
+//!   computed by the store while they are written ([`Store::begin_module`]),
+//!   so the same bytes are stored once and the key says what the content
+//!   is. Storing the same bytes again changes nothing and returns the same
+//!   [`ModuleInfo`] (with the time of the first put).
+//! * **Verification.** [`Store::module`] and [`Store::module_file`] hash
+//!   the bytes they read and return [`StoreError::Tampered`] if they do not
+//!   match the digest, so a file edited outside Shoal is noticed before a
+//!   modified component runs. Storing the right bytes again repairs it.
 //! * **Orderly listings.** [`Store::services`] is sorted by name,
 //!   [`Store::modules`] by digest.
 //! * **Digests are checked**: a digest that is not 64 lowercase hex
 //!   characters is [`StoreError::InvalidDigest`], whether or not anything is
 //!   stored under it.
 //!
-//! The trait speaks only of keys, values and single-key or two-key
+//! The trait speaks only of keys, values, files and single-key or two-key
 //! transactions, so it fits etcd as well as the embedded [`RedbStore`]: a
 //! put is a `Put`, a delete a `DeleteRange` that reports whether it deleted,
-//! a listing a prefix `Range` (sorted by key), and `put_module` a `Txn`
-//! writing blob and info together. (etcd limits a value to 1.5 MiB by
-//! default, so an etcd store would split module bytes into chunks; that is
-//! its business, not the trait's.) The methods block; callers in async code
-//! use `spawn_blocking` or accept the short wait of an embedded store.
+//! a listing a prefix `Range` (sorted by key). Module bytes stay out of the
+//! key-value store (etcd limits a value to 1.5 MiB by default): a cluster
+//! store would fetch a module's file from a peer that has it. The methods
+//! block; callers in async code use `spawn_blocking` or accept the short
+//! wait of an embedded store.
 //!
 //! # Implementations
 //!
-//! * [`RedbStore`]: one redb file on disk; the store `shoal` runs on. Its
-//!   layout, schema versioning and why it is redb are documented there.
-//! * [`MemoryStore`]: maps behind a mutex, for unit tests of other
-//!   components. It behaves the same, except that nothing can tamper with it
-//!   and nothing survives it.
+//! * [`RedbStore`]: one redb file on disk, module files beside it; the
+//!   store `shoal` runs on. Its layout, schema versioning and why it is
+//!   redb are documented there.
+//! * [`MemoryStore`]: maps behind a mutex and module files in a temporary
+//!   directory, for unit tests of other components. Nothing survives it.
 
+mod blobs;
 mod error;
 mod memory;
 mod redb_store;
 
+use std::path::PathBuf;
+
 use sha2::{Digest, Sha256};
 pub use shoal_api::{ModuleInfo, ServiceRecord};
 
+pub use blobs::{Blobs, ModuleUpload, StagedModule, is_disk_full};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use redb_store::{RedbStore, SCHEMA_VERSION};
@@ -75,14 +88,32 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the service `name`; `false` if there was none.
     fn delete_service(&self, name: &str) -> Result<bool, StoreError>;
 
-    /// Stores a module under the sha256 of `bytes`, with its info, in one
-    /// transaction. Idempotent: the same bytes give the same info, with the
-    /// `created_unix` of the first put.
-    fn put_module(&self, bytes: &[u8]) -> Result<ModuleInfo, StoreError>;
+    /// Starts storing a module: its bytes are written to a staging file
+    /// and hashed as they come; [`ModuleUpload::finish`], then
+    /// [`Store::commit_module`], store it.
+    fn begin_module(&self) -> Result<ModuleUpload, StoreError>;
+
+    /// Stores a staged module under its digest: its file moves into place,
+    /// then its info is recorded, in one transaction. Idempotent: the same
+    /// bytes give the same info, with the `created_unix` of the first put.
+    fn commit_module(&self, staged: StagedModule) -> Result<ModuleInfo, StoreError>;
+
+    /// Stores `bytes` as a module ([`Store::begin_module`], one write,
+    /// [`Store::commit_module`]).
+    fn put_module(&self, bytes: &[u8]) -> Result<ModuleInfo, StoreError> {
+        let mut upload = self.begin_module()?;
+        upload.write(bytes)?;
+        self.commit_module(upload.finish()?)
+    }
 
     /// The bytes of module `digest`, if stored, after checking that they
     /// hash to `digest` ([`StoreError::Tampered`] if not).
     fn module(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The file of module `digest`, if stored, after checking that its
+    /// content hashes to `digest` (read in pieces: memory does not grow with
+    /// its size).
+    fn module_file(&self, digest: &str) -> Result<Option<PathBuf>, StoreError>;
 
     /// The info of module `digest`, if stored.
     fn module_info(&self, digest: &str) -> Result<Option<ModuleInfo>, StoreError>;
@@ -90,8 +121,15 @@ pub trait Store: Send + Sync + 'static {
     /// The info of every module, sorted by digest.
     fn modules(&self) -> Result<Vec<ModuleInfo>, StoreError>;
 
-    /// Deletes module `digest` (bytes and info); `false` if there was none.
+    /// Deletes module `digest` (info and file); `false` if there was none.
     fn delete_module(&self, digest: &str) -> Result<bool, StoreError>;
+
+    /// Gives back the space deleted records took, where the backend keeps
+    /// it (redb: a compaction). Module files need none: deleting one frees
+    /// its space at once.
+    fn compact(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The sha256 of `bytes` as lowercase hex: a module's digest.

@@ -6,12 +6,20 @@
 //! - `GET /alloc?mb=N[&ms=M]` allocates and touches N MiB of linear memory,
 //!   holds it M milliseconds, then answers `allocated N MiB` (exercises
 //!   per-instance and per-replica memory limits).
+//! - `GET /hostalloc?mb=N[&ms=M]` makes the *host* hold N MiB: header
+//!   field objects of 120 KiB each (wasi:http's limit per object is 128
+//!   KiB), kept M milliseconds. That memory is outside the instance's
+//!   linear memory and its cap: only the replica's cgroup bounds it.
 //! - `GET /env?name=X` answers the value of environment variable `X`
 //!   (404 if unset).
 //! - `GET /count` answers how many requests this instance has served (global
 //!   state: 1 with a fresh instance per request).
-//! - `GET /sleep?ms=N` waits N milliseconds (a WASI clock wait, not a
-//!   spin), then answers `slept N ms` (exercises graceful drain).
+//! - `/sleep?ms=N` (any method) waits N milliseconds (a WASI clock wait,
+//!   not a spin), then answers `slept N ms` (exercises graceful drain and
+//!   which requests the gateway sends again).
+//! - `/inspect…` (any method, any path under it) answers the request as the
+//!   guest received it: `<METHOD> <path and query>`, then one line per
+//!   header, `name: value`.
 //! - `/echo` (any method) answers `<METHOD>\n` followed by the request
 //!   body.
 //! - Anything else answers `You've hit <HOSTNAME>` like `hello`.
@@ -33,8 +41,10 @@ fn handle(req: Request) -> Response {
             std::hint::black_box(());
         },
         ("GET", "/alloc") => alloc(&req),
+        ("GET", "/hostalloc") => host_alloc(&req),
         ("GET", "/env") => env(&req),
-        ("GET", "/sleep") => sleep(&req),
+        (_, "/sleep") => sleep(&req),
+        (_, path) if path.starts_with("/inspect") => inspect(&req),
         ("GET", "/count") => count(),
         (_, "/echo") => echo(&req),
         _ => {
@@ -65,6 +75,27 @@ fn alloc(req: &Request) -> Response {
     Response::ok(format!("allocated {mb} MiB\n"))
 }
 
+fn host_alloc(req: &Request) -> Response {
+    use shoal_sdk::wasi::http::types::Fields;
+    let Some(mb) = req.query_param("mb").and_then(|v| v.parse::<usize>().ok()) else {
+        return Response::text(400, "usage: /hostalloc?mb=N\n");
+    };
+    let value = vec![b'x'; 120 * 1024];
+    let mut held = Vec::new();
+    for _ in 0..mb * 1024 / 120 {
+        let fields = Fields::new();
+        if fields.append("x-held", &value).is_err() {
+            return Response::text(500, "the host refused a header field\n");
+        }
+        held.push(fields);
+    }
+    if let Some(ms) = req.query_param("ms").and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    drop(held);
+    Response::ok(format!("the host held {mb} MiB\n"))
+}
+
 /// Requests this instance has served: global state, which a fresh instance
 /// per request resets and a reused instance keeps.
 fn count() -> Response {
@@ -89,6 +120,14 @@ fn env(req: &Request) -> Response {
         Some(value) => Response::ok(value),
         None => Response::text(404, format!("{name} is not set\n")),
     }
+}
+
+fn inspect(req: &Request) -> Response {
+    let mut text = format!("{} {}\n", req.method(), req.path_and_query());
+    for (name, value) in req.headers() {
+        text.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value)));
+    }
+    Response::ok(text)
 }
 
 fn echo(req: &Request) -> Response {

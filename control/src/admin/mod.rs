@@ -3,10 +3,12 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `POST /v1/modules` | upload a component (raw bytes) → `ModuleInfo` |
+//! | `POST /v1/modules` | upload a component (raw bytes, streamed) → `ModuleInfo`; waits while [`MAX_UPLOADS`] run, `429` past the waiting line |
 //! | `GET /v1/modules` | list modules |
 //! | `GET /v1/modules/{digest}` | one module's info |
-//! | `PUT /v1/services/{name}` | apply `{manifest, moduleDigest}` → `{result, service}` |
+//! | `DELETE /v1/modules/{digest}` | delete a module; `409` naming who uses it |
+//! | `POST /v1/modules/gc` | delete every module nothing uses → `{deleted, freedBytes}` |
+//! | `PUT /v1/services/{name}` | apply `{manifest, moduleDigest}` → `{result, service, warnings}` |
 //! | `GET /v1/services`, `GET /v1/services/{name}` | services with status |
 //! | `DELETE /v1/services/{name}` | delete |
 //! | `PUT /v1/services/{name}/scale` | `{replicas}` |
@@ -16,21 +18,32 @@
 //!
 //! Errors are `{"error": "..."}` with a 4xx or 5xx status; every error a
 //! handler can return is turned into a response in one place
-//! ([`ApiError`]'s `IntoResponse`).
+//! ([`ApiError`]'s `IntoResponse`), and the errors axum answers by itself
+//! (an unknown route, a wrong method, a body that does not decode) are
+//! rewritten into the same shape by [`json_errors`].
+//!
+//! The listener ([`serve`]) runs the shared accept loop with defences of its
+//! own: at most [`MAX_CONNECTIONS`] connections, a header timeout and an
+//! idle timeout; at the cap, the oldest connection that is idle and never
+//! authenticated is closed to make room, so anonymous connections cannot
+//! lock out the CLI.
 
+mod modules;
+
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shoal_api::objects::{Event, ModuleInfo, ReplicaInfo, ReplicaUsage, RolloutPhase, ServiceRecord, ServiceStatus};
+use shoal_api::objects::{Event, ReplicaInfo, ReplicaUsage, RolloutPhase, ServiceRecord, ServiceStatus};
 
 use crate::apply::{ApplyError, apply};
 use crate::events::EventLog;
@@ -38,8 +51,16 @@ use crate::logs::{LogBook, selects};
 use crate::reconciler::Controller;
 use crate::store::{Store, StoreError};
 
-/// The largest module upload.
-pub const MAX_MODULE_SIZE: usize = 256 << 20;
+pub use modules::{MAX_MODULE_SIZE, MAX_UPLOADS};
+
+/// Open connections to the admin API at most.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time a client of the admin API has to send a request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time an admin API connection may stay open without a request.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest request body besides module uploads (manifests, scale).
+const MAX_BODY: usize = 4 << 20;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -49,6 +70,31 @@ pub struct AdminState {
     pub events: Arc<EventLog>,
     pub logs: Arc<LogBook>,
     pub token: Arc<str>,
+    /// Module uploads in progress ([`MAX_UPLOADS`] permits).
+    pub uploads: Arc<tokio::sync::Semaphore>,
+    /// Module uploads waiting for their turn ([`modules::MAX_WAITING_UPLOADS`]).
+    pub waiting_uploads: Arc<tokio::sync::Semaphore>,
+}
+
+impl AdminState {
+    /// The state of an admin API over these parts.
+    pub fn new(
+        store: Arc<dyn Store>,
+        controller: Arc<Controller>,
+        events: Arc<EventLog>,
+        logs: Arc<LogBook>,
+        token: &str,
+    ) -> Self {
+        Self {
+            store,
+            controller,
+            events,
+            logs,
+            token: token.into(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
+            waiting_uploads: Arc::new(tokio::sync::Semaphore::new(modules::MAX_WAITING_UPLOADS)),
+        }
+    }
 }
 
 /// A service with its status, as the API returns it.
@@ -62,16 +108,45 @@ pub struct ServiceView {
 /// An error as the API returns it.
 pub struct ApiError(StatusCode, String);
 
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        let message = message.into();
+        tracing::error!(error = %message, "admin API error");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    /// `429` with `Retry-After: 1`.
+    fn busy(message: impl Into<String>) -> Self {
+        ApiError(StatusCode::TOO_MANY_REQUESTS, message.into())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let mut response = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        tracing::error!(%error, "store error");
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+        match error {
+            StoreError::InvalidDigest(digest) => {
+                ApiError::bad_request(format!("{:?} is not a module digest", modules::cut(&digest, 72)))
+            }
+            StoreError::DiskFull { .. } => {
+                tracing::error!(%error, "store error");
+                ApiError(StatusCode::INSUFFICIENT_STORAGE, error.to_string())
+            }
+            error => ApiError::internal(error.to_string()),
+        }
     }
 }
 
@@ -80,7 +155,27 @@ fn not_found(what: &str, name: &str) -> ApiError {
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, message.into())
+    ApiError::bad_request(message)
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = shoal_gateway::listener::ServeConfig {
+        name: "admin API",
+        max_connections: MAX_CONNECTIONS,
+        evict_untrusted: true,
+        header_timeout: HEADER_TIMEOUT,
+        idle_timeout: Some(IDLE_TIMEOUT),
+        drain_timeout: Duration::from_secs(5),
+        http2: false,
+        max_headers: 100,
+    };
+    let service = hyper_util::service::TowerToHyperService::new(router(state));
+    shoal_gateway::listener::serve(listener, config, service, shutdown).await
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -88,8 +183,9 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 /// The admin API's routes, behind the token check.
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/v1/modules", get(list_modules).post(upload_module))
-        .route("/v1/modules/{digest}", get(get_module))
+        .route("/v1/modules", get(modules::list).post(modules::upload))
+        .route("/v1/modules/gc", post(modules::gc))
+        .route("/v1/modules/{digest}", get(modules::get).delete(modules::delete))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}", get(get_service).put(apply_service).delete(delete_service))
         .route("/v1/services/{name}/scale", put(scale_service))
@@ -98,21 +194,73 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/events", get(list_events))
         .route("/v1/logs/{name}", get(logs))
-        .layer(DefaultBodyLimit::max(MAX_MODULE_SIZE))
+        .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(json_errors))
         .with_state(state)
 }
 
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!("no such API route: {} {}", request.method(), modules::cut(request.uri().path(), 100)),
+    )
+}
+
+/// Rewrites the errors axum answers by itself (a wrong method, a body or
+/// query that does not decode, a body over the limit) as `{"error": …}`,
+/// like every other error of the API.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), modules::cut(request.uri().path(), 100));
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = match (status, text.is_empty()) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => format!("method {method} is not allowed on {path}"),
+        (_, true) => format!("{} {method} {path}", status.canonical_reason().unwrap_or("error")),
+        (_, false) => text,
+    };
+    let mut rewritten = (status, Json(serde_json::json!({ "error": message }))).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rewritten
+}
+
 /// Rejects requests without the right bearer token, before any handler runs.
+/// The scheme is case-insensitive (RFC 9110 §11.1). A connection that
+/// presented the token is trusted: it is not evicted to make room for new
+/// connections.
 async fn authenticate(State(state): State<AdminState>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
+            if let Some(connection) = request.extensions().get::<shoal_gateway::listener::Connection>() {
+                connection.trust();
+            }
+            next.run(request).await
+        }
         Some(_) => ApiError(StatusCode::UNAUTHORIZED, "unauthorized: wrong token".into()).into_response(),
         None => ApiError(StatusCode::UNAUTHORIZED, "unauthorized: missing bearer token".into()).into_response(),
     }
@@ -120,27 +268,6 @@ async fn authenticate(State(state): State<AdminState>, request: Request, next: N
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn upload_module(
-    State(state): State<AdminState>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<ModuleInfo>), ApiError> {
-    shoal_runtime::check_component(Path::new("uploaded module"), &body).map_err(|e| bad_request(e.to_string()))?;
-    let store = state.store.clone();
-    let info = tokio::task::spawn_blocking(move || store.put_module(&body))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok((StatusCode::CREATED, Json(info)))
-}
-
-async fn list_modules(State(state): State<AdminState>) -> ApiResult<Vec<ModuleInfo>> {
-    Ok(Json(state.store.modules()?))
-}
-
-async fn get_module(State(state): State<AdminState>, UrlPath(digest): UrlPath<String>) -> ApiResult<ModuleInfo> {
-    let digest = digest.strip_prefix("sha256:").unwrap_or(&digest);
-    state.store.module_info(digest)?.map(Json).ok_or_else(|| not_found("module", digest))
 }
 
 fn view(state: &AdminState, record: ServiceRecord) -> ServiceView {
@@ -188,6 +315,9 @@ struct ApplyBody {
 struct ApplyResponse {
     result: &'static str,
     service: ServiceView,
+    /// What the service asks for that works, but not as it may expect
+    /// ([`shoal_api::warnings`]).
+    warnings: Vec<String>,
 }
 
 async fn apply_service(
@@ -212,8 +342,15 @@ async fn apply_service(
     let mut all = others;
     all.push(service.clone());
     shoal_api::validate_set(&all).map_err(|e| bad_request(e.to_string()))?;
-    let digest = body.module_digest.strip_prefix("sha256:").unwrap_or(&body.module_digest).to_owned();
-    let (applied, record) = apply(&*state.store, service, &digest).map_err(|e| match e {
+    let digest = modules::parse_digest(&body.module_digest)?;
+    let warnings = shoal_api::warnings(&service);
+    // Under the module lock: a module is not deleted between the check
+    // that it exists and the service that names it.
+    let (applied, record) = {
+        let _modules = state.controller.module_lock();
+        apply(&*state.store, service, &digest)
+    }
+    .map_err(|e| match e {
         ApplyError::UnknownModule(_) => bad_request(e.to_string()),
         ApplyError::Store(e) => e.into(),
     })?;
@@ -225,7 +362,7 @@ async fn apply_service(
         );
         state.controller.trigger();
     }
-    Ok(Json(ApplyResponse { result: applied.as_str(), service: view(&state, record) }))
+    Ok(Json(ApplyResponse { result: applied.as_str(), service: view(&state, record), warnings }))
 }
 
 async fn delete_service(

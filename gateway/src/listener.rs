@@ -1,0 +1,378 @@
+//! The accept loop every Shoal listener runs: the gateway's and the admin
+//! API's.
+//!
+//! One task per connection, HTTP/1.1 with keep-alive (and HTTP/2 with prior
+//! knowledge where asked), and the defences a listener facing unknown
+//! clients needs:
+//!
+//! - **A connection cap.** Past [`ServeConfig::max_connections`] open
+//!   connections, a new one is closed at once (nothing queues), or, with
+//!   [`ServeConfig::evict_untrusted`], the oldest connection that is not
+//!   serving a request and never carried a trusted one is closed to make
+//!   room. A listener whose clients authenticate (the admin API) evicts, so
+//!   that no number of anonymous connections locks its users out; the
+//!   gateway, whose clients are all anonymous, refuses.
+//! - **A header timeout.** A connection must complete a request head within
+//!   [`ServeConfig::header_timeout`] of opening (or of its last response,
+//!   with an idle timeout), however slowly it trickles bytes.
+//! - **An idle timeout.** A keep-alive connection without a request in
+//!   progress is closed after [`ServeConfig::idle_timeout`].
+//! - **A graceful drain.** On shutdown: no new connections, idle ones
+//!   closed, busy ones finish their responses within
+//!   [`ServeConfig::drain_timeout`].
+//!
+//! Every request carries a [`Connection`] in its extensions: the client's
+//! address, and [`Connection::trust`], which a handler calls once the client
+//! has proven who it is.
+//!
+//! A connection counts as busy from the moment its request head is complete
+//! until its response body ends (a followed log is busy for as long as it
+//! streams), so the idle timeout and eviction never cut a response short.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Settings of one listener.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// What the listener serves, for logs (`gateway`, `admin API`).
+    pub name: &'static str,
+    /// Open client connections at most.
+    pub max_connections: usize,
+    /// At the cap, close the oldest idle untrusted connection to make room
+    /// rather than the new one.
+    pub evict_untrusted: bool,
+    /// Time a client has to send a complete request head, from the opening
+    /// of the connection (and from the end of each response, when there is
+    /// an idle timeout).
+    pub header_timeout: Duration,
+    /// Time a keep-alive connection may stay without a request in progress;
+    /// `None` keeps it open until the client closes it.
+    pub idle_timeout: Option<Duration>,
+    /// Time in-flight requests get to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Serve HTTP/2 with prior knowledge (h2c) beside HTTP/1.1.
+    pub http2: bool,
+    /// The most header fields in an HTTP/1.1 request; past it, `431`.
+    pub max_headers: usize,
+}
+
+/// A client connection, as a request's handler sees it (in the request's
+/// extensions).
+#[derive(Clone)]
+pub struct Connection {
+    state: Arc<ConnState>,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+impl Connection {
+    /// Marks the connection as carrying an authenticated client: it is no
+    /// longer evicted to make room for new connections.
+    pub fn trust(&self) {
+        self.state.trusted.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One open connection, shared by its task, its requests and the registry.
+struct ConnState {
+    /// Requests in progress (head read, response body not finished).
+    busy: AtomicUsize,
+    /// When the last request ended (or the connection opened), in
+    /// milliseconds since the listener started.
+    last_active_ms: AtomicU64,
+    /// Whether a request on it was authenticated.
+    trusted: AtomicBool,
+    /// Whether it ever completed a request head.
+    seen_request: AtomicBool,
+    /// Told to close (evicted).
+    close: Notify,
+}
+
+impl ConnState {
+    fn evictable(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) == 0 && !self.trusted.load(Ordering::Relaxed)
+    }
+}
+
+/// The open connections by id; ids grow, so the first is the oldest.
+struct Registry {
+    open: Mutex<BTreeMap<u64, Arc<ConnState>>>,
+    started: Instant,
+}
+
+impl Registry {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then drains.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    config: ServeConfig,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_headers(config.max_headers);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = if config.http2 { builder } else { builder.http1_only() };
+    let graceful = GracefulShutdown::new();
+    let registry = Arc::new(Registry { open: Mutex::new(BTreeMap::new()), started: Instant::now() });
+    let mut next_id: u64 = 0;
+    let mut accept_errors: u32 = 0;
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => {
+                    accept_errors = 0;
+                    conn
+                }
+                Err(error) => {
+                    // Out of file descriptors, most likely: back off,
+                    // doubling up to a second, instead of spinning.
+                    accept_errors = accept_errors.saturating_add(1);
+                    let pause = Duration::from_millis(10 << accept_errors.min(7)).min(Duration::from_secs(1));
+                    tracing::warn!(listener = config.name, %error, ?pause, "accept failed");
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if !admit(&registry, &config, peer) {
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        next_id += 1;
+        let id = next_id;
+        let state = Arc::new(ConnState {
+            busy: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(registry.now_ms()),
+            trusted: AtomicBool::new(false),
+            seen_request: AtomicBool::new(false),
+            close: Notify::new(),
+        });
+        registry.open.lock().expect("registry lock").insert(id, state.clone());
+        let tracked = Tracked {
+            inner: service.clone(),
+            conn: Connection { state: state.clone(), peer },
+            registry: registry.clone(),
+        };
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), tracked).into_owned());
+        let (registry, config) = (registry.clone(), config.clone());
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = &mut conn => result,
+                () = watchdog(&registry, &state, &config) => Ok(()),
+            };
+            if let Err(error) = result {
+                tracing::debug!(listener = config.name, %peer, %error, "client connection ended with an error");
+            }
+            registry.open.lock().expect("registry lock").remove(&id);
+        });
+    }
+
+    drop(listener);
+    if tokio::time::timeout(config.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(listener = config.name, drain = ?config.drain_timeout, "drain timed out; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// Whether a new connection may open: under the cap, or once the oldest
+/// evictable connection was told to close.
+fn admit(registry: &Registry, config: &ServeConfig, peer: SocketAddr) -> bool {
+    let mut open = registry.open.lock().expect("registry lock");
+    if open.len() < config.max_connections {
+        return true;
+    }
+    if config.evict_untrusted {
+        let victim = open.iter().find(|(_, state)| state.evictable()).map(|(id, _)| *id);
+        if let Some(id) = victim {
+            let state = open.remove(&id).expect("victim is open");
+            state.close.notify_one();
+            return true;
+        }
+    }
+    drop(open);
+    tracing::warn!(listener = config.name, %peer, limit = config.max_connections, "connection limit reached; closing");
+    false
+}
+
+/// Completes when the connection must close: evicted, or without a request
+/// in progress for longer than it may be. Before its first request a
+/// connection has the header timeout; after, the idle timeout (or forever).
+async fn watchdog(registry: &Registry, state: &ConnState, config: &ServeConfig) {
+    loop {
+        let limit = if state.seen_request.load(Ordering::Relaxed) {
+            match config.idle_timeout {
+                Some(idle) => idle,
+                None => {
+                    state.close.notified().await;
+                    return;
+                }
+            }
+        } else {
+            config.header_timeout
+        };
+        let last = state.last_active_ms.load(Ordering::Relaxed);
+        let due = registry.started + Duration::from_millis(last) + limit;
+        tokio::select! {
+            () = state.close.notified() => return,
+            () = tokio::time::sleep_until(due) => {}
+        }
+        let idle = state.busy.load(Ordering::Relaxed) == 0;
+        if idle && state.last_active_ms.load(Ordering::Relaxed) == last {
+            tracing::debug!(listener = config.name, "no request within the time allowed; closing");
+            return;
+        }
+        // Busy, or a request came and went: look again from its end.
+        if !idle {
+            // The end of the request moves `last_active_ms`; until then,
+            // only eviction or the drain closes it.
+            while state.busy.load(Ordering::Relaxed) != 0 {
+                tokio::select! {
+                    () = state.close.notified() => return,
+                    () = tokio::time::sleep(limit.min(Duration::from_secs(1))) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The service of one connection: counts its requests busy and hands
+/// each one its [`Connection`].
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    conn: Connection,
+    registry: Arc<Registry>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = Infallible;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let state = &self.conn.state;
+        state.busy.fetch_add(1, Ordering::Relaxed);
+        state.seen_request.store(true, Ordering::Relaxed);
+        let guard = Busy { state: state.clone(), registry: self.registry.clone() };
+        req.extensions_mut().insert(self.conn.clone());
+        TrackedFuture { inner: self.inner.call(req), guard: Some(guard) }
+    }
+}
+
+/// Ends a request's busy count, and marks the time, when dropped.
+struct Busy {
+    state: Arc<ConnState>,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.state.last_active_ms.store(self.registry.now_ms(), Ordering::Relaxed);
+        self.state.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's response future; its body carries the busy count on.
+    pub struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<Busy>,
+    }
+}
+
+impl<F, B> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            Poll::Ready(Ok(response)) => {
+                let guard = this.guard.take();
+                Poll::Ready(Ok(response.map(|body| TrackedBody { inner: body, guard })))
+            }
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its connection busy until it ends.
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<Busy>,
+    }
+}
+
+impl<B: HttpBody> HttpBody for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = polled {
+            this.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
