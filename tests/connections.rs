@@ -16,18 +16,6 @@ use tokio::net::TcpStream;
 /// The admin API's header timeout (`shoal_control::admin::HEADER_TIMEOUT`).
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Raises this process's open-files limit to its hard limit; returns it.
-fn raise_open_files() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write `limit`.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-    limit.rlim_cur
-}
-
 /// How one attacking connection ended.
 #[derive(Debug, Clone, Copy)]
 enum Ended {

@@ -62,22 +62,8 @@ fn component_with_padding(base: &[u8], seed: u64, size: usize) -> Vec<u8> {
         state ^= state << 17;
         state as u8
     }));
-    bytes.push(0); // custom section
-    leb128(&mut bytes, payload.len());
-    bytes.extend(payload);
+    append_section(&mut bytes, 0, &payload);
     bytes
-}
-
-fn leb128(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 /// Fills the filesystem of `dir` with a file; returns its path.

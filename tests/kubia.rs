@@ -66,13 +66,10 @@ async fn replicas_are_processes_in_cgroups_with_the_manifest_memory_limit() {
         assert_eq!(limit.trim(), (48u64 << 20).to_string(), "{}", limit_file.display());
         let pids = cgroup_of(*pid, "pids").unwrap();
         assert!(pids.contains("/shoal/"), "pids cgroup {pids}");
-        // 250m of cpu: a quarter of each 100 ms period (v1 cpu.cfs_quota_us).
-        let cpu = cgroup_of(*pid, "cpu").unwrap();
-        let quota =
-            std::path::Path::new("/sys/fs/cgroup/cpu").join(cpu.trim_start_matches('/')).join("cpu.cfs_quota_us");
-        if let Ok(quota) = std::fs::read_to_string(quota) {
-            assert_eq!(quota.trim(), "25000");
-        }
+        // 250m of cpu: a quarter of each 100 ms period (v1 cpu.cfs_quota_us
+        // and cpu.cfs_period_us, v2 cpu.max).
+        assert_eq!(cpu_quota(*pid), Some((25_000, 100_000)), "worker {pid}");
+        assert_eq!(cgroup_setting(*pid, "pids", "pids.max").as_deref(), Some("64"), "worker {pid}");
     }
     assert!(shoal.stop().success());
 }
@@ -104,7 +101,8 @@ async fn shutdown_leaves_no_worker_and_no_cgroup() {
         for group in groups.iter().filter(|g| g.contains("/shoal/")) {
             assert!(memory_limit_file(group).is_none(), "cgroup {group} remains");
         }
-        for root in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup"] {
+        assert!(groups.iter().any(|g| g.contains("/shoal/")), "no worker was in a shoal cgroup: {groups:?}");
+        for root in CGROUP_ROOTS {
             let instance = std::path::Path::new(root).join(format!("shoal/up-{pid}"));
             assert!(!instance.exists(), "{} remains", instance.display());
         }
@@ -198,10 +196,8 @@ async fn workers_die_with_a_killed_shoal_and_its_cgroups_are_reclaimed() {
         return;
     }
     // The killed shoal could not remove its cgroups; the next one does.
-    let stale: Vec<_> = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
-        .iter()
-        .map(|root| std::path::Path::new(root).join(format!("shoal/up-{pid}")))
-        .collect();
+    let stale: Vec<_> =
+        CGROUP_ROOTS.iter().map(|root| std::path::Path::new(root).join(format!("shoal/up-{pid}"))).collect();
     assert!(stale.iter().any(|d| d.exists()), "the killed shoal's cgroup should still be there");
     let mut next = Shoal::start(&["-f", &file]);
     next.wait_ready("kubia");

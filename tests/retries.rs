@@ -51,23 +51,9 @@ async fn wait_seen(shoal: &Shoal, method: &str, path: &str, count: usize) -> Vec
     }
 }
 
-/// The worker process of `replica`, from the admin API.
-fn pid_of(shoal: &Shoal, replica: &str) -> u32 {
-    let (ok, out, err) = shoal.cli(&["get", "replicas", "-o", "json"]);
-    assert!(ok, "{err}");
-    let replicas: serde_json::Value = serde_json::from_str(&out).unwrap();
-    replicas
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["name"] == replica)
-        .and_then(|r| r["pid"].as_u64())
-        .unwrap_or_else(|| panic!("no running worker for {replica}: {out}")) as u32
-}
-
 /// SIGKILLs the workers of `replicas`, all at once.
 fn kill_replicas(shoal: &Shoal, replicas: &[&str]) {
-    let pids: Vec<u32> = replicas.iter().map(|r| pid_of(shoal, r)).collect();
+    let pids: Vec<u32> = replicas.iter().map(|r| shoal.pid_of(r)).collect();
     for pid in pids {
         // SAFETY: kill on a worker of our own shoal.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };

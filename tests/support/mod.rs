@@ -377,6 +377,35 @@ pub fn cgroup_of(pid: u32, controller: &str) -> Option<String> {
     unified
 }
 
+/// The content of `file` of `controller` for the cgroup of `pid`, on cgroup
+/// v1 (`/sys/fs/cgroup/<controller>/<path>/<file>`) or v2
+/// (`/sys/fs/cgroup/<path>/<file>`), trimmed.
+pub fn cgroup_setting(pid: u32, controller: &str, file: &str) -> Option<String> {
+    let path = cgroup_of(pid, controller)?;
+    let relative = path.trim_start_matches('/');
+    let v1 = Path::new("/sys/fs/cgroup").join(controller).join(relative).join(file);
+    let v2 = Path::new("/sys/fs/cgroup").join(relative).join(file);
+    [v1, v2].iter().find_map(|p| std::fs::read_to_string(p).ok()).map(|s| s.trim().to_owned())
+}
+
+/// The CPU quota of the cgroup of `pid`: (quota, period) in microseconds,
+/// from v1 `cpu.cfs_quota_us` and `cpu.cfs_period_us` or v2 `cpu.max`;
+/// `None` for no limit.
+pub fn cpu_quota(pid: u32) -> Option<(u64, u64)> {
+    if let Some(max) = cgroup_setting(pid, "cpu", "cpu.max") {
+        let (quota, period) = max.split_once(' ')?;
+        return Some((quota.parse().ok()?, period.parse().ok()?));
+    }
+    let quota: i64 = cgroup_setting(pid, "cpu", "cpu.cfs_quota_us")?.parse().ok()?;
+    let period: u64 = cgroup_setting(pid, "cpu", "cpu.cfs_period_us")?.parse().ok()?;
+    u64::try_from(quota).ok().map(|quota| (quota, period))
+}
+
+/// Where `shoal/up-<pid>` groups live: each v1 controller Shoal uses, and
+/// the v2 hierarchy.
+pub const CGROUP_ROOTS: [&str; 4] =
+    ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"];
+
 /// The file holding the memory limit of cgroup `path` (v1 or v2).
 pub fn memory_limit_file(path: &str) -> Option<PathBuf> {
     let v1 = Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')).join("memory.limit_in_bytes");
@@ -468,19 +497,30 @@ impl Shoal {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
-    /// The name of the replica whose worker is `pid`, from the admin API.
-    pub fn replica_of(&self, pid: u32) -> String {
+    /// The replicas as `shoal get replicas -o json` lists them.
+    pub fn replicas(&self) -> Vec<serde_json::Value> {
         let (ok, out, err) = self.cli(&["get", "replicas", "-o", "json"]);
         assert!(ok, "{err}");
         let replicas: serde_json::Value = serde_json::from_str(&out).unwrap();
+        replicas.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The name of the replica whose worker is `pid`, from the admin API.
+    pub fn replica_of(&self, pid: u32) -> String {
+        let replicas = self.replicas();
         replicas
-            .as_array()
-            .into_iter()
-            .flatten()
+            .iter()
             .find(|r| r["pid"].as_u64() == Some(u64::from(pid)))
             .and_then(|r| r["name"].as_str())
-            .unwrap_or_else(|| panic!("no replica has pid {pid}: {out}"))
+            .unwrap_or_else(|| panic!("no replica has pid {pid}: {replicas:?}"))
             .to_owned()
+    }
+
+    /// The worker process of the replica named `replica`, from the admin API.
+    pub fn pid_of(&self, replica: &str) -> u32 {
+        let replicas = self.replicas();
+        let pid = replicas.iter().find(|r| r["name"] == replica).and_then(|r| r["pid"].as_u64());
+        pid.unwrap_or_else(|| panic!("no running worker for {replica}: {replicas:?}")) as u32
     }
 
     /// How many lines printed so far match `matches`.
@@ -514,8 +554,15 @@ pub fn slow_component(functions: usize) -> Vec<u8> {
     let module = wat::parse_str(&wat).expect("the generated module is valid");
     let mut bytes = std::fs::read(HELLO_WASM).expect("the kubia sample");
     // A core module section (id 1) at the end of the component.
-    bytes.push(1);
-    let mut n = module.len();
+    append_section(&mut bytes, 1, &module);
+    bytes
+}
+
+/// Appends a section (`id`, then the payload's length as LEB128, then the
+/// payload) to a Wasm binary.
+pub fn append_section(bytes: &mut Vec<u8>, id: u8, payload: &[u8]) {
+    bytes.push(id);
+    let mut n = payload.len();
     loop {
         let byte = (n & 0x7f) as u8;
         n >>= 7;
@@ -525,6 +572,19 @@ pub fn slow_component(functions: usize) -> Vec<u8> {
         }
         bytes.push(byte | 0x80);
     }
-    bytes.extend(module);
-    bytes
+    bytes.extend_from_slice(payload);
+}
+
+/// Raises this process's open-files limit to its hard limit; returns the
+/// limit in effect.
+pub fn raise_open_files() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
 }
