@@ -21,9 +21,10 @@
 //!   closed, busy ones finish their responses within
 //!   [`ServeConfig::drain_timeout`].
 //!
-//! Every request carries a [`Connection`] in its extensions: the client's
-//! address, and [`Connection::trust`], which a handler calls once the client
-//! has proven who it is.
+//! Each connection's service is made by the caller from its [`Connection`]:
+//! the client's address, and [`Connection::trust`], which a handler calls
+//! once the client has proven who it is. (Nothing is added to the requests
+//! themselves: the gateway's path allocates nothing for this.)
 //!
 //! A connection counts as busy from the moment its request head is complete
 //! until its response body ends (a followed log is busy for as long as it
@@ -93,6 +94,8 @@ impl Connection {
 
 /// One open connection, shared by its task, its requests and the registry.
 struct ConnState {
+    /// When the listener started: `last_active_ms` counts from it.
+    epoch: Instant,
     /// Requests in progress (head read, response body not finished).
     busy: AtomicUsize,
     /// When the last request ended (or the connection opened), in
@@ -107,6 +110,10 @@ struct ConnState {
 }
 
 impl ConnState {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn evictable(&self) -> bool {
         self.busy.load(Ordering::Relaxed) == 0 && !self.trusted.load(Ordering::Relaxed)
     }
@@ -124,19 +131,17 @@ impl Registry {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` completes, then drains.
-pub async fn serve<S, B>(
+/// Serves each accepted connection with the service `make` makes for it,
+/// on `listener`, until `shutdown` completes; then drains.
+pub async fn serve<M, S, B>(
     listener: TcpListener,
     config: ServeConfig,
-    service: S,
+    make: M,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    M: Fn(&Connection) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
     B: HttpBody + Send + 'static,
     B::Data: Send,
@@ -183,6 +188,7 @@ where
         next_id += 1;
         let id = next_id;
         let state = Arc::new(ConnState {
+            epoch: registry.started,
             busy: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(registry.now_ms()),
             trusted: AtomicBool::new(false),
@@ -190,11 +196,8 @@ where
             close: Notify::new(),
         });
         registry.open.lock().expect("registry lock").insert(id, state.clone());
-        let tracked = Tracked {
-            inner: service.clone(),
-            conn: Connection { state: state.clone(), peer },
-            registry: registry.clone(),
-        };
+        let connection = Connection { state: state.clone(), peer };
+        let tracked = Tracked { inner: make(&connection), state: state.clone() };
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), tracked).into_owned());
         let (registry, config) = (registry.clone(), config.clone());
         tokio::spawn(async move {
@@ -278,13 +281,11 @@ async fn watchdog(registry: &Registry, state: &ConnState, config: &ServeConfig) 
     }
 }
 
-/// The service of one connection: counts its requests busy and hands
-/// each one its [`Connection`].
-#[derive(Clone)]
+/// The service of one connection: counts its requests busy until their
+/// response bodies end.
 struct Tracked<S> {
     inner: S,
-    conn: Connection,
-    registry: Arc<Registry>,
+    state: Arc<ConnState>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
@@ -295,12 +296,11 @@ where
     type Error = Infallible;
     type Future = TrackedFuture<S::Future>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let state = &self.conn.state;
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let state = &self.state;
         state.busy.fetch_add(1, Ordering::Relaxed);
         state.seen_request.store(true, Ordering::Relaxed);
-        let guard = Busy { state: state.clone(), registry: self.registry.clone() };
-        req.extensions_mut().insert(self.conn.clone());
+        let guard = Busy { state: state.clone() };
         TrackedFuture { inner: self.inner.call(req), guard: Some(guard) }
     }
 }
@@ -308,12 +308,11 @@ where
 /// Ends a request's busy count, and marks the time, when dropped.
 struct Busy {
     state: Arc<ConnState>,
-    registry: Arc<Registry>,
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.state.last_active_ms.store(self.registry.now_ms(), Ordering::Relaxed);
+        self.state.last_active_ms.store(self.state.now_ms(), Ordering::Relaxed);
         self.state.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }

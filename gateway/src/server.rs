@@ -50,20 +50,21 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let max_head = config.max_header_bytes;
         let gateway = self;
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let gateway = gateway.clone();
-            async move {
-                if crate::proxy::head_size(&req) > max_head {
-                    return Ok(crate::proxy::message(
-                        hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "431 request header fields too large\n",
-                    ));
+        let make = move |connection: &Connection| {
+            let (gateway, peer) = (gateway.clone(), connection.peer);
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let gateway = gateway.clone();
+                async move {
+                    if crate::proxy::head_size(&req) > max_head {
+                        return Ok(crate::proxy::message(
+                            hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "431 request header fields too large\n",
+                        ));
+                    }
+                    Ok::<_, std::convert::Infallible>(gateway.proxy(req, peer).await)
                 }
-                let peer = req.extensions().get::<Connection>().map(|c| c.peer);
-                let peer = peer.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-                Ok::<_, std::convert::Infallible>(gateway.proxy(req, peer).await)
-            }
-        });
+            })
+        };
         let serve_config = ServeConfig {
             name: "gateway",
             max_connections: config.max_connections,
@@ -76,6 +77,6 @@ impl Gateway {
             http2: true,
             max_headers: config.max_headers,
         };
-        serve(listener, serve_config, service, shutdown).await
+        serve(listener, serve_config, make, shutdown).await
     }
 }

@@ -50,6 +50,7 @@ use crate::events::EventLog;
 use crate::logs::{LogBook, selects};
 use crate::reconciler::Controller;
 use crate::store::{Store, StoreError};
+use shoal_gateway::listener::Connection;
 
 pub use modules::{MAX_MODULE_SIZE, MAX_UPLOADS};
 
@@ -174,8 +175,17 @@ pub async fn serve(
         http2: false,
         max_headers: 100,
     };
-    let service = hyper_util::service::TowerToHyperService::new(router(state));
-    shoal_gateway::listener::serve(listener, config, service, shutdown).await
+    let router = router(state);
+    // Each connection's requests carry it, so that the token check can
+    // mark it trusted.
+    let make = move |connection: &Connection| {
+        let (service, connection) = (hyper_util::service::TowerToHyperService::new(router.clone()), connection.clone());
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(connection.clone());
+            hyper::service::Service::call(&service, request)
+        })
+    };
+    shoal_gateway::listener::serve(listener, config, make, shutdown).await
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -256,7 +266,7 @@ async fn authenticate(State(state): State<AdminState>, request: Request, next: N
         .map(|(_, token)| token.trim());
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
-            if let Some(connection) = request.extensions().get::<shoal_gateway::listener::Connection>() {
+            if let Some(connection) = request.extensions().get::<Connection>() {
                 connection.trust();
             }
             next.run(request).await
