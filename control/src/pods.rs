@@ -187,7 +187,7 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                 );
                 let (name, socket) = (replica.name.clone(), replica.socket.clone());
                 tokio::select! {
-                    () = probe(&ctx, &spec.service, &name, &socket, &update, &object) => unreachable!(),
+                    () = probe(&ctx, &spec.service, &name, (&socket, pid), &update, &object) => unreachable!(),
                     exit = replica.wait() => {
                         ctx.gateway.remove_replica(&spec.service, &replica.name);
                         (failures, delay) = after_exit(failures, Some(started.elapsed()));
@@ -273,26 +273,35 @@ type StatusUpdate<'a> = dyn Fn(&dyn Fn(&mut PodStatus)) + Sync + 'a;
 const PROBE_PERIOD: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_FAILURES: u32 = 2;
+/// Failures in a row after which a worker counts as stuck even if its
+/// process runs: requests waiting on it are given up (sent elsewhere when
+/// safe). A stopped process (SIGSTOP) counts as stuck at once; a merely
+/// slow one keeps its requests until then.
+const PROBE_STUCK: u32 = 4;
 
 /// Probes a running worker forever: after [`PROBE_FAILURES`] failed probes
 /// in a row it leaves the gateway's rotation (its process may be alive but
-/// stuck or stopped), requests waiting on it go to another replica where
-/// that is safe, and it returns to the rotation on the next success.
+/// stuck or stopped) and returns to it on the next success. Requests
+/// already waiting on it are given up (sent to another replica where that
+/// is safe, else `502`) only when it is stuck: its process is stopped, or
+/// [`PROBE_STUCK`] probes failed; a replica that is only slow finishes them.
 async fn probe(
     ctx: &PodContext,
     service: &str,
     replica: &str,
-    socket: &std::path::Path,
+    (socket, pid): (&std::path::Path, u32),
     update: &StatusUpdate<'_>,
     object: &str,
 ) {
     let mut failures = 0;
     let mut in_rotation = true;
+    let mut given_up = false;
     loop {
         tokio::time::sleep(PROBE_PERIOD).await;
         let ok = tokio::time::timeout(PROBE_TIMEOUT, probe_once(socket)).await.is_ok_and(|ok| ok);
         if ok {
             failures = 0;
+            given_up = false;
             if !in_rotation {
                 in_rotation = true;
                 ctx.gateway.add_replica(service, replica, socket);
@@ -301,9 +310,9 @@ async fn probe(
             }
         } else {
             failures += 1;
-            if failures == PROBE_FAILURES && in_rotation {
+            if failures >= PROBE_FAILURES && in_rotation {
                 in_rotation = false;
-                ctx.gateway.fail_replica(service, replica);
+                ctx.gateway.remove_replica(service, replica);
                 update(&|s| s.ready = false);
                 ctx.events.warning(
                     object,
@@ -311,8 +320,21 @@ async fn probe(
                     format!("{PROBE_FAILURES} readiness probes failed; out of rotation"),
                 );
             }
+            if !in_rotation && !given_up && (failures >= PROBE_STUCK || is_stopped(pid)) {
+                given_up = true;
+                ctx.gateway.fail_replica(service, replica);
+            }
         }
     }
+}
+
+/// Whether process `pid` is stopped (SIGSTOP, or traced): `/proc/<pid>/stat`
+/// says `T` or `t`.
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+        .is_some_and(|state| state == 'T' || state == 't')
 }
 
 /// One readiness probe: a request the worker answers itself.

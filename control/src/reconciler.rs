@@ -61,8 +61,8 @@ pub const MAX_SURGE: usize = 1;
 pub const MAX_UNAVAILABLE: usize = 0;
 /// Modules prepared (compiled) at once: one, since wasmtime compiles one
 /// module on every core already; two at once only make each take longer.
-/// The smallest are started first, so that a large module (a JavaScript
-/// engine) does not hold up the small ones.
+/// The smallest waiting module goes first, so that a large module (a
+/// JavaScript engine) does not hold up the small ones.
 pub const PREPARING_AT_ONCE: usize = 1;
 /// How often unused modules are looked for.
 pub const GC_PERIOD: Duration = Duration::from_secs(30);
@@ -102,8 +102,11 @@ pub struct Controller {
     pods: Mutex<Vec<Pod>>,
     /// Each module's preparation, by digest.
     modules: Mutex<HashMap<String, ModuleState>>,
-    /// Bounds the preparations running at once.
-    preparing: Arc<tokio::sync::Semaphore>,
+    /// Modules waiting to be prepared, smallest first: (size, digest,
+    /// failed attempts so far). One task prepares them, one at a time.
+    waiting: Mutex<std::collections::BinaryHeap<std::cmp::Reverse<(u64, String, u32)>>>,
+    /// Wakes the preparing task.
+    waiting_changed: Arc<tokio::sync::Notify>,
     /// Held while a module's use is checked and changed (apply, delete,
     /// gc), so that a module is never deleted under a service naming it.
     module_lock: Mutex<()>,
@@ -154,7 +157,7 @@ impl Controller {
                 scaler.activate(service);
             }
         });
-        Ok(Arc::new(Self {
+        let controller = Arc::new(Self {
             store,
             ctx,
             logs,
@@ -163,7 +166,8 @@ impl Controller {
             data_dir,
             pods: Mutex::new(Vec::new()),
             modules: Mutex::new(HashMap::new()),
-            preparing: Arc::new(tokio::sync::Semaphore::new(PREPARING_AT_ONCE)),
+            waiting: Mutex::new(std::collections::BinaryHeap::new()),
+            waiting_changed: Arc::new(tokio::sync::Notify::new()),
             module_lock: Mutex::new(()),
             module_retention,
             unused_since: Mutex::new(HashMap::new()),
@@ -173,7 +177,10 @@ impl Controller {
             announced: Mutex::new(HashMap::new()),
             scaler,
             usage: Mutex::new(HashMap::new()),
-        }))
+        });
+        let changed = controller.waiting_changed.clone();
+        tokio::spawn(Self::prepare_waiting(Arc::downgrade(&controller), changed));
+        Ok(controller)
     }
 
     /// Asks for a pass now.
@@ -364,18 +371,6 @@ impl Controller {
         // Routes first: every service's, before anything can take time.
         for record in &records {
             self.publish(record);
-        }
-        // Modules to prepare, smallest first (they are prepared in order).
-        let mut by_size: Vec<(u64, &str)> = records
-            .iter()
-            .map(|r| {
-                let size = self.store.module_info(&r.module_digest).ok().flatten().map_or(u64::MAX, |m| m.size);
-                (size, r.module_digest.as_str())
-            })
-            .collect();
-        by_size.sort_unstable();
-        for (_, digest) in by_size {
-            self.module(digest);
         }
         for record in &records {
             let module = self.module(&record.module_digest);
@@ -609,17 +604,31 @@ impl Controller {
             _ => 0,
         };
         drop(modules);
-        let this = self.clone();
-        let digest = digest.to_owned();
-        tokio::spawn(async move {
-            let Ok(_permit) = this.preparing.clone().acquire_owned().await else { return };
-            let (worker, target) = (this.clone(), digest.clone());
+        let size = self.store.module_info(digest).ok().flatten().map_or(u64::MAX, |m| m.size);
+        self.waiting.lock().expect("waiting lock").push(std::cmp::Reverse((size, digest.to_owned(), attempts)));
+        self.waiting_changed.notify_one();
+        ModuleState::Preparing
+    }
+
+    /// Prepares the waiting modules, smallest first, one at a time, for as
+    /// long as the controller exists (started by [`Controller::new`]).
+    async fn prepare_waiting(this: std::sync::Weak<Self>, changed: Arc<tokio::sync::Notify>) {
+        loop {
+            let next = match this.upgrade() {
+                Some(controller) => controller.waiting.lock().expect("waiting lock").pop(),
+                None => return,
+            };
+            let Some(std::cmp::Reverse((_, digest, attempts))) = next else {
+                changed.notified().await;
+                continue;
+            };
+            let Some(controller) = this.upgrade() else { return };
+            let (worker, target) = (controller.clone(), digest.clone());
             let result = tokio::task::spawn_blocking(move || worker.prepare(&target))
                 .await
                 .unwrap_or_else(|e| Err(format!("module preparation failed: {e}")));
-            this.prepared(&digest, result, attempts);
-        });
-        ModuleState::Preparing
+            controller.prepared(&digest, result, attempts);
+        }
     }
 
     /// Records how a preparation ended, reports a failure once, and asks
@@ -657,7 +666,8 @@ impl Controller {
             Ok(None) => return Err(format!("module sha256:{digest} is not in the store; push it again")),
             Err(error) => return Err(error.to_string()),
         };
-        let outcome = self.check_module(&path, digest).map_err(|e| match e {
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let outcome = self.cache.check_bytes(&self.engine, &path, &bytes).map_err(|e| match e {
             e if e.is_disk_full() => {
                 StoreError::DiskFull { dir: self.data_dir.clone(), what: "compile the module".to_owned() }.to_string()
             }
@@ -668,10 +678,24 @@ impl Controller {
     }
 
     /// The check a module passes before it is stored: a component that
-    /// compiles (into the cache) and links as a `wasi:http` proxy. `digest`
-    /// is the sha256 of the file, which the store computed.
+    /// compiles (into the cache) and links as a `wasi:http` proxy. `path`
+    /// is a staged upload (Shoal's own file, which nothing else writes) and
+    /// `digest` the sha256 the store computed of it. A module refused here
+    /// leaves no compiled artifact behind (unless the same module is stored).
     pub fn check_module(&self, path: &std::path::Path, digest: &str) -> Result<CacheOutcome, ModuleError> {
-        self.cache.check_file(&self.engine, path, digest)
+        let checked = self.cache.check_file(&self.engine, path, digest);
+        if checked.is_err() && !matches!(self.store.module_info(digest), Ok(Some(_))) {
+            self.cache.forget(digest);
+        }
+        checked
+    }
+
+    /// Forgets the compiled artifact of an upload that was checked but not
+    /// stored, unless the module is stored anyway.
+    pub fn upload_abandoned(&self, digest: &str) {
+        if !matches!(self.store.module_info(digest), Ok(Some(_))) {
+            self.cache.forget(digest);
+        }
     }
 
     /// The data directory.
@@ -719,6 +743,9 @@ impl Controller {
                 running.join(", ")
             ));
         }
+        if matches!(self.modules.lock().expect("modules lock").get(digest), Some(ModuleState::Preparing)) {
+            return Some("it is being prepared (compiled) now; try again once that is done".to_owned());
+        }
         None
     }
 
@@ -732,8 +759,16 @@ impl Controller {
             return Ok(ModuleDeletion::InUse(users));
         }
         self.remove_module(digest)?;
-        self.store.compact()?;
+        self.compact();
         Ok(ModuleDeletion::Deleted)
+    }
+
+    /// Compacts the store after deletions; a failure is logged, not
+    /// returned: what was deleted is gone either way.
+    fn compact(&self) {
+        if let Err(error) = self.store.compact() {
+            tracing::warn!(%error, "cannot compact the store after deleting modules");
+        }
     }
 
     fn remove_module(&self, digest: &str) -> Result<(), StoreError> {
@@ -752,6 +787,9 @@ impl Controller {
         if matches!(modules.get(digest), Some(ModuleState::Failed { .. })) {
             modules.remove(digest);
         }
+        drop(modules);
+        // Just uploaded: its unused time starts now (an apply may follow).
+        self.unused_since.lock().expect("unused lock").remove(digest);
     }
 
     /// Deletes every module that no service and no pod has used for
@@ -779,7 +817,7 @@ impl Controller {
             }
         }
         if !deleted.is_empty() {
-            self.store.compact()?;
+            self.compact();
         }
         Ok(deleted)
     }

@@ -52,6 +52,11 @@ impl Endpoint {
         self.failed_notify.notify_waiters();
     }
 
+    /// Whether the replica was marked failed.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
     /// Completes once the replica is marked failed.
     pub async fn failed(&self) {
         loop {
@@ -107,13 +112,20 @@ impl Drop for InFlight {
 /// The ready replicas of one service.
 pub struct Balancer {
     endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    /// Replicas taken out of rotation while requests may still wait on
+    /// them (a failed probe), so that they can still be failed.
+    resting: std::sync::Mutex<Vec<Arc<Endpoint>>>,
     /// The number of ready replicas, for requests waiting for one.
     ready: watch::Sender<usize>,
 }
 
 impl Default for Balancer {
     fn default() -> Self {
-        Self { endpoints: RwLock::new(Arc::from([])), ready: watch::Sender::new(0) }
+        Self {
+            endpoints: RwLock::new(Arc::from([])),
+            resting: std::sync::Mutex::default(),
+            ready: watch::Sender::new(0),
+        }
     }
 }
 
@@ -158,6 +170,7 @@ impl Balancer {
 
     /// Adds a ready replica (replacing one of the same name).
     pub fn add(&self, endpoint: Endpoint) {
+        self.resting.lock().expect("balancer lock").retain(|e| e.name != endpoint.name);
         let mut guard = self.endpoints.write().expect("balancer lock");
         let mut list: Vec<Arc<Endpoint>> = guard.iter().filter(|e| e.name != endpoint.name).cloned().collect();
         list.push(Arc::new(endpoint));
@@ -178,17 +191,29 @@ impl Balancer {
 
     /// Removes a replica; requests already sent to it finish.
     pub fn remove(&self, name: &str) -> bool {
-        self.take(name).is_some()
-    }
-
-    /// Removes a replica that stopped answering: requests in flight to it
-    /// give up on it (and go to another replica where that is safe).
-    pub fn fail(&self, name: &str) -> bool {
         let removed = self.take(name);
         if let Some(endpoint) = &removed {
-            endpoint.fail();
+            let mut resting = self.resting.lock().expect("balancer lock");
+            resting.retain(|e| e.name != endpoint.name && Arc::strong_count(e) > 1);
+            resting.push(endpoint.clone());
         }
         removed.is_some()
+    }
+
+    /// Fails a replica that is stuck, in rotation or not: requests in
+    /// flight to it give up on it (and go to another replica where that is
+    /// safe).
+    pub fn fail(&self, name: &str) -> bool {
+        let mut failed = self.take(name);
+        let mut resting = self.resting.lock().expect("balancer lock");
+        if let Some(at) = resting.iter().position(|e| e.name == name) {
+            failed = failed.or(Some(resting.swap_remove(at)));
+        }
+        drop(resting);
+        if let Some(endpoint) = &failed {
+            endpoint.fail();
+        }
+        failed.is_some()
     }
 
     fn take(&self, name: &str) -> Option<Arc<Endpoint>> {

@@ -61,11 +61,12 @@ pub struct ServeConfig {
     /// rather than the new one.
     pub evict_untrusted: bool,
     /// Time a client has to send a complete request head, from the opening
-    /// of the connection (and from the end of each response, when there is
-    /// an idle timeout).
+    /// of the connection and, on HTTP/1.1, from the end of each response (so
+    /// it is also how long an idle HTTP/1.1 keep-alive connection lasts).
     pub header_timeout: Duration,
-    /// Time a keep-alive connection may stay without a request in progress;
-    /// `None` keeps it open until the client closes it.
+    /// Time a connection may stay without a request in progress after its
+    /// first one (what closes idle HTTP/2 connections); `None` leaves them
+    /// to the client (and HTTP/1.1 ones to the header timeout).
     pub idle_timeout: Option<Duration>,
     /// Time in-flight requests get to finish on shutdown.
     pub drain_timeout: Duration,
@@ -216,6 +217,9 @@ where
     drop(listener);
     if tokio::time::timeout(config.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = config.name, drain = ?config.drain_timeout, "drain timed out; closing remaining connections");
+        for state in registry.open.lock().expect("registry lock").values() {
+            state.close.notify_one();
+        }
     }
     Ok(())
 }
@@ -262,7 +266,7 @@ async fn watchdog(registry: &Registry, state: &ConnState, config: &ServeConfig) 
             () = state.close.notified() => return,
             () = tokio::time::sleep_until(due) => {}
         }
-        let idle = state.busy.load(Ordering::Relaxed) == 0;
+        let idle = state.busy.load(Ordering::Acquire) == 0;
         if idle && state.last_active_ms.load(Ordering::Relaxed) == last {
             tracing::debug!(listener = config.name, "no request within the time allowed; closing");
             return;
@@ -271,7 +275,7 @@ async fn watchdog(registry: &Registry, state: &ConnState, config: &ServeConfig) 
         if !idle {
             // The end of the request moves `last_active_ms`; until then,
             // only eviction or the drain closes it.
-            while state.busy.load(Ordering::Relaxed) != 0 {
+            while state.busy.load(Ordering::Acquire) != 0 {
                 tokio::select! {
                     () = state.close.notified() => return,
                     () = tokio::time::sleep(limit.min(Duration::from_secs(1))) => {}
@@ -313,7 +317,8 @@ struct Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.state.last_active_ms.store(self.state.now_ms(), Ordering::Relaxed);
-        self.state.busy.fetch_sub(1, Ordering::Relaxed);
+        // Release: a watchdog that sees the count drop sees the time too.
+        self.state.busy.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -322,10 +322,10 @@ impl Gateway {
         let exceeded = Arc::new(AtomicBool::new(false));
         let broken = Arc::new(AtomicBool::new(false));
 
-        // As many tries as there are ready replicas (each on one not tried
-        // yet), at most MAX_TRIES, when trying again is safe.
-        let tries = backend.replicas.len().clamp(1, MAX_TRIES);
-        let mut tried: Vec<Arc<Endpoint>> = Vec::with_capacity(tries);
+        // Each ready replica tried at most once, at most MAX_TRIES in all,
+        // when trying again is safe. (`tried` allocates only once a try
+        // failed.)
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut endpoint = endpoint;
         loop {
             let body = match (&replay, streaming.take()) {
@@ -344,7 +344,11 @@ impl Gateway {
             *request.version_mut() = Version::HTTP_11;
             *request.headers_mut() = parts.headers.clone();
             let mut in_flight = endpoint.track();
-            let outcome = tokio::select! {
+            let outcome = if endpoint.is_failed() {
+                // Failed after it was picked: nothing was sent to it.
+                Attempt::Failed { connected: false, reason: "the replica stopped answering".to_owned() }
+            } else {
+                tokio::select! {
                 result = tokio::time::timeout_at(deadline, endpoint.client.request(request)) => match result {
                     Ok(Ok(response)) => Attempt::Answered(response),
                     Ok(Err(error)) => Attempt::Failed { connected: !error.is_connect(), reason: error.to_string() },
@@ -356,6 +360,7 @@ impl Gateway {
                     connected: true,
                     reason: "the replica stopped answering its readiness probes".to_owned(),
                 },
+                }
             };
             match outcome {
                 Attempt::Answered(response) => {
@@ -379,7 +384,7 @@ impl Gateway {
                     // is still at hand.
                     let safe = replay.is_some() && (!connected || is_idempotent(&parts.method));
                     tried.push(endpoint.clone());
-                    let next = if safe && tried.len() < tries {
+                    let next = if safe && tried.len() < MAX_TRIES {
                         let names: Vec<&str> = tried.iter().map(|e| e.name.as_str()).collect();
                         backend.replicas.pick_excluding(&names)
                     } else {

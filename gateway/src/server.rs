@@ -26,6 +26,10 @@ pub struct GatewayConfig {
     pub max_header_bytes: usize,
     /// The most header fields in a request; past it, `431`. Default 100.
     pub max_headers: usize,
+    /// Time a connection may stay without a request in progress, after its
+    /// first (what closes idle HTTP/2 connections; an idle HTTP/1.1 one is
+    /// closed by the header timeout). Default 75 seconds, like nginx.
+    pub idle_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -36,6 +40,7 @@ impl Default for GatewayConfig {
             drain_timeout: Duration::from_secs(10),
             max_header_bytes: 32 * 1024,
             max_headers: 100,
+            idle_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -72,7 +77,7 @@ impl Gateway {
             // connections are refused rather than old ones evicted.
             evict_untrusted: false,
             header_timeout: config.header_read_timeout,
-            idle_timeout: None,
+            idle_timeout: Some(config.idle_timeout),
             drain_timeout: config.drain_timeout,
             http2: true,
             max_headers: config.max_headers,

@@ -40,14 +40,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Maps a module file read-only.
+///
+/// Only for Shoal's own files, which nothing modifies in place: staged
+/// uploads (under a random name in the data directory's staging area) and,
+/// in a worker, the module file it was started with. A file changed or
+/// truncated while mapped would change the bytes under the compiler or
+/// raise SIGBUS; the control plane therefore reads the modules it prepares
+/// instead, and only maps the uploads it has just written itself.
 fn map_file(path: &Path) -> Result<memmap2::Mmap, ModuleError> {
     let read = |source| ModuleError::Read { path: path.to_owned(), source };
     let file = std::fs::File::open(path).map_err(read)?;
-    // SAFETY: Shoal's module files are written once under a temporary name
-    // and renamed into place, never modified in place; a file changed behind
-    // Shoal's back changes the bytes compiled or hashed, never memory
-    // safety of this process (the mapping is read-only and only read as
-    // bytes).
+    // SAFETY: as above: the files mapped here are written once, under a
+    // temporary or random name, by Shoal, and never modified in place
+    // while Shoal runs.
     unsafe { memmap2::Mmap::map(&file) }.map_err(read)
 }
 
@@ -190,10 +195,14 @@ impl ComponentCache {
 
     fn store(&self, artifact: &Path, compiled: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
+        // A name no other writer uses, in this process or another: two
+        // compiles of one module may run at once (uploads, preparation).
+        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = self.dir.join(format!(
-            ".{}.{}.tmp",
+            ".{}.{}-{}.tmp",
             artifact.file_name().and_then(|n| n.to_str()).unwrap_or("artifact"),
-            std::process::id()
+            std::process::id(),
+            SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(compiled)?;

@@ -72,8 +72,11 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.connect)?;
     let mut digests: HashMap<PathBuf, String> = HashMap::new();
     for (path, bytes) in modules {
-        let user = planned.iter().find(|p| module_key(&p.service.spec.module) == path).expect("a module of a manifest");
-        let what = || format!("{}: spec.module: {}", user.file, user.service.spec.module_field);
+        let user = planned.iter().find(|p| module_key(&p.service.spec.module) == path);
+        let what = || match user {
+            Some(user) => format!("{}: spec.module: {}", user.file, user.service.spec.module_field),
+            None => path.display().to_string(),
+        };
         let info = upload(&client, bytes, what).await?;
         digests.insert(path, info.digest);
     }

@@ -23,10 +23,10 @@
 //! rewritten into the same shape by [`json_errors`].
 //!
 //! The listener ([`serve`]) runs the shared accept loop with defences of its
-//! own: at most [`MAX_CONNECTIONS`] connections, a header timeout and an
-//! idle timeout; at the cap, the oldest connection that is idle and never
-//! authenticated is closed to make room, so anonymous connections cannot
-//! lock out the CLI.
+//! own: at most [`MAX_CONNECTIONS`] connections, and a header timeout that
+//! also closes idle connections; at the cap, the oldest connection that is
+//! idle and never authenticated is closed to make room, so anonymous
+//! connections cannot lock out the CLI.
 
 mod modules;
 
@@ -56,10 +56,10 @@ pub use modules::{MAX_MODULE_SIZE, MAX_UPLOADS};
 
 /// Open connections to the admin API at most.
 pub const MAX_CONNECTIONS: usize = 256;
-/// Time a client of the admin API has to send a request head.
+/// Time a client of the admin API has to send a request head, from the
+/// opening of its connection or the end of its previous response: also how
+/// long an idle connection lasts.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time an admin API connection may stay open without a request.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest request body besides module uploads (manifests, scale).
 const MAX_BODY: usize = 4 << 20;
 
@@ -170,7 +170,7 @@ pub async fn serve(
         max_connections: MAX_CONNECTIONS,
         evict_untrusted: true,
         header_timeout: HEADER_TIMEOUT,
-        idle_timeout: Some(IDLE_TIMEOUT),
+        idle_timeout: None,
         drain_timeout: Duration::from_secs(5),
         http2: false,
         max_headers: 100,
@@ -354,12 +354,16 @@ async fn apply_service(
     shoal_api::validate_set(&all).map_err(|e| bad_request(e.to_string()))?;
     let digest = modules::parse_digest(&body.module_digest)?;
     let warnings = shoal_api::warnings(&service);
-    // Under the module lock: a module is not deleted between the check
-    // that it exists and the service that names it.
-    let (applied, record) = {
-        let _modules = state.controller.module_lock();
-        apply(&*state.store, service, &digest)
-    }
+    // Under the module lock (held off the runtime's threads: a gc may hold
+    // it through several commits): a module is not deleted between the
+    // check that it exists and the service that names it.
+    let (controller, store) = (state.controller.clone(), state.store.clone());
+    let (applied, record) = tokio::task::spawn_blocking(move || {
+        let _modules = controller.module_lock();
+        apply(&*store, service, &digest)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("apply failed: {e}")))?
     .map_err(|e| match e {
         ApplyError::UnknownModule(_) => bad_request(e.to_string()),
         ApplyError::Store(e) => e.into(),

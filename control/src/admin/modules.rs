@@ -35,6 +35,10 @@ pub const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(120)
 
 /// Chunks in flight between the request body and the file writer.
 const WRITE_QUEUE: usize = 8;
+/// How long an upload may go without sending a byte; past it the upload is
+/// abandoned and its slot freed (a client that went away silently must not
+/// hold one forever).
+const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub(super) async fn upload(
     State(state): State<AdminState>,
@@ -75,11 +79,19 @@ pub(super) async fn upload(
     let mut stream = body.into_data_stream();
     let mut size: u64 = 0;
     let mut failure = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(error) => {
+    loop {
+        let chunk = match tokio::time::timeout(UPLOAD_STALL, stream.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(None) => break,
+            Ok(Some(Err(error))) => {
                 failure = Some(ApiError::bad_request(format!("the upload broke off: {error}")));
+                break;
+            }
+            Err(_) => {
+                failure = Some(ApiError(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the upload sent nothing for {}s; abandoned", UPLOAD_STALL.as_secs()),
+                ));
                 break;
             }
         };
@@ -117,7 +129,15 @@ pub(super) async fn upload(
         }
     })?;
     let store = state.store.clone();
-    let info = blocking(move || store.commit_module(staged)).await?;
+    let digest = staged.digest().to_owned();
+    let info = match blocking(move || store.commit_module(staged)).await {
+        Ok(info) => info,
+        Err(error) => {
+            let controller = state.controller.clone();
+            let _ = tokio::task::spawn_blocking(move || controller.upload_abandoned(&digest)).await;
+            return Err(error);
+        }
+    };
     state.controller.module_stored(&info.digest);
     state.events.normal(format!("module/sha256:{}", info.digest), "Uploaded", format!("{} bytes", info.size));
     Ok((StatusCode::CREATED, Json(info)))

@@ -476,6 +476,7 @@ impl Store for RedbStore {
     fn commit_module(&self, mut staged: StagedModule) -> Result<ModuleInfo, StoreError> {
         let digest = staged.digest().to_owned();
         let _writer = self.lock_writer();
+        let existed = self.mirror().infos.contains_key(&digest);
         self.blobs.install(&mut staged)?;
         // An existing info keeps its creation time; one that does not
         // decode is replaced, since these bytes say what is true.
@@ -484,7 +485,14 @@ impl Store for RedbStore {
         let info = ModuleInfo { digest: digest.clone(), size: staged.size(), created_unix };
         if old.as_ref() != Some(&info) {
             let json = self.encode(&info)?;
-            self.write_record(MODULE_INFO, &digest, Some(json), format_args!("writing module {digest}"))?;
+            let written = self.write_record(MODULE_INFO, &digest, Some(json), format_args!("writing module {digest}"));
+            if let Err(error) = written {
+                // Nothing names the file: it goes, so the space comes back.
+                if !existed {
+                    let _ = self.blobs.remove(&digest);
+                }
+                return Err(error);
+            }
         }
         Ok(info)
     }
@@ -533,10 +541,14 @@ impl Store for RedbStore {
         let Some(db) = guard.as_mut() else { return Err(self.backend("the store is closed")) };
         match db.compact() {
             Ok(_) => Ok(()),
-            Err(redb::CompactionError::Storage(StorageError::Io(io))) if is_disk_full(&io) => {
+            Err(redb::CompactionError::Storage(StorageError::Io(io))) => {
                 drop(guard);
                 self.failed.store(true, Ordering::SeqCst);
-                Err(StoreError::DiskFull { dir: self.data_dir(), what: "compact the store".to_owned() })
+                if is_disk_full(&io) {
+                    Err(StoreError::DiskFull { dir: self.data_dir(), what: "compact the store".to_owned() })
+                } else {
+                    Err(StoreError::Backend { detail: format!("compacting {}: {io}", self.path.display()) })
+                }
             }
             Err(error) => Err(StoreError::Backend { detail: format!("compacting {}: {error}", self.path.display()) }),
         }
