@@ -111,13 +111,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// Descriptors kept for everything but client connections: the store, the
-/// workers' pipes and sockets, probes, the admin API's connections.
+/// admin API's connections, and the first workers' channels and pipes.
 const RESERVED_FDS: u64 = 1024 + shoal_control::admin::MAX_CONNECTIONS as u64;
 
-/// The gateway's connection cap within the open-files limit: each client
-/// connection may hold two descriptors (its own and one to a worker), and
-/// the rest of Shoal keeps [`RESERVED_FDS`]; so no number of connections to
-/// one listener starves the others or the workers.
+/// The gateway's connection cap within the open-files limit: half of what
+/// [`RESERVED_FDS`] leaves; the other half is for workers (each holds its
+/// channel's three descriptors and three pipes in `shoal up`), so no number
+/// of connections to one listener starves the others or the workers.
 fn connection_budget(wanted: Option<usize>, open_files: u64) -> usize {
     let budget = usize::try_from(open_files.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX).max(1);
     let Some(wanted) = wanted else {
@@ -125,8 +125,8 @@ fn connection_budget(wanted: Option<usize>, open_files: u64) -> usize {
     };
     if wanted > budget {
         eprintln!(
-            "WARNING: the open-files limit ({open_files}) holds only {budget} gateway connections (each may use \
-             two descriptors, and {RESERVED_FDS} are kept for the rest); the gateway takes {budget}, not \
+            "WARNING: the open-files limit ({open_files}) holds only {budget} gateway connections (half of what \
+             is left after {RESERVED_FDS} kept for the rest; the other half is for workers); the gateway takes {budget}, not \
              {wanted}. Raise the limit (ulimit -n) for more."
         );
         return budget;

@@ -178,7 +178,7 @@ async fn the_gateway_closes_connections_past_its_cap_at_once() {
     let mut buf = [0u8; 512];
     let n = first.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    assert!(shoal.dump().contains("connection limit reached"), "{}", shoal.dump());
+    shoal.wait_for_output(|line| line.contains("connection limit reached"));
     // Room again once some close.
     held.truncate(10);
     tokio::time::sleep(Duration::from_millis(500)).await;

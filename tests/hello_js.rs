@@ -129,8 +129,11 @@ async fn node_style_kubia_is_built_and_served_by_three_replicas() {
 
     // `console.log` in the handler is each replica's log, with the
     // client's address as Node's `request.connection.remoteAddress`.
+    // Logs are eventually consistent (a worker batches its output), as
+    // with `kubectl logs`.
     let out = shoal.eventually(&["logs", "hello-js"], |out| {
         seen.iter().all(|name| out.contains(&format!("{name} | Received request from 127.0.0.1")))
+            && out.lines().filter(|l| l.contains("| Received request from 127.0.0.1")).count() >= 30
     });
     let logged = out.lines().filter(|l| l.contains("| Received request from 127.0.0.1")).count();
     assert!(logged >= 30, "{logged} request lines for 30 requests:\n{out}");

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use shoal_api::objects::{ReplicaInfo, ReplicaState, now_unix};
 use shoal_gateway::Gateway;
-use shoal_node::{Exit, NodeAgent, ReplicaSpec};
+use shoal_gateway::link::Link;
+use shoal_node::{Exit, Killer, NodeAgent, ReplicaSpec};
 use tokio::sync::{Notify, watch};
 
 use crate::events::EventLog;
@@ -167,7 +168,21 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                     ctx.agent.stop(&mut replica, GRACE).await;
                     return;
                 }
-                ctx.gateway.add_replica(&spec.service, &replica.name, &replica.socket);
+                let link = match replica.take_channel().map(|fds| Link::open(&replica.name, fds)) {
+                    Some(Ok(link)) => link,
+                    failed => {
+                        let why = match failed {
+                            Some(Err(error)) => format!("cannot open the worker's channel: {error}"),
+                            _ => "the worker has no channel".to_owned(),
+                        };
+                        ctx.events.warning(&object, "FailedStart", why);
+                        ctx.agent.stop(&mut replica, GRACE).await;
+                        (failures, delay) = after_exit(failures, None);
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                };
+                ctx.gateway.add_replica(&spec.service, &replica.name, link.clone());
                 update(&|s| {
                     s.state = ReplicaState::Running;
                     s.ready = true;
@@ -185,10 +200,13 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                         replica.startup
                     ),
                 );
-                let (name, socket) = (replica.name.clone(), replica.socket.clone());
+                let name = replica.name.clone();
+                let killer = replica.killer();
                 tokio::select! {
-                    () = probe(&ctx, &spec.service, &name, (&socket, pid), &update, &object) => unreachable!(),
+                    () = probe(&ctx, &spec.service, &name, (&link, pid), &update, &object) => unreachable!(),
+                    () = broken(&link, &killer, &ctx.events, &object) => unreachable!(),
                     exit = replica.wait() => {
+                        link.close(&format!("the worker {exit}"));
                         ctx.gateway.remove_replica(&spec.service, &replica.name);
                         (failures, delay) = after_exit(failures, Some(started.elapsed()));
                         let reason = if exit == Exit::OomKilled { "OOMKilled" } else { "Exited" };
@@ -207,6 +225,7 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                         ctx.gateway.remove_replica(&spec.service, &replica.name);
                         tokio::time::sleep(DEREGISTER_DELAY).await;
                         let exit = ctx.agent.stop(&mut replica, GRACE).await;
+                        link.close(&format!("the worker {exit}"));
                         ctx.events.normal(&object, "Stopped", format!("worker {exit}"));
                         return;
                     }
@@ -289,7 +308,7 @@ async fn probe(
     ctx: &PodContext,
     service: &str,
     replica: &str,
-    (socket, pid): (&std::path::Path, u32),
+    (link, pid): (&Arc<Link>, u32),
     update: &StatusUpdate<'_>,
     object: &str,
 ) {
@@ -298,13 +317,13 @@ async fn probe(
     let mut given_up = false;
     loop {
         tokio::time::sleep(PROBE_PERIOD).await;
-        let ok = tokio::time::timeout(PROBE_TIMEOUT, probe_once(socket)).await.is_ok_and(|ok| ok);
+        let ok = link.probe(PROBE_TIMEOUT).await;
         if ok {
             failures = 0;
             given_up = false;
             if !in_rotation {
                 in_rotation = true;
-                ctx.gateway.add_replica(service, replica, socket);
+                ctx.gateway.add_replica(service, replica, link.clone());
                 update(&|s| s.ready = true);
                 ctx.events.normal(object, "Ready", "readiness probe succeeded; back in rotation");
             }
@@ -337,22 +356,13 @@ fn is_stopped(pid: u32) -> bool {
         .is_some_and(|state| state == 'T' || state == 't')
 }
 
-/// One readiness probe: a request the worker answers itself.
-async fn probe_once(socket: &std::path::Path) -> bool {
-    let Ok(stream) = tokio::net::UnixStream::connect(socket).await else {
-        return false;
-    };
-    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
-    else {
-        return false;
-    };
-    tokio::spawn(conn);
-    let request = hyper::Request::get("/")
-        .header(hyper::header::HOST, "replica")
-        .header(shoal_runtime::worker::PROBE_HEADER, "1")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .expect("a valid probe request");
-    sender.send_request(request).await.is_ok_and(|r| r.status().is_success())
+/// Completes never; kills the worker once it broke its channel's protocol
+/// (its exit then replaces it).
+async fn broken(link: &Link, killer: &Killer, events: &EventLog, object: &str) {
+    link.broken().await;
+    events.warning(object, "ChannelBroken", "the worker wrote what the channel protocol forbids; replacing it");
+    killer.kill();
+    std::future::pending::<()>().await
 }
 
 /// Completes once the pod is told to stop.

@@ -5,7 +5,6 @@
 //! the herd behaviour of "least loaded", and keeps the worst replica's queue
 //! short.
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -13,7 +12,7 @@ use std::time::Instant;
 use rand::Rng as _;
 use tokio::sync::{Notify, watch};
 
-use crate::client::{WorkerClient, worker_client};
+use crate::link::Link;
 use crate::metrics::ReplicaStats;
 
 /// One ready replica, as the gateway sees it.
@@ -21,7 +20,8 @@ pub struct Endpoint {
     /// The replica's name.
     pub name: String,
     stats: Arc<ReplicaStats>,
-    pub(crate) client: WorkerClient,
+    /// The channel to its worker.
+    pub(crate) link: Arc<Link>,
     /// Set when the replica stopped answering (its probes failed): requests
     /// in flight to it give up and, where safe, go to another replica.
     failed: std::sync::atomic::AtomicBool,
@@ -29,18 +29,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint for the worker listening on `socket`, with fresh figures.
-    pub fn new(name: impl Into<String>, socket: &Path) -> Self {
-        Self::with_stats(name, socket, Arc::default())
+    /// An endpoint for the worker at the other end of `link`, with fresh
+    /// figures.
+    pub fn new(name: impl Into<String>, link: Arc<Link>) -> Self {
+        Self::with_stats(name, link, Arc::default())
     }
 
     /// An endpoint that counts into `stats` (kept across its returns to the
     /// rotation).
-    pub fn with_stats(name: impl Into<String>, socket: &Path, stats: Arc<ReplicaStats>) -> Self {
+    pub fn with_stats(name: impl Into<String>, link: Arc<Link>, stats: Arc<ReplicaStats>) -> Self {
         Self {
             name: name.into(),
             stats,
-            client: worker_client(socket),
+            link,
             failed: std::sync::atomic::AtomicBool::new(false),
             failed_notify: Notify::new(),
         }
@@ -248,7 +249,8 @@ mod tests {
     fn balancer(names: &[&str]) -> Balancer {
         let b = Balancer::default();
         for name in names {
-            b.add(Endpoint::new(*name, Path::new("/nonexistent.sock")));
+            let fds = shoal_protocol::channel::ChannelFds::create("test").unwrap();
+            b.add(Endpoint::new(*name, Link::open(name, fds).unwrap()));
         }
         b
     }

@@ -7,7 +7,7 @@
 //!                               │        pick a replica (power of two choices)
 //!                               │        X-Forwarded-For, deadline
 //!                               ▼
-//!                        pooled HTTP/1.1 keep-alive ──▶ worker's Unix socket
+//!                        link: frames on the replica's shared-memory channel
 //! ```
 //!
 //! The gateway's errors have short bodies and fixed statuses: `404` no route,
@@ -17,7 +17,9 @@
 //!
 //! - [`router`]: the pure routing table.
 //! - [`balancer`]: ready replicas of a service and the choice among them.
-//! - [`client`]: the pooled connections to a worker.
+//! - [`link`]: the gateway's end of a replica's channel: requests out as
+//!   frames, responses back, flow control, the worker checked.
+//! - [`client`]: the client's request body with the service's size limit.
 //! - `proxy`: the request path.
 //! - [`listener`]: the accept loop every listener of Shoal runs (connection
 //!   cap, header and idle timeouts, eviction, graceful drain).
@@ -25,6 +27,7 @@
 
 pub mod balancer;
 pub mod client;
+pub mod link;
 pub mod listener;
 pub mod metrics;
 mod proxy;
@@ -32,7 +35,6 @@ pub mod router;
 mod server;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -199,11 +201,12 @@ impl Gateway {
         }
     }
 
-    /// Puts a ready replica of `service`, listening on `socket`, in rotation.
-    pub fn add_replica(&self, service: &str, replica: &str, socket: &Path) {
+    /// Puts a ready replica of `service`, reached through `link`, in
+    /// rotation.
+    pub fn add_replica(&self, service: &str, replica: &str, link: Arc<link::Link>) {
         if let Some(backend) = self.backend(service) {
             let stats = backend.replica_stats(replica);
-            backend.replicas.add(Endpoint::with_stats(replica, socket, stats));
+            backend.replicas.add(Endpoint::with_stats(replica, link, stats));
         }
     }
 

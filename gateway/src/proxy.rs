@@ -28,12 +28,15 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use shoal_protocol::channel::frame::{RequestHead, Scheme};
+
 use crate::balancer::{Endpoint, InFlight};
-use crate::client::{LimitedBody, UpstreamBody};
+use crate::client::LimitedBody;
+use crate::link::{LinkBody, LinkError, RequestBody};
 use crate::{Backend, Gateway};
 
 /// The gateway's response body: a worker's streamed body, or a short message
@@ -41,7 +44,7 @@ use crate::{Backend, Gateway};
 pub enum Body {
     /// A worker's response, counted in flight (on its replica and its
     /// service) until it ends.
-    Upstream(Incoming, Option<InFlight>, Option<Demand>),
+    Upstream(LinkBody, Option<InFlight>, Option<Demand>),
     /// A message from the gateway.
     Message(Option<Bytes>),
 }
@@ -77,9 +80,9 @@ impl Drop for Held<'_> {
 
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = LinkError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, LinkError>>> {
         match self.get_mut() {
             Body::Upstream(body, in_flight, demand) => {
                 let polled = Pin::new(body).poll_frame(cx);
@@ -276,15 +279,9 @@ impl Gateway {
             Err(response) => return response,
         };
 
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        *req.uri_mut() = match Uri::builder().scheme("http").authority("replica").path_and_query(path).build() {
-            Ok(uri) => uri,
-            Err(_) => return message(StatusCode::BAD_REQUEST, "400 bad request target\n"),
-        };
-        *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        // Only the node agent may probe a worker.
+        // `x-shoal-*` is Shoal's own (it once carried readiness probes).
         headers.remove("x-shoal-probe");
         if let Some(value) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             headers.entry(header::HOST).or_insert(value);
@@ -308,7 +305,7 @@ impl Gateway {
         }
         // Empty and small bodies are buffered so that the request can be
         // sent again; larger ones stream and are never retried.
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let (replay, mut streaming) = if body.is_end_stream() {
             (Some(Bytes::new()), None)
         } else if body.size_hint().exact().is_some_and(|n| n <= MAX_REPLAY_BODY) {
@@ -321,6 +318,16 @@ impl Gateway {
         };
         let exceeded = Arc::new(AtomicBool::new(false));
         let broken = Arc::new(AtomicBool::new(false));
+        let head = RequestHead {
+            stream: 0,
+            end_stream: true,
+            scheme: Scheme::Http,
+            authority: host.unwrap_or_default(),
+            method: parts.method.clone(),
+            path_and_query: parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            client: client.ip().to_string(),
+            headers: std::mem::take(&mut parts.headers),
+        };
 
         // Each ready replica tried at most once, at most MAX_TRIES in all,
         // when trying again is safe. (`tried` allocates only once a try
@@ -329,8 +336,8 @@ impl Gateway {
         let mut endpoint = endpoint;
         loop {
             let body = match (&replay, streaming.take()) {
-                (Some(bytes), _) => UpstreamBody::Buffered(Some(bytes.clone())),
-                (None, Some(body)) => UpstreamBody::Streaming(LimitedBody {
+                (Some(bytes), _) => RequestBody::Full(bytes.clone()),
+                (None, Some(body)) => RequestBody::Stream(LimitedBody {
                     body,
                     remaining: max_body,
                     exceeded: exceeded.clone(),
@@ -338,20 +345,16 @@ impl Gateway {
                 }),
                 (None, None) => break,
             };
-            let mut request = Request::new(body);
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = parts.uri.clone();
-            *request.version_mut() = Version::HTTP_11;
-            *request.headers_mut() = parts.headers.clone();
             let mut in_flight = endpoint.track();
-            let outcome = if endpoint.is_failed() {
+            let outcome = if endpoint.is_failed() || endpoint.link.is_down() {
                 // Failed after it was picked: nothing was sent to it.
                 Attempt::Failed { connected: false, reason: "the replica stopped answering".to_owned() }
             } else {
                 tokio::select! {
-                result = tokio::time::timeout_at(deadline, endpoint.client.request(request)) => match result {
+                result = tokio::time::timeout_at(deadline, endpoint.link.request(&head, body)) => match result {
                     Ok(Ok(response)) => Attempt::Answered(response),
-                    Ok(Err(error)) => Attempt::Failed { connected: !error.is_connect(), reason: error.to_string() },
+                    Ok(Err(LinkError::NotTaken(reason))) => Attempt::Failed { connected: false, reason },
+                    Ok(Err(LinkError::Failed(reason))) => Attempt::Failed { connected: true, reason },
                     Err(_) => Attempt::TimedOut,
                 },
                 // Its probes failed: it is stuck (stopped, overloaded);
@@ -415,7 +418,7 @@ impl Gateway {
 
 /// How one try of a request ended.
 enum Attempt {
-    Answered(Response<Incoming>),
+    Answered(Response<LinkBody>),
     /// The replica failed before answering; `connected` when the request
     /// may have reached it.
     Failed {

@@ -10,10 +10,11 @@
 //!    not already die, join the cgroup, and put the readiness pipe on fd 3.
 //! 4. `exec` the same `shoal` binary as `shoal worker`, which reads its
 //!    configuration from stdin, loads the precompiled component, binds its
-//!    Unix socket and writes `ready` with the time each step took.
+//!    channel (fds 4, 5, 6, see `shoal_protocol::channel`) and writes
+//!    `ready` with the time each step took.
 //! 5. A task per replica forwards its stdout and stderr line by line,
 //!    prefixed with the replica's name, and another waits for its exit,
-//!    removes its cgroup and socket, and publishes the [`Exit`].
+//!    removes its cgroup, and publishes the [`Exit`].
 //!
 //! Steps 1 to 4 up to `exec` are done ahead for the next replica: one
 //! standby worker (`shoal-standby` in `ps`) waits, confined in its own
@@ -35,7 +36,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_runtime::WorkerConfig;
+use shoal_protocol::channel::ChannelFds;
+use shoal_protocol::config::{CHANNEL_FDS, CHANNEL_FDS_ENV, READY_FD_ENV, SPAWNED_ENV, WorkerConfig, monotonic_nanos};
+use shoal_protocol::ready::ReadyReport;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 
@@ -127,8 +130,9 @@ pub struct Replica {
     pub name: String,
     /// The worker's process id.
     pub pid: u32,
-    /// The worker's socket.
-    pub socket: PathBuf,
+    /// The gateway's end of the worker's channel, until the caller takes
+    /// it ([`Replica::take_channel`]).
+    channel: Option<ChannelFds>,
     /// Its cgroup path, or `None` when it runs unconfined.
     pub cgroup: Option<String>,
     /// How long it took to become ready, step by step.
@@ -167,20 +171,16 @@ impl Startup {
     /// Reads the worker's `ready engine_us=… load_us=… check_us=…
     /// total_us=…` line.
     fn parse(total: Duration, line: &str) -> Self {
-        let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|word| word.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
-                .map_or(Duration::ZERO, Duration::from_micros)
-        };
+        let report = ReadyReport::parse(line).unwrap_or_default();
         Self {
             total,
             cgroup: Duration::ZERO,
-            exec: field("exec_us"),
-            runtime: field("runtime_us"),
-            engine: field("engine_us"),
-            load: field("load_us"),
-            check: field("check_us"),
-            worker: field("total_us"),
+            exec: report.exec,
+            runtime: report.runtime,
+            engine: report.engine,
+            load: report.load,
+            check: report.check,
+            worker: report.total,
             standby: false,
         }
     }
@@ -426,12 +426,10 @@ impl NodeAgent {
         cgroup: Option<ReplicaCgroup>,
         started: std::time::Instant,
     ) -> Result<Replica, StartError> {
-        let Process { mut child, ready_read } = process;
-        let socket = self.config.run_dir.join(format!("{}.sock", spec.name));
+        let Process { mut child, ready_read, channel } = process;
         let worker = WorkerConfig {
             service: spec.service.clone(),
             replica: spec.name.clone(),
-            socket: socket.clone(),
             module: spec.module.clone(),
             cache_dir: self.config.cache_dir.clone(),
             env: spec.env.clone(),
@@ -462,7 +460,6 @@ impl NodeAgent {
 
         let cgroup_path = cgroup.as_ref().map(|c| c.path().to_owned());
         let (exit_tx, exit_rx) = watch::channel(None);
-        let socket_path = socket.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             let mut exit = match status {
@@ -484,14 +481,13 @@ impl NodeAgent {
                     tracing::warn!(%error, "cgroup left behind");
                 }
             }
-            let _ = std::fs::remove_file(&socket_path);
             let _ = exit_tx.send(Some(exit));
         });
 
         let mut replica = Replica {
             name: spec.name.clone(),
             pid,
-            socket,
+            channel: Some(channel),
             cgroup: cgroup_path,
             startup: Startup::default(),
             exit: exit_rx,
@@ -555,6 +551,11 @@ impl NodeAgent {
 }
 
 impl Replica {
+    /// The gateway's end of the worker's channel (once; `None` after).
+    pub fn take_channel(&mut self) -> Option<ChannelFds> {
+        self.channel.take()
+    }
+
     /// Waits until the worker has exited and been cleaned up.
     pub async fn wait(&mut self) -> Exit {
         loop {
@@ -585,6 +586,30 @@ impl Replica {
     pub fn kill(&self) {
         self.signal(libc::SIGKILL);
     }
+
+    /// A handle that kills the worker if it still runs, usable while
+    /// [`Replica::wait`] borrows the replica.
+    pub fn killer(&self) -> Killer {
+        Killer { pid: self.pid, exit: self.exit.clone() }
+    }
+}
+
+/// Kills one worker if it still runs ([`Replica::killer`]).
+#[derive(Clone)]
+pub struct Killer {
+    pid: u32,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+impl Killer {
+    /// SIGKILL, unless the worker already exited (its pid may be reused).
+    pub fn kill(&self) {
+        if self.exit.borrow().is_none() && self.pid > 0 {
+            // SAFETY: kill has no memory-safety preconditions; the pid is
+            // our child's and it has not been reaped (checked above).
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        }
+    }
 }
 
 /// Work for the agent's fork thread.
@@ -604,6 +629,8 @@ fn stop_now(child: &mut tokio::process::Child) {
 struct Process {
     child: tokio::process::Child,
     ready_read: OwnedFd,
+    /// The gateway's end of its channel (the worker has its own copies).
+    channel: ChannelFds,
 }
 
 /// A standby worker and its cgroup.
@@ -626,6 +653,7 @@ const STANDBY_LIMITS: CgroupLimits = CgroupLimits { memory: 64 << 20, cpu_millis
 fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup>) -> std::io::Result<Process> {
     let procs = cgroup.map(ReplicaCgroup::procs_files).transpose()?.unwrap_or_default();
     let (ready_read, ready_write) = pipe()?;
+    let channel = ChannelFds::create(name)?;
     let mut command = tokio::process::Command::new(&config.exe);
     command
         .arg("worker")
@@ -633,14 +661,21 @@ fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup
         // Room in the process's argument memory for the replica's name,
         // which the worker writes there once it knows it (see `ps`).
         .arg(" ".repeat(TITLE_ROOM))
-        .env(shoal_runtime::worker::READY_FD_ENV, "3")
-        .env(shoal_runtime::worker::SPAWNED_ENV, shoal_runtime::worker::monotonic_nanos().to_string())
+        .env(READY_FD_ENV, "3")
+        .env(CHANNEL_FDS_ENV, CHANNEL_FDS.map(|fd| fd.to_string()).join(","))
+        .env(SPAWNED_ENV, monotonic_nanos().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(false);
     let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-    let ready_fd = ready_write.as_raw_fd();
+    // fd 3: the readiness pipe; 4, 5, 6: the channel.
+    let passed = [
+        ready_write.as_raw_fd(),
+        channel.segment.as_raw_fd(),
+        channel.wake_worker.as_raw_fd(),
+        channel.wake_gateway.as_raw_fd(),
+    ];
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the child between fork and exec and
@@ -665,11 +700,19 @@ fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if ready_fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(ready_fd, 3) != 3 {
-                return Err(std::io::Error::last_os_error());
+            // Out of the way first (a source may sit on a target number),
+            // then onto 3, 4, 5, 6, where dup2 clears close-on-exec.
+            let mut moved = [0; 4];
+            for (to, &from) in moved.iter_mut().zip(&passed) {
+                *to = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 100);
+                if *to < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (target, &from) in (3..).zip(&moved) {
+                if libc::dup2(from, target) != target {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -677,7 +720,7 @@ fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup
     let child = command.spawn()?;
     drop(ready_write);
     drop(procs);
-    Ok(Process { child, ready_read })
+    Ok(Process { child, ready_read, channel })
 }
 
 /// Room for a worker's output before its writes block: a guest that logs a

@@ -16,6 +16,6 @@ pub mod agent;
 pub mod cgroups;
 
 pub use agent::{
-    AgentConfig, Exit, LogSink, NodeAgent, Replica, ReplicaSpec, StartError, Startup, Stream, Usage, stdio_log,
+    AgentConfig, Exit, Killer, LogSink, NodeAgent, Replica, ReplicaSpec, StartError, Startup, Stream, Usage, stdio_log,
 };
 pub use cgroups::{CgroupLimits, Cgroups};

@@ -1,13 +1,16 @@
-//! The worker process: one replica serving HTTP on a Unix socket.
+//! The worker process: one replica, serving the requests the gateway sends
+//! on its channel (no HTTP between the two: see [`shoal_protocol::channel`]).
 //!
 //! Start: load the precompiled component, link WASI and `wasi:http`, check
 //! that one instance can be created under the request limits (a component
-//! that traps or runs out of memory at start never reports ready), bind the
-//! socket, report `ready` on the descriptor the node agent passed.
+//! that traps or runs out of memory at start never reports ready), open the
+//! channel the node agent passed, report `ready` on the readiness pipe.
 //!
 //! Request path, in order:
 //!
-//! 1. hyper reads an HTTP/1.1 request from the gateway's pooled connection.
+//! 1. The port's driver ([`port`]) takes a request frame from the channel
+//!    and turns it into an `http::Request` whose body streams from the
+//!    channel.
 //! 2. A permit from the concurrency semaphore is taken: at most
 //!    `max_concurrency` instances exist at once (the size of the instance
 //!    pool); up to `queue` requests wait for one (at most until the
@@ -18,24 +21,24 @@
 //!    of its own, so the body can keep streaming after the headers are sent.
 //! 4. The response head comes back through a oneshot. A trap before it maps
 //!    to `500`, the deadline to `504`; the detail goes to stderr, which the
-//!    node agent captures per replica.
+//!    node agent captures per replica. The port writes the response to the
+//!    channel: its head with the body that is ready, then the rest within
+//!    the gateway's window.
 
-use std::convert::Infallible;
+mod output;
+mod port;
+
 use std::io::Write;
 use std::os::fd::FromRawFd;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
-use tokio::net::UnixListener;
+use http::{HeaderValue, Request, Response, StatusCode};
+use shoal_protocol::channel::{Channel, ChannelFds, Side};
+use shoal_protocol::config::CHANNEL_FDS_ENV;
+use shoal_protocol::ready::ReadyReport;
 use tokio::sync::{Semaphore, oneshot};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -47,55 +50,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::cache::ComponentCache;
 use crate::engine::{EPOCH_TICK, PoolSettings, worker_engine};
+use output::{GuestOutput, OutputBuffer, Target};
+use port::{GuestBody, Incoming, Port, plain};
 
-/// The environment variable naming the file descriptor on which a worker
-/// reports readiness (it writes one line, `ready`, then closes it).
-pub const READY_FD_ENV: &str = "SHOAL_READY_FD";
-
-/// The header of a readiness probe. The worker answers a request that
-/// carries it itself (`200 ready`), without running the guest; the gateway
-/// removes it from client requests.
-pub const PROBE_HEADER: &str = "x-shoal-probe";
-
-/// Everything a worker needs, passed by the node agent as one JSON argument.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerConfig {
-    /// The service this replica belongs to.
-    pub service: String,
-    /// The replica's name; the guest sees it as `HOSTNAME`.
-    pub replica: String,
-    /// Where to listen.
-    pub socket: PathBuf,
-    /// The component file.
-    pub module: PathBuf,
-    /// The compiled-component cache directory.
-    pub cache_dir: PathBuf,
-    /// Environment variables for the guest, besides `HOSTNAME`.
-    pub env: Vec<(String, String)>,
-    /// Linear memory cap per instance, in bytes.
-    pub instance_memory: u64,
-    /// Request deadline, in milliseconds.
-    pub timeout_ms: u64,
-    /// Instances that may run at once; further requests wait for a slot.
-    pub max_concurrency: u32,
-    /// Requests that may wait for a slot; past it, `503` with `Retry-After`.
-    #[serde(default)]
-    pub queue: u32,
-    /// How long in-flight requests may take to finish after SIGTERM, in
-    /// milliseconds.
-    pub drain_timeout_ms: u64,
-    /// Requests one instance serves before it is discarded; 1 is a fresh
-    /// instance per request.
-    #[serde(default = "one")]
-    pub instance_requests: u32,
-    /// How long an idle instance is kept for reuse, in milliseconds.
-    #[serde(default)]
-    pub instance_idle_ms: u64,
-}
-
-fn one() -> u32 {
-    1
-}
+pub use shoal_protocol::config::{READY_FD_ENV, SPAWNED_ENV, WorkerConfig, monotonic_nanos, since_spawn};
 
 /// Per-store state: WASI contexts, the resource table and memory limits.
 pub(crate) struct Guest {
@@ -145,6 +103,9 @@ impl WasiHttpView for Guest {
 /// The loaded component and what each request needs to run it.
 struct Replica {
     pre: ProxyPre<Guest>,
+    /// The guests' stdout and stderr, batched ([`output`]).
+    stdout: GuestOutput,
+    stderr: GuestOutput,
     env: Vec<(String, String)>,
     instance_memory: usize,
     timeout: Duration,
@@ -200,28 +161,6 @@ pub fn run_worker(config: WorkerConfig, exec: Duration) -> anyhow::Result<()> {
     runtime.block_on(serve(config, entered, exec))
 }
 
-/// The environment variable in which the node agent passes the
-/// `CLOCK_MONOTONIC` time (ns) at which it spawned the worker.
-pub const SPAWNED_ENV: &str = "SHOAL_SPAWNED_NS";
-
-/// The time since the node agent spawned this process (fork, exec, the
-/// binary's start), from [`SPAWNED_ENV`]; zero without it.
-pub fn since_spawn() -> Duration {
-    std::env::var(SPAWNED_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(Duration::ZERO, |spawned| Duration::from_nanos(monotonic_nanos().saturating_sub(spawned)))
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process.
-pub fn monotonic_nanos() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC
-    // always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
-}
-
 async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration) -> anyhow::Result<()> {
     let runtime_ready = started.elapsed();
     let engine =
@@ -243,8 +182,13 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     let mut env = config.env.clone();
     env.push(("HOSTNAME".to_owned(), config.replica.clone()));
+    let (stdout, stderr) = (OutputBuffer::new(Target::Stdout), OutputBuffer::new(Target::Stderr));
+    tokio::spawn(stdout.clone().flusher());
+    tokio::spawn(stderr.clone().flusher());
     let replica = Arc::new(Replica {
         pre,
+        stdout: GuestOutput(stdout.clone()),
+        stderr: GuestOutput(stderr.clone()),
         env,
         instance_memory: usize::try_from(config.instance_memory).unwrap_or(usize::MAX),
         timeout,
@@ -263,61 +207,84 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
         .with_context(|| format!("{}: the component failed to start", config.module.display()))?;
     let checked = started.elapsed();
 
-    let _ = std::fs::remove_file(&config.socket);
-    let listener =
-        UnixListener::bind(&config.socket).with_context(|| format!("cannot listen on {}", config.socket.display()))?;
+    let port = Port::new(open_channel()?);
     let total = started.elapsed();
     tracing::info!(replica = %config.replica, cache = ?outcome, elapsed = ?total, "ready");
-    notify_ready(&format!(
-        "ready exec_us={} runtime_us={} engine_us={} load_us={} check_us={} total_us={}\n",
-        exec.as_micros(),
-        runtime_ready.as_micros(),
-        (engine_ready - runtime_ready).as_micros(),
-        (loaded - engine_ready).as_micros(),
-        (checked - loaded).as_micros(),
-        total.as_micros()
-    ));
+    notify_ready(
+        &ReadyReport {
+            exec,
+            runtime: runtime_ready,
+            engine: engine_ready - runtime_ready,
+            load: loaded - engine_ready,
+            check: checked - loaded,
+            total,
+        }
+        .to_line(),
+    );
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.keep_alive(true);
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let handler = {
+        let (replica, port) = (replica.clone(), port.clone());
+        move |incoming: Incoming| {
+            let (replica, port) = (replica.clone(), port.clone());
+            async move {
+                let Incoming { request, stream } = incoming;
+                let response = replica.respond(request, &stream).await;
+                port.respond(&stream, response).await;
+            }
+        }
+    };
+    let driver = port.clone().run(handler);
+    tokio::pin!(driver);
     loop {
         tokio::select! {
             _ = sweep.tick() => replica.sweep(),
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let replica = replica.clone();
-                let service = hyper::service::service_fn(move |req| replica.clone().handle(req));
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                });
+            ended = &mut driver => {
+                stdout.flush();
+                stderr.flush();
+                return Err(anyhow::anyhow!("the channel to the gateway failed: {}", match ended {
+                    Ok(()) => "it ended".to_owned(),
+                    Err(error) => error.to_string(),
+                }));
             }
             _ = sigterm.recv() => break,
         }
     }
 
-    // Drain: no new connections; idle keep-alive connections close now, busy
-    // ones after their current response.
-    drop(listener);
-    let _ = std::fs::remove_file(&config.socket);
+    // Drain: new requests are refused; the ones in flight finish (the
+    // driver keeps running for their bodies and windows).
+    port.drain();
     let drain = Duration::from_millis(config.drain_timeout_ms);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(replica = %config.replica, ?drain, "drain timed out; closing remaining connections");
+    tokio::select! {
+        () = port.idle() => {}
+        () = tokio::time::sleep(drain) => {
+            tracing::warn!(replica = %config.replica, ?drain, "drain timed out; ending the requests in flight");
+        }
+        _ = &mut driver => {}
     }
+    stdout.flush();
+    stderr.flush();
     Ok(())
+}
+
+/// The channel the node agent passed (fds 4, 5, 6, as `SHOAL_CHANNEL_FDS`
+/// says).
+fn open_channel() -> anyhow::Result<Channel> {
+    let fds: Vec<i32> = std::env::var(CHANNEL_FDS_ENV)
+        .map_err(|_| anyhow::anyhow!("{CHANNEL_FDS_ENV} is not set: a worker is started by shoal up"))?
+        .split(',')
+        .map(|fd| fd.trim().parse::<i32>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{CHANNEL_FDS_ENV}: {e}"))?;
+    let [segment, wake_worker, wake_gateway] = fds[..] else {
+        anyhow::bail!("{CHANNEL_FDS_ENV}: expected three descriptors, found {}", fds.len());
+    };
+    // SAFETY: the node agent put the channel's three descriptors on these
+    // numbers for this process alone; nothing else here owns them.
+    let fds = unsafe { ChannelFds::inherited([segment, wake_worker, wake_gateway]) };
+    Channel::open(fds, Side::Worker).context("cannot open the channel to the gateway")
 }
 
 impl Replica {
@@ -325,7 +292,7 @@ impl Replica {
     /// memory cap and the deadline.
     fn store(&self) -> Store<Guest> {
         let mut wasi = WasiCtx::builder();
-        wasi.envs(&self.env).inherit_stdout().inherit_stderr();
+        wasi.envs(&self.env).stdout(self.stdout.clone()).stderr(self.stderr.clone());
         let mut store = Store::new(
             self.pre.engine(),
             Guest {
@@ -401,10 +368,10 @@ impl Replica {
         })
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
-        if req.headers().contains_key(PROBE_HEADER) {
-            return Ok(plain(StatusCode::OK, "ready\n"));
-        }
+    /// Runs the guest for one request and returns its response (or the
+    /// worker's own: `503` past the queue, `500` for a trap, `504` at the
+    /// deadline).
+    async fn respond(self: &Arc<Self>, req: Request<GuestBody>, stream: &port::Stream) -> Response<HyperOutgoingBody> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         // A free instance now, or a place in the bounded queue, or 503.
         let permit = match self.slots.clone().try_acquire_owned() {
@@ -413,21 +380,18 @@ impl Replica {
                 if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue {
                     self.waiting.fetch_sub(1, Ordering::SeqCst);
                     let mut busy = plain(StatusCode::SERVICE_UNAVAILABLE, "503 replica overloaded: try again\n");
-                    busy.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
-                    return Ok(busy);
+                    busy.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return busy;
                 }
                 let waited = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await;
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
                 match waited {
                     Ok(Ok(permit)) => permit,
                     Ok(Err(_closed)) => {
-                        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "replica is shutting down\n"));
+                        return plain(StatusCode::SERVICE_UNAVAILABLE, "replica is shutting down\n");
                     }
                     Err(_elapsed) => {
-                        return Ok(plain(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "deadline exceeded waiting for a free instance\n",
-                        ));
+                        return plain(StatusCode::GATEWAY_TIMEOUT, "deadline exceeded waiting for a free instance\n");
                     }
                 }
             }
@@ -452,9 +416,12 @@ impl Replica {
             Ok(handles) => handles,
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "bad request from the gateway");
-                return Ok(plain(StatusCode::BAD_REQUEST, "bad request\n"));
+                return plain(StatusCode::BAD_REQUEST, "bad request\n");
             }
         };
+        if stream.cancelled() {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "cancelled\n");
+        }
         let replica = self.clone();
         let task = tokio::spawn(async move {
             let _permit = permit;
@@ -468,8 +435,9 @@ impl Replica {
             replica.keep(Warm { store, proxy, served, since: std::time::Instant::now() });
             Ok::<(), wasmtime::Error>(())
         });
+        stream.set_guest(task.abort_handle());
 
-        Ok(match tokio::time::timeout_at(deadline, receiver).await {
+        match tokio::time::timeout_at(deadline, receiver).await {
             Ok(Ok(Ok(response))) => response,
             Ok(Ok(Err(code))) => {
                 tracing::warn!(?code, "guest answered with an error code");
@@ -489,7 +457,7 @@ impl Replica {
             },
             // The epoch deadline traps the guest at about the same time.
             Err(_elapsed) => plain(StatusCode::GATEWAY_TIMEOUT, "deadline exceeded\n"),
-        })
+        }
     }
 }
 
@@ -501,16 +469,6 @@ fn guest_failure(error: &wasmtime::Error) -> Response<HyperOutgoingBody> {
     }
     tracing::warn!(error = %format!("{error:?}"), "guest trapped");
     plain(StatusCode::INTERNAL_SERVER_ERROR, "the service trapped\n")
-}
-
-fn plain(status: StatusCode, body: &'static str) -> Response<HyperOutgoingBody> {
-    let mut response =
-        Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed_unsync());
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
 }
 
 /// Tells the node agent that the worker accepts requests: one line,

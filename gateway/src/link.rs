@@ -1,0 +1,748 @@
+//! The gateway's end of one replica's channel ([`shoal_protocol::channel`]):
+//! requests go out as frames, responses come back as frames, with no HTTP
+//! between the two processes.
+//!
+//! One task per link (the driver) reads everything the worker writes and
+//! hands it to the stream it belongs to; request tasks write their frames
+//! themselves, one at a time under a lock. Each stream's state (its
+//! response head, body chunks, windows, failure) sits behind a small mutex
+//! with a `Notify` that wakes its request task.
+//!
+//! Flow control, both ways: a stream's body bytes never exceed the window
+//! its receiver granted. The driver always drains the ring (a chunk waits
+//! in its stream's queue until the client reads it), so one slow client
+//! holds at most a window of memory and never stops the others.
+//!
+//! The worker is not trusted: a frame that does not decode, a stream that
+//! sends past its window, or a position out of bounds breaks the link.
+//! Every stream then fails: one the worker had not taken yet as
+//! [`LinkError::NotTaken`] (safe to send anywhere again), the others as
+//! [`LinkError::Failed`]; and [`Link::broken`] tells the replica's owner to
+//! replace it.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use shoal_protocol::channel::frame::{self, Frame as Wire, RequestHead, ResponseHead};
+use shoal_protocol::channel::{Channel, ChannelFds, Corrupt, MAX_DATA, STREAM_WINDOW, Side};
+use tokio::sync::Notify;
+
+/// Why a request through a link did not get a response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The worker never took the request: it ran nowhere, and may be sent
+    /// to another replica whatever its method.
+    #[error("the replica did not take the request: {0}")]
+    NotTaken(String),
+    /// The worker took the request, then failed (died, broke the protocol,
+    /// reset the stream) before answering.
+    #[error("the replica failed: {0}")]
+    Failed(String),
+}
+
+/// A request body on its way to a worker.
+pub enum RequestBody<B> {
+    /// Held whole: sent in the request's frame.
+    Full(Bytes),
+    /// Streamed from the client, within the worker's window.
+    Stream(B),
+}
+
+/// The gateway's end of one replica's channel.
+pub struct Link {
+    /// The replica's name, for logs.
+    name: String,
+    channel: Channel,
+    /// Serializes frame writes; holds a scratch buffer for encoding.
+    writer: Mutex<Writer>,
+    /// Wakes writers waiting for room in the ring.
+    space: Notify,
+    streams: Mutex<HashMap<u32, Arc<Stream>>>,
+    next_stream: AtomicU32,
+    probes: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
+    next_nonce: AtomicU64,
+    /// Set once the link is closed or broken; then every stream has failed.
+    down: AtomicBool,
+    /// Why it went down.
+    reason: Mutex<Option<String>>,
+    /// Wakes the driver and [`Link::broken`] waiters when it goes down.
+    down_notify: Notify,
+    /// Whether it went down because the worker broke the protocol.
+    corrupt: AtomicBool,
+    /// Why the owner closed it; the driver drains the ring, then goes down.
+    closing: Mutex<Option<String>>,
+    /// Set when the driver returned.
+    driver_gone: AtomicBool,
+}
+
+struct Writer {
+    scratch: Vec<u8>,
+    /// Request frames written so far: the next request's ordinal.
+    requests: u64,
+}
+
+/// One request's state, shared by its request task and the driver.
+struct Stream {
+    state: Mutex<StreamState>,
+    /// The request's place among the requests written (0, 1, 2, …).
+    ordinal: AtomicU64,
+}
+
+#[derive(Default)]
+struct StreamState {
+    /// Who waits for the response (its head, then its body).
+    reader: Option<Waker>,
+    /// Who waits to send more of the request body.
+    writer: Option<Waker>,
+    head: Option<(ResponseHead, Bytes)>,
+    chunks: VecDeque<Bytes>,
+    /// The response body ended.
+    end: bool,
+    /// Why the stream failed, if it did.
+    failed: Option<LinkError>,
+    /// Request body bytes the worker allows more of.
+    send_window: u64,
+    /// Response body bytes the worker may still send before the gateway
+    /// grants more.
+    receive_window: u64,
+}
+
+impl Link {
+    /// Opens the gateway's end of `fds` and starts its driver (on the
+    /// current tokio runtime).
+    pub fn open(name: &str, fds: ChannelFds) -> std::io::Result<Arc<Link>> {
+        let link = Arc::new(Link {
+            name: name.to_owned(),
+            channel: Channel::open(fds, Side::Gateway)?,
+            writer: Mutex::new(Writer { scratch: Vec::with_capacity(4096), requests: 0 }),
+            space: Notify::new(),
+            streams: Mutex::new(HashMap::new()),
+            next_stream: AtomicU32::new(1),
+            probes: Mutex::new(HashMap::new()),
+            next_nonce: AtomicU64::new(1),
+            down: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            down_notify: Notify::new(),
+            corrupt: AtomicBool::new(false),
+            closing: Mutex::new(None),
+            driver_gone: AtomicBool::new(false),
+        });
+        tokio::spawn(Link::drive(link.clone()));
+        Ok(link)
+    }
+
+    /// The replica's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the link is down (closed, or broken by the worker).
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the worker broke the protocol: its replica must be
+    /// replaced.
+    pub async fn broken(&self) {
+        loop {
+            let notified = self.down_notify.notified();
+            if self.corrupt.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes the link (its worker exited): the driver hands on what the
+    /// worker wrote before it exited, then every stream still open fails,
+    /// those the worker had not taken as [`LinkError::NotTaken`].
+    pub fn close(&self, why: &str) {
+        *self.closing.lock().expect("link lock") = Some(why.to_owned());
+        self.down_notify.notify_waiters();
+        if self.driver_gone.load(Ordering::SeqCst) {
+            self.go_down(why.to_owned(), false);
+        }
+    }
+
+    fn go_down(&self, why: String, corrupt: bool) {
+        if self.down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if corrupt {
+            tracing::warn!(replica = %self.name, reason = %why, "the replica broke the channel protocol");
+            self.corrupt.store(true, Ordering::SeqCst);
+        }
+        *self.reason.lock().expect("link lock") = Some(why.clone());
+        let taken = self.channel.taken().load(Ordering::SeqCst);
+        let streams: Vec<Arc<Stream>> = self.streams.lock().expect("link lock").drain().map(|(_, s)| s).collect();
+        for stream in streams {
+            let ordinal = stream.ordinal.load(Ordering::SeqCst);
+            let error = if ordinal >= taken && !corrupt {
+                LinkError::NotTaken(why.clone())
+            } else {
+                LinkError::Failed(why.clone())
+            };
+            stream.fail(error);
+        }
+        self.probes.lock().expect("link lock").clear();
+        self.down_notify.notify_waiters();
+        self.space.notify_waiters();
+    }
+
+    fn down_error(&self, taken: bool) -> LinkError {
+        let why = self.reason.lock().expect("link lock").clone().unwrap_or_else(|| "the link is closed".into());
+        if taken { LinkError::Failed(why) } else { LinkError::NotTaken(why) }
+    }
+
+    /// Sends a request and waits for its response head. The response's
+    /// body streams from the worker as the returned body is read.
+    pub async fn request<B>(
+        self: &Arc<Self>,
+        head: &RequestHead,
+        body: RequestBody<B>,
+    ) -> Result<Response<LinkBody>, LinkError>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Send,
+    {
+        if self.is_down() {
+            return Err(self.down_error(false));
+        }
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let stream = Arc::new(Stream {
+            state: Mutex::new(StreamState {
+                send_window: u64::from(STREAM_WINDOW),
+                receive_window: u64::from(STREAM_WINDOW),
+                ..StreamState::default()
+            }),
+            ordinal: AtomicU64::new(u64::MAX),
+        });
+        self.streams.lock().expect("link lock").insert(id, stream.clone());
+        // From here the stream is registered: dropped early (the client
+        // went away, the deadline passed), it is reset and forgotten.
+        let mut guard = StreamGuard { link: self.clone(), id, armed: true };
+
+        let (inline, rest) = match body {
+            RequestBody::Full(bytes) if bytes.len() <= MAX_DATA => (bytes, None),
+            RequestBody::Full(bytes) => (Bytes::new(), Some(PumpSource::Full(bytes))),
+            RequestBody::Stream(body) => (Bytes::new(), Some(PumpSource::Stream(body))),
+        };
+        self.send_request(id, rest.is_none(), head, &inline, &stream).await?;
+        if let Some(source) = rest {
+            tokio::spawn(pump(self.clone(), stream.clone(), id, source));
+        }
+
+        let waited = std::future::poll_fn(|cx| {
+            let mut state = stream.state.lock().expect("stream lock");
+            if let Some(head) = state.head.take() {
+                return Poll::Ready(Ok(head));
+            }
+            if let Some(error) = state.failed.clone() {
+                return Poll::Ready(Err(error));
+            }
+            state.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let (response_head, first) = match waited {
+            Ok(head) => head,
+            Err(error) => {
+                guard.armed = false;
+                self.forget(id);
+                return Err(error);
+            }
+        };
+        guard.armed = false;
+        let mut response = Response::new(LinkBody {
+            link: self.clone(),
+            stream,
+            id,
+            first: (!first.is_empty()).then_some(first),
+            consumed: 0,
+            done: response_head.end_stream,
+        });
+        *response.status_mut() = response_head.status;
+        *response.headers_mut() = response_head.headers;
+        if response_head.end_stream {
+            self.forget(id);
+        }
+        Ok(response)
+    }
+
+    /// Writes a request frame, waiting for room; records its ordinal.
+    async fn send_request(
+        &self,
+        id: u32,
+        end_stream: bool,
+        head: &RequestHead,
+        body: &[u8],
+        stream: &Stream,
+    ) -> Result<(), LinkError> {
+        loop {
+            let needed = {
+                let mut writer = self.writer.lock().expect("link lock");
+                let Writer { scratch, requests } = &mut *writer;
+                frame::encode_request(scratch, id, end_stream, head, body);
+                match self.channel.out.push(&[scratch]) {
+                    Ok(Ok(wake)) => {
+                        stream.ordinal.store(*requests, Ordering::SeqCst);
+                        *requests += 1;
+                        drop(writer);
+                        if wake {
+                            self.channel.wake_peer();
+                        }
+                        return Ok(());
+                    }
+                    Ok(Err(_full)) => scratch.len(),
+                    Err(corrupt) => {
+                        drop(writer);
+                        self.go_down(corrupt.to_string(), true);
+                        return Err(self.down_error(false));
+                    }
+                }
+            };
+            self.wait_for_space(needed).await.map_err(|()| self.down_error(false))?;
+        }
+    }
+
+    /// Writes a frame made of `parts`, waiting for room.
+    async fn send(&self, parts: &[&[u8]]) -> Result<(), ()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        loop {
+            if self.is_down() {
+                return Err(());
+            }
+            {
+                let _writer = self.writer.lock().expect("link lock");
+                match self.channel.out.push(parts) {
+                    Ok(Ok(wake)) => {
+                        if wake {
+                            self.channel.wake_peer();
+                        }
+                        return Ok(());
+                    }
+                    Ok(Err(_full)) => {}
+                    Err(corrupt) => {
+                        drop(_writer);
+                        self.go_down(corrupt.to_string(), true);
+                        return Err(());
+                    }
+                }
+            }
+            self.wait_for_space(len).await?;
+        }
+    }
+
+    /// Writes a small frame from a place that cannot wait (a drop, a
+    /// body's poll): now if there is room, else from a task that waits for
+    /// it.
+    fn send_soon(self: &Arc<Self>, bytes: &[u8]) {
+        if self.is_down() {
+            return;
+        }
+        let full = {
+            let _writer = self.writer.lock().expect("link lock");
+            match self.channel.out.push(&[bytes]) {
+                Ok(Ok(wake)) => {
+                    if wake {
+                        self.channel.wake_peer();
+                    }
+                    false
+                }
+                Ok(Err(_full)) => true,
+                Err(_corrupt) => false,
+            }
+        };
+        if full {
+            let (link, bytes) = (self.clone(), bytes.to_vec());
+            tokio::spawn(async move {
+                let _ = link.send(&[&bytes]).await;
+            });
+        }
+    }
+
+    async fn wait_for_space(&self, len: usize) -> Result<(), ()> {
+        let notified = self.space.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match self.channel.out.producer_waits(len) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(corrupt) => {
+                self.go_down(corrupt.to_string(), true);
+                return Err(());
+            }
+        }
+        if self.is_down() {
+            return Err(());
+        }
+        notified.await;
+        if self.is_down() { Err(()) } else { Ok(()) }
+    }
+
+    fn forget(&self, id: u32) {
+        self.streams.lock().expect("link lock").remove(&id);
+    }
+
+    /// Asks the worker whether it answers, within `timeout`.
+    pub async fn probe(&self, timeout: std::time::Duration) -> bool {
+        if self.is_down() {
+            return false;
+        }
+        let nonce = self.next_nonce.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.probes.lock().expect("link lock").insert(nonce, sender);
+        let answered = async {
+            self.send(&[&frame::encode_probe(false, nonce)]).await.ok()?;
+            receiver.await.ok()
+        };
+        let ok = tokio::time::timeout(timeout, answered).await.is_ok_and(|a| a.is_some());
+        self.probes.lock().expect("link lock").remove(&nonce);
+        ok
+    }
+
+    /// The driver: reads every frame the worker writes, until the link goes
+    /// down (its owner closes it when the worker exits: what the worker
+    /// wrote before is handed on first).
+    async fn drive(this: Arc<Link>) {
+        Link::drive_until_down(&this).await;
+        this.driver_gone.store(true, Ordering::SeqCst);
+        let closing = this.closing.lock().expect("link lock").clone();
+        if let Some(why) = closing {
+            this.go_down(why, false);
+        }
+    }
+
+    async fn drive_until_down(this: &Arc<Link>) {
+        loop {
+            if this.is_down() {
+                return;
+            }
+            let closing = this.closing.lock().expect("link lock").is_some();
+            loop {
+                let mut buf = Vec::new();
+                match this.channel.inbound.pop(&mut buf) {
+                    Ok(Some(wake_writer)) => {
+                        if wake_writer {
+                            this.channel.wake_peer();
+                        }
+                        if let Err(corrupt) = this.dispatch(Bytes::from(buf)) {
+                            this.go_down(corrupt.to_string(), true);
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(corrupt) => {
+                        this.go_down(corrupt.to_string(), true);
+                        return;
+                    }
+                }
+            }
+            // The worker may have made room in the other ring.
+            this.space.notify_waiters();
+            if closing {
+                return;
+            }
+            if !this.channel.inbound.consumer_sleeps() {
+                continue;
+            }
+            let woken = {
+                let down = this.down_notify.notified();
+                tokio::pin!(down);
+                down.as_mut().enable();
+                if this.is_down() {
+                    return;
+                }
+                if this.closing.lock().expect("link lock").is_some() {
+                    this.channel.inbound.consumer_awake();
+                    continue;
+                }
+                tokio::select! {
+                    woken = this.channel.woken() => woken,
+                    () = down => Ok(()),
+                }
+            };
+            this.channel.inbound.consumer_awake();
+            if let Err(error) = woken {
+                this.go_down(format!("cannot wait on the channel: {error}"), false);
+                return;
+            }
+        }
+    }
+
+    /// Hands one frame from the worker to its stream.
+    fn dispatch(&self, bytes: Bytes) -> Result<(), Corrupt> {
+        match frame::decode(bytes)? {
+            Wire::Response(head, body) => {
+                let Some(stream) = self.stream(head.stream) else { return Ok(()) };
+                let mut state = stream.state.lock().expect("stream lock");
+                if state.head.is_some() || state.failed.is_some() {
+                    return Ok(());
+                }
+                take_window(&mut state, body.len(), head.stream)?;
+                state.end = head.end_stream;
+                state.head = Some((head, body));
+                let reader = state.reader.take();
+                drop(state);
+                wake(reader);
+            }
+            Wire::Data { stream: id, end, data } => {
+                let Some(stream) = self.stream(id) else { return Ok(()) };
+                let mut state = stream.state.lock().expect("stream lock");
+                take_window(&mut state, data.len(), id)?;
+                if !data.is_empty() {
+                    state.chunks.push_back(data);
+                }
+                state.end |= end;
+                let reader = state.reader.take();
+                drop(state);
+                wake(reader);
+            }
+            Wire::Window { stream: id, increment } => {
+                let Some(stream) = self.stream(id) else { return Ok(()) };
+                let mut state = stream.state.lock().expect("stream lock");
+                state.send_window += u64::from(increment);
+                let writer = state.writer.take();
+                drop(state);
+                wake(writer);
+            }
+            Wire::Reset { stream: id, reason } => {
+                let Some(stream) = self.stream(id) else { return Ok(()) };
+                let error = if reason == frame::reset::REFUSED {
+                    LinkError::NotTaken("the replica is shutting down".to_owned())
+                } else {
+                    LinkError::Failed(format!("the worker reset the stream (reason {reason})"))
+                };
+                stream.fail(error);
+            }
+            Wire::ProbeAck { nonce } => {
+                if let Some(sender) = self.probes.lock().expect("link lock").remove(&nonce) {
+                    let _ = sender.send(());
+                }
+            }
+            Wire::Request(..) | Wire::Probe { .. } => {
+                return Err(Corrupt("a worker sent a frame only the gateway sends".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    fn stream(&self, id: u32) -> Option<Arc<Stream>> {
+        self.streams.lock().expect("link lock").get(&id).cloned()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.down_notify.notify_waiters();
+    }
+}
+
+/// Takes `len` bytes off a stream's receive window; more than the window
+/// is a broken worker.
+fn take_window(state: &mut StreamState, len: usize, id: u32) -> Result<(), Corrupt> {
+    let len = len as u64;
+    if len > state.receive_window {
+        return Err(Corrupt(format!("stream {id} sent {len} bytes past a window of {}", state.receive_window)));
+    }
+    state.receive_window -= len;
+    Ok(())
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+impl Stream {
+    fn fail(&self, error: LinkError) {
+        let mut state = self.state.lock().expect("stream lock");
+        if state.failed.is_none() {
+            state.failed = Some(error);
+        }
+        let (reader, writer) = (state.reader.take(), state.writer.take());
+        drop(state);
+        wake(reader);
+        wake(writer);
+    }
+}
+
+/// Resets and forgets a stream whose request task went away before its
+/// response head came.
+struct StreamGuard {
+    link: Arc<Link>,
+    id: u32,
+    armed: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.link.forget(self.id);
+            self.link.send_soon(&frame::encode_reset(self.id, frame::reset::CANCEL));
+        }
+    }
+}
+
+enum PumpSource<B> {
+    Full(Bytes),
+    Stream(B),
+}
+
+/// Sends a request body that did not fit in the request's frame, within the
+/// worker's window. A body that fails (the client broke it, or it went past
+/// the service's limit) resets the stream.
+async fn pump<B>(link: Arc<Link>, stream: Arc<Stream>, id: u32, source: PumpSource<B>)
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Send,
+{
+    let mut body = match source {
+        PumpSource::Full(bytes) => {
+            let ok = send_body_bytes(&link, &stream, id, bytes, true).await;
+            if !ok {
+                link.send_soon(&frame::encode_reset(id, frame::reset::CANCEL));
+            }
+            return;
+        }
+        PumpSource::Stream(body) => body,
+    };
+    loop {
+        let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        match next {
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue };
+                if !send_body_bytes(&link, &stream, id, data, false).await {
+                    return;
+                }
+            }
+            None => {
+                let end = frame::data_header(id, true);
+                let _ = link.send(&[&end]).await;
+                return;
+            }
+            Some(Err(_)) => {
+                link.send_soon(&frame::encode_reset(id, frame::reset::CANCEL));
+                stream.fail(LinkError::Failed("the request body failed".to_owned()));
+                return;
+            }
+        }
+    }
+}
+
+/// Sends `data` as data frames within the stream's window; `end` ends the
+/// body with the last one. False if the stream or the link failed.
+async fn send_body_bytes(link: &Link, stream: &Stream, id: u32, mut data: Bytes, end: bool) -> bool {
+    loop {
+        let allowed = std::future::poll_fn(|cx| {
+            let mut state = stream.state.lock().expect("stream lock");
+            if state.failed.is_some() || link.is_down() {
+                return Poll::Ready(None);
+            }
+            if state.send_window > 0 || data.is_empty() {
+                return Poll::Ready(Some(state.send_window));
+            }
+            state.writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let Some(allowed) = allowed else { return false };
+        let n = data.len().min(MAX_DATA).min(usize::try_from(allowed).unwrap_or(usize::MAX));
+        let chunk = data.split_to(n);
+        let last = end && data.is_empty();
+        stream.state.lock().expect("stream lock").send_window -= n as u64;
+        if link.send(&[&frame::data_header(id, last), &chunk]).await.is_err() {
+            return false;
+        }
+        if data.is_empty() {
+            return true;
+        }
+    }
+}
+
+/// A response body streaming from a worker.
+pub struct LinkBody {
+    link: Arc<Link>,
+    stream: Arc<Stream>,
+    id: u32,
+    /// The bytes that came in the response's frame.
+    first: Option<Bytes>,
+    /// Bytes read since the last window granted back.
+    consumed: u64,
+    done: bool,
+}
+
+impl HttpBody for LinkBody {
+    type Data = Bytes;
+    type Error = LinkError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, LinkError>>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            this.count(first.len());
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let mut state = this.stream.state.lock().expect("stream lock");
+        if let Some(chunk) = state.chunks.pop_front() {
+            drop(state);
+            this.count(chunk.len());
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if state.end {
+            drop(state);
+            this.done = true;
+            this.link.forget(this.id);
+            return Poll::Ready(None);
+        }
+        if let Some(error) = state.failed.clone() {
+            drop(state);
+            this.done = true;
+            this.link.forget(this.id);
+            return Poll::Ready(Some(Err(error)));
+        }
+        state.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.first.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl LinkBody {
+    /// Counts bytes handed on, and grants the worker more window once half
+    /// of it was read.
+    fn count(&mut self, len: usize) {
+        self.consumed += len as u64;
+        if self.consumed >= u64::from(STREAM_WINDOW / 2) {
+            let grant = u32::try_from(self.consumed).unwrap_or(u32::MAX);
+            self.consumed = 0;
+            self.stream.state.lock().expect("stream lock").receive_window += u64::from(grant);
+            self.link.send_soon(&frame::encode_window(self.id, grant));
+        }
+    }
+}
+
+impl Drop for LinkBody {
+    fn drop(&mut self) {
+        if !self.done {
+            self.link.forget(self.id);
+            self.link.send_soon(&frame::encode_reset(self.id, frame::reset::CANCEL));
+        }
+    }
+}

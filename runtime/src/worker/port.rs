@@ -1,0 +1,494 @@
+//! The worker's end of its channel to the gateway
+//! ([`shoal_protocol::channel`]): requests come in as frames and become
+//! `http::Request`s for `wasmtime-wasi-http`; the guest's responses go back
+//! as frames. No HTTP is parsed or written here.
+//!
+//! One task (the driver, [`Port::run`]) reads every frame the gateway
+//! writes: a request starts a handler task; body frames, window updates
+//! and resets go to their stream; probes are answered at once. Handler
+//! tasks write their responses themselves, under the port's writer lock,
+//! within the window the gateway granted for each stream.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use shoal_protocol::channel::frame::{self, Frame as Wire, RequestHead, ResponseHead};
+use shoal_protocol::channel::{Channel, MAX_DATA, STREAM_WINDOW};
+use tokio::sync::Notify;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// The worker's end of the channel.
+pub(crate) struct Port {
+    channel: Channel,
+    /// Serializes frame writes; holds a scratch buffer for encoding heads.
+    writer: Mutex<Vec<u8>>,
+    /// Wakes writers waiting for room in the ring.
+    space: Notify,
+    streams: Mutex<HashMap<u32, Arc<Stream>>>,
+    /// Requests taken and not yet answered in full.
+    in_flight: AtomicUsize,
+    /// Wakes the drain when the last request finishes.
+    idle: Notify,
+    /// Set on SIGTERM: new requests are refused.
+    draining: AtomicBool,
+}
+
+/// One request's state, shared by the driver, its handler and the guest's
+/// body reader.
+pub(crate) struct Stream {
+    id: u32,
+    state: Mutex<StreamState>,
+}
+
+#[derive(Default)]
+struct StreamState {
+    /// Request body chunks not yet read by the guest.
+    chunks: VecDeque<Bytes>,
+    /// The request body ended.
+    end: bool,
+    /// Who waits for the request body.
+    reader: Option<Waker>,
+    /// Response body bytes the gateway allows more of.
+    send_window: u64,
+    /// Who waits to send more of the response body.
+    writer: Option<Waker>,
+    /// The gateway reset the stream (the client went away, the deadline
+    /// passed): the guest is stopped, nothing more is sent.
+    cancelled: bool,
+    /// The guest's task, to stop it on a reset.
+    guest: Option<tokio::task::AbortHandle>,
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// What the driver hands a handler: the request, ready for the guest.
+pub(crate) struct Incoming {
+    pub request: Request<GuestBody>,
+    pub stream: Arc<Stream>,
+}
+
+impl Port {
+    pub(crate) fn new(channel: Channel) -> Arc<Port> {
+        Arc::new(Port {
+            channel,
+            writer: Mutex::new(Vec::with_capacity(4096)),
+            space: Notify::new(),
+            streams: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Refuses new requests from now on.
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Completes once no request is in flight.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The driver: reads every frame the gateway writes and hands each
+    /// request to `handle`, until the channel fails.
+    pub(crate) async fn run<F, Fut>(self: Arc<Self>, handle: F) -> std::io::Result<()>
+    where
+        F: Fn(Incoming) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        loop {
+            loop {
+                let mut buf = Vec::new();
+                match self.channel.inbound.pop(&mut buf) {
+                    Ok(Some(wake_writer)) => {
+                        if wake_writer {
+                            self.channel.wake_peer();
+                        }
+                        match frame::decode(Bytes::from(buf)) {
+                            Ok(wire) => self.dispatch(wire, &handle),
+                            Err(corrupt) => return Err(std::io::Error::other(corrupt)),
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(corrupt) => return Err(std::io::Error::other(corrupt)),
+                }
+            }
+            self.space.notify_waiters();
+            if !self.channel.inbound.consumer_sleeps() {
+                continue;
+            }
+            self.channel.woken().await?;
+            self.channel.inbound.consumer_awake();
+        }
+    }
+
+    fn dispatch<F, Fut>(self: &Arc<Self>, wire: Wire, handle: &F)
+    where
+        F: Fn(Incoming) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match wire {
+            Wire::Request(head, body) => {
+                self.channel.taken().fetch_add(1, Ordering::SeqCst);
+                self.in_flight.fetch_add(1, Ordering::SeqCst);
+                let id = head.stream;
+                let stream = Arc::new(Stream {
+                    id,
+                    state: Mutex::new(StreamState {
+                        end: head.end_stream,
+                        send_window: u64::from(STREAM_WINDOW),
+                        chunks: if body.is_empty() { VecDeque::new() } else { VecDeque::from([body]) },
+                        ..StreamState::default()
+                    }),
+                });
+                let draining = self.draining.load(Ordering::SeqCst);
+                self.streams.lock().expect("port lock").insert(id, stream.clone());
+                let port = self.clone();
+                if draining {
+                    // Refused unrun: the gateway sends it to another replica.
+                    tokio::spawn(async move {
+                        let _ = port.send(&[&frame::encode_reset(id, frame::reset::REFUSED)]).await;
+                        port.finish(&stream);
+                    });
+                    return;
+                }
+                match into_request(&head, GuestBody { port: self.clone(), stream: stream.clone(), consumed: 0 }) {
+                    Ok(request) => {
+                        tokio::spawn(handle(Incoming { request, stream }));
+                    }
+                    Err(why) => {
+                        tracing::warn!(%why, "bad request from the gateway");
+                        tokio::spawn(async move {
+                            port.respond(&stream, plain(StatusCode::BAD_REQUEST, "400 bad request\n")).await;
+                        });
+                    }
+                }
+            }
+            Wire::Data { stream, end, data } => {
+                let Some(stream) = self.stream(stream) else { return };
+                let mut state = stream.state.lock().expect("stream lock");
+                if !data.is_empty() {
+                    state.chunks.push_back(data);
+                }
+                state.end |= end;
+                let reader = state.reader.take();
+                drop(state);
+                wake(reader);
+            }
+            Wire::Window { stream, increment } => {
+                let Some(stream) = self.stream(stream) else { return };
+                let mut state = stream.state.lock().expect("stream lock");
+                state.send_window += u64::from(increment);
+                let writer = state.writer.take();
+                drop(state);
+                wake(writer);
+            }
+            Wire::Reset { stream, .. } => {
+                let Some(stream) = self.stream(stream) else { return };
+                let mut state = stream.state.lock().expect("stream lock");
+                state.cancelled = true;
+                if let Some(guest) = state.guest.take() {
+                    guest.abort();
+                }
+                let (reader, writer) = (state.reader.take(), state.writer.take());
+                drop(state);
+                wake(reader);
+                wake(writer);
+            }
+            Wire::Probe { nonce } => {
+                let port = self.clone();
+                tokio::spawn(async move {
+                    let _ = port.send(&[&frame::encode_probe(true, nonce)]).await;
+                });
+            }
+            Wire::Response(..) | Wire::ProbeAck { .. } => {
+                tracing::warn!("the gateway sent a frame only a worker sends; ignored");
+            }
+        }
+    }
+
+    fn stream(&self, id: u32) -> Option<Arc<Stream>> {
+        self.streams.lock().expect("port lock").get(&id).cloned()
+    }
+
+    /// Writes a frame made of `parts`, waiting for room.
+    async fn send(&self, parts: &[&[u8]]) -> Result<(), ()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        loop {
+            {
+                let _writer = self.writer.lock().expect("port lock");
+                match self.channel.out.push(parts) {
+                    Ok(Ok(wake)) => {
+                        if wake {
+                            self.channel.wake_peer();
+                        }
+                        return Ok(());
+                    }
+                    Ok(Err(_full)) => {}
+                    Err(_corrupt) => return Err(()),
+                }
+            }
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.channel.out.producer_waits(len) {
+                Ok(false) => continue,
+                Ok(true) => notified.await,
+                Err(_corrupt) => return Err(()),
+            }
+        }
+    }
+
+    /// Sends `response` on `stream`: its head (with as much of the body as
+    /// is ready and fits), then the rest of the body within the window, then
+    /// forgets the stream.
+    pub(crate) async fn respond(&self, stream: &Stream, response: Response<HyperOutgoingBody>) {
+        self.send_response(stream, response).await;
+        self.finish(stream);
+    }
+
+    /// Forgets a stream that was answered.
+    fn finish(&self, stream: &Stream) {
+        self.streams.lock().expect("port lock").remove(&stream.id);
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    async fn send_response(&self, stream: &Stream, response: Response<HyperOutgoingBody>) {
+        let (parts, mut body) = response.into_parts();
+        // What of the body is there already: for most guests, all of it.
+        let mut first = Bytes::new();
+        let mut ended = body.is_end_stream();
+        if !ended {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        first = data;
+                    }
+                    ended = body.is_end_stream();
+                }
+                Poll::Ready(None) => ended = true,
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::warn!(%error, "the guest's response body failed");
+                    ended = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        let mut rest = Bytes::new();
+        if first.len() > MAX_DATA {
+            rest = first.split_off(MAX_DATA);
+            ended = false;
+        }
+        let head = ResponseHead {
+            stream: stream.id,
+            end_stream: ended && rest.is_empty(),
+            status: parts.status,
+            headers: parts.headers,
+        };
+        if !self.take_window(stream, first.len()).await {
+            return;
+        }
+        let encoded = {
+            let mut scratch = self.writer.lock().expect("port lock");
+            frame::encode_response(&mut scratch, &head, &first);
+            std::mem::take(&mut *scratch)
+        };
+        let sent = self.send(&[&encoded]).await;
+        // Give the buffer back for the next head.
+        {
+            let mut scratch = self.writer.lock().expect("port lock");
+            if scratch.capacity() < encoded.capacity() {
+                *scratch = encoded;
+            }
+        }
+        if sent.is_err() || head.end_stream {
+            return;
+        }
+        if !rest.is_empty() && !self.send_data(stream, rest, ended).await {
+            return;
+        }
+        if ended {
+            return;
+        }
+        loop {
+            let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+            match next {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    let end = body.is_end_stream();
+                    if !self.send_data(stream, data, end).await {
+                        return;
+                    }
+                    if end {
+                        return;
+                    }
+                }
+                None => {
+                    let _ = self.send(&[&frame::data_header(stream.id, true)]).await;
+                    return;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "the guest's response body failed");
+                    let _ = self.send(&[&frame::encode_reset(stream.id, frame::reset::BODY_FAILED)]).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends `data` as data frames within the window; `end` ends the body
+    /// with the last. False if the stream was reset or the channel failed.
+    async fn send_data(&self, stream: &Stream, mut data: Bytes, end: bool) -> bool {
+        loop {
+            let n = data.len().min(MAX_DATA);
+            if !self.take_window(stream, n).await {
+                return false;
+            }
+            let chunk = data.split_to(n);
+            let last = end && data.is_empty();
+            if self.send(&[&frame::data_header(stream.id, last), &chunk]).await.is_err() {
+                return false;
+            }
+            if data.is_empty() {
+                return true;
+            }
+        }
+    }
+
+    /// Waits until the stream's window allows `len` more bytes, and takes
+    /// them. False if the stream was reset.
+    async fn take_window(&self, stream: &Stream, len: usize) -> bool {
+        let len = len as u64;
+        std::future::poll_fn(|cx| {
+            let mut state = stream.state.lock().expect("stream lock");
+            if state.cancelled {
+                return Poll::Ready(false);
+            }
+            if state.send_window >= len {
+                state.send_window -= len;
+                return Poll::Ready(true);
+            }
+            state.writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Grants the gateway more request-body window (from the guest's
+    /// reader, which cannot wait).
+    fn grant(self: &Arc<Self>, stream: u32, increment: u32) {
+        let port = self.clone();
+        tokio::spawn(async move {
+            let _ = port.send(&[&frame::encode_window(stream, increment)]).await;
+        });
+    }
+}
+
+impl Stream {
+    /// Remembers the guest's task, to stop it on a reset. False if the
+    /// stream was reset already (then the task is stopped now).
+    pub(crate) fn set_guest(&self, guest: tokio::task::AbortHandle) -> bool {
+        let mut state = self.state.lock().expect("stream lock");
+        if state.cancelled {
+            guest.abort();
+            return false;
+        }
+        state.guest = Some(guest);
+        true
+    }
+
+    /// Whether the gateway reset the stream.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.state.lock().expect("stream lock").cancelled
+    }
+}
+
+/// A request as the guest gets it.
+fn into_request(head: &RequestHead, body: GuestBody) -> Result<Request<GuestBody>, String> {
+    let uri: http::Uri = head.path_and_query.parse().map_err(|e| format!("target {:?}: {e}", head.path_and_query))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = head.headers.clone();
+    if !request.headers().contains_key(http::header::HOST)
+        && let Ok(host) = HeaderValue::from_str(&head.authority)
+    {
+        request.headers_mut().insert(http::header::HOST, host);
+    }
+    Ok(request)
+}
+
+/// A request body as the guest reads it: the chunks the gateway sends,
+/// with window updates back as they are read.
+pub(crate) struct GuestBody {
+    port: Arc<Port>,
+    stream: Arc<Stream>,
+    /// Bytes read since the last window granted back.
+    consumed: u32,
+}
+
+impl HttpBody for GuestBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let mut state = this.stream.state.lock().expect("stream lock");
+        if let Some(chunk) = state.chunks.pop_front() {
+            drop(state);
+            this.consumed = this.consumed.saturating_add(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
+            if this.consumed >= STREAM_WINDOW / 2 {
+                let grant = std::mem::take(&mut this.consumed);
+                this.port.grant(this.stream.id, grant);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if state.end {
+            return Poll::Ready(None);
+        }
+        if state.cancelled {
+            return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionTerminated)));
+        }
+        state.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let state = self.stream.state.lock().expect("stream lock");
+        state.end && state.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// A short plain-text response from the worker itself.
+pub(crate) fn plain(status: StatusCode, body: &'static str) -> Response<HyperOutgoingBody> {
+    use http_body_util::BodyExt as _;
+    let full = http_body_util::Full::new(Bytes::from_static(body.as_bytes()));
+    let mut response = Response::new(full.map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
