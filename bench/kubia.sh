@@ -7,7 +7,8 @@
 # to Wasm (samples/hello-js, `shoal build`) when npm is there; same wrk
 # settings, same run.
 #
-# Prints a Markdown table (requests/s, p50, p99, ratio to Node.js) to stdout,
+# Prints a Markdown table (requests/s, p50, p99, ratio to Node.js, CPU µs
+# per request of each serving process) to stdout,
 # then the goal, RSS and replica start-up figures; progress and diagnostics
 # go to stderr. See bench/README.md.
 #
@@ -47,6 +48,9 @@ declare -A JS_START=()  # cold/warm: "seconds to ready, compile line"
 # By Shoal configuration: its process, gateway port, the CPU ticks the other
 # configuration's processes used during its measured rounds.
 declare -A SHOAL_PID=() SHOAL_PORT=() OTHER_SHOAL_TICKS=()
+# By "server id:process": CPU ticks spent during the measured rounds; by
+# server id: requests completed in them (wrk's count).
+declare -A CPU_TICKS=() REQUESTS=()
 # By server id: RSS figures (KiB) taken right after its last round.
 declare -A RSS_KIB=() WORKERS_KIB=() WORKERS=()
 # By Shoal configuration: "periods throttled throttled_us" summed over its
@@ -425,6 +429,39 @@ tree_cpu_ticks() {
   done | awk '{ sub(/^.*\) /, ""); t += $12 + $13 + $14 + $15 } END { print t + 0 }'
 }
 
+# own_cpu_ticks PID...: the CPU time (clock ticks) of those processes
+# alone, not their children.
+own_cpu_ticks() {
+  local pid
+  for pid in "$@"; do
+    cat /proc/"$pid"/stat 2>/dev/null || true
+  done | awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t + 0 }'
+}
+
+# cpu_sample ID: "process ticks" lines, the CPU time so far of each
+# process (group) that serves server ID: Node.js for node; nginx (master
+# and worker) and the Node.js behind it for nginx; wasmtime; for Shoal the
+# gateway (`shoal up` itself) and its workers (live children, the standby
+# included, and those reaped: their time is in shoal up's cutime).
+cpu_sample() {
+  local id=$1 own tree
+  case $id in
+    node) echo "node $(own_cpu_ticks "$NODE_PID")" ;;
+    nginx)
+      # shellcheck disable=SC2046 # word splitting of the pid list is intended
+      echo "nginx $(own_cpu_ticks "$NGINX_PID" $(children "$NGINX_PID"))"
+      echo "node $(own_cpu_ticks "$NODE_PID")"
+      ;;
+    wasmtime) echo "wasmtime $(own_cpu_ticks "$WASMTIME_PID")" ;;
+    *)
+      own=$(own_cpu_ticks "${SHOAL_PID[$id]}")
+      tree=$(tree_cpu_ticks "${SHOAL_PID[$id]}")
+      echo "gateway $own"
+      echo "workers $((tree - own))"
+      ;;
+  esac
+}
+
 # vmrss_kib PID: PID's VmRSS in KiB (0 if it is gone).
 vmrss_kib() { awk '/^VmRSS:/ { kib = $2 } END { print kib + 0 }' /proc/"$1"/status 2>/dev/null || echo 0; }
 
@@ -479,7 +516,13 @@ measure() {
       before=$((before + $(tree_cpu_ticks "${SHOAL_PID[$other]}")))
     done
   fi
+  local cpu_before process ticks
+  cpu_before=$(cpu_sample "$id")
   run_wrk "$DURATION" "${URL[$id]}" "$out"
+  while read -r process ticks; do
+    CPU_TICKS[$id:$process]=$((${CPU_TICKS[$id:$process]:-0} + ticks - $(awk -v p="$process" '$1 == p { print $2 }' <<<"$cpu_before")))
+  done < <(cpu_sample "$id")
+  REQUESTS[$id]=$((${REQUESTS[$id]:-0} + $(awk '/ requests in / { print $1 }' "$out")))
   if is_shoal "$id"; then
     for other in $(other_shoal "$id"); do
       after=$((after + $(tree_cpu_ticks "${SHOAL_PID[$other]}")))
@@ -555,7 +598,8 @@ median() {
 # print_goal: the goal and whether this run met it.
 print_goal() {
   local node_rps node_p99 rps p99 nginx_rps verdict
-  echo "Goal: Shoal's default ≥ 1.00× Node.js in requests/s with p99 no worse, and ≥ 2× nginx → Node.js"
+  echo "Goal: Shoal's default ≥ 1.00× Node.js in requests/s with p99 no worse (stretch: ≥ 2× nginx → Node.js);" \
+    "instances reused ≥ 1.30× Node.js"
   read -r node_rps _ node_p99 _ <<<"$(summarize node)"
   read -r rps _ p99 _ <<<"$(summarize fresh)"
   verdict=$(awk -v r="$rps" -v n="$node_rps" -v p="$p99" -v np="$node_p99" 'BEGIN {
@@ -570,6 +614,9 @@ print_goal() {
   fi
   echo
   echo "This run, Shoal's default: $verdict."
+  read -r rps _ <<<"$(summarize reuse)"
+  echo "Instances reused: $(awk -v r="$rps" -v n="$node_rps" 'BEGIN {
+    printf "%.2f× Node.js (%s)", r / n, (r >= 1.3 * n) ? "met" : "not met" }')."
 }
 
 # print_resources: RSS after each row's last round, the Shoal replicas' CPU
@@ -618,6 +665,19 @@ print_resources() {
     "of measured rounds: $line."
 }
 
+# cpu_per_request ID: "total (process a + process b)" in CPU µs per
+# request over the measured rounds.
+cpu_per_request() {
+  local id=$1 key parts=() hz
+  hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+  for key in "${!CPU_TICKS[@]}"; do
+    [[ $key == "$id":* ]] && parts+=("${key#*:} ${CPU_TICKS[$key]}")
+  done
+  printf '%s\n' "${parts[@]}" | sort | awk -v n="${REQUESTS[$id]:-0}" -v hz="$hz" '
+    { us = 1e6 * $2 / hz / n; total += us; detail = detail (detail == "" ? "" : " + ") sprintf("%s %.1f", $1, us) }
+    END { if (n == 0) { print "n/a"; exit } ; if (NR > 1) printf "%.1f (%s)\n", total, detail; else printf "%.1f\n", total }'
+}
+
 print_report() {
   local id rps p50 p99 non2xx socket node_rps ratio per_round nginx_version wasmtime_version="" errors=()
   nginx_version=$( (nginx -v 2>&1 || true) | sed -n 's|^nginx version: nginx/||p')
@@ -627,13 +687,13 @@ print_report() {
     "$ROUNDS interleaved round(s), median; Node.js $(node --version)${nginx_version:+, nginx $nginx_version}${wasmtime_version:+, $wasmtime_version};" \
     "shoal $(shoal_revision); CPU ${IDLE_BEFORE}% idle just before the run"
   echo
-  echo "| server | requests/s | p50 (ms) | p99 (ms) | vs Node.js |"
-  echo "|---|---|---|---|---|"
+  echo "| server | requests/s | p50 (ms) | p99 (ms) | vs Node.js | CPU µs/request |"
+  echo "|---|---|---|---|---|---|"
   read -r node_rps _ <<<"$(summarize node)"
   for id in "${SERVERS[@]}"; do
     read -r rps p50 p99 non2xx socket <<<"$(summarize "$id")"
     ratio=$(awk -v a="$rps" -v b="$node_rps" 'BEGIN { printf "%.2f", a / b }')
-    echo "| ${LABEL[$id]} | $(thousands "$rps") | $p50 | $p99 | ${ratio}× |"
+    echo "| ${LABEL[$id]} | $(thousands "$rps") | $p50 | $p99 | ${ratio}× | $(cpu_per_request "$id") |"
     ((non2xx == 0)) || errors+=("${LABEL[$id]}: $non2xx non-2xx/3xx responses over the measured rounds")
     ((socket == 0)) || errors+=("${LABEL[$id]}: $socket socket errors over the measured rounds")
   done
@@ -648,6 +708,9 @@ print_report() {
     done <"$TMP/results/$id"
     echo "- ${LABEL[$id]}, requests/s per round: $per_round"
   done
+  echo "- CPU µs/request: user + system time of the serving processes over the measured rounds" \
+    "(/proc/<pid>/stat, in clock ticks of 1/$(getconf CLK_TCK 2>/dev/null || echo 100) s), divided by the requests wrk" \
+    "completed in them; Shoal's gateway is shoal up itself, its workers are its children (the standby included)."
   [[ -z $NGINX_SKIPPED ]] || echo "- nginx → Node.js kubia row skipped: $NGINX_SKIPPED."
   [[ -z $WASMTIME_SKIPPED ]] || echo "- wasmtime serve: $WASMTIME_SKIPPED; row skipped."
   echo "- Shoal rows: samples/hello/service.yaml's settings (replicas $REPLICAS, memory 64Mi, cpu 500m," \

@@ -259,6 +259,8 @@ impl Link {
             }
         };
         guard.armed = false;
+        let declared =
+            response_head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let mut response = Response::new(LinkBody {
             link: self.clone(),
             stream,
@@ -266,6 +268,7 @@ impl Link {
             first: (!first.is_empty()).then_some(first),
             consumed: 0,
             done: response_head.end_stream,
+            remaining: declared,
         });
         *response.status_mut() = response_head.status;
         *response.headers_mut() = response_head.headers;
@@ -386,8 +389,15 @@ impl Link {
         if self.is_down() { Err(()) } else { Ok(()) }
     }
 
+    /// Forgets a stream whose exchange is over (answered, cancelled or
+    /// failed). A request body still being sent stops there: its pump is
+    /// woken and drops it, which lets the client's connection close (as
+    /// HTTP/2 resets a stream whose response ended before its request).
     fn forget(&self, id: u32) {
-        self.streams.lock().expect("link lock").remove(&id);
+        let stream = self.streams.lock().expect("link lock").remove(&id);
+        if let Some(stream) = stream {
+            stream.fail(LinkError::Failed("the exchange is over".to_owned()));
+        }
     }
 
     /// Asks the worker whether it answers, within `timeout`.
@@ -616,7 +626,20 @@ where
         PumpSource::Stream(body) => body,
     };
     loop {
-        let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        // The client's next part, unless the stream ends first (then the
+        // body is dropped, even if the client never sends another byte).
+        let next = std::future::poll_fn(|cx| {
+            {
+                let mut state = stream.state.lock().expect("stream lock");
+                if state.failed.is_some() {
+                    return Poll::Ready(None);
+                }
+                state.writer = Some(cx.waker().clone());
+            }
+            Pin::new(&mut body).poll_frame(cx).map(Some)
+        })
+        .await;
+        let Some(next) = next else { return };
         match next {
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else { continue };
@@ -678,6 +701,9 @@ pub struct LinkBody {
     /// Bytes read since the last window granted back.
     consumed: u64,
     done: bool,
+    /// Bytes still to come, when the response declared its length: once
+    /// they came the body is whole, and dropping it resets nothing.
+    remaining: Option<u64>,
 }
 
 impl HttpBody for LinkBody {
@@ -716,11 +742,14 @@ impl HttpBody for LinkBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.first.is_none()
+        (self.done && self.first.is_none()) || self.remaining == Some(0)
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+        match self.remaining {
+            Some(remaining) => SizeHint::with_exact(remaining),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -728,6 +757,9 @@ impl LinkBody {
     /// Counts bytes handed on, and grants the worker more window once half
     /// of it was read.
     fn count(&mut self, len: usize) {
+        if let Some(remaining) = &mut self.remaining {
+            *remaining = remaining.saturating_sub(len as u64);
+        }
         self.consumed += len as u64;
         if self.consumed >= u64::from(STREAM_WINDOW / 2) {
             let grant = u32::try_from(self.consumed).unwrap_or(u32::MAX);
@@ -740,7 +772,10 @@ impl LinkBody {
 
 impl Drop for LinkBody {
     fn drop(&mut self) {
-        if !self.done {
+        if self.remaining == Some(0) && !self.done {
+            // Whole: the worker's end frame may still be on its way.
+            self.link.forget(self.id);
+        } else if !self.done {
             self.link.forget(self.id);
             self.link.send_soon(&frame::encode_reset(self.id, frame::reset::CANCEL));
         }

@@ -588,3 +588,76 @@ pub fn raise_open_files() -> u64 {
     }
     limit.rlim_cur
 }
+
+/// A process's resident set (`VmRSS` in `/proc/<pid>/status`), in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Samples a process's resident set every 50 ms on a thread of its own,
+/// keeping the peak, until [`RssPeak::finish`].
+pub struct RssPeak {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl RssPeak {
+    /// Starts sampling `pid` (its first sample is taken at once).
+    pub fn start(pid: u32) -> RssPeak {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(rss_kib(pid).unwrap_or(0));
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return peak;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        RssPeak { stop, thread: Some(thread) }
+    }
+
+    /// Stops sampling; the largest resident set seen, in KiB.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().expect("finished once").join().expect("the sampler panicked")
+    }
+}
+
+impl Drop for RssPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Byte `i` of the content the faulty sample's `/stream` sends (the same
+/// function as its `pattern`): the top byte of a multiplicative hash of the
+/// position, so that a byte out of place, lost or repeated shows.
+pub fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
+/// FNV-1a, 64 bits, continued from `hash` over `bytes` (as the faulty
+/// sample's `/drain` computes it); start from [`FNV_OFFSET`].
+pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    hash
+}
+
+/// FNV-1a's starting value.
+pub const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
+
+/// Whether process `pid` is stopped (`T` or `t` in `/proc/<pid>/stat`).
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+        .is_some_and(|state| state == 'T' || state == 't')
+}

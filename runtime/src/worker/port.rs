@@ -169,7 +169,7 @@ impl Port {
                     });
                     return;
                 }
-                match into_request(&head, GuestBody { port: self.clone(), stream: stream.clone(), consumed: 0 }) {
+                match into_request(head, GuestBody { port: self.clone(), stream: stream.clone(), consumed: 0 }) {
                     Ok(request) => {
                         tokio::spawn(handle(Incoming { request, stream }));
                     }
@@ -274,26 +274,7 @@ impl Port {
 
     async fn send_response(&self, stream: &Stream, response: Response<HyperOutgoingBody>) {
         let (parts, mut body) = response.into_parts();
-        // What of the body is there already: for most guests, all of it.
-        let mut first = Bytes::new();
-        let mut ended = body.is_end_stream();
-        if !ended {
-            let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
-            match polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        first = data;
-                    }
-                    ended = body.is_end_stream();
-                }
-                Poll::Ready(None) => ended = true,
-                Poll::Ready(Some(Err(error))) => {
-                    tracing::warn!(%error, "the guest's response body failed");
-                    ended = true;
-                }
-                Poll::Pending => {}
-            }
-        }
+        let (mut first, mut ended) = gather(&mut body).await;
         let mut rest = Bytes::new();
         if first.len() > MAX_DATA {
             rest = first.split_off(MAX_DATA);
@@ -424,12 +405,12 @@ impl Stream {
 }
 
 /// A request as the guest gets it.
-fn into_request(head: &RequestHead, body: GuestBody) -> Result<Request<GuestBody>, String> {
+fn into_request(head: RequestHead, body: GuestBody) -> Result<Request<GuestBody>, String> {
     let uri: http::Uri = head.path_and_query.parse().map_err(|e| format!("target {:?}: {e}", head.path_and_query))?;
     let mut request = Request::new(body);
-    *request.method_mut() = head.method.clone();
+    *request.method_mut() = head.method;
     *request.uri_mut() = uri;
-    *request.headers_mut() = head.headers.clone();
+    *request.headers_mut() = head.headers;
     if !request.headers().contains_key(http::header::HOST)
         && let Ok(host) = HeaderValue::from_str(&head.authority)
     {
@@ -491,4 +472,48 @@ pub(crate) fn plain(status: StatusCode, body: &'static str) -> Response<HyperOut
     *response.status_mut() = status;
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// What of a response body is there already, up to [`MAX_DATA`] bytes (and
+/// whether that is all of it), so that most responses go in one frame.
+/// Most guests set the response and then write its body: the guest's task
+/// is given one turn to do so before the head goes without it.
+async fn gather(body: &mut HyperOutgoingBody) -> (Bytes, bool) {
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut len = 0;
+    let mut yielded = false;
+    let mut ended = body.is_end_stream();
+    while !ended && len < MAX_DATA {
+        match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    len += data.len();
+                    parts.push(data);
+                }
+                ended = body.is_end_stream();
+            }
+            Poll::Ready(None) => ended = true,
+            Poll::Ready(Some(Err(error))) => {
+                tracing::warn!(%error, "the guest's response body failed");
+                ended = true;
+            }
+            Poll::Pending if !yielded => {
+                yielded = true;
+                tokio::task::yield_now().await;
+            }
+            Poll::Pending => break,
+        }
+    }
+    let first = match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = bytes::BytesMut::with_capacity(len);
+            for part in parts {
+                joined.extend_from_slice(&part);
+            }
+            joined.freeze()
+        }
+    };
+    (first, ended)
 }

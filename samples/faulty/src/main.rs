@@ -22,10 +22,20 @@
 //!   header, `name: value`.
 //! - `/echo` (any method) answers `<METHOD>\n` followed by the request
 //!   body.
+//! - `GET /stream?mb=N` answers N MiB of [`pattern`] bytes (with their
+//!   `content-length`), written through the response body stream 4 KiB at a
+//!   time as the host accepts them: the guest never holds the body (exercises
+//!   streamed responses and flow control towards a slow client).
+//! - `/drain[?pause_ms=M]` (any method) reads the request body as it
+//!   arrives, 64 KiB at a time, holding none of it (pausing M ms after each
+//!   MiB: a slow reader), and answers `<bytes> <FNV-1a 64 of the bytes, in
+//!   hex>` (exercises streamed request bodies).
 //! - Anything else answers `You've hit <HOSTNAME>` like `hello`.
 //!
 //! Every request is logged to stdout as `faulty: <method> <path>`.
 
+use shoal_sdk::wasi::http::types::{Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use shoal_sdk::wasi::io::streams::StreamError;
 use shoal_sdk::{Request, Response};
 
 /// Stride for touching allocated memory: one write per 4 KiB (the host's
@@ -142,7 +152,167 @@ fn echo(req: &Request) -> Response {
         .with_body(body)
 }
 
-shoal_sdk::service!(handle);
+/// Byte `i` of the content `/stream` sends (and the tests upload): the top
+/// byte of a multiplicative hash of its position, so that a byte out of
+/// place, lost or repeated shows.
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
+/// FNV-1a, 64 bits, continued from `hash` over `bytes`.
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    hash
+}
+
+const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
+
+/// The value of `name` in a query string.
+fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn method_name(method: &Method) -> String {
+    match method {
+        Method::Get => "GET".to_owned(),
+        Method::Head => "HEAD".to_owned(),
+        Method::Post => "POST".to_owned(),
+        Method::Put => "PUT".to_owned(),
+        Method::Delete => "DELETE".to_owned(),
+        Method::Connect => "CONNECT".to_owned(),
+        Method::Options => "OPTIONS".to_owned(),
+        Method::Trace => "TRACE".to_owned(),
+        Method::Patch => "PATCH".to_owned(),
+        Method::Other(other) => other.clone(),
+    }
+}
+
+/// Starts a response with `headers`; returns its body.
+fn start_response(out: ResponseOutparam, status: u16, headers: &[(String, Vec<u8>)]) -> OutgoingBody {
+    let fields = Fields::from_list(headers).expect("valid response headers");
+    let response = OutgoingResponse::new(fields);
+    let _ = response.set_status_code(status);
+    let body = response.body().expect("a new response yields its body once");
+    ResponseOutparam::set(out, Ok(response));
+    body
+}
+
+/// A whole small plain-text response.
+fn reply(out: ResponseOutparam, status: u16, text: &str) {
+    let headers = [
+        ("content-type".to_owned(), b"text/plain; charset=utf-8".to_vec()),
+        ("content-length".to_owned(), text.len().to_string().into_bytes()),
+    ];
+    let body = start_response(out, status, &headers);
+    let stream = body.write().expect("a new body yields its stream once");
+    let _ = stream.blocking_write_and_flush(text.as_bytes());
+    drop(stream);
+    let _ = OutgoingBody::finish(body, None);
+}
+
+/// `GET /stream?mb=N`: N MiB of [`pattern`], streamed.
+fn stream(query: &str, out: ResponseOutparam) {
+    let Some(mb) = query_value(query, "mb").and_then(|v| v.parse::<u64>().ok()) else {
+        return reply(out, 400, "usage: /stream?mb=N\n");
+    };
+    let total = mb << 20;
+    let headers = [
+        ("content-type".to_owned(), b"application/octet-stream".to_vec()),
+        ("content-length".to_owned(), total.to_string().into_bytes()),
+    ];
+    let body = start_response(out, 200, &headers);
+    let stream = body.write().expect("a new body yields its stream once");
+    let mut chunk = [0u8; 4096];
+    let mut at = 0u64;
+    while at < total {
+        let n = (total - at).min(chunk.len() as u64) as usize;
+        for (k, byte) in chunk[..n].iter_mut().enumerate() {
+            *byte = pattern(at + k as u64);
+        }
+        // Blocks while the host holds as much as it takes: flow control
+        // reaches the guest. An error means the client went away.
+        if let Err(error) = stream.blocking_write_and_flush(&chunk[..n]) {
+            eprintln!("faulty: /stream stopped after {at} bytes: {}", describe(&error));
+            return;
+        }
+        at += n as u64;
+    }
+    drop(stream);
+    if let Err(error) = OutgoingBody::finish(body, None) {
+        eprintln!("faulty: /stream could not finish: {error:?}");
+    }
+}
+
+/// `/drain[?pause_ms=M]`: reads and counts the request body as it comes.
+fn drain(request: IncomingRequest, query: &str, out: ResponseOutparam) {
+    let pause = query_value(query, "pause_ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let Ok(body) = request.consume() else {
+        return reply(out, 500, "request body unavailable\n");
+    };
+    let Ok(input) = body.stream() else {
+        return reply(out, 500, "request body stream unavailable\n");
+    };
+    let (mut bytes, mut hash) = (0u64, FNV_OFFSET);
+    loop {
+        match input.blocking_read(64 * 1024) {
+            Ok(chunk) => {
+                let before = bytes >> 20;
+                bytes += chunk.len() as u64;
+                hash = fnv1a(hash, &chunk);
+                if pause > 0 && bytes >> 20 != before {
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
+                }
+            }
+            Err(StreamError::Closed) => break,
+            Err(error) => {
+                drop(input);
+                return reply(
+                    out,
+                    400,
+                    &format!("reading the body failed after {bytes} bytes: {}\n", describe(&error)),
+                );
+            }
+        }
+    }
+    drop(input);
+    drop(body);
+    drop(request);
+    reply(out, 200, &format!("{bytes} {hash:016x}\n"));
+}
+
+fn describe(error: &StreamError) -> String {
+    match error {
+        StreamError::Closed => "closed".to_owned(),
+        StreamError::LastOperationFailed(e) => e.to_debug_string(),
+    }
+}
+
+/// The component's `wasi:http/incoming-handler`: `/stream` and `/drain`
+/// stream their bodies through the raw `wasi:http` interfaces (the SDK
+/// holds whole bodies); every other request goes through the SDK to
+/// [`handle`].
+struct Faulty;
+
+impl shoal_sdk::__private::Guest for Faulty {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let target = request.path_with_query().unwrap_or_default();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        match path {
+            "/stream" | "/drain" => println!("faulty: {} {path}", method_name(&request.method())),
+            _ => return shoal_sdk::__private::serve(request, out, handle),
+        }
+        if path == "/stream" {
+            stream(query, out);
+        } else {
+            drain(request, query, out);
+        }
+    }
+}
+
+shoal_sdk::wasi::http::proxy::export!(Faulty with_types_in shoal_sdk::wasi);
 
 /// Unused when serving HTTP: the host calls the exported
 /// `wasi:http/incoming-handler`, not `wasi:cli/run`.
