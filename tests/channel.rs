@@ -584,8 +584,18 @@ async fn serving_replica(shoal: &Shoal, old: Option<u32>) -> (u32, String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let pids: Vec<u32> = shoal.worker_pids().into_iter().filter(|&p| Some(p) != old && alive(p)).collect();
-        if let [pid] = pids[..] {
-            let name = shoal.replica_of(pid);
+        // The worker process exists a little before the admin API lists
+        // its pid (the replica is Starting until it reports ready).
+        let listed = |pid: u32| {
+            shoal
+                .replicas()
+                .iter()
+                .find(|r| r["pid"].as_u64() == Some(u64::from(pid)))
+                .and_then(|r| r["name"].as_str().map(str::to_owned))
+        };
+        if let [pid] = pids[..]
+            && let Some(name) = listed(pid)
+        {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let (status, body) = get(&shoal.url("/"), None).await;
             if status == 200 && body == format!("You've hit {name}\n") && alive(pid) {

@@ -305,6 +305,11 @@ impl Channel {
             // SAFETY: reads 8 bytes into `count` from an eventfd we hold.
             let n = unsafe { libc::read(self.wake_me.get_ref().as_raw_fd(), (&raw mut count).cast(), 8) };
             if n == 8 {
+                // The counter is zero now, so the descriptor is not
+                // readable: forget the readiness without a second read that
+                // would only say so. A wake-up after the read is a new edge,
+                // which `clear_ready` does not clear.
+                guard.clear_ready();
                 return Ok(());
             }
             let error = std::io::Error::last_os_error();
