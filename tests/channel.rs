@@ -749,9 +749,11 @@ enum Upload {
 
 /// A user relies on an upload to a route that answers without reading it
 /// (an early `401`, `413` or redirect, here `/stream?mb=0`) getting that
-/// answer and then not hanging: the gateway takes the rest of the body or
-/// closes the connection; and on `shoal up` keeping nothing of that
-/// request once it is answered: when the replica is replaced, its channel
+/// answer and then not hanging: the gateway reads the rest of the body and
+/// throws it away (nginx's lingering close), so a client that writes its
+/// whole body before reading is not cut off, and the connection serves the
+/// next request; and on `shoal up` keeping nothing of that request in the
+/// channel once it is answered: when the replica is replaced, its channel
 /// is released (unmapped), and `shoal up` stops promptly.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_the_guest_does_not_read_leaves_nothing_behind() {
@@ -794,6 +796,13 @@ async fn an_upload_the_guest_does_not_read_leaves_nothing_behind() {
         }
     };
     let upload_ended = answered.elapsed();
+    assert_eq!(upload, Upload::Sent, "the rest of the body was not taken ({upload_ended:?} after the answer)");
+    // The same connection serves the next request.
+    socket.write_all(b"GET /stream?mb=0 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut next = [0u8; 4096];
+    let n = socket.read(&mut next).expect("no answer to a second request on the connection");
+    let next = String::from_utf8_lossy(&next[..n]).into_owned();
+    assert!(next.starts_with("HTTP/1.1 200"), "second request on the connection: {next}");
     drop(socket);
 
     // Replace the replica: its link must go, and its segment with it.

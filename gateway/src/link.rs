@@ -25,6 +25,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
@@ -323,13 +324,8 @@ impl Link {
             }
             {
                 let _writer = self.writer.lock().expect("link lock");
-                match self.channel.out.push(parts) {
-                    Ok(Ok(wake)) => {
-                        if wake {
-                            self.channel.wake_peer();
-                        }
-                        return Ok(());
-                    }
+                match self.channel.send(parts) {
+                    Ok(Ok(())) => return Ok(()),
                     Ok(Err(_full)) => {}
                     Err(corrupt) => {
                         drop(_writer);
@@ -351,13 +347,8 @@ impl Link {
         }
         let full = {
             let _writer = self.writer.lock().expect("link lock");
-            match self.channel.out.push(&[bytes]) {
-                Ok(Ok(wake)) => {
-                    if wake {
-                        self.channel.wake_peer();
-                    }
-                    false
-                }
+            match self.channel.send(&[bytes]) {
+                Ok(Ok(())) => false,
                 Ok(Err(_full)) => true,
                 Err(_corrupt) => false,
             }
@@ -390,9 +381,9 @@ impl Link {
     }
 
     /// Forgets a stream whose exchange is over (answered, cancelled or
-    /// failed). A request body still being sent stops there: its pump is
-    /// woken and drops it, which lets the client's connection close (as
-    /// HTTP/2 resets a stream whose response ended before its request).
+    /// failed). A request body still being sent stops going to the worker
+    /// there: its pump is woken, reads what is left and throws it away
+    /// (bounded, see [`discard`]), then drops it.
     fn forget(&self, id: u32) {
         let stream = self.streams.lock().expect("link lock").remove(&id);
         if let Some(stream) = stream {
@@ -401,7 +392,7 @@ impl Link {
     }
 
     /// Asks the worker whether it answers, within `timeout`.
-    pub async fn probe(&self, timeout: std::time::Duration) -> bool {
+    pub async fn probe(&self, timeout: Duration) -> bool {
         if self.is_down() {
             return false;
         }
@@ -639,12 +630,12 @@ where
             Pin::new(&mut body).poll_frame(cx).map(Some)
         })
         .await;
-        let Some(next) = next else { return };
+        let Some(next) = next else { return discard(body).await };
         match next {
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else { continue };
                 if !send_body_bytes(&link, &stream, id, data, false).await {
-                    return;
+                    return discard(body).await;
                 }
             }
             None => {
@@ -657,6 +648,35 @@ where
                 stream.fail(LinkError::Failed("the request body failed".to_owned()));
                 return;
             }
+        }
+    }
+}
+
+/// How long the rest of a request body is read and thrown away after its
+/// exchange ended: at most this long in all...
+const LINGER_TIME: Duration = Duration::from_secs(30);
+/// ...and at most this long without a byte from the client (nginx's
+/// `lingering_time` and `lingering_timeout`).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads and throws away what is left of a request body whose exchange is
+/// over (the guest answered without reading it all, or the replica failed),
+/// as nginx's lingering close does: a client that sends its whole body
+/// before reading gets the answer instead of a reset connection, and the
+/// connection can carry its next request. Bounded by [`LINGER_TIME`],
+/// [`LINGER_TIMEOUT`] and the service's body limit (the body errs past
+/// it); then the body is dropped, which closes the connection.
+async fn discard<B>(mut body: B)
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    let until = tokio::time::Instant::now() + LINGER_TIME;
+    loop {
+        let wait = (tokio::time::Instant::now() + LINGER_TIMEOUT).min(until);
+        let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        match tokio::time::timeout_at(wait, next).await {
+            Ok(Some(Ok(_))) => {}
+            Ok(None | Some(Err(_))) | Err(_) => return,
         }
     }
 }

@@ -133,13 +133,7 @@ async fn one(pre: &ProxyPre<Guest>, times: &mut [Duration; 5]) -> wasmtime::Resu
         times[i] += now - clock;
         clock = now;
     };
-    let mut wasi = WasiCtx::builder();
-    wasi.env("HOSTNAME", "bench");
-    let mut store = Store::new(
-        pre.engine(),
-        Guest { table: ResourceTable::new(), wasi: wasi.build(), http: WasiHttpCtx::new(), hooks: NoOutbound },
-    );
-    store.set_epoch_deadline(1_000_000);
+    let mut store = new_store(pre);
     lap(times, 0);
     let request = http::Request::builder().uri("http://kubia/").header("host", "kubia").body(
         http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
@@ -161,11 +155,9 @@ async fn one(pre: &ProxyPre<Guest>, times: &mut [Duration; 5]) -> wasmtime::Resu
     Ok(())
 }
 
-/// The request and handler phases on one instance that serves them all
-/// (`spec.instances.maxRequests` > 1), for comparison.
-async fn reused(pre: &ProxyPre<Guest>, iterations: u32) -> wasmtime::Result<([Duration; 5], u64)> {
-    let mut times = [Duration::ZERO; 5];
-    let mut allocations = 0;
+/// A store as the worker makes one: the guest's environment, no outbound
+/// HTTP, and a deadline far enough away.
+fn new_store(pre: &ProxyPre<Guest>) -> Store<Guest> {
     let mut wasi = WasiCtx::builder();
     wasi.env("HOSTNAME", "bench");
     let mut store = Store::new(
@@ -173,6 +165,15 @@ async fn reused(pre: &ProxyPre<Guest>, iterations: u32) -> wasmtime::Result<([Du
         Guest { table: ResourceTable::new(), wasi: wasi.build(), http: WasiHttpCtx::new(), hooks: NoOutbound },
     );
     store.set_epoch_deadline(1_000_000);
+    store
+}
+
+/// The request and handler phases on one instance that serves them all
+/// (`spec.instances.maxRequests` > 1), for comparison.
+async fn reused(pre: &ProxyPre<Guest>, iterations: u32) -> wasmtime::Result<([Duration; 5], u64)> {
+    let mut times = [Duration::ZERO; 5];
+    let mut allocations = 0;
+    let mut store = new_store(pre);
     let proxy = pre.instantiate_async(&mut store).await?;
     for i in 0..iterations + iterations / 10 {
         if i == iterations / 10 {

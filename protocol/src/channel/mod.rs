@@ -288,6 +288,18 @@ impl Channel {
         unsafe { &(*self.mapping.header_ptr()).taken }
     }
 
+    /// Writes a frame made of `parts` to the outbound ring, waking the
+    /// peer if it said it sleeps. `Ok(Err(Full))`: no room now (nothing was
+    /// written).
+    pub fn send(&self, parts: &[&[u8]]) -> Result<Result<(), Full>, Corrupt> {
+        let wake = self.out.push(parts)?;
+        Ok(wake.map(|wake| {
+            if wake {
+                self.wake_peer();
+            }
+        }))
+    }
+
     /// Wakes the peer (it sleeps on its eventfd).
     pub fn wake_peer(&self) {
         let one: u64 = 1;

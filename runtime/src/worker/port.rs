@@ -234,13 +234,8 @@ impl Port {
         loop {
             {
                 let _writer = self.writer.lock().expect("port lock");
-                match self.channel.out.push(parts) {
-                    Ok(Ok(wake)) => {
-                        if wake {
-                            self.channel.wake_peer();
-                        }
-                        return Ok(());
-                    }
+                match self.channel.send(parts) {
+                    Ok(Ok(())) => return Ok(()),
                     Ok(Err(_full)) => {}
                     Err(_corrupt) => return Err(()),
                 }
