@@ -249,7 +249,7 @@ mod tests {
     fn balancer(names: &[&str]) -> Balancer {
         let b = Balancer::default();
         for name in names {
-            let fds = shoal_protocol::channel::ChannelFds::create("test").unwrap();
+            let (fds, _worker) = shoal_protocol::channel::ChannelFds::create("test").unwrap();
             b.add(Endpoint::new(*name, Link::open(name, fds).unwrap()));
         }
         b

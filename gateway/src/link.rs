@@ -112,6 +112,9 @@ struct StreamState {
     /// Response body bytes the worker may still send before the gateway
     /// grants more.
     receive_window: u64,
+    /// The worker wrote something for this stream: it took the request,
+    /// whatever `taken` or a later reset says.
+    heard: bool,
 }
 
 impl Link {
@@ -184,7 +187,8 @@ impl Link {
         let streams: Vec<Arc<Stream>> = self.streams.lock().expect("link lock").drain().map(|(_, s)| s).collect();
         for stream in streams {
             let ordinal = stream.ordinal.load(Ordering::SeqCst);
-            let error = if ordinal >= taken && !corrupt {
+            let heard = stream.state.lock().expect("stream lock").heard;
+            let error = if ordinal >= taken && !corrupt && !heard {
                 LinkError::NotTaken(why.clone())
             } else {
                 LinkError::Failed(why.clone())
@@ -293,7 +297,7 @@ impl Link {
                 let mut writer = self.writer.lock().expect("link lock");
                 let Writer { scratch, requests } = &mut *writer;
                 frame::encode_request(scratch, id, end_stream, head, body);
-                match self.channel.out.push(&[scratch]) {
+                match self.channel.out().push(&[scratch]) {
                     Ok(Ok(wake)) => {
                         stream.ordinal.store(*requests, Ordering::SeqCst);
                         *requests += 1;
@@ -365,7 +369,7 @@ impl Link {
         let notified = self.space.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match self.channel.out.producer_waits(len) {
+        match self.channel.out().producer_waits(len) {
             Ok(false) => return Ok(()),
             Ok(true) => {}
             Err(corrupt) => {
@@ -426,9 +430,10 @@ impl Link {
                 return;
             }
             let closing = this.closing.lock().expect("link lock").is_some();
+            let mut frames = 0;
             loop {
                 let mut buf = Vec::new();
-                match this.channel.inbound.pop(&mut buf) {
+                match this.channel.inbound().pop(&mut buf) {
                     Ok(Some(wake_writer)) => {
                         if wake_writer {
                             this.channel.wake_peer();
@@ -436,6 +441,10 @@ impl Link {
                         if let Err(corrupt) = this.dispatch(Bytes::from(buf)) {
                             this.go_down(corrupt.to_string(), true);
                             return;
+                        }
+                        frames += 1;
+                        if frames == FRAMES_PER_TURN {
+                            break;
                         }
                     }
                     Ok(None) => break,
@@ -447,10 +456,16 @@ impl Link {
             }
             // The worker may have made room in the other ring.
             this.space.notify_waiters();
+            if frames == FRAMES_PER_TURN {
+                // A worker that never stops writing (or rewinds the ring)
+                // does not keep this runtime thread to itself.
+                tokio::task::yield_now().await;
+                continue;
+            }
             if closing {
                 return;
             }
-            if !this.channel.inbound.consumer_sleeps() {
+            if !this.channel.inbound().consumer_sleeps() {
                 continue;
             }
             let woken = {
@@ -461,7 +476,7 @@ impl Link {
                     return;
                 }
                 if this.closing.lock().expect("link lock").is_some() {
-                    this.channel.inbound.consumer_awake();
+                    this.channel.inbound().consumer_awake();
                     continue;
                 }
                 tokio::select! {
@@ -469,7 +484,7 @@ impl Link {
                     () = down => Ok(()),
                 }
             };
-            this.channel.inbound.consumer_awake();
+            this.channel.inbound().consumer_awake();
             if let Err(error) = woken {
                 this.go_down(format!("cannot wait on the channel: {error}"), false);
                 return;
@@ -483,6 +498,7 @@ impl Link {
             Wire::Response(head, body) => {
                 let Some(stream) = self.stream(head.stream) else { return Ok(()) };
                 let mut state = stream.state.lock().expect("stream lock");
+                state.heard = true;
                 if state.head.is_some() || state.failed.is_some() {
                     return Ok(());
                 }
@@ -496,6 +512,7 @@ impl Link {
             Wire::Data { stream: id, end, data } => {
                 let Some(stream) = self.stream(id) else { return Ok(()) };
                 let mut state = stream.state.lock().expect("stream lock");
+                state.heard = true;
                 take_window(&mut state, data.len(), id)?;
                 if !data.is_empty() {
                     state.chunks.push_back(data);
@@ -508,14 +525,18 @@ impl Link {
             Wire::Window { stream: id, increment } => {
                 let Some(stream) = self.stream(id) else { return Ok(()) };
                 let mut state = stream.state.lock().expect("stream lock");
-                state.send_window += u64::from(increment);
+                state.heard = true;
+                state.send_window = state.send_window.saturating_add(u64::from(increment));
                 let writer = state.writer.take();
                 drop(state);
                 wake(writer);
             }
             Wire::Reset { stream: id, reason } => {
                 let Some(stream) = self.stream(id) else { return Ok(()) };
-                let error = if reason == frame::reset::REFUSED {
+                let heard = stream.state.lock().expect("stream lock").heard;
+                // A refusal after the worker answered or read part of the
+                // request is not believed: the request may have run.
+                let error = if reason == frame::reset::REFUSED && !heard {
                     LinkError::NotTaken("the replica is shutting down".to_owned())
                 } else {
                     LinkError::Failed(format!("the worker reset the stream (reason {reason})"))
@@ -651,6 +672,10 @@ where
         }
     }
 }
+
+/// Frames a link's driver hands on before it lets the gateway's other tasks
+/// run.
+const FRAMES_PER_TURN: usize = 256;
 
 /// How long the rest of a request body is read and thrown away after its
 /// exchange ended: at most this long in all...

@@ -10,7 +10,7 @@
 //!    not already die, join the cgroup, and put the readiness pipe on fd 3.
 //! 4. `exec` the same `shoal` binary as `shoal worker`, which reads its
 //!    configuration from stdin, loads the precompiled component, binds its
-//!    channel (fds 4, 5, 6, see `shoal_protocol::channel`) and writes
+//!    channel (fds 4 and 5, see `shoal_protocol::channel`) and writes
 //!    `ready` with the time each step took.
 //! 5. A task per replica forwards its stdout and stderr line by line,
 //!    prefixed with the replica's name, and another waits for its exit,
@@ -653,7 +653,7 @@ const STANDBY_LIMITS: CgroupLimits = CgroupLimits { memory: 64 << 20, cpu_millis
 fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup>) -> std::io::Result<Process> {
     let procs = cgroup.map(ReplicaCgroup::procs_files).transpose()?.unwrap_or_default();
     let (ready_read, ready_write) = pipe()?;
-    let channel = ChannelFds::create(name)?;
+    let (channel, worker_channel) = ChannelFds::create(name)?;
     let mut command = tokio::process::Command::new(&config.exe);
     command
         .arg("worker")
@@ -669,13 +669,9 @@ fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup
         .stderr(Stdio::piped())
         .kill_on_drop(false);
     let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-    // fd 3: the readiness pipe; 4, 5, 6: the channel.
-    let passed = [
-        ready_write.as_raw_fd(),
-        channel.segment.as_raw_fd(),
-        channel.wake_worker.as_raw_fd(),
-        channel.wake_gateway.as_raw_fd(),
-    ];
+    // fd 3: the readiness pipe; 4, 5: the channel (the segment and the
+    // worker's end of the wake-up socket pair).
+    let passed = [ready_write.as_raw_fd(), worker_channel.segment.as_raw_fd(), worker_channel.wake.as_raw_fd()];
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the child between fork and exec and
@@ -701,8 +697,8 @@ fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup
                 }
             }
             // Out of the way first (a source may sit on a target number),
-            // then onto 3, 4, 5, 6, where dup2 clears close-on-exec.
-            let mut moved = [0; 4];
+            // then onto 3, 4, 5, where dup2 clears close-on-exec.
+            let mut moved = [0; 3];
             for (to, &from) in moved.iter_mut().zip(&passed) {
                 *to = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 100);
                 if *to < 0 {
@@ -720,6 +716,8 @@ fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup
     let child = command.spawn()?;
     drop(ready_write);
     drop(procs);
+    // Only the worker holds its end of the socket pair.
+    drop(worker_channel);
     Ok(Process { child, ready_read, channel })
 }
 

@@ -154,6 +154,19 @@ pub fn encode_probe(ack: bool, nonce: u64) -> [u8; 13] {
     out
 }
 
+/// The most header fields a head may carry (a reader refuses more; the
+/// `http` crate's maps hold at most 24,576 distinct names).
+pub const MAX_HEADERS: usize = 4096;
+
+/// Whether a head with these headers can be sent: at most
+/// [`MAX_HEADERS`] fields, each name and value shorter than 64 KiB.
+pub fn headers_fit(headers: &HeaderMap) -> bool {
+    headers.len() <= MAX_HEADERS
+        && headers
+            .iter()
+            .all(|(name, value)| name.as_str().len() <= usize::from(u16::MAX) && value.len() <= usize::from(u16::MAX))
+}
+
 fn put_str(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u16::try_from(bytes.len()).expect("strings in a head are shorter than 64 KiB");
     out.put_u16_le(len);
@@ -270,11 +283,14 @@ impl Reader<'_> {
 
     fn headers(&mut self) -> Result<HeaderMap, Corrupt> {
         let count = self.u16()? as usize;
+        if count > MAX_HEADERS {
+            return Err(corrupt(format!("a head of {count} header fields (at most {MAX_HEADERS})")));
+        }
         let mut headers = HeaderMap::with_capacity(count.min(128));
         for _ in 0..count {
             let name = HeaderName::from_bytes(self.bytes()?).map_err(|_| corrupt("an invalid header name"))?;
             let value = HeaderValue::from_bytes(self.bytes()?).map_err(|_| corrupt("an invalid header value"))?;
-            headers.append(name, value);
+            headers.try_append(name, value).map_err(|_| corrupt("more header fields than a map holds"))?;
         }
         Ok(headers)
     }
@@ -325,6 +341,23 @@ mod tests {
             panic!()
         };
         assert_eq!(nonce, 42);
+    }
+
+    /// A worker that sends a head of tens of thousands of header names
+    /// (more than the `http` crate's maps hold, which panics on append)
+    /// gets its frame refused.
+    #[test]
+    fn a_head_with_too_many_fields_is_corrupt() {
+        let mut headers = HeaderMap::new();
+        for i in 0..=MAX_HEADERS {
+            headers.append(HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(), HeaderValue::from_static("1"));
+        }
+        assert!(!headers_fit(&headers));
+        let head = ResponseHead { stream: 1, end_stream: true, status: StatusCode::OK, headers };
+        let mut out = Vec::new();
+        encode_response(&mut out, &head, b"");
+        let error = decode(Bytes::from(out)).expect_err("a head of too many fields was read");
+        assert!(error.to_string().contains("header fields"), "{error}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The channel between the gateway and one replica: a memory segment both
-//! processes map, holding two rings of frames, and two eventfds to wake a
+//! processes map, holding two rings of frames, and a socket pair to wake a
 //! side that sleeps.
 //!
 //! # Layout
@@ -12,12 +12,13 @@
 //! offset 4096+R   to_gateway ring data (RING_SIZE bytes): worker → gateway
 //! ```
 //!
-//! The node agent creates the segment (`memfd_create`) and the two eventfds
-//! for each worker process it forks, passes them to the worker as fds 4, 5
-//! and 6 (see [`crate::config`]), and keeps them for the gateway: the
-//! segment and the eventfds are plain descriptors, which a new `shoal up`
-//! could be handed over a Unix socket (`SCM_RIGHTS`) to take the channel
-//! over without restarting the worker.
+//! The node agent creates the segment (`memfd_create`, sealed at its size)
+//! and a Unix socket pair for each worker process it forks, passes the
+//! segment and the worker's end of the pair to the worker as fds 4 and 5
+//! (see [`crate::config`]), and keeps the segment and the gateway's end:
+//! plain descriptors, which a new `shoal up` could be handed over a Unix
+//! socket (`SCM_RIGHTS`) to take the channel over without restarting the
+//! worker.
 //!
 //! # Who writes what
 //!
@@ -28,9 +29,9 @@
 //!   window updates for request bodies, resets, probe answers) and its
 //!   `tail`, reads `to_worker`, writes its `head`, and counts every request
 //!   it takes in `taken`.
-//! - Each side sleeps on its own eventfd; the other writes it only when the
-//!   ring flags say the side sleeps (see [`ring`]). Under load no frame
-//!   costs a system call.
+//! - Each side sleeps on its own end of the socket pair; the other sends it
+//!   a byte only when the ring flags say the side sleeps (see [`ring`]).
+//!   Under load no frame costs a system call.
 //!
 //! # Invariants
 //!
@@ -38,6 +39,12 @@
 //!   frames are checked, and a check that fails ends the channel (the
 //!   replica is treated as dead: its requests fail or go elsewhere, and it
 //!   is replaced).
+//! - Nothing the worker can do to the descriptors it holds stops the
+//!   gateway: the segment is sealed (it can be neither shrunk, which would
+//!   make the gateway's next access fault, nor grown), and the two ends of
+//!   the socket pair are separate open files, so the worker cannot make
+//!   the gateway's end blocking; the gateway sends and receives with
+//!   `MSG_DONTWAIT` anyway.
 //! - A request the worker has not taken (`taken` says how many it took, in
 //!   order) never ran: it can go to another replica whatever its method.
 //! - Body bytes on a stream never exceed the window the receiver granted
@@ -96,31 +103,51 @@ pub enum Side {
     Worker,
 }
 
-/// The three descriptors of a channel.
+/// One side's descriptors of a channel.
 #[derive(Debug)]
 pub struct ChannelFds {
     /// The memfd holding the segment.
     pub segment: OwnedFd,
-    /// The eventfd the worker sleeps on.
-    pub wake_worker: OwnedFd,
-    /// The eventfd the gateway sleeps on.
-    pub wake_gateway: OwnedFd,
+    /// This side's end of the socket pair that carries wake-ups.
+    pub wake: OwnedFd,
 }
 
+/// The seals a channel's segment carries: its size is fixed for good.
+const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
 impl ChannelFds {
-    /// A new channel: a zeroed segment with its header written, and two
-    /// eventfds; every descriptor close-on-exec.
-    pub fn create(name: &str) -> std::io::Result<ChannelFds> {
+    /// A new channel: a zeroed segment of [`SEGMENT_SIZE`], sealed, with its
+    /// header written, and a socket pair; every descriptor close-on-exec.
+    /// Returns the gateway's descriptors and the worker's.
+    pub fn create(name: &str) -> std::io::Result<(ChannelFds, ChannelFds)> {
         let name = std::ffi::CString::new(format!("shoal-channel-{name}")).unwrap_or_default();
         // SAFETY: memfd_create reads a NUL-terminated name.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
         let segment = owned(fd)?;
-        // SAFETY: ftruncate on a descriptor we own.
-        if unsafe { libc::ftruncate(segment.as_raw_fd(), SEGMENT_SIZE as libc::off_t) } != 0 {
+        // SAFETY: ftruncate and fcntl on a descriptor we own.
+        unsafe {
+            if libc::ftruncate(segment.as_raw_fd(), SEGMENT_SIZE as libc::off_t) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::fcntl(segment.as_raw_fd(), libc::F_ADD_SEALS, SEALS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        let mut pair = [-1; 2];
+        // SAFETY: socketpair writes two descriptors into `pair`.
+        let made = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+                pair.as_mut_ptr(),
+            )
+        };
+        if made != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let fds = ChannelFds { segment, wake_worker: eventfd()?, wake_gateway: eventfd()? };
-        let mapping = Mapping::map(fds.segment.as_fd())?;
+        let (gateway_end, worker_end) = (owned(pair[0])?, owned(pair[1])?);
+        let mapping = Mapping::map(segment.as_fd())?;
         let header = mapping.header_ptr();
         // SAFETY: the mapping is fresh and zeroed, private to this process
         // until the descriptors are passed on; the fields written are plain
@@ -130,7 +157,8 @@ impl ChannelFds {
             (*header).version = VERSION;
             (*header).ring_size = RING_SIZE as u32;
         }
-        Ok(fds)
+        let worker = ChannelFds { segment: segment.try_clone()?, wake: worker_end };
+        Ok((ChannelFds { segment, wake: gateway_end }, worker))
     }
 
     /// The channel a worker was started with, from [`crate::config::CHANNEL_FDS`].
@@ -139,24 +167,14 @@ impl ChannelFds {
     ///
     /// The descriptors must be the ones the node agent passed, open, and
     /// not owned by anything else in this process.
-    pub unsafe fn inherited(raw: [RawFd; 3]) -> ChannelFds {
+    pub unsafe fn inherited(raw: [RawFd; 2]) -> ChannelFds {
         // SAFETY: the caller's contract.
-        unsafe {
-            ChannelFds {
-                segment: OwnedFd::from_raw_fd(raw[0]),
-                wake_worker: OwnedFd::from_raw_fd(raw[1]),
-                wake_gateway: OwnedFd::from_raw_fd(raw[2]),
-            }
-        }
+        unsafe { ChannelFds { segment: OwnedFd::from_raw_fd(raw[0]), wake: OwnedFd::from_raw_fd(raw[1]) } }
     }
 
     /// Duplicates of the descriptors (for another process to take over).
     pub fn try_clone(&self) -> std::io::Result<ChannelFds> {
-        Ok(ChannelFds {
-            segment: self.segment.try_clone()?,
-            wake_worker: self.wake_worker.try_clone()?,
-            wake_gateway: self.wake_gateway.try_clone()?,
-        })
+        Ok(ChannelFds { segment: self.segment.try_clone()?, wake: self.wake.try_clone()? })
     }
 }
 
@@ -166,11 +184,6 @@ fn owned(fd: RawFd) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: a descriptor a system call just returned to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn eventfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: eventfd has no memory preconditions.
-    owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
 }
 
 /// The segment mapped into this process; unmapped on drop.
@@ -196,6 +209,11 @@ impl Mapping {
                 "the channel segment is {} bytes, not {SEGMENT_SIZE}",
                 stat.st_size
             )));
+        }
+        // SAFETY: fcntl on a descriptor we hold.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & SEALS != SEALS {
+            return Err(std::io::Error::other("the channel segment is not sealed at its size"));
         }
         // SAFETY: a shared read-write mapping of a descriptor we hold, of
         // its whole (checked) size; the result is checked below.
@@ -228,24 +246,24 @@ impl Drop for Mapping {
     }
 }
 
-/// One end of a channel, mapped: the ring it writes, the ring it reads, the
-/// eventfd it sleeps on and the one that wakes the peer.
+/// One end of a channel, mapped: the ring it writes, the ring it reads, and
+/// its end of the socket pair (it sleeps on it and wakes the peer through
+/// it).
 pub struct Channel {
     side: Side,
+    // Declared (so dropped) after the rings, which point into it.
+    out: Ring,
+    inbound: Ring,
     mapping: Arc<Mapping>,
-    /// The ring this side writes.
-    pub out: Ring,
-    /// The ring this side reads.
-    pub inbound: Ring,
-    wake_me: AsyncFd<OwnedFd>,
-    wake_peer: OwnedFd,
+    wake: AsyncFd<OwnedFd>,
     /// The descriptors, kept for handing the channel over.
     segment: OwnedFd,
 }
 
 impl Channel {
     /// Maps the channel `fds` for `side`. Checks the segment's header.
-    /// Needs a tokio runtime (the eventfd is registered with it).
+    /// Needs a tokio runtime (this side's end of the socket pair is
+    /// registered with it).
     pub fn open(fds: ChannelFds, side: Side) -> std::io::Result<Channel> {
         let mapping = Arc::new(Mapping::map(fds.segment.as_fd())?);
         let header = mapping.header_ptr();
@@ -267,14 +285,24 @@ impl Channel {
                 Ring::new(&raw const (*header).to_gateway, base.add(HEADER_SIZE + RING_SIZE as usize), RING_SIZE),
             )
         };
-        let (out, inbound, wake_me, wake_peer) = match side {
-            Side::Gateway => (to_worker, to_gateway, fds.wake_gateway, fds.wake_worker),
-            Side::Worker => (to_gateway, to_worker, fds.wake_worker, fds.wake_gateway),
+        let (out, inbound) = match side {
+            Side::Gateway => (to_worker, to_gateway),
+            Side::Worker => (to_gateway, to_worker),
         };
-        // SAFETY: the eventfd is owned by the AsyncFd and neither replaced
+        // SAFETY: the socket is owned by the AsyncFd and neither replaced
         // nor closed while it is registered.
-        let wake_me = unsafe { AsyncFd::register_with_interest(wake_me, Interest::READABLE)? };
-        Ok(Channel { side, mapping, out, inbound, wake_me, wake_peer, segment: fds.segment })
+        let wake = unsafe { AsyncFd::register_with_interest(fds.wake, Interest::READABLE)? };
+        Ok(Channel { side, out, inbound, mapping, wake, segment: fds.segment })
+    }
+
+    /// The ring this side writes.
+    pub fn out(&self) -> &Ring {
+        &self.out
+    }
+
+    /// The ring this side reads.
+    pub fn inbound(&self) -> &Ring {
+        &self.inbound
     }
 
     /// This end's side.
@@ -300,36 +328,56 @@ impl Channel {
         }))
     }
 
-    /// Wakes the peer (it sleeps on its eventfd).
+    /// Wakes the peer (it sleeps on its end of the socket pair).
     pub fn wake_peer(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from `one` to an eventfd we hold. A full
-        // counter (EAGAIN) means the peer has wake-ups pending anyway.
-        unsafe { libc::write(self.wake_peer.as_raw_fd(), (&raw const one).cast(), 8) };
+        let one = 1u8;
+        // SAFETY: sends one byte from `one` on a socket we hold. Never
+        // blocks (`MSG_DONTWAIT`); a full buffer (EAGAIN) means the peer
+        // has wake-ups pending anyway, and a closed peer is seen by its
+        // exit.
+        unsafe {
+            libc::send(
+                self.wake.get_ref().as_raw_fd(),
+                (&raw const one).cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
     }
 
     /// Waits until the peer wakes this side (or did since the last wait),
-    /// and clears the wake-up.
+    /// and takes the wake-ups. Once the peer has closed its end, never
+    /// returns: a peer that is gone is noticed by its exit, as before it
+    /// stopped waking anyone.
     pub async fn woken(&self) -> std::io::Result<()> {
+        let mut bytes = [0u8; 64];
         loop {
-            let mut guard = self.wake_me.readable().await?;
-            let mut count: u64 = 0;
-            // SAFETY: reads 8 bytes into `count` from an eventfd we hold.
-            let n = unsafe { libc::read(self.wake_me.get_ref().as_raw_fd(), (&raw mut count).cast(), 8) };
-            if n == 8 {
-                // The counter is zero now, so the descriptor is not
-                // readable: forget the readiness without a second read that
-                // would only say so. A wake-up after the read is a new edge,
-                // which `clear_ready` does not clear.
-                guard.clear_ready();
-                return Ok(());
+            let mut guard = self.wake.readable().await?;
+            // SAFETY: receives at most `bytes.len()` bytes into `bytes`, on
+            // a socket we hold, without blocking.
+            let n = unsafe {
+                libc::recv(self.wake.get_ref().as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT)
+            };
+            match n {
+                0 => return std::future::pending().await,
+                n if n > 0 => {
+                    // Fewer bytes than asked for: none are left, so forget
+                    // the readiness without a second `recv` that would only
+                    // say so (a byte sent after is a new edge, which
+                    // `clear_ready` does not clear).
+                    if (n as usize) < bytes.len() {
+                        guard.clear_ready();
+                    }
+                    return Ok(());
+                }
+                _ => {}
             }
             let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::WouldBlock {
-                guard.clear_ready();
-                continue;
+            match error.kind() {
+                std::io::ErrorKind::WouldBlock => guard.clear_ready(),
+                std::io::ErrorKind::Interrupted => {}
+                _ => return Err(error),
             }
-            return Err(error);
         }
     }
 
@@ -347,8 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn both_ends_see_each_others_frames_and_wake_each_other() {
-        let fds = ChannelFds::create("test").unwrap();
-        let worker_fds = fds.try_clone().unwrap();
+        let (fds, worker_fds) = ChannelFds::create("test").unwrap();
         let gateway = Channel::open(fds, Side::Gateway).unwrap();
         let worker = Channel::open(worker_fds, Side::Worker).unwrap();
         let mut out = Vec::new();
@@ -369,19 +416,55 @@ mod tests {
     }
 
     #[test]
-    fn a_segment_of_another_size_or_kind_is_refused() {
+    fn a_segment_that_could_change_size_or_is_of_another_kind_is_refused() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _guard = rt.enter();
-        let fds = ChannelFds::create("test").unwrap();
+        let (fds, _worker) = ChannelFds::create("test").unwrap();
         // SAFETY: ftruncate on our own memfd.
-        unsafe { libc::ftruncate(fds.segment.as_raw_fd(), 4096) };
-        assert!(Channel::open(fds, Side::Worker).is_err());
-        let fds = ChannelFds::create("test").unwrap();
+        let shrunk = unsafe { libc::ftruncate(fds.segment.as_raw_fd(), 4096) };
+        assert_ne!(shrunk, 0, "a worker could shrink the segment under the gateway");
+        assert!(Channel::open(fds, Side::Gateway).is_ok());
+
+        // The right size, but unsealed.
+        let (_, worker) = ChannelFds::create("test").unwrap();
+        // SAFETY: memfd_create reads a NUL-terminated name; ftruncate on it.
+        let segment = unsafe {
+            let fd = owned(libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC)).unwrap();
+            assert_eq!(libc::ftruncate(fd.as_raw_fd(), SEGMENT_SIZE as libc::off_t), 0);
+            fd
+        };
+        let error = Channel::open(ChannelFds { segment, wake: worker.wake }, Side::Worker).err().unwrap();
+        assert!(error.to_string().contains("not sealed"), "{error}");
+
+        let (fds, _worker) = ChannelFds::create("test").unwrap();
         let mapping = Mapping::map(fds.segment.as_fd()).unwrap();
         // SAFETY: the header is in our own mapping.
         unsafe { (*mapping.header_ptr()).version = 99 };
         drop(mapping);
         let error = Channel::open(fds, Side::Worker).err().unwrap();
         assert!(error.to_string().contains("version 99"), "{error}");
+    }
+
+    /// A worker that makes its end of the socket pair blocking and never
+    /// reads its wake-ups cannot make the gateway's wake-up block.
+    #[test]
+    fn waking_a_peer_that_never_reads_does_not_block() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let (fds, worker) = ChannelFds::create("test").unwrap();
+        // SAFETY: fcntl on the worker's descriptor, which we hold.
+        unsafe { libc::fcntl(worker.wake.as_raw_fd(), libc::F_SETFL, 0) };
+        let gateway = Arc::new(Channel::open(fds, Side::Gateway).unwrap());
+        let (done, finished) = std::sync::mpsc::channel();
+        let waker = gateway.clone();
+        // Detached: if it blocks, the test fails rather than hangs.
+        std::thread::spawn(move || {
+            // Far more than the socket buffers hold.
+            for _ in 0..1_000_000 {
+                waker.wake_peer();
+            }
+            done.send(()).unwrap();
+        });
+        finished.recv_timeout(std::time::Duration::from_secs(30)).expect("wake_peer blocked");
     }
 }

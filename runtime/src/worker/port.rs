@@ -23,6 +23,9 @@ use shoal_protocol::channel::{Channel, MAX_DATA, STREAM_WINDOW};
 use tokio::sync::Notify;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+/// Frames the driver hands on before it lets the request tasks run.
+const FRAMES_PER_TURN: usize = 256;
+
 /// The worker's end of the channel.
 pub(crate) struct Port {
     channel: Channel,
@@ -114,9 +117,10 @@ impl Port {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         loop {
+            let mut frames = 0;
             loop {
                 let mut buf = Vec::new();
-                match self.channel.inbound.pop(&mut buf) {
+                match self.channel.inbound().pop(&mut buf) {
                     Ok(Some(wake_writer)) => {
                         if wake_writer {
                             self.channel.wake_peer();
@@ -125,17 +129,26 @@ impl Port {
                             Ok(wire) => self.dispatch(wire, &handle),
                             Err(corrupt) => return Err(std::io::Error::other(corrupt)),
                         }
+                        frames += 1;
+                        if frames == FRAMES_PER_TURN {
+                            break;
+                        }
                     }
                     Ok(None) => break,
                     Err(corrupt) => return Err(std::io::Error::other(corrupt)),
                 }
             }
             self.space.notify_waiters();
-            if !self.channel.inbound.consumer_sleeps() {
+            if frames == FRAMES_PER_TURN {
+                // Let the requests just taken, and the responses, run.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if !self.channel.inbound().consumer_sleeps() {
                 continue;
             }
             self.channel.woken().await?;
-            self.channel.inbound.consumer_awake();
+            self.channel.inbound().consumer_awake();
         }
     }
 
@@ -195,7 +208,7 @@ impl Port {
             Wire::Window { stream, increment } => {
                 let Some(stream) = self.stream(stream) else { return };
                 let mut state = stream.state.lock().expect("stream lock");
-                state.send_window += u64::from(increment);
+                state.send_window = state.send_window.saturating_add(u64::from(increment));
                 let writer = state.writer.take();
                 drop(state);
                 wake(writer);
@@ -243,7 +256,7 @@ impl Port {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.channel.out.producer_waits(len) {
+            match self.channel.out().producer_waits(len) {
                 Ok(false) => continue,
                 Ok(true) => notified.await,
                 Err(_corrupt) => return Err(()),
@@ -268,6 +281,16 @@ impl Port {
     }
 
     async fn send_response(&self, stream: &Stream, response: Response<HyperOutgoingBody>) {
+        let response = if frame::headers_fit(response.headers()) {
+            response
+        } else {
+            tracing::warn!(
+                fields = response.headers().len(),
+                "the guest's response head has more than {} fields or a field of 64 KiB or more: answering 502",
+                frame::MAX_HEADERS
+            );
+            plain(StatusCode::BAD_GATEWAY, "502 the service's response head is too large\n")
+        };
         let (parts, mut body) = response.into_parts();
         let (mut first, mut ended) = gather(&mut body).await;
         let mut rest = Bytes::new();
