@@ -116,7 +116,7 @@ const RESERVED_FDS: u64 = 1024 + shoal_control::admin::MAX_CONNECTIONS as u64;
 
 /// The gateway's connection cap within the open-files limit: half of what
 /// [`RESERVED_FDS`] leaves; the other half is for workers (each holds its
-/// channel's two descriptors and three pipes in `shoal up`), so no number
+/// channel's three descriptors and three pipes in `shoal up`), so no number
 /// of connections to one listener starves the others or the workers.
 fn connection_budget(wanted: Option<usize>, open_files: u64) -> usize {
     let budget = usize::try_from(open_files.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX).max(1);

@@ -8,7 +8,7 @@
 //!
 //! The faulty sample's `/stream` and `/drain` stream their bodies (the SDK
 //! holds whole bodies); the garbage test takes a worker's descriptors with
-//! `pidfd_getfd` (a socket cannot be reopened through `/proc`), so it
+//! `pidfd_getfd`, so it
 //! needs root.
 
 mod support;
@@ -415,7 +415,7 @@ enum Direction {
 }
 
 /// A worker's end of its channel, as a test running as root can take it:
-/// its segment and its end of the wake-up socket pair, duplicated out of the
+/// its segment and the pipe that wakes the gateway, duplicated out of the
 /// worker process (`pidfd_getfd`), the segment mapped here.
 struct Tap {
     base: *mut u8,
@@ -438,7 +438,7 @@ impl Tap {
             // SAFETY: as above.
             unsafe { OwnedFd::from_raw_fd(fd) }
         };
-        let (segment, wake_gateway) = (take(CHANNEL_FDS[0]), take(CHANNEL_FDS[1]));
+        let (segment, wake_gateway) = (take(CHANNEL_FDS[0]), take(CHANNEL_FDS[2]));
         // SAFETY: a shared mapping of the segment's size; checked below.
         let base = unsafe {
             libc::mmap(
@@ -564,8 +564,8 @@ impl Tap {
     /// Wakes the gateway, as the worker does after writing a frame.
     fn wake_gateway(&self) {
         let one = 1u8;
-        // SAFETY: writes 1 byte from `one` to the worker's end of the
-        // wake-up socket pair, which we hold.
+        // SAFETY: writes 1 byte from `one` to the pipe that wakes the
+        // gateway, which we hold.
         let n = unsafe { libc::write(self.wake_gateway.as_raw_fd(), (&raw const one).cast(), 1) };
         assert_eq!(n, 1, "waking the gateway: {}", std::io::Error::last_os_error());
     }

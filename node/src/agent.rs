@@ -10,7 +10,7 @@
 //!    not already die, join the cgroup, and put the readiness pipe on fd 3.
 //! 4. `exec` the same `shoal` binary as `shoal worker`, which reads its
 //!    configuration from stdin, loads the precompiled component, binds its
-//!    channel (fds 4 and 5, see `shoal_protocol::channel`) and writes
+//!    channel (fds 4, 5 and 6, see `shoal_protocol::channel`) and writes
 //!    `ready` with the time each step took.
 //! 5. A task per replica forwards its stdout and stderr line by line,
 //!    prefixed with the replica's name, and another waits for its exit,
@@ -669,9 +669,14 @@ fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup
         .stderr(Stdio::piped())
         .kill_on_drop(false);
     let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-    // fd 3: the readiness pipe; 4, 5: the channel (the segment and the
-    // worker's end of the wake-up socket pair).
-    let passed = [ready_write.as_raw_fd(), worker_channel.segment.as_raw_fd(), worker_channel.wake.as_raw_fd()];
+    // fd 3: the readiness pipe; 4, 5, 6: the channel (the segment and the
+    // worker's ends of the two wake-up pipes).
+    let passed = [
+        ready_write.as_raw_fd(),
+        worker_channel.segment.as_raw_fd(),
+        worker_channel.wake_me.as_raw_fd(),
+        worker_channel.wake_peer.as_raw_fd(),
+    ];
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the child between fork and exec and
@@ -697,8 +702,8 @@ fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup
                 }
             }
             // Out of the way first (a source may sit on a target number),
-            // then onto 3, 4, 5, where dup2 clears close-on-exec.
-            let mut moved = [0; 3];
+            // then onto 3, 4, 5, 6, where dup2 clears close-on-exec.
+            let mut moved = [0; 4];
             for (to, &from) in moved.iter_mut().zip(&passed) {
                 *to = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 100);
                 if *to < 0 {
@@ -716,7 +721,7 @@ fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup
     let child = command.spawn()?;
     drop(ready_write);
     drop(procs);
-    // Only the worker holds its end of the socket pair.
+    // Only the worker holds its ends of the pipes.
     drop(worker_channel);
     Ok(Process { child, ready_read, channel })
 }

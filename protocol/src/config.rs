@@ -3,8 +3,9 @@
 //! The node agent forks and execs `shoal worker <name> <room>`, with:
 //!
 //! - fd 3: the write end of the readiness pipe ([`READY_FD_ENV`]);
-//! - fds 4, 5: the channel to the gateway: the shared segment and the
-//!   worker's end of the socket pair that carries wake-ups both ways
+//! - fds 4, 5, 6: the channel to the gateway: the shared segment, the read
+//!   end of the pipe that wakes the worker, the write end of the pipe that
+//!   wakes the gateway
 //!   ([`CHANNEL_FDS_ENV`], see [`crate::channel`]);
 //! - stdin: its [`WorkerConfig`] as JSON (not on the command line, so the
 //!   guest's environment is not in the process listing); a standby worker
@@ -24,12 +25,12 @@ pub const READY_FD_ENV: &str = "SHOAL_READY_FD";
 /// `CLOCK_MONOTONIC` time (ns) at which it spawned the worker.
 pub const SPAWNED_ENV: &str = "SHOAL_SPAWNED_NS";
 
-/// The environment variable naming the worker's two channel descriptors:
-/// `<segment>,<its end of the wake-up socket pair>`.
+/// The environment variable naming the worker's three channel descriptors:
+/// `<segment>,<the pipe it sleeps on>,<the pipe that wakes the gateway>`.
 pub const CHANNEL_FDS_ENV: &str = "SHOAL_CHANNEL_FDS";
 
 /// The descriptor numbers the node agent puts the channel on in a worker.
-pub const CHANNEL_FDS: [i32; 2] = [4, 5];
+pub const CHANNEL_FDS: [i32; 3] = [4, 5, 6];
 
 /// Everything a worker needs, passed by the node agent as JSON on stdin.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! The channel between the gateway and one replica: a memory segment both
-//! processes map, holding two rings of frames, and a socket pair to wake a
+//! processes map, holding two rings of frames, and two pipes to wake a
 //! side that sleeps.
 //!
 //! # Layout
@@ -13,10 +13,10 @@
 //! ```
 //!
 //! The node agent creates the segment (`memfd_create`, sealed at its size)
-//! and a Unix socket pair for each worker process it forks, passes the
-//! segment and the worker's end of the pair to the worker as fds 4 and 5
-//! (see [`crate::config`]), and keeps the segment and the gateway's end:
-//! plain descriptors, which a new `shoal up` could be handed over a Unix
+//! and two pipes for each worker process it forks, passes the segment and
+//! the worker's ends of the pipes to the worker as fds 4, 5 and 6 (see
+//! [`crate::config`]), and keeps the segment and the gateway's ends: plain
+//! descriptors, which a new `shoal up` could be handed over a Unix
 //! socket (`SCM_RIGHTS`) to take the channel over without restarting the
 //! worker.
 //!
@@ -29,8 +29,9 @@
 //!   window updates for request bodies, resets, probe answers) and its
 //!   `tail`, reads `to_worker`, writes its `head`, and counts every request
 //!   it takes in `taken`.
-//! - Each side sleeps on its own end of the socket pair; the other sends it
-//!   a byte only when the ring flags say the side sleeps (see [`ring`]).
+//! - Each side sleeps on the read end of its own pipe; the other writes a
+//!   byte to it only when the ring flags say the side sleeps (see
+//!   [`ring`]).
 //!   Under load no frame costs a system call.
 //!
 //! # Invariants
@@ -41,10 +42,9 @@
 //!   is replaced).
 //! - Nothing the worker can do to the descriptors it holds stops the
 //!   gateway: the segment is sealed (it can be neither shrunk, which would
-//!   make the gateway's next access fault, nor grown), and the two ends of
-//!   the socket pair are separate open files, so the worker cannot make
-//!   the gateway's end blocking; the gateway sends and receives with
-//!   `MSG_DONTWAIT` anyway.
+//!   make the gateway's next access fault, nor grown), and each end of a
+//!   pipe is an open file of its own, so the worker cannot make the
+//!   gateway's ends blocking: a wake-up never blocks the gateway.
 //! - A request the worker has not taken (`taken` says how many it took, in
 //!   order) never ran: it can go to another replica whatever its method.
 //! - Body bytes on a stream never exceed the window the receiver granted
@@ -108,8 +108,10 @@ pub enum Side {
 pub struct ChannelFds {
     /// The memfd holding the segment.
     pub segment: OwnedFd,
-    /// This side's end of the socket pair that carries wake-ups.
-    pub wake: OwnedFd,
+    /// The read end of the pipe this side sleeps on.
+    pub wake_me: OwnedFd,
+    /// The write end of the pipe the peer sleeps on.
+    pub wake_peer: OwnedFd,
 }
 
 /// The seals a channel's segment carries: its size is fixed for good.
@@ -117,7 +119,7 @@ const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEA
 
 impl ChannelFds {
     /// A new channel: a zeroed segment of [`SEGMENT_SIZE`], sealed, with its
-    /// header written, and a socket pair; every descriptor close-on-exec.
+    /// header written, and two pipes; every descriptor close-on-exec.
     /// Returns the gateway's descriptors and the worker's.
     pub fn create(name: &str) -> std::io::Result<(ChannelFds, ChannelFds)> {
         let name = std::ffi::CString::new(format!("shoal-channel-{name}")).unwrap_or_default();
@@ -133,20 +135,8 @@ impl ChannelFds {
                 return Err(std::io::Error::last_os_error());
             }
         }
-        let mut pair = [-1; 2];
-        // SAFETY: socketpair writes two descriptors into `pair`.
-        let made = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-                pair.as_mut_ptr(),
-            )
-        };
-        if made != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let (gateway_end, worker_end) = (owned(pair[0])?, owned(pair[1])?);
+        let (worker_sleeps, wake_worker) = pipe()?;
+        let (gateway_sleeps, wake_gateway) = pipe()?;
         let mapping = Mapping::map(segment.as_fd())?;
         let header = mapping.header_ptr();
         // SAFETY: the mapping is fresh and zeroed, private to this process
@@ -157,8 +147,8 @@ impl ChannelFds {
             (*header).version = VERSION;
             (*header).ring_size = RING_SIZE as u32;
         }
-        let worker = ChannelFds { segment: segment.try_clone()?, wake: worker_end };
-        Ok((ChannelFds { segment, wake: gateway_end }, worker))
+        let worker = ChannelFds { segment: segment.try_clone()?, wake_me: worker_sleeps, wake_peer: wake_gateway };
+        Ok((ChannelFds { segment, wake_me: gateway_sleeps, wake_peer: wake_worker }, worker))
     }
 
     /// The channel a worker was started with, from [`crate::config::CHANNEL_FDS`].
@@ -167,15 +157,35 @@ impl ChannelFds {
     ///
     /// The descriptors must be the ones the node agent passed, open, and
     /// not owned by anything else in this process.
-    pub unsafe fn inherited(raw: [RawFd; 2]) -> ChannelFds {
+    pub unsafe fn inherited(raw: [RawFd; 3]) -> ChannelFds {
         // SAFETY: the caller's contract.
-        unsafe { ChannelFds { segment: OwnedFd::from_raw_fd(raw[0]), wake: OwnedFd::from_raw_fd(raw[1]) } }
+        unsafe {
+            ChannelFds {
+                segment: OwnedFd::from_raw_fd(raw[0]),
+                wake_me: OwnedFd::from_raw_fd(raw[1]),
+                wake_peer: OwnedFd::from_raw_fd(raw[2]),
+            }
+        }
     }
 
     /// Duplicates of the descriptors (for another process to take over).
     pub fn try_clone(&self) -> std::io::Result<ChannelFds> {
-        Ok(ChannelFds { segment: self.segment.try_clone()?, wake: self.wake.try_clone()? })
+        Ok(ChannelFds {
+            segment: self.segment.try_clone()?,
+            wake_me: self.wake_me.try_clone()?,
+            wake_peer: self.wake_peer.try_clone()?,
+        })
     }
+}
+
+/// A pipe, both ends close-on-exec and non-blocking: (read, write).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((owned(fds[0])?, owned(fds[1])?))
 }
 
 fn owned(fd: RawFd) -> std::io::Result<OwnedFd> {
@@ -246,24 +256,24 @@ impl Drop for Mapping {
     }
 }
 
-/// One end of a channel, mapped: the ring it writes, the ring it reads, and
-/// its end of the socket pair (it sleeps on it and wakes the peer through
-/// it).
+/// One end of a channel, mapped: the ring it writes, the ring it reads, the
+/// pipe it sleeps on and the one that wakes the peer.
 pub struct Channel {
     side: Side,
     // Declared (so dropped) after the rings, which point into it.
     out: Ring,
     inbound: Ring,
     mapping: Arc<Mapping>,
-    wake: AsyncFd<OwnedFd>,
+    wake_me: AsyncFd<OwnedFd>,
+    wake_peer: OwnedFd,
     /// The descriptors, kept for handing the channel over.
     segment: OwnedFd,
 }
 
 impl Channel {
     /// Maps the channel `fds` for `side`. Checks the segment's header.
-    /// Needs a tokio runtime (this side's end of the socket pair is
-    /// registered with it).
+    /// Needs a tokio runtime (the pipe this side sleeps on is registered
+    /// with it).
     pub fn open(fds: ChannelFds, side: Side) -> std::io::Result<Channel> {
         let mapping = Arc::new(Mapping::map(fds.segment.as_fd())?);
         let header = mapping.header_ptr();
@@ -289,10 +299,10 @@ impl Channel {
             Side::Gateway => (to_worker, to_gateway),
             Side::Worker => (to_gateway, to_worker),
         };
-        // SAFETY: the socket is owned by the AsyncFd and neither replaced
+        // SAFETY: the pipe is owned by the AsyncFd and neither replaced
         // nor closed while it is registered.
-        let wake = unsafe { AsyncFd::register_with_interest(fds.wake, Interest::READABLE)? };
-        Ok(Channel { side, out, inbound, mapping, wake, segment: fds.segment })
+        let wake_me = unsafe { AsyncFd::register_with_interest(fds.wake_me, Interest::READABLE)? };
+        Ok(Channel { side, out, inbound, mapping, wake_me, wake_peer: fds.wake_peer, segment: fds.segment })
     }
 
     /// The ring this side writes.
@@ -328,42 +338,33 @@ impl Channel {
         }))
     }
 
-    /// Wakes the peer (it sleeps on its end of the socket pair).
+    /// Wakes the peer (it sleeps on the read end of its pipe).
     pub fn wake_peer(&self) {
         let one = 1u8;
-        // SAFETY: sends one byte from `one` on a socket we hold. Never
-        // blocks (`MSG_DONTWAIT`); a full buffer (EAGAIN) means the peer
-        // has wake-ups pending anyway, and a closed peer is seen by its
-        // exit.
-        unsafe {
-            libc::send(
-                self.wake.get_ref().as_raw_fd(),
-                (&raw const one).cast(),
-                1,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
+        // SAFETY: writes one byte from `one` to a pipe we hold. This end is
+        // non-blocking and only ours (the peer's end is another open file),
+        // so this never blocks: a full pipe (EAGAIN) means the peer has
+        // wake-ups pending anyway, and a peer that closed its end (EPIPE;
+        // SIGPIPE is ignored, as Rust programs do) is seen by its exit.
+        unsafe { libc::write(self.wake_peer.as_raw_fd(), (&raw const one).cast(), 1) };
     }
 
     /// Waits until the peer wakes this side (or did since the last wait),
     /// and takes the wake-ups. Once the peer has closed its end, never
-    /// returns: a peer that is gone is noticed by its exit, as before it
-    /// stopped waking anyone.
+    /// returns: a peer that is gone is noticed by its exit.
     pub async fn woken(&self) -> std::io::Result<()> {
         let mut bytes = [0u8; 64];
         loop {
-            let mut guard = self.wake.readable().await?;
-            // SAFETY: receives at most `bytes.len()` bytes into `bytes`, on
-            // a socket we hold, without blocking.
-            let n = unsafe {
-                libc::recv(self.wake.get_ref().as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT)
-            };
+            let mut guard = self.wake_me.readable().await?;
+            // SAFETY: reads at most `bytes.len()` bytes into `bytes` from a
+            // non-blocking pipe we hold.
+            let n = unsafe { libc::read(self.wake_me.get_ref().as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len()) };
             match n {
                 0 => return std::future::pending().await,
                 n if n > 0 => {
                     // Fewer bytes than asked for: none are left, so forget
-                    // the readiness without a second `recv` that would only
-                    // say so (a byte sent after is a new edge, which
+                    // the readiness without a second `read` that would only
+                    // say so (a byte written after is a new edge, which
                     // `clear_ready` does not clear).
                     if (n as usize) < bytes.len() {
                         guard.clear_ready();
@@ -433,7 +434,8 @@ mod tests {
             assert_eq!(libc::ftruncate(fd.as_raw_fd(), SEGMENT_SIZE as libc::off_t), 0);
             fd
         };
-        let error = Channel::open(ChannelFds { segment, wake: worker.wake }, Side::Worker).err().unwrap();
+        let fds = ChannelFds { segment, wake_me: worker.wake_me, wake_peer: worker.wake_peer };
+        let error = Channel::open(fds, Side::Worker).err().unwrap();
         assert!(error.to_string().contains("not sealed"), "{error}");
 
         let (fds, _worker) = ChannelFds::create("test").unwrap();
@@ -445,21 +447,24 @@ mod tests {
         assert!(error.to_string().contains("version 99"), "{error}");
     }
 
-    /// A worker that makes its end of the socket pair blocking and never
-    /// reads its wake-ups cannot make the gateway's wake-up block.
+    /// A worker that makes its pipe blocking and never reads its wake-ups
+    /// cannot make the gateway's wake-up block.
     #[test]
     fn waking_a_peer_that_never_reads_does_not_block() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _guard = rt.enter();
         let (fds, worker) = ChannelFds::create("test").unwrap();
         // SAFETY: fcntl on the worker's descriptor, which we hold.
-        unsafe { libc::fcntl(worker.wake.as_raw_fd(), libc::F_SETFL, 0) };
+        unsafe {
+            libc::fcntl(worker.wake_me.as_raw_fd(), libc::F_SETFL, 0);
+            libc::fcntl(worker.wake_peer.as_raw_fd(), libc::F_SETFL, 0);
+        }
         let gateway = Arc::new(Channel::open(fds, Side::Gateway).unwrap());
         let (done, finished) = std::sync::mpsc::channel();
         let waker = gateway.clone();
         // Detached: if it blocks, the test fails rather than hangs.
         std::thread::spawn(move || {
-            // Far more than the socket buffers hold.
+            // Far more than the pipes hold.
             for _ in 0..1_000_000 {
                 waker.wake_peer();
             }

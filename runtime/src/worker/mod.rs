@@ -269,7 +269,7 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
     Ok(())
 }
 
-/// The channel the node agent passed (fds 4 and 5, as `SHOAL_CHANNEL_FDS`
+/// The channel the node agent passed (fds 4, 5 and 6, as `SHOAL_CHANNEL_FDS`
 /// says).
 fn open_channel() -> anyhow::Result<Channel> {
     let fds: Vec<i32> = std::env::var(CHANNEL_FDS_ENV)
@@ -278,12 +278,12 @@ fn open_channel() -> anyhow::Result<Channel> {
         .map(|fd| fd.trim().parse::<i32>())
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("{CHANNEL_FDS_ENV}: {e}"))?;
-    let [segment, wake] = fds[..] else {
-        anyhow::bail!("{CHANNEL_FDS_ENV}: expected two descriptors, found {}", fds.len());
+    let [segment, wake_me, wake_gateway] = fds[..] else {
+        anyhow::bail!("{CHANNEL_FDS_ENV}: expected three descriptors, found {}", fds.len());
     };
-    // SAFETY: the node agent put the channel's two descriptors on these
+    // SAFETY: the node agent put the channel's three descriptors on these
     // numbers for this process alone; nothing else here owns them.
-    let fds = unsafe { ChannelFds::inherited([segment, wake]) };
+    let fds = unsafe { ChannelFds::inherited([segment, wake_me, wake_gateway]) };
     Channel::open(fds, Side::Worker).context("cannot open the channel to the gateway")
 }
 
