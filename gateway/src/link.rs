@@ -31,7 +31,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use shoal_protocol::channel::frame::{self, Frame as Wire, RequestHead, ResponseHead};
-use shoal_protocol::channel::{Channel, ChannelFds, Corrupt, MAX_DATA, STREAM_WINDOW, Side};
+use shoal_protocol::channel::{Channel, ChannelFds, Corrupt, FRAMES_PER_TURN, MAX_DATA, STREAM_WINDOW, Side};
 use tokio::sync::Notify;
 
 /// Why a request through a link did not get a response.
@@ -430,30 +430,13 @@ impl Link {
                 return;
             }
             let closing = this.closing.lock().expect("link lock").is_some();
-            let mut frames = 0;
-            loop {
-                let mut buf = Vec::new();
-                match this.channel.inbound().pop(&mut buf) {
-                    Ok(Some(wake_writer)) => {
-                        if wake_writer {
-                            this.channel.wake_peer();
-                        }
-                        if let Err(corrupt) = this.dispatch(Bytes::from(buf)) {
-                            this.go_down(corrupt.to_string(), true);
-                            return;
-                        }
-                        frames += 1;
-                        if frames == FRAMES_PER_TURN {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(corrupt) => {
-                        this.go_down(corrupt.to_string(), true);
-                        return;
-                    }
+            let frames = match this.channel.receive(|bytes| this.dispatch(bytes)) {
+                Ok(frames) => frames,
+                Err(corrupt) => {
+                    this.go_down(corrupt.to_string(), true);
+                    return;
                 }
-            }
+            };
             // The worker may have made room in the other ring.
             this.space.notify_waiters();
             if frames == FRAMES_PER_TURN {
@@ -672,10 +655,6 @@ where
         }
     }
 }
-
-/// Frames a link's driver hands on before it lets the gateway's other tasks
-/// run.
-const FRAMES_PER_TURN: usize = 256;
 
 /// How long the rest of a request body is read and thrown away after its
 /// exchange ended: at most this long in all...

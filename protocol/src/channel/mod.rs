@@ -60,6 +60,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use bytes::Bytes;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -80,6 +81,8 @@ pub const SEGMENT_SIZE: usize = HEADER_SIZE + 2 * RING_SIZE as usize;
 pub const STREAM_WINDOW: u32 = 256 << 10;
 /// The largest body part in one frame.
 pub const MAX_DATA: usize = 64 << 10;
+/// Frames [`Channel::receive`] hands on in one call.
+pub const FRAMES_PER_TURN: usize = 256;
 
 /// The shared header at the start of the segment.
 #[repr(C)]
@@ -336,6 +339,25 @@ impl Channel {
                 self.wake_peer();
             }
         }))
+    }
+
+    /// Hands each frame the peer wrote, in order, to `each`: at most
+    /// [`FRAMES_PER_TURN`] of them, so that a peer that never stops
+    /// writing does not keep the caller's thread (it yields when this
+    /// returns that many). Wakes the peer if it waits for room. Returns how
+    /// many frames it handed on.
+    pub fn receive(&self, mut each: impl FnMut(Bytes) -> Result<(), Corrupt>) -> Result<usize, Corrupt> {
+        let mut frames = 0;
+        while frames < FRAMES_PER_TURN {
+            let mut buf = Vec::new();
+            let Some(wake_writer) = self.inbound.pop(&mut buf)? else { break };
+            if wake_writer {
+                self.wake_peer();
+            }
+            each(Bytes::from(buf))?;
+            frames += 1;
+        }
+        Ok(frames)
     }
 
     /// Wakes the peer (it sleeps on the read end of its pipe).

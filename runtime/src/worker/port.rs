@@ -19,12 +19,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use shoal_protocol::channel::frame::{self, Frame as Wire, RequestHead, ResponseHead};
-use shoal_protocol::channel::{Channel, MAX_DATA, STREAM_WINDOW};
+use shoal_protocol::channel::{Channel, FRAMES_PER_TURN, MAX_DATA, STREAM_WINDOW};
 use tokio::sync::Notify;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-
-/// Frames the driver hands on before it lets the request tasks run.
-const FRAMES_PER_TURN: usize = 256;
 
 /// The worker's end of the channel.
 pub(crate) struct Port {
@@ -117,27 +114,13 @@ impl Port {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         loop {
-            let mut frames = 0;
-            loop {
-                let mut buf = Vec::new();
-                match self.channel.inbound().pop(&mut buf) {
-                    Ok(Some(wake_writer)) => {
-                        if wake_writer {
-                            self.channel.wake_peer();
-                        }
-                        match frame::decode(Bytes::from(buf)) {
-                            Ok(wire) => self.dispatch(wire, &handle),
-                            Err(corrupt) => return Err(std::io::Error::other(corrupt)),
-                        }
-                        frames += 1;
-                        if frames == FRAMES_PER_TURN {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(corrupt) => return Err(std::io::Error::other(corrupt)),
-                }
-            }
+            let frames = self
+                .channel
+                .receive(|bytes| {
+                    self.dispatch(frame::decode(bytes)?, &handle);
+                    Ok(())
+                })
+                .map_err(std::io::Error::other)?;
             self.space.notify_waiters();
             if frames == FRAMES_PER_TURN {
                 // Let the requests just taken, and the responses, run.
