@@ -41,6 +41,7 @@ WASMTIME_CMD=""     # the wasmtime binary found
 WASMTIME_SKIPPED="" # why the wasmtime serve row is skipped, if it is
 IDLE_BEFORE=100     # CPU idle (%) just before the run
 SHOAL_CONFINED=true # false if shoal said cgroups are unavailable
+SHOAL_POLICY=""     # the scheduling policy shoal up ran under
 SHOAL_IDS=(fresh reuse) # the Shoal configurations, one `shoal up` each (+ js)
 JS_SKIPPED=""           # why the hello-js row is skipped, if it is
 JS_BUILD_S=""           # how long `shoal build samples/hello-js` took
@@ -348,6 +349,10 @@ start_shoal() {
   # The replicas started at boot: the Started lines before the Ready line.
   sed -n -e '/^shoal: replica\/[^ ]* Started: /p' -e '/^shoal: service[ /]kubia [Rr]eady: /q' "$log" >"$TMP/$id.boot"
   SHOAL_LOG=$log note_shoal_confinement
+  # The scheduling policy its threads and workers run under (the policy
+  # line of /proc/<pid>/sched: 0 normal, 3 batch), for the report.
+  SHOAL_POLICY=$(awk '/^policy/ { print ($3 == 3 ? "SCHED_BATCH" : $3 == 0 ? "SCHED_OTHER" : "policy " $3) }' \
+    "/proc/$pid/sched" 2>/dev/null || true)
   wait_for_kubia "Shoal gateway ($id)" "http://127.0.0.1:$port/" 10 "$pid" || {
     cat "$log" >&2
     start_failed "shoal's gateway ($id) did not answer"
@@ -721,6 +726,9 @@ print_report() {
   else
     echo "- Shoal's replicas ran in cgroups with those limits; Node.js, nginx and wasmtime serve are unconfined."
   fi
+  [[ -z $SHOAL_POLICY ]] ||
+    echo "- Shoal ran under $SHOAL_POLICY (shoal up --cpu-scheduling; batch is its default), the others under the" \
+      "kernel's default policy."
   print_resources
   if [[ -n $JS_SKIPPED ]]; then
     echo "- hello-js row skipped: $JS_SKIPPED."

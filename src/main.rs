@@ -80,6 +80,12 @@ pub struct UpArgs {
     #[arg(long, value_name = "DURATION", default_value = "1h", env = "SHOAL_MODULE_RETENTION",
           value_parser = parse_duration)]
     module_retention: std::time::Duration,
+    /// How the kernel schedules Shoal's threads and its workers: `batch`
+    /// (SCHED_BATCH: a thread that wakes up waits for the running one's
+    /// turn to end instead of preempting it, so the gateway and the
+    /// replicas stop interrupting each other mid-request) or `normal`.
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "batch", env = "SHOAL_CPU_SCHEDULING")]
+    cpu_scheduling: up::CpuScheduling,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

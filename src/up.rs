@@ -68,6 +68,9 @@ struct Loaded {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    // First, while this is the only thread: every thread and worker
+    // started from here on inherits the policy.
+    set_cpu_scheduling(args.cpu_scheduling);
     let open_files = raise_open_files_limit();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
@@ -143,6 +146,48 @@ fn connection_budget(wanted: Option<usize>, open_files: u64) -> usize {
 /// each other across cores and get descheduled mid-request.
 fn gateway_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// The kernel's scheduling policy for `shoal up`, its threads and its
+/// workers (`--cpu-scheduling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuScheduling {
+    /// `SCHED_BATCH`: the same fair share of the CPU as `normal`, but a
+    /// thread that wakes up does not preempt the one running; it runs when
+    /// that one blocks or its slice ends.
+    Batch,
+    /// `SCHED_OTHER`, the kernel's default.
+    Normal,
+}
+
+/// Applies `policy` to the calling thread; threads and processes started
+/// from it afterwards inherit it (`fork` and `exec` keep the policy).
+///
+/// Why batch is the default: the gateway and every replica are separate
+/// processes that wake each other for each request. Under the normal policy
+/// each wake-up may preempt the process that sent it, halfway through its
+/// batch of work: measured with kubia on 2 cores (3 replicas, wrk -c32),
+/// 0.2 involuntary context switches per request in the workers and 0.5 in
+/// the gateway, ~56 µs of CPU per request. Under batch the workers' fell to
+/// 0.01, CPU per request to ~46 µs, requests/s rose 10–17 % and p99 fell
+/// from 3.1 to 1.7 ms (fresh instances); with instances reused, 57–60k
+/// against 47–54k requests/s, p99 1.3 ms against 1.7–9.3 ms. Setting
+/// `SCHED_BATCH` needs no privilege; a failure is reported and Shoal runs
+/// on under the normal policy.
+fn set_cpu_scheduling(policy: CpuScheduling) {
+    let (name, number) = match policy {
+        CpuScheduling::Batch => ("SCHED_BATCH", libc::SCHED_BATCH),
+        CpuScheduling::Normal => ("SCHED_OTHER", libc::SCHED_OTHER),
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads `param`; pid 0 is this thread.
+    if unsafe { libc::sched_setscheduler(0, number, &param) } != 0 {
+        eprintln!(
+            "WARNING: cannot set the CPU scheduling policy {name} (--cpu-scheduling): {}; running under the \
+             current policy",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// The open-files limit Shoal asks for when it may raise the hard limit

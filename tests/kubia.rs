@@ -74,6 +74,50 @@ async fn replicas_are_processes_in_cgroups_with_the_manifest_memory_limit() {
     assert!(shoal.stop().success());
 }
 
+/// The scheduling policy of every thread of `pid` (`/proc/<pid>/task/*/sched`,
+/// its `policy` line: 0 SCHED_OTHER, 3 SCHED_BATCH), by thread name.
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let (Ok(comm), Ok(sched)) =
+            (std::fs::read_to_string(task.path().join("comm")), std::fs::read_to_string(task.path().join("sched")))
+        else {
+            continue; // the thread ended meanwhile
+        };
+        let policy = sched
+            .lines()
+            .find(|l| l.starts_with("policy"))
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no policy line for {}: {sched}", task.path().display()));
+        policies.push((comm.trim().to_owned(), policy));
+    }
+    policies
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shoal_and_its_workers_run_sched_batch_unless_told_normal() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    for (args, expected) in [(&[][..], SCHED_BATCH), (&["--cpu-scheduling", "normal"][..], SCHED_OTHER)] {
+        let mut shoal = Shoal::start(args);
+        shoal.wait_ready("kubia");
+        assert_eq!(kubia_hits(&shoal, 3).await.len(), 3);
+        // The gateway's threads, the fork thread, the standby, and each
+        // replica's threads (its runtime and epoch ticker).
+        let processes: Vec<u32> = std::iter::once(shoal.pid()).chain(shoal.all_children()).collect();
+        assert!(processes.len() >= 4, "shoal up, 3 workers and the standby: {processes:?}");
+        for pid in processes {
+            let policies = thread_policies(pid);
+            assert!(!policies.is_empty(), "process {pid} has no threads");
+            for (thread, policy) in policies {
+                assert_eq!(policy, expected, "{args:?}: thread {thread:?} of process {pid} ({:?})", comm(pid));
+            }
+        }
+        assert!(shoal.stop().success());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_leaves_no_worker_and_no_cgroup() {
     let mut shoal = Shoal::start(&[]);
