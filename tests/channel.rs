@@ -28,7 +28,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use shoal_protocol::channel::frame::{self, kind};
-use shoal_protocol::channel::{MAGIC, RING_SIZE, RingHeader, SEGMENT_SIZE, STREAM_WINDOW};
+use shoal_protocol::channel::{MAGIC, RING_SIZE, RingHeader, SEGMENT_SIZE, STREAM_WINDOW, window_cost};
 use shoal_protocol::config::CHANNEL_FDS;
 use support::*;
 
@@ -376,6 +376,10 @@ enum Garbage {
     /// `to_worker`'s head (which the worker writes) past its tail: the
     /// gateway finds it when it next writes (a probe, within 0.5 s).
     ReaderPastWriter,
+    /// Body chunks of one byte for the request in flight, one more than
+    /// the window pays for: without the per-chunk cost, 256 Ki of them
+    /// would fit in the window and the gateway would queue them all.
+    TinyChunks,
 }
 
 impl Garbage {
@@ -386,18 +390,36 @@ impl Garbage {
             Garbage::HugeFrameLength => "a frame of 4294967295 bytes where 8 were published".into(),
             Garbage::UnknownKind => "a frame with frame kind 99".into(),
             Garbage::PastTheWindow => {
+                let cost = window_cost(PAST_WINDOW_FRAME);
                 format!(
-                    "stream {stream} sent {PAST_WINDOW_FRAME} bytes past a window of {}",
-                    STREAM_WINDOW as usize - PAST_WINDOW_FRAME
+                    "stream {stream} overran its window: a chunk of {PAST_WINDOW_FRAME} bytes costs {cost}, {} were left",
+                    u64::from(STREAM_WINDOW) - cost
                 )
             }
             Garbage::ReaderPastWriter => "past the writer at".into(),
+            Garbage::TinyChunks => {
+                let (cost, fit) = (window_cost(1), TinyChunks::fit());
+                format!(
+                    "stream {stream} overran its window: a chunk of 1 bytes costs {cost}, {} were left",
+                    u64::from(STREAM_WINDOW) - fit * cost
+                )
+            }
         }
     }
 }
 
 /// The body bytes in each of [`Garbage::PastTheWindow`]'s data frames.
 const PAST_WINDOW_FRAME: usize = 200 << 10;
+
+/// [`Garbage::TinyChunks`]' arithmetic.
+struct TinyChunks;
+
+impl TinyChunks {
+    /// One-byte chunks a fresh window pays for.
+    fn fit() -> u64 {
+        u64::from(STREAM_WINDOW) / window_cost(1)
+    }
+}
 
 /// The segment's header: `SegmentHeader` (repr(C)) is a u64 magic, a u32
 /// version and a u32 ring size, 48 bytes of padding, then the two rings'
@@ -553,6 +575,12 @@ impl Tap {
                 assert_eq!(data[0], kind::DATA);
                 self.push(&[data.clone(), data]);
             }
+            Garbage::TinyChunks => {
+                let mut data = frame::data_header(stream, false).to_vec();
+                data.push(b'x');
+                let frames = vec![data; TinyChunks::fit() as usize + 1];
+                self.push(&frames);
+            }
             Garbage::ReaderPastWriter => {
                 let header = self.header(Direction::ToWorker);
                 let tail = header.tail.load(Ordering::SeqCst);
@@ -639,6 +667,7 @@ async fn garbage_in_a_workers_channel_breaks_only_that_replica() {
         (Garbage::UnknownKind, "GET"),
         (Garbage::PastTheWindow, "GET"),
         (Garbage::ReaderPastWriter, "POST"),
+        (Garbage::TinyChunks, "GET"),
     ];
     let mut old = None;
     for (garbage, method) in rounds {
@@ -672,7 +701,7 @@ async fn garbage_in_a_workers_channel_breaks_only_that_replica() {
         wait_until(Duration::from_secs(10), "the worker did not stop", || is_stopped(pid)).await;
         let tap = Tap::open(pid);
         let stream = match garbage {
-            Garbage::PastTheWindow => tap.stream_of("/sleep"),
+            Garbage::PastTheWindow | Garbage::TinyChunks => tap.stream_of("/sleep"),
             _ => 0,
         };
         let reason = garbage.reason(stream);

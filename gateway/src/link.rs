@@ -31,7 +31,9 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use shoal_protocol::channel::frame::{self, Frame as Wire, RequestHead, ResponseHead};
-use shoal_protocol::channel::{Channel, ChannelFds, Corrupt, FRAMES_PER_TURN, MAX_DATA, STREAM_WINDOW, Side};
+use shoal_protocol::channel::{
+    Channel, ChannelFds, Corrupt, FRAMES_PER_TURN, MAX_DATA, STREAM_WINDOW, Side, chunk_room, window_cost,
+};
 use tokio::sync::Notify;
 
 /// Why a request through a link did not get a response.
@@ -219,25 +221,25 @@ impl Link {
         if self.is_down() {
             return Err(self.down_error(false));
         }
-        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let stream = Arc::new(Stream {
-            state: Mutex::new(StreamState {
-                send_window: u64::from(STREAM_WINDOW),
-                receive_window: u64::from(STREAM_WINDOW),
-                ..StreamState::default()
-            }),
-            ordinal: AtomicU64::new(u64::MAX),
-        });
-        self.streams.lock().expect("link lock").insert(id, stream.clone());
-        // From here the stream is registered: dropped early (the client
-        // went away, the deadline passed), it is reset and forgotten.
-        let mut guard = StreamGuard { link: self.clone(), id, armed: true };
-
         let (inline, rest) = match body {
             RequestBody::Full(bytes) if bytes.len() <= MAX_DATA => (bytes, None),
             RequestBody::Full(bytes) => (Bytes::new(), Some(PumpSource::Full(bytes))),
             RequestBody::Stream(body) => (Bytes::new(), Some(PumpSource::Stream(body))),
         };
+        let stream = Arc::new(Stream {
+            state: Mutex::new(StreamState {
+                // The body sent in the request's own frame is a chunk too.
+                send_window: u64::from(STREAM_WINDOW) - window_cost(inline.len()),
+                receive_window: u64::from(STREAM_WINDOW),
+                ..StreamState::default()
+            }),
+            ordinal: AtomicU64::new(u64::MAX),
+        });
+        let id = self.register(&stream);
+        // From here the stream is registered: dropped early (the client
+        // went away, the deadline passed), it is reset and forgotten.
+        let mut guard = StreamGuard { link: self.clone(), id, armed: true };
+
         self.send_request(id, rest.is_none(), head, &inline, &stream).await?;
         if let Some(source) = rest {
             tokio::spawn(pump(self.clone(), stream.clone(), id, source));
@@ -281,6 +283,19 @@ impl Link {
             self.forget(id);
         }
         Ok(response)
+    }
+
+    /// Gives `stream` the next stream id that no open stream has (ids wrap
+    /// after 2³² requests; a stream open that long keeps its id).
+    fn register(&self, stream: &Arc<Stream>) -> u32 {
+        let mut streams = self.streams.lock().expect("link lock");
+        loop {
+            let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+            if let std::collections::hash_map::Entry::Vacant(entry) = streams.entry(id) {
+                entry.insert(stream.clone());
+                return id;
+            }
+        }
     }
 
     /// Writes a request frame, waiting for room; records its ordinal.
@@ -550,14 +565,17 @@ impl Drop for Link {
     }
 }
 
-/// Takes `len` bytes off a stream's receive window; more than the window
-/// is a broken worker.
+/// Takes a chunk of `len` bytes off a stream's receive window (its
+/// [`window_cost`]); more than the window is a broken worker.
 fn take_window(state: &mut StreamState, len: usize, id: u32) -> Result<(), Corrupt> {
-    let len = len as u64;
-    if len > state.receive_window {
-        return Err(Corrupt(format!("stream {id} sent {len} bytes past a window of {}", state.receive_window)));
+    let cost = window_cost(len);
+    if cost > state.receive_window {
+        return Err(Corrupt(format!(
+            "stream {id} overran its window: a chunk of {len} bytes costs {cost}, {} were left",
+            state.receive_window
+        )));
     }
-    state.receive_window -= len;
+    state.receive_window -= cost;
     Ok(())
 }
 
@@ -694,7 +712,7 @@ async fn send_body_bytes(link: &Link, stream: &Stream, id: u32, mut data: Bytes,
             if state.failed.is_some() || link.is_down() {
                 return Poll::Ready(None);
             }
-            if state.send_window > 0 || data.is_empty() {
+            if chunk_room(state.send_window) > 0 || data.is_empty() {
                 return Poll::Ready(Some(state.send_window));
             }
             state.writer = Some(cx.waker().clone());
@@ -702,10 +720,10 @@ async fn send_body_bytes(link: &Link, stream: &Stream, id: u32, mut data: Bytes,
         })
         .await;
         let Some(allowed) = allowed else { return false };
-        let n = data.len().min(MAX_DATA).min(usize::try_from(allowed).unwrap_or(usize::MAX));
+        let n = data.len().min(MAX_DATA).min(chunk_room(allowed));
         let chunk = data.split_to(n);
         let last = end && data.is_empty();
-        stream.state.lock().expect("stream lock").send_window -= n as u64;
+        stream.state.lock().expect("stream lock").send_window -= window_cost(n);
         if link.send(&[&frame::data_header(id, last), &chunk]).await.is_err() {
             return false;
         }
@@ -784,7 +802,7 @@ impl LinkBody {
         if let Some(remaining) = &mut self.remaining {
             *remaining = remaining.saturating_sub(len as u64);
         }
-        self.consumed += len as u64;
+        self.consumed += window_cost(len);
         if self.consumed >= u64::from(STREAM_WINDOW / 2) {
             let grant = u32::try_from(self.consumed).unwrap_or(u32::MAX);
             self.consumed = 0;

@@ -50,7 +50,10 @@
 //! - Body bytes on a stream never exceed the window the receiver granted
 //!   ([`STREAM_WINDOW`] at first, more with each `WINDOW` frame), so a slow
 //!   reader of one stream holds at most a window of memory and never stops
-//!   the ring for the others.
+//!   the ring for the others. Each body chunk also costs [`CHUNK_COST`] of
+//!   the window ([`window_cost`]): the receiver keeps every chunk it queues,
+//!   and without that charge a window of one-byte chunks would hold some
+//!   fifty times its size in bookkeeping.
 
 pub mod frame;
 pub mod ring;
@@ -68,8 +71,9 @@ pub use ring::{Corrupt, Full, MAX_FRAME, Ring, RingHeader};
 
 /// `SHOALCH1`: a segment of this protocol.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHOALCH1");
-/// The layout version.
-pub const VERSION: u32 = 1;
+/// The protocol's version (2: body chunks cost [`CHUNK_COST`] of the
+/// window).
+pub const VERSION: u32 = 2;
 /// Bytes in each ring (a power of two).
 pub const RING_SIZE: u64 = 1 << 20;
 /// The segment's header size.
@@ -79,8 +83,25 @@ pub const SEGMENT_SIZE: usize = HEADER_SIZE + 2 * RING_SIZE as usize;
 /// Body bytes a sender may send on a stream before the receiver grants
 /// more.
 pub const STREAM_WINDOW: u32 = 256 << 10;
+/// What a body chunk costs of its stream's window besides its bytes: about
+/// what the receiver spends on queueing it (a `Bytes`, its place in the
+/// queue, the allocator's share).
+pub const CHUNK_COST: u64 = 64;
 /// The largest body part in one frame.
 pub const MAX_DATA: usize = 64 << 10;
+
+/// What a body chunk of `len` bytes costs of its stream's window, on both
+/// sides: its bytes and [`CHUNK_COST`]. An empty chunk (a data frame that
+/// only ends the body) costs nothing: the receiver queues nothing for it.
+pub fn window_cost(len: usize) -> u64 {
+    if len == 0 { 0 } else { len as u64 + CHUNK_COST }
+}
+
+/// The most body bytes one chunk may carry within `window` (0 when the
+/// window cannot pay for a chunk's cost and a byte).
+pub fn chunk_room(window: u64) -> usize {
+    usize::try_from(window.saturating_sub(CHUNK_COST)).unwrap_or(usize::MAX)
+}
 /// Frames [`Channel::receive`] hands on in one call.
 pub const FRAMES_PER_TURN: usize = 256;
 

@@ -6,7 +6,9 @@
 //! modulo the ring's size. The producer owns `tail` (it writes a frame
 //! after `tail`, then publishes the new `tail` with Release); the consumer
 //! owns `head` (it reads what lies between `head` and `tail` after an
-//! Acquire load of `tail`, then publishes the new `head`). A frame is a
+//! Acquire load of `tail`, then publishes the new `head`). Each side keeps
+//! its own position privately and only publishes it: what it reads from
+//! the shared header is the peer's position, which it checks. A frame is a
 //! little-endian `u32` length and that many bytes, and may wrap around the
 //! end of the data area.
 //!
@@ -60,6 +62,11 @@ pub struct Ring {
     header: *const RingHeader,
     data: *mut u8,
     size: u64,
+    /// This side's own position (`tail` on the producer's side, `head` on
+    /// the consumer's), kept here as well as published: the peer can
+    /// write the shared copy, so it is only ever written, never read back.
+    tail: AtomicU64,
+    head: AtomicU64,
 }
 
 // SAFETY: a Ring only points into a shared mapping that its owner keeps
@@ -81,7 +88,12 @@ impl Ring {
     /// two.
     pub(crate) unsafe fn new(header: *const RingHeader, data: *mut u8, size: u64) -> Ring {
         debug_assert!(size.is_power_of_two());
-        Ring { header, data, size }
+        // SAFETY: `header` is valid (the contract above).
+        let shared = unsafe { &*header };
+        // Where the ring stands when this side opens it (zero for a new
+        // channel): from here on each side counts its own position.
+        let (tail, head) = (shared.tail.load(Ordering::Acquire), shared.head.load(Ordering::Acquire));
+        Ring { header, data, size, tail: AtomicU64::new(tail), head: AtomicU64::new(head) }
     }
 
     pub(crate) fn header(&self) -> &RingHeader {
@@ -99,9 +111,8 @@ impl Ring {
     /// a consumer that claims to have read more than was written is
     /// corrupt.
     fn used_by_producer(&self) -> Result<u64, Corrupt> {
-        let header = self.header();
-        let tail = header.tail.load(Ordering::Relaxed);
-        let head = header.head.load(Ordering::Acquire);
+        let tail = self.tail.load(Ordering::Relaxed);
+        let head = self.header().head.load(Ordering::Acquire);
         let used = tail.wrapping_sub(head);
         if used > self.size {
             return Err(Corrupt(format!("the reader is at {head}, past the writer at {tail}")));
@@ -121,14 +132,16 @@ impl Ring {
             return Ok(Err(Full));
         }
         let header = self.header();
-        let tail = header.tail.load(Ordering::Relaxed);
+        let tail = self.tail.load(Ordering::Relaxed);
         self.write_at(tail, &(len as u32).to_le_bytes());
-        let mut at = tail + 4;
+        let mut at = tail.wrapping_add(4);
         for part in parts {
             self.write_at(at, part);
-            at += part.len() as u64;
+            at = at.wrapping_add(part.len() as u64);
         }
-        header.tail.store(tail + needed, Ordering::Release);
+        let tail = tail.wrapping_add(needed);
+        self.tail.store(tail, Ordering::Relaxed);
+        header.tail.store(tail, Ordering::Release);
         // Pairs with the consumer's fence between setting its flag and
         // looking at `tail` again: one of the two sees the other.
         fence(Ordering::SeqCst);
@@ -145,7 +158,7 @@ impl Ring {
     /// woken.
     pub fn pop(&self, out: &mut Vec<u8>) -> Result<Option<bool>, Corrupt> {
         let header = self.header();
-        let head = header.head.load(Ordering::Relaxed);
+        let head = self.head.load(Ordering::Relaxed);
         let tail = header.tail.load(Ordering::Acquire);
         let available = tail.wrapping_sub(head);
         if available == 0 {
@@ -165,8 +178,10 @@ impl Ring {
         }
         out.clear();
         out.resize(len as usize, 0);
-        self.read_at(head + 4, out);
-        header.head.store(head + 4 + len, Ordering::Release);
+        self.read_at(head.wrapping_add(4), out);
+        let head = head.wrapping_add(4 + len);
+        self.head.store(head, Ordering::Relaxed);
+        header.head.store(head, Ordering::Release);
         fence(Ordering::SeqCst);
         Ok(Some(header.producer_waiting.swap(0, Ordering::SeqCst) != 0))
     }
@@ -178,8 +193,7 @@ impl Ring {
 
     /// Whether there is nothing to read.
     pub fn is_empty(&self) -> bool {
-        let header = self.header();
-        header.tail.load(Ordering::Acquire) == header.head.load(Ordering::Relaxed)
+        self.header().tail.load(Ordering::Acquire) == self.head.load(Ordering::Relaxed)
     }
 
     /// Marks the consumer asleep, then tells whether data came meanwhile

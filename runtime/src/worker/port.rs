@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use shoal_protocol::channel::frame::{self, Frame as Wire, RequestHead, ResponseHead};
-use shoal_protocol::channel::{Channel, FRAMES_PER_TURN, MAX_DATA, STREAM_WINDOW};
+use shoal_protocol::channel::{Channel, FRAMES_PER_TURN, MAX_DATA, STREAM_WINDOW, window_cost};
 use tokio::sync::Notify;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -257,7 +257,12 @@ impl Port {
 
     /// Forgets a stream that was answered.
     fn finish(&self, stream: &Stream) {
-        self.streams.lock().expect("port lock").remove(&stream.id);
+        let mut streams = self.streams.lock().expect("port lock");
+        // Only this stream: after 2³² requests its id may name a newer one.
+        if streams.get(&stream.id).is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), stream)) {
+            streams.remove(&stream.id);
+        }
+        drop(streams);
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.idle.notify_waiters();
         }
@@ -357,10 +362,10 @@ impl Port {
         }
     }
 
-    /// Waits until the stream's window allows `len` more bytes, and takes
-    /// them. False if the stream was reset.
+    /// Waits until the stream's window allows a chunk of `len` bytes (its
+    /// [`window_cost`]), and takes it. False if the stream was reset.
     async fn take_window(&self, stream: &Stream, len: usize) -> bool {
-        let len = len as u64;
+        let len = window_cost(len);
         std::future::poll_fn(|cx| {
             let mut state = stream.state.lock().expect("stream lock");
             if state.cancelled {
@@ -438,7 +443,7 @@ impl HttpBody for GuestBody {
         let mut state = this.stream.state.lock().expect("stream lock");
         if let Some(chunk) = state.chunks.pop_front() {
             drop(state);
-            this.consumed = this.consumed.saturating_add(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
+            this.consumed = this.consumed.saturating_add(u32::try_from(window_cost(chunk.len())).unwrap_or(u32::MAX));
             if this.consumed >= STREAM_WINDOW / 2 {
                 let grant = std::mem::take(&mut this.consumed);
                 this.port.grant(this.stream.id, grant);
