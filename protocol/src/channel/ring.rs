@@ -191,7 +191,8 @@ impl Ring {
         self.header().consumer_waiting.store(0, Ordering::SeqCst);
     }
 
-    /// Whether there is nothing to read.
+    /// Whether there is nothing to read (the consumer's question: it
+    /// compares the producer's published `tail` with its own `head`).
     pub fn is_empty(&self) -> bool {
         self.header().tail.load(Ordering::Acquire) == self.head.load(Ordering::Relaxed)
     }
