@@ -32,7 +32,7 @@ use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use shoal_protocol::channel::frame::{self, Frame as Wire, RequestHead, ResponseHead};
 use shoal_protocol::channel::{
-    Channel, ChannelFds, Corrupt, FRAMES_PER_TURN, MAX_DATA, STREAM_WINDOW, Side, chunk_room, window_cost,
+    Channel, ChannelFds, Corrupt, Credit, FRAMES_PER_TURN, MAX_DATA, STREAM_WINDOW, Side, chunk_room, window_cost,
 };
 use tokio::sync::Notify;
 
@@ -273,7 +273,7 @@ impl Link {
             stream,
             id,
             first: (!first.is_empty()).then_some(first),
-            consumed: 0,
+            credit: Credit::default(),
             done: response_head.end_stream,
             remaining: declared,
         });
@@ -740,8 +740,8 @@ pub struct LinkBody {
     id: u32,
     /// The bytes that came in the response's frame.
     first: Option<Bytes>,
-    /// Bytes read since the last window granted back.
-    consumed: u64,
+    /// What was read since the last window granted back.
+    credit: Credit,
     done: bool,
     /// Bytes still to come, when the response declared its length: once
     /// they came the body is whole, and dropping it resets nothing.
@@ -802,10 +802,7 @@ impl LinkBody {
         if let Some(remaining) = &mut self.remaining {
             *remaining = remaining.saturating_sub(len as u64);
         }
-        self.consumed += window_cost(len);
-        if self.consumed >= u64::from(STREAM_WINDOW / 2) {
-            let grant = u32::try_from(self.consumed).unwrap_or(u32::MAX);
-            self.consumed = 0;
+        if let Some(grant) = self.credit.consume(len) {
             self.stream.state.lock().expect("stream lock").receive_window += u64::from(grant);
             self.link.send_soon(&frame::encode_window(self.id, grant));
         }

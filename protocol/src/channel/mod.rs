@@ -102,6 +102,29 @@ pub fn window_cost(len: usize) -> u64 {
 pub fn chunk_room(window: u64) -> usize {
     usize::try_from(window.saturating_sub(CHUNK_COST)).unwrap_or(usize::MAX)
 }
+
+/// A stream's receiving side: counts the chunks its reader consumed and
+/// says when to grant the sender more window (all that was consumed, once
+/// it reaches half a window; so a sender that waits for room for a whole
+/// chunk always gets it once the reader has caught up).
+#[derive(Debug, Default)]
+pub struct Credit {
+    consumed: u64,
+}
+
+impl Credit {
+    /// Counts a chunk of `len` bytes handed to the reader; returns the
+    /// increment to grant in a `WINDOW` frame, when it is time to.
+    pub fn consume(&mut self, len: usize) -> Option<u32> {
+        self.consumed += window_cost(len);
+        if self.consumed < u64::from(STREAM_WINDOW / 2) {
+            return None;
+        }
+        // Below a window and a chunk: always fits.
+        Some(u32::try_from(std::mem::take(&mut self.consumed)).unwrap_or(u32::MAX))
+    }
+}
+
 /// Frames [`Channel::receive`] hands on in one call.
 pub const FRAMES_PER_TURN: usize = 256;
 
@@ -190,15 +213,6 @@ impl ChannelFds {
                 wake_peer: OwnedFd::from_raw_fd(raw[2]),
             }
         }
-    }
-
-    /// Duplicates of the descriptors (for another process to take over).
-    pub fn try_clone(&self) -> std::io::Result<ChannelFds> {
-        Ok(ChannelFds {
-            segment: self.segment.try_clone()?,
-            wake_me: self.wake_me.try_clone()?,
-            wake_peer: self.wake_peer.try_clone()?,
-        })
     }
 }
 
@@ -436,6 +450,21 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
+
+    /// The receiver grants back what was consumed, chunk costs included,
+    /// once half a window is; empty chunks cost nothing.
+    #[test]
+    fn credit_grants_all_consumed_at_half_a_window() {
+        let mut credit = Credit::default();
+        let chunk = MAX_DATA;
+        assert_eq!(credit.consume(0), None);
+        assert_eq!(credit.consume(chunk - 100), None);
+        // With its cost, a second chunk passes half of 256 KiB: all of
+        // both is granted, and counting starts again.
+        let grant = credit.consume(chunk).expect("half a window consumed");
+        assert_eq!(u64::from(grant), window_cost(chunk - 100) + window_cost(chunk));
+        assert_eq!(credit.consume(1), None);
+    }
 
     #[tokio::test]
     async fn both_ends_see_each_others_frames_and_wake_each_other() {

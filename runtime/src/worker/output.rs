@@ -141,8 +141,7 @@ impl OutputStream for Writer {
     }
 
     async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.0.append(&bytes);
-        Ok(())
+        self.write(bytes)
     }
 }
 

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use shoal_protocol::channel::frame::{self, Frame as Wire, RequestHead, ResponseHead};
-use shoal_protocol::channel::{Channel, FRAMES_PER_TURN, MAX_DATA, STREAM_WINDOW, window_cost};
+use shoal_protocol::channel::{Channel, Credit, FRAMES_PER_TURN, MAX_DATA, STREAM_WINDOW, window_cost};
 use tokio::sync::Notify;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -165,7 +165,10 @@ impl Port {
                     });
                     return;
                 }
-                match into_request(head, GuestBody { port: self.clone(), stream: stream.clone(), consumed: 0 }) {
+                match into_request(
+                    head,
+                    GuestBody { port: self.clone(), stream: stream.clone(), credit: Credit::default() },
+                ) {
                     Ok(request) => {
                         tokio::spawn(handle(Incoming { request, stream }));
                     }
@@ -430,8 +433,8 @@ fn into_request(head: RequestHead, body: GuestBody) -> Result<Request<GuestBody>
 pub(crate) struct GuestBody {
     port: Arc<Port>,
     stream: Arc<Stream>,
-    /// Bytes read since the last window granted back.
-    consumed: u32,
+    /// What was read since the last window granted back.
+    credit: Credit,
 }
 
 impl HttpBody for GuestBody {
@@ -443,9 +446,7 @@ impl HttpBody for GuestBody {
         let mut state = this.stream.state.lock().expect("stream lock");
         if let Some(chunk) = state.chunks.pop_front() {
             drop(state);
-            this.consumed = this.consumed.saturating_add(u32::try_from(window_cost(chunk.len())).unwrap_or(u32::MAX));
-            if this.consumed >= STREAM_WINDOW / 2 {
-                let grant = std::mem::take(&mut this.consumed);
+            if let Some(grant) = this.credit.consume(chunk.len()) {
                 this.port.grant(this.stream.id, grant);
             }
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
