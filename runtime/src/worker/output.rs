@@ -118,7 +118,6 @@ impl Pollable for Writer {
     async fn ready(&mut self) {}
 }
 
-#[wasmtime_wasi::async_trait]
 impl OutputStream for Writer {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         self.0.append(&bytes);
@@ -131,17 +130,6 @@ impl OutputStream for Writer {
 
     fn check_write(&mut self) -> StreamResult<usize> {
         Ok(FLUSH_AT)
-    }
-
-    // The buffer is always ready: the provided versions of these would wait
-    // on `ready` (a boxed future each time) around every write, and a
-    // guest's `println!` is one `blocking-write-and-flush`.
-    async fn write_ready(&mut self) -> StreamResult<usize> {
-        Ok(FLUSH_AT)
-    }
-
-    async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.write(bytes)
     }
 }
 
