@@ -28,9 +28,37 @@ async fn by_default_every_request_gets_a_fresh_instance() {
     assert!(shoal.stop().success());
 }
 
+/// The default resets an instance that served a request instead of making
+/// another (see `Reset` in the worker): nothing a request leaves behind
+/// (memory it grew, a global it set, host resources behind handles it
+/// forgot) reaches the next request or stays in the worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_a_request_leaves_behind_reaches_the_next() {
+    let (mut shoal, _dir) = start_faulty("leaks", "replicas: 1");
+    // The worker says it resets rather than instantiates.
+    shoal.wait_for_output(|line| line.contains("Started") && line.ends_with(", instances reset"));
+    let client = client();
+    let (status, fresh) = get_with(&client, &shoal.url("/state"), None).await;
+    assert_eq!(status, 200, "{fresh}");
+    assert!(fresh.starts_with("served=0 ") && fresh.trim_end().ends_with(" secret=none"), "{fresh}");
+    for i in 0..100 {
+        let (status, body) = get_with(&client, &shoal.url(&format!("/leak?mb=4&secret=s{i}")), None).await;
+        assert_eq!((status, body.as_str()), (200, "leaked 4 MiB\n"), "/leak number {i}");
+        let (status, state) = get_with(&client, &shoal.url("/state"), None).await;
+        assert_eq!((status, state.as_str()), (200, fresh.as_str()), "after /leak number {i}");
+    }
+    // The requests leaked 400 MiB of linear memory and 400 MiB of host
+    // memory; the worker holds none of it.
+    let worker = shoal.worker_pids()[0];
+    let rss = rss_kib(worker).expect("the worker's RSS") / 1024;
+    assert!(rss < 96, "the worker holds {rss} MiB after the leaks");
+    assert!(shoal.stop().success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reused_instance_keeps_its_globals_for_max_requests() {
     let (mut shoal, _dir) = start_faulty("reuse", "replicas: 1\ninstances:\n  maxRequests: 5");
+    shoal.wait_for_output(|line| line.contains("Started") && line.ends_with(", instances reuse"));
     assert_eq!(counts(&shoal, 12).await, [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2]);
     assert!(shoal.stop().success());
 }

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use shoal_protocol::channel::ChannelFds;
 use shoal_protocol::config::{CHANNEL_FDS, CHANNEL_FDS_ENV, READY_FD_ENV, SPAWNED_ENV, WorkerConfig, monotonic_nanos};
-use shoal_protocol::ready::ReadyReport;
+use shoal_protocol::ready::{Instances, ReadyReport};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 
@@ -165,6 +165,8 @@ pub struct Startup {
     /// Whether a standby process became the replica (its fork, cgroup
     /// join and exec happened before).
     pub standby: bool,
+    /// How its instances serve requests, as the worker said.
+    pub instances: Option<Instances>,
 }
 
 impl Startup {
@@ -182,6 +184,7 @@ impl Startup {
             check: report.check,
             worker: report.total,
             standby: false,
+            instances: report.instances,
         }
     }
 
@@ -195,7 +198,8 @@ impl Startup {
 
 impl fmt::Display for Startup {
     /// `ready in 14.2ms (cgroup 0.2ms, exec 3.1ms, runtime 0.3ms, engine
-    /// 2.0ms, module load 4.1ms, start check 1.2ms, other 0.1ms)`.
+    /// 2.0ms, module load 4.1ms, start check 1.2ms, other 0.1ms), instances
+    /// reset`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = |d: Duration| format!("{:.1}ms", d.as_secs_f64() * 1000.0);
         let exec = if self.standby { "standby".to_owned() } else { ms(self.exec) };
@@ -210,7 +214,11 @@ impl fmt::Display for Startup {
             ms(self.load),
             ms(self.check),
             ms(self.other())
-        )
+        )?;
+        match self.instances {
+            Some(instances) => write!(f, ", instances {}", instances.as_str()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -862,7 +870,7 @@ mod usage_tests {
 
     #[test]
     fn startup_reads_the_workers_ready_line() {
-        let line = "ready exec_us=15000 runtime_us=100 engine_us=700 load_us=1100 check_us=150 total_us=2100\n";
+        let line = "ready exec_us=15000 runtime_us=100 engine_us=700 load_us=1100 check_us=150 total_us=2100 instances=reset\n";
         let mut startup = Startup::parse(Duration::from_micros(17_600), line);
         startup.cgroup = Duration::from_micros(300);
         assert_eq!(startup.exec, Duration::from_millis(15));
@@ -871,7 +879,7 @@ mod usage_tests {
         assert_eq!(
             startup.to_string(),
             "ready in 17.6ms (cgroup 0.3ms, exec 15.0ms, runtime 0.1ms, engine 0.7ms, module load 1.1ms, \
-             start check 0.1ms, other 0.2ms)"
+             start check 0.1ms, other 0.2ms), instances reset"
         );
         // From a standby process, its exec was paid before.
         startup.standby = true;

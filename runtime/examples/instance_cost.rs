@@ -6,8 +6,9 @@
 //! request's resources, instantiation, the guest's handler with its body
 //! read to the end, the store dropped) on one thread, and the table gives
 //! the mean µs of each phase and the host allocations per request. After
-//! the worker's settings, a row serves every request with one instance (the
-//! `maxRequests` > 1 policy). A variant index runs that variant alone (for
+//! the worker's settings, a row resets one instance after each request (the
+//! worker's default, "instantiate" being the reset) and a row serves every
+//! request with one instance (the `maxRequests` > 1 policy). A variant index runs that variant alone (for
 //! a profiler); `REUSED_ONLY=1` prints only the reused row. Not a test: it
 //! prints, and the numbers are only comparable within one run.
 
@@ -168,6 +169,40 @@ fn new_store(pre: &ProxyPre<Guest>) -> Store<Guest> {
     store
 }
 
+async fn reset(pre: &ProxyPre<Guest>, iterations: u32, times: &mut [Duration; 5]) -> wasmtime::Result<()> {
+    let mut store = new_store(pre);
+    let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+    let proxy = wasmtime_wasi_http::p2::bindings::Proxy::new(&mut store, &instance)?;
+    let snapshot = instance.snapshot(&mut store)?;
+    for _ in 0..iterations {
+        let mut clock = Instant::now();
+        let mut lap = |times: &mut [Duration; 5], i: usize| {
+            let now = Instant::now();
+            times[i] += now - clock;
+            clock = now;
+        };
+        let request = http::Request::builder().uri("http://kubia/").header("host", "kubia").body(
+            http_body_util::Empty::<bytes::Bytes>::new()
+                .map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
+        )?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let req = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
+        let out = store.data_mut().http().new_response_outparam(sender)?;
+        lap(times, 1);
+        proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
+        let mut body = receiver.await?.map_err(|code| wasmtime::format_err!("{code:?}"))?.into_body();
+        while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            frame?;
+        }
+        lap(times, 3);
+        let leaked = instance.reset(&mut store, &snapshot)?;
+        assert!(store.data_mut().table.shoal_delete_leaked(&leaked));
+        assert!(store.data().table.is_empty(), "host table not empty after reset");
+        lap(times, 2);
+    }
+    Ok(())
+}
+
 /// The request and handler phases on one instance that serves them all
 /// (`spec.instances.maxRequests` > 1), for comparison.
 async fn reused(pre: &ProxyPre<Guest>, iterations: u32) -> wasmtime::Result<([Duration; 5], u64)> {
@@ -295,6 +330,13 @@ fn main() -> wasmtime::Result<()> {
         })?;
         print_row(variant.name, &times, iterations, allocations);
         if index == 0 {
+            {
+                let mut times = [Duration::ZERO; 5];
+                let a0 = ALLOCATIONS.load(Ordering::Relaxed);
+                runtime.block_on(reset(&pre, iterations, &mut times))?;
+                let a = ALLOCATIONS.load(Ordering::Relaxed) - a0;
+                print_row("one instance, reset after each request", &times, iterations, a);
+            }
             let (times, allocations) = runtime.block_on(reused(&pre, iterations))?;
             print_row("worker settings, one instance reused", &times, iterations, allocations);
         }

@@ -14,6 +14,13 @@
 //!   (404 if unset).
 //! - `GET /count` answers how many requests this instance has served (global
 //!   state: 1 with a fresh instance per request).
+//! - `GET /leak?mb=N&secret=S` leaves state behind on purpose: N MiB of
+//!   linear memory never freed (memory grows), `S` kept in a global, the
+//!   counter of `/count` bumped, and N MiB of host memory behind handles
+//!   it forgets (header fields of 120 KiB each), then answers `leaked N
+//!   MiB`.
+//! - `GET /state` answers what a previous request could have left:
+//!   `served=<counter> pages=<linear memory pages> secret=<S or none>`.
 //! - `/sleep?ms=N` (any method) waits N milliseconds (a WASI clock wait,
 //!   not a spin), then answers `slept N ms` (exercises graceful drain and
 //!   which requests the gateway sends again).
@@ -56,6 +63,8 @@ fn handle(req: Request) -> Response {
         (_, "/sleep") => sleep(&req),
         (_, path) if path.starts_with("/inspect") => inspect(&req),
         ("GET", "/count") => count(),
+        ("GET", "/leak") => leak(&req),
+        ("GET", "/state") => state(),
         (_, "/echo") => echo(&req),
         _ => {
             let host = shoal_sdk::hostname().unwrap_or_else(|| "unknown".to_owned());
@@ -106,12 +115,40 @@ fn host_alloc(req: &Request) -> Response {
     Response::ok(format!("the host held {mb} MiB\n"))
 }
 
-/// Requests this instance has served: global state, which a fresh instance
-/// per request resets and a reused instance keeps.
+/// Requests `/count` (and `/leak`) counted in this instance: global state,
+/// which a fresh instance per request resets and a reused instance keeps.
+static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The secret `/leak` keeps, for `/state` to tell.
+static SECRET: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 fn count() -> Response {
-    static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     Response::ok(format!("{n}\n"))
+}
+
+fn leak(req: &Request) -> Response {
+    let mb = req.query_param("mb").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).min(64);
+    let heap = vec![1u8; mb * 1024 * 1024];
+    std::mem::forget(heap);
+    *SECRET.lock().unwrap() = req.query_param("secret");
+    SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let value = vec![b'x'; 120 * 1024];
+    for _ in 0..mb * 1024 / 120 {
+        let fields = Fields::new();
+        if fields.append("x-leak", &value).is_err() {
+            return Response::text(500, "the host refused a header field\n");
+        }
+        std::mem::forget(fields);
+    }
+    Response::ok(format!("leaked {mb} MiB\n"))
+}
+
+fn state() -> Response {
+    let served = SERVED.load(std::sync::atomic::Ordering::Relaxed);
+    let pages = core::arch::wasm32::memory_size(0);
+    let secret = SECRET.lock().unwrap().clone().unwrap_or_else(|| "none".to_owned());
+    Response::ok(format!("served={served} pages={pages} secret={secret}\n"))
 }
 
 fn sleep(req: &Request) -> Response {
