@@ -69,9 +69,11 @@ const OBSERVER: &str = r#"
       (data.drop $d)
       (elem.drop $e)
       (local.get $fp))
+    (func (export "trap") unreachable)
   )
   (core instance $i (instantiate $m))
   (func (export "run") (result u32) (canon lift (core func $i "run")))
+  (func (export "trap") (canon lift (core func $i "trap")))
 )
 "#;
 
@@ -118,9 +120,45 @@ async fn without_a_reset_the_instance_keeps_its_changes() {
     assert_eq!(run.call_async(&mut store, ()).await.expect("first run").0, FRESH);
     let second = run.call_async(&mut store, ()).await;
     assert!(second.is_err(), "a second run without reset returned {second:?}");
-    // A trapped instance is not reset: it must be dropped.
-    let snapshot_of_trapped = instance.snapshot(&mut store);
-    assert!(snapshot_of_trapped.is_err());
+}
+
+#[tokio::test]
+async fn a_trapped_instance_is_not_reset() {
+    let engine = engine();
+    let (mut store, instance) = instantiate(&engine, OBSERVER).await;
+    let trap = instance.get_typed_func::<(), ()>(&mut store, "trap").expect("trap export");
+    let snapshot = instance.snapshot(&mut store).expect("a snapshot");
+    assert!(trap.call_async(&mut store, ()).await.is_err());
+    let error = instance.reset(&mut store, &snapshot).expect_err("a trapped instance is refused");
+    assert!(format!("{error:#}").contains("trapped"), "{error:#}");
+}
+
+#[tokio::test]
+async fn a_host_call_during_instantiation_makes_the_instance_not_resettable() {
+    // What a start function got from the host (a random seed, the time)
+    // would be the same after every reset, where fresh instances differ.
+    let engine = engine();
+    let wat = r#"
+      (component
+        (import "seed" (func $seed (result u32)))
+        (core func $lowered (canon lower (func $seed)))
+        (core module $m
+          (import "host" "seed" (func $seed (result i32)))
+          (global $seed (mut i32) (i32.const 0))
+          (func $init (global.set $seed (call $seed)))
+          (start $init)
+          (func (export "run") (result i32) (global.get $seed)))
+        (core instance $i (instantiate $m (with "host" (instance (export "seed" (func $lowered))))))
+        (func (export "run") (result u32) (canon lift (core func $i "run"))))
+    "#;
+    let component = Component::new(&engine, wat).expect("component compiles");
+    let mut linker = Linker::<ResourceTable>::new(&engine);
+    linker.root().func_wrap("seed", |_, (): ()| Ok((42u32,))).expect("define seed");
+    let mut store = Store::new(&engine, ResourceTable::new());
+    store.set_epoch_deadline(u64::MAX / 2);
+    let instance = linker.instantiate_async(&mut store, &component).await.expect("instantiates");
+    let error = instance.snapshot(&mut store).err().expect("the snapshot fails");
+    assert!(format!("{error:#}").contains("called the host while it was instantiated"), "{error:#}");
 }
 
 #[tokio::test]
@@ -147,10 +185,12 @@ async fn a_start_function_that_writes_memory_makes_the_instance_not_resettable()
 async fn a_snapshot_belongs_to_its_instance() {
     let engine = engine();
     let (mut store, first) = instantiate(&engine, OBSERVER).await;
+    let snapshot = first.snapshot(&mut store).expect("a snapshot");
     let component = Component::new(&engine, OBSERVER).expect("component compiles");
     let second =
         Linker::<ResourceTable>::new(&engine).instantiate_async(&mut store, &component).await.expect("instantiates");
-    let snapshot = first.snapshot(&mut store).expect("a snapshot");
     let error = second.reset(&mut store, &snapshot).expect_err("another instance's snapshot is refused");
     assert!(format!("{error:#}").contains("another instance"), "{error:#}");
+    // Only the store's newest instance, before it runs, can be snapshotted.
+    assert!(first.snapshot(&mut store).is_err());
 }

@@ -317,13 +317,11 @@ impl Replica {
     /// A store for one instance: the guest's environment and stdio, the
     /// memory cap and the deadline.
     fn store(&self) -> Store<Guest> {
-        let mut wasi = WasiCtx::builder();
-        wasi.envs(&self.env).stdout(self.stdout.clone()).stderr(self.stderr.clone());
         let mut store = Store::new(
             self.pre.engine(),
             Guest {
                 table: ResourceTable::new(),
-                wasi: wasi.build(),
+                wasi: self.wasi(),
                 http: WasiHttpCtx::new(),
                 limits: StoreLimitsBuilder::new().memory_size(self.instance_memory).trap_on_grow_failure(false).build(),
                 hooks: NoOutbound,
@@ -335,6 +333,14 @@ impl Replica {
         // thread, and stop the guest once its deadline has passed.
         self.arm(&mut store);
         store
+    }
+
+    /// The guest's WASI context: its environment and stdio, and clocks and
+    /// random generators of its own (a monotonic clock's origin, a seed).
+    fn wasi(&self) -> WasiCtx {
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&self.env).stdout(self.stdout.clone()).stderr(self.stderr.clone());
+        wasi.build()
     }
 
     /// Sets the deadline of the request a store is about to serve.
@@ -401,11 +407,16 @@ impl Replica {
                 // cached, a handle it forgot) go as with a dropped store;
                 // anything else left in the table means the store is not as
                 // a fresh one, and it goes instead.
-                let table = &mut warm.store.data_mut().table;
-                if !table.shoal_delete_leaked(&leaked) || !table.is_empty() {
+                let guest = warm.store.data_mut();
+                if !guest.table.shoal_delete_leaked(&leaked) || !guest.table.is_empty() {
                     tracing::debug!("host resources outlived the request; dropping the instance");
                     return;
                 }
+                // New WASI and HTTP contexts, as a new store would have: the
+                // monotonic clock's origin, the insecure generator's state
+                // and seed are the host's state the guest can read.
+                guest.wasi = self.wasi();
+                guest.http = WasiHttpCtx::new();
             }
         }
         warm.since = std::time::Instant::now();

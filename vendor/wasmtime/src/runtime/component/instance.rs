@@ -605,9 +605,26 @@ impl Instance {
     /// reset; instantiate another instead.
     pub fn snapshot(&self, mut store: impl AsContextMut) -> Result<InstanceSnapshot> {
         let store = store.as_context_mut().0;
+        if cfg!(feature = "component-model-async") {
+            bail!("cannot snapshot with the `component-model-async` feature: its task state is not recorded");
+        }
+        if !store.engine().allocator().shoal_resets_memory_in_place() {
+            bail!("cannot snapshot: the instance allocator cannot reset memories in place (use the pooling allocator)");
+        }
+        if store.trapped() || store.current_scope_id()?.is_some() {
+            bail!("cannot snapshot an instance of a store that trapped or is inside a call");
+        }
+        let data = store.component_data();
+        if data.shoal_newest != Some((self.id.instance(), data.shoal_host_calls)) {
+            bail!(
+                "cannot snapshot: the component called the host while it was instantiated (what it got, \
+                 a random seed or the time, would be the same after every reset), or this is not the \
+                 store's newest instance"
+            );
+        }
         let component = self.id.get(store);
-        if !component.shoal_may_enter() {
-            bail!("cannot snapshot an instance stopped mid-call");
+        if !component.shoal_may_enter() || !component.shoal_holds_no_handles() {
+            bail!("cannot snapshot an instance stopped mid-call or holding handles");
         }
         let mut cores = Vec::new();
         for id in component.shoal_core_instances() {
@@ -647,8 +664,8 @@ impl Instance {
         if snapshot.store != store.id() || snapshot.instance != self.id.instance() {
             bail!("the snapshot was taken of another instance");
         }
-        if !self.id.get(store).shoal_may_enter() {
-            bail!("the instance stopped mid-call");
+        if store.trapped() || store.current_scope_id()?.is_some() || !self.id.get(store).shoal_may_enter() {
+            bail!("the instance trapped or is inside a call");
         }
         let (component, counter) = store
             .store_data_mut()

@@ -42,6 +42,14 @@ pub struct ComponentStoreData {
     /// Whether an instance belonging to this store has trapped.
     trapped: bool,
 
+    /// Shoal: calls from guests into host functions, ever, in this store.
+    pub(crate) shoal_host_calls: u64,
+
+    /// Shoal: the newest component instance and `shoal_host_calls` when it
+    /// was created: a snapshot is refused unless the guest made no host
+    /// call since (see `component::Instance::snapshot`).
+    pub(crate) shoal_newest: Option<(ComponentInstanceId, u64)>,
+
     /// Total number of component instances in this store, used to track
     /// resources in the instance allocator.
     num_component_instances: usize,
@@ -96,6 +104,8 @@ impl ComponentStoreData {
         ComponentStoreData {
             instances: Default::default(),
             trapped: false,
+            shoal_host_calls: 0,
+            shoal_newest: None,
             num_component_instances: 0,
             component_host_table: Default::default(),
             handle_counter: HandleCounter::new(DEFAULT_MAX_COMPONENT_HANDLES),
@@ -293,6 +303,7 @@ impl StoreData {
         let expected = data.get().id();
         let ret = self.components.instances.push(Some(data))?;
         assert_eq!(expected, ret);
+        self.components.shoal_newest = Some((ret, self.components.shoal_host_calls));
         Ok(ret)
     }
 

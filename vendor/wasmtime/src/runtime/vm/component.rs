@@ -907,6 +907,13 @@ impl ComponentInstance {
         self.instances.values().copied().collect()
     }
 
+    /// Shoal: whether the guest holds no handles at all.
+    pub fn shoal_holds_no_handles(&self) -> bool {
+        self.instance_states
+            .values()
+            .all(|state| state.handle_table.is_empty())
+    }
+
     /// Shoal: whether every (sub-)instance may be entered: the state a call
     /// that returned cleanly leaves, and the one a fresh instance starts in.
     pub fn shoal_may_enter(&self) -> bool {
@@ -937,7 +944,9 @@ impl ComponentInstance {
         for (_, state) in self.as_mut().instance_states().0.iter_mut() {
             for resource in state.handle_table.shoal_take_owned(counter)? {
                 match resource {
-                    TypedResource::Host(rep) => host.push(rep),
+                    // Only the store's own host table holds these; a guest's
+                    // table never should. Not knowing what it is, refuse.
+                    TypedResource::Host(_) => return None,
                     TypedResource::Component { rep, ty } => {
                         let resource = component.types()[ty].unwrap_concrete_ty();
                         if component.env_component().defined_resource_index(resource).is_none() {

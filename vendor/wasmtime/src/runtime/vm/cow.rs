@@ -788,6 +788,9 @@ impl MemoryImageSlot {
         ty: &wasmtime_environ::Memory,
         memory_tunables: &MemoryTunables<'_>,
     ) -> Result<()> {
+        // Taken first: where the platform cannot restore the original
+        // mapping, clearing drops the image.
+        let image = self.image.clone();
         let mut regions = Vec::new();
         self.clear_and_remain_ready(pagemap, keep_resident, |ptr, len| {
             regions.push(vm::iovec {
@@ -797,9 +800,16 @@ impl MemoryImageSlot {
         })?;
         // SAFETY: the regions are within this slot, which is reset and not
         // read until `instantiate` below hands it back to its instance.
-        unsafe { vm::decommit_pages(&regions)? };
-        let image = self.image.clone();
-        self.instantiate(initial_size_bytes, image.as_ref(), ty, memory_tunables)
+        let result = unsafe { vm::decommit_pages(&regions) }
+            .map_err(crate::Error::from)
+            .and_then(|()| self.instantiate(initial_size_bytes, image.as_ref(), ty, memory_tunables));
+        if result.is_err() {
+            // The slot is in an unknown state: marked dirty, the pool's own
+            // deallocation (the store is dropped after a failed reset)
+            // clears it again rather than asserting.
+            self.dirty = true;
+        }
+        result
     }
 
     #[allow(dead_code, reason = "only used in some cfgs")]

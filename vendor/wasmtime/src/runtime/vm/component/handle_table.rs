@@ -169,7 +169,11 @@ impl HandleTable {
         self.slots.iter().all(|slot| {
             matches!(
                 slot,
-                Slot::Free { .. } | Slot::ResourceOwn { lend_count: 0, .. }
+                Slot::Free { .. }
+                    | Slot::ResourceOwn {
+                        resource: TypedResource::Component { .. },
+                        lend_count: 0,
+                    }
             )
         })
     }

@@ -206,6 +206,11 @@ pub unsafe trait InstanceAllocator: Send + Sync {
         memory: Memory,
     );
 
+    /// Shoal: whether [`Self::shoal_reset_memory`] can reset memories.
+    fn shoal_resets_memory_in_place(&self) -> bool {
+        false
+    }
+
     /// Shoal: resets `memory`, allocated by this allocator and still used by
     /// its instance, to its image at its minimum size. `Ok(false)` where
     /// this allocator cannot do that in place.

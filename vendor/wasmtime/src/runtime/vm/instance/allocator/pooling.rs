@@ -721,6 +721,10 @@ unsafe impl InstanceAllocator for PoolingInstanceAllocator {
         }
     }
 
+    fn shoal_resets_memory_in_place(&self) -> bool {
+        true
+    }
+
     fn shoal_reset_memory(
         &self,
         memory: &mut Memory,
