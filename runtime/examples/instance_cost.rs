@@ -136,23 +136,51 @@ async fn one(pre: &ProxyPre<Guest>, times: &mut [Duration; 5]) -> wasmtime::Resu
     };
     let mut store = new_store(pre);
     lap(times, 0);
+    let request = prepare(&mut store)?;
+    lap(times, 1);
+    let proxy = pre.instantiate_async(&mut store).await?;
+    lap(times, 2);
+    serve(&mut store, &proxy, request).await?;
+    lap(times, 3);
+    drop(store);
+    lap(times, 4);
+    Ok(())
+}
+
+/// A kubia `GET /` in the store's table, and where its response will come.
+type Prepared = (
+    wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
+    wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
+    tokio::sync::oneshot::Receiver<
+        Result<
+            http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>,
+            wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+        >,
+    >,
+);
+
+fn prepare(store: &mut Store<Guest>) -> wasmtime::Result<Prepared> {
     let request = http::Request::builder().uri("http://kubia/").header("host", "kubia").body(
         http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
     )?;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let req = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
     let out = store.data_mut().http().new_response_outparam(sender)?;
-    lap(times, 1);
-    let proxy = pre.instantiate_async(&mut store).await?;
-    lap(times, 2);
-    proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
+    Ok((req, out, receiver))
+}
+
+/// The guest's handler for a prepared request, its response body read to
+/// the end.
+async fn serve(
+    store: &mut Store<Guest>,
+    proxy: &wasmtime_wasi_http::p2::bindings::Proxy,
+    (req, out, receiver): Prepared,
+) -> wasmtime::Result<()> {
+    proxy.wasi_http_incoming_handler().call_handle(&mut *store, req, out).await?;
     let mut body = receiver.await?.map_err(|code| wasmtime::format_err!("{code:?}"))?.into_body();
     while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
         frame?;
     }
-    lap(times, 3);
-    drop(store);
-    lap(times, 4);
     Ok(())
 }
 
@@ -169,6 +197,7 @@ fn new_store(pre: &ProxyPre<Guest>) -> Store<Guest> {
     store
 }
 
+/// One instance reset after each request, as the worker does by default.
 async fn reset(pre: &ProxyPre<Guest>, iterations: u32, times: &mut [Duration; 5]) -> wasmtime::Result<()> {
     let mut store = new_store(pre);
     let instance = pre.instance_pre().instantiate_async(&mut store).await?;
@@ -181,19 +210,9 @@ async fn reset(pre: &ProxyPre<Guest>, iterations: u32, times: &mut [Duration; 5]
             times[i] += now - clock;
             clock = now;
         };
-        let request = http::Request::builder().uri("http://kubia/").header("host", "kubia").body(
-            http_body_util::Empty::<bytes::Bytes>::new()
-                .map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
-        )?;
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let req = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
-        let out = store.data_mut().http().new_response_outparam(sender)?;
+        let request = prepare(&mut store)?;
         lap(times, 1);
-        proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
-        let mut body = receiver.await?.map_err(|code| wasmtime::format_err!("{code:?}"))?.into_body();
-        while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
-            frame?;
-        }
+        serve(&mut store, &proxy, request).await?;
         lap(times, 3);
         let leaked = instance.reset(&mut store, &snapshot)?;
         assert!(store.data_mut().table.shoal_delete_leaked(&leaked));
@@ -220,19 +239,9 @@ async fn reused(pre: &ProxyPre<Guest>, iterations: u32) -> wasmtime::Result<([Du
             allocations = ALLOCATIONS.load(Ordering::Relaxed);
         }
         let started = Instant::now();
-        let request = http::Request::builder().uri("http://kubia/").header("host", "kubia").body(
-            http_body_util::Empty::<bytes::Bytes>::new()
-                .map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
-        )?;
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let req = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
-        let out = store.data_mut().http().new_response_outparam(sender)?;
+        let request = prepare(&mut store)?;
         let prepared = Instant::now();
-        proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
-        let mut body = receiver.await?.map_err(|code| wasmtime::format_err!("{code:?}"))?.into_body();
-        while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
-            frame?;
-        }
+        serve(&mut store, &proxy, request).await?;
         if i >= iterations / 10 {
             times[1] += prepared - started;
             times[3] += prepared.elapsed();
