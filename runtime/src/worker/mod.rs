@@ -365,7 +365,7 @@ impl Replica {
 
     /// An idle instance to reuse, if the policy allows and one is there.
     fn warm(&self) -> Option<Warm> {
-        if self.instance_requests <= 1 && !self.resettable.load(Ordering::Relaxed) {
+        if self.instance_policy() == Instances::Instantiate {
             return None;
         }
         let mut idle = self.idle.lock().expect("idle lock");

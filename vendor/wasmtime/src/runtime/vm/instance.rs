@@ -1112,6 +1112,12 @@ impl Instance {
             bail!("the snapshot is of another instance");
         }
         for (segment, elements) in segments.iter_mut().zip(&snapshot.passive_elements) {
+            // Without GC references (refused at the snapshot) only
+            // `elem.drop` changes a segment, and it empties it: a segment of
+            // the recorded length is as recorded.
+            if segment.elements.len() == elements.len() {
+                continue;
+            }
             let mut restored = TryVec::with_capacity(elements.len())?;
             for element in elements {
                 restored.push(*element)?;
