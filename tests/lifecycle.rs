@@ -88,6 +88,9 @@ async fn a_rollout_never_runs_more_than_one_replica_above_the_desired_count_nor_
     assert_eq!(most, 4, "the rollout never surged");
     let (status, body) = get(&shoal.url("/env?name=VARIANT"), None).await;
     assert_eq!((status, body.as_str()), (200, "v2"));
+    // A status other than the SDK's default 200 reaches the client too.
+    let (status, body) = get(&shoal.url("/env?name=UNSET"), None).await;
+    assert_eq!((status, body.as_str()), (404, "UNSET is not set\n"));
     assert!(shoal.stop().success());
 }
 

@@ -110,7 +110,9 @@ fn send(response: Response, response_out: ResponseOutparam) {
     let fields = to_fields(&headers);
 
     let outgoing = OutgoingResponse::new(fields);
-    if outgoing.set_status_code(status).is_err() {
+    // A new outgoing-response is 200 already: one host call fewer for most
+    // responses.
+    if status != 200 && outgoing.set_status_code(status).is_err() {
         eprintln!("shoal-sdk: invalid status code {status}; sending 500 instead");
         // Status codes 100..=999 are always accepted.
         let _ = outgoing.set_status_code(500);
