@@ -20,7 +20,9 @@
 //!    [`ProxyPre`] and its `wasi:http/incoming-handler` is called in a task
 //!    of its own, so the body can keep streaming after the headers are sent.
 //! 4. The response head comes back through a oneshot. A trap before it maps
-//!    to `500`, the deadline to `504`; the detail goes to stderr, which the
+//!    to `500`, as does a call that returned without a response (at once:
+//!    an instance that kept its response outparam is dropped, not reused),
+//!    the deadline to `504`; the detail goes to stderr, which the
 //!    node agent captures per replica. The port writes the response to the
 //!    channel: its head with the body that is ready, then the rest within
 //!    the gateway's window.
@@ -40,12 +42,13 @@ use shoal_protocol::channel::{Channel, ChannelFds, Side};
 use shoal_protocol::config::CHANNEL_FDS_ENV;
 use shoal_protocol::ready::{Instances, ReadyReport};
 use tokio::sync::{Semaphore, oneshot};
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::HostResponseOutparam;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::cache::ComponentCache;
@@ -523,7 +526,16 @@ impl Replica {
                     (proxy, reset, 0)
                 }
             };
+            let outparam = out.rep();
             proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
+            // A call that returned without setting a response and kept the
+            // response outparam would leave the request waiting for a head
+            // that cannot come: its instance is dropped (the outparam with
+            // it), and the request is answered at once.
+            let unanswered = Resource::<HostResponseOutparam>::new_borrow(outparam);
+            if store.data().table.get(&unanswered).is_ok() {
+                return Ok(());
+            }
             // Only an instance whose call returned cleanly is used again: a
             // trap, an interrupt or a failed allocation discards it.
             replica.keep(Warm { store, proxy, reset, served, since: std::time::Instant::now() });

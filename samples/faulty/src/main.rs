@@ -37,6 +37,10 @@
 //!   arrives, 64 KiB at a time, holding none of it (pausing M ms after each
 //!   MiB: a slow reader), and answers `<bytes> <FNV-1a 64 of the bytes, in
 //!   hex>` (exercises streamed request bodies).
+//! - `/silent` (any method) returns without setting a response, and keeps
+//!   (forgets) the response outparam rather than dropping it, as a broken
+//!   guest or SDK would: the host sees neither a response nor the
+//!   outparam's drop.
 //! - Anything else answers `You've hit <HOSTNAME>` like `hello`.
 //!
 //! Every request is logged to stdout as `faulty: <method> <path>`.
@@ -339,6 +343,11 @@ impl shoal_sdk::__private::Guest for Faulty {
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         match path {
             "/stream" | "/drain" => println!("faulty: {} {path}", method_name(&request.method())),
+            "/silent" => {
+                println!("faulty: /silent: returning without a response");
+                std::mem::forget(out);
+                return;
+            }
             _ => return shoal_sdk::__private::serve(request, out, handle),
         }
         if path == "/stream" {
