@@ -78,6 +78,47 @@ async fn a_guest_that_returns_without_a_response_gets_500_at_once() {
     }
 }
 
+/// The host state a guest reads through WASI is a new instance's after a
+/// reset, as it is: a new insecure seed, and a monotonic clock that started
+/// at the reset; an instance reused as it is keeps both (which shows the
+/// test can tell).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_instance_gets_new_clocks_and_random_generators() {
+    /// `(seed, clock)` from `/wasi`.
+    async fn wasi(shoal: &Shoal) -> (String, Duration) {
+        let (status, body) = get(&shoal.url("/wasi"), None).await;
+        assert_eq!(status, 200, "{body}");
+        let (seed, clock) = body.trim().split_once(' ').expect("seed=… clock_ns=…");
+        let ns: u64 = clock.strip_prefix("clock_ns=").and_then(|n| n.parse().ok()).expect("clock_ns");
+        (seed.to_owned(), Duration::from_nanos(ns))
+    }
+    for (name, instances, reset) in [("wasi-reset", "", true), ("wasi-reuse", "\ninstances:\n  maxRequests: 10", false)]
+    {
+        let (mut shoal, _dir) = start_faulty(name, &format!("replicas: 1{instances}"));
+        let first = std::time::Instant::now();
+        let (seed1, _) = wasi(&shoal).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let second = std::time::Instant::now();
+        let (seed2, _) = wasi(&shoal).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (seed3, clock3) = wasi(&shoal).await;
+        let (since_first, since_second) = (first.elapsed(), second.elapsed());
+        if reset {
+            assert!(seed1 != seed2 && seed2 != seed3 && seed1 != seed3, "{name}: {seed1} {seed2} {seed3}");
+            // Started at the reset after the second request.
+            assert!(clock3 < since_second, "{name}: clock at {clock3:?}, {since_second:?} after the second request");
+        } else {
+            assert!(seed1 == seed2 && seed2 == seed3, "{name}: {seed1} {seed2} {seed3}");
+            // Started with the instance, at the first request.
+            assert!(
+                clock3 + Duration::from_millis(500) > since_first,
+                "{name}: clock at {clock3:?}, {since_first:?} after the first request"
+            );
+        }
+        assert!(shoal.stop().success());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reused_instance_keeps_its_globals_for_max_requests() {
     let (mut shoal, _dir) = start_faulty("reuse", "replicas: 1\ninstances:\n  maxRequests: 5");

@@ -217,10 +217,10 @@ async fn reset(pre: &ProxyPre<Guest>, iterations: u32, times: &mut [Duration; 5]
         let leaked = instance.reset(&mut store, &snapshot)?;
         assert!(store.data_mut().table.shoal_delete_leaked(&leaked));
         assert!(store.data().table.is_empty(), "host table not empty after reset");
-        // New WASI and HTTP contexts, as the worker makes after a reset.
-        let mut wasi = WasiCtx::builder();
-        wasi.env("HOSTNAME", "bench");
-        store.data_mut().wasi = wasi.build();
+        // New clocks, random generators and HTTP context, as the worker
+        // makes after a reset.
+        *store.data_mut().wasi.clocks() = wasmtime_wasi::clocks::WasiClocksCtx::default();
+        *store.data_mut().wasi.random() = wasmtime_wasi::random::WasiRandomCtx::default();
         store.data_mut().http = WasiHttpCtx::new();
         lap(times, 2);
     }

@@ -44,6 +44,8 @@ use shoal_protocol::ready::{Instances, ReadyReport};
 use tokio::sync::{Semaphore, oneshot};
 use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::clocks::WasiClocksCtx;
+use wasmtime_wasi::random::WasiRandomCtx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
@@ -415,10 +417,13 @@ impl Replica {
                     tracing::debug!("host resources outlived the request; dropping the instance");
                     return;
                 }
-                // New WASI and HTTP contexts, as a new store would have: the
-                // monotonic clock's origin, the insecure generator's state
-                // and seed are the host's state the guest can read.
-                guest.wasi = self.wasi();
+                // New clocks and random generators, as a new store would
+                // have: the monotonic clock's origin, the generators' state
+                // and the insecure seed are the host's state the guest can
+                // read. The rest of the WASI context (environment, stdio,
+                // no files or sockets) holds none and is kept.
+                *guest.wasi.clocks() = WasiClocksCtx::default();
+                *guest.wasi.random() = WasiRandomCtx::default();
                 guest.http = WasiHttpCtx::new();
             }
         }

@@ -41,6 +41,9 @@
 //!   (forgets) the response outparam rather than dropping it, as a broken
 //!   guest or SDK would: the host sees neither a response nor the
 //!   outparam's drop.
+//! - `GET /wasi` answers the host state a guest can read through WASI:
+//!   `seed=<wasi:random insecure-seed, hex> clock_ns=<monotonic-clock now>`
+//!   (a new instance gets a new seed and a clock that starts near zero).
 //! - Anything else answers `You've hit <HOSTNAME>` like `hello`.
 //!
 //! Every request is logged to stdout as `faulty: <method> <path>`.
@@ -70,6 +73,11 @@ fn handle(req: Request) -> Response {
         ("GET", "/leak") => leak(&req),
         ("GET", "/state") => state(),
         (_, "/echo") => echo(&req),
+        ("GET", "/wasi") => {
+            let (a, b) = shoal_sdk::wasi::random::insecure_seed::insecure_seed();
+            let now = shoal_sdk::wasi::clocks::monotonic_clock::now();
+            Response::ok(format!("seed={a:016x}{b:016x} clock_ns={now}\n"))
+        }
         _ => {
             let host = shoal_sdk::hostname().unwrap_or_else(|| "unknown".to_owned());
             Response::ok(format!("You've hit {host}\n"))
