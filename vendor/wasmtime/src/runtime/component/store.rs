@@ -482,6 +482,11 @@ impl StoreOpaque {
         Ok(())
     }
 
+    /// Shoal: see [`ComponentTaskState::shoal_current_scope_idle`].
+    pub(crate) fn shoal_current_scope_idle(&self) -> bool {
+        self.component_data().task_state.shoal_current_scope_idle()
+    }
+
     pub(crate) fn exit_call_not_concurrent(&mut self) {
         let state = match &mut self.component_data_mut().task_state {
             ComponentTaskState::NotConcurrent(state) => state,
@@ -645,6 +650,17 @@ pub struct ComponentTasksNotConcurrent {
 }
 
 impl ComponentTaskState {
+    /// Shoal: whether the current call scope lent and borrowed nothing (a
+    /// store without concurrency support), so that leaving it needs no
+    /// resource tables.
+    pub(crate) fn shoal_current_scope_idle(&self) -> bool {
+        match self {
+            ComponentTaskState::NotConcurrent(state) => state.scopes.last().is_some_and(|cx| cx.shoal_nothing_lent()),
+            #[cfg(feature = "component-model-async")]
+            ComponentTaskState::Concurrent(_) => false,
+        }
+    }
+
     pub fn call_context(&mut self, id: u32) -> Result<&mut CallContext> {
         match self {
             ComponentTaskState::NotConcurrent(state) => Ok(&mut state.scopes[id as usize]),

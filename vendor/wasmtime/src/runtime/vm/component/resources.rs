@@ -182,6 +182,14 @@ pub struct CallContext {
     borrow_count: u32,
 }
 
+impl CallContext {
+    /// Shoal: whether this scope lent and borrowed nothing, so that leaving
+    /// it has nothing to check or undo.
+    pub(crate) fn shoal_nothing_lent(&self) -> bool {
+        self.borrow_count == 0 && self.lenders.is_empty()
+    }
+}
+
 impl ResourceTables<'_> {
     fn table_for_resource(
         &mut self,
