@@ -326,7 +326,11 @@ impl Replica {
             self.pre.engine(),
             Guest {
                 table: ResourceTable::new(),
-                wasi: self.wasi(),
+                wasi: WasiCtx::builder()
+                    .envs(&self.env)
+                    .stdout(self.stdout.clone())
+                    .stderr(self.stderr.clone())
+                    .build(),
                 http: WasiHttpCtx::new(),
                 limits: StoreLimitsBuilder::new().memory_size(self.instance_memory).trap_on_grow_failure(false).build(),
                 hooks: NoOutbound,
@@ -338,14 +342,6 @@ impl Replica {
         // thread, and stop the guest once its deadline has passed.
         self.arm(&mut store);
         store
-    }
-
-    /// The guest's WASI context: its environment and stdio, and clocks and
-    /// random generators of its own (a monotonic clock's origin, a seed).
-    fn wasi(&self) -> WasiCtx {
-        let mut wasi = WasiCtx::builder();
-        wasi.envs(&self.env).stdout(self.stdout.clone()).stderr(self.stderr.clone());
-        wasi.build()
     }
 
     /// Sets the deadline of the request a store is about to serve.
