@@ -78,6 +78,46 @@ async fn a_guest_that_returns_without_a_response_gets_500_at_once() {
     }
 }
 
+/// A guest that sends a response head and never finishes the body, never
+/// leaves the client with a body that looks complete or one held open: one
+/// that runs on gets the head and the start of the body at once, then a
+/// cut-off body at its deadline; one that returns keeping the body gets a
+/// 500 at once (nothing had gone out). The replica goes on serving, with
+/// instances reset or reused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_body_never_finished_is_cut_off() {
+    use http_body_util::BodyExt as _;
+    for (name, instances) in [("unfinished-reset", ""), ("unfinished-reuse", "\ninstances:\n  maxRequests: 5")] {
+        let (mut shoal, _dir) = start_faulty(name, &format!("replicas: 1\ntimeout: 3s{instances}"));
+        let client = client();
+        for _ in 0..2 {
+            // Running on: cut at the deadline.
+            let started = std::time::Instant::now();
+            let request = hyper::Request::get(shoal.url("/unfinished")).body(http_body_util::Empty::new()).unwrap();
+            let response = client.request(request).await.expect("the head arrives");
+            assert_eq!(response.status(), 200, "{name}");
+            let mut body = response.into_body();
+            let first = body.frame().await.expect("a first frame").expect("the start of the body");
+            assert_eq!(&first.into_data().expect("data")[..], b"the start of a body that never ends\n", "{name}");
+            assert!(started.elapsed() < Duration::from_secs(2), "{name}: head after {:?}", started.elapsed());
+            let rest = tokio::time::timeout(Duration::from_secs(20), body.collect()).await.expect("cut, not held open");
+            assert!(rest.is_err(), "{name}: the body ended as if complete");
+            assert!(started.elapsed() >= Duration::from_secs(2), "{name}: cut after only {:?}", started.elapsed());
+
+            // Returned keeping the body: 500 at once.
+            let started = std::time::Instant::now();
+            let (status, body) = get_with(&client, &shoal.url("/unfinished?forget=1"), None).await;
+            assert_eq!((status, body.as_str()), (500, "the service did not finish its response body\n"), "{name}");
+            assert!(started.elapsed() < Duration::from_secs(2), "{name}: answered after {:?}", started.elapsed());
+
+            let (status, body) = get_with(&client, &shoal.url("/"), None).await;
+            assert_eq!(status, 200, "{name}: {body}");
+        }
+        shoal.wait_for_output(|line| line.contains("guest returned without finishing its response body"));
+        assert!(shoal.stop().success());
+    }
+}
+
 /// The host state a guest reads through WASI is a new instance's after a
 /// reset, as it is: a new insecure seed, and a monotonic clock that started
 /// at the reset; an instance reused as it is keeps both (which shows the

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
 use shoal_protocol::channel::{Channel, ChannelFds, Side};
 use shoal_protocol::config::CHANNEL_FDS_ENV;
 use shoal_protocol::ready::{Instances, ReadyReport};
@@ -49,7 +50,7 @@ use wasmtime_wasi::random::WasiRandomCtx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody};
 use wasmtime_wasi_http::p2::types::HostResponseOutparam;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -518,6 +519,8 @@ impl Replica {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "cancelled\n");
         }
         let replica = self.clone();
+        let unfinished_body = Arc::new(AtomicBool::new(false));
+        let body_guard = unfinished_body.clone();
         let task = tokio::spawn(async move {
             let _permit = permit;
             let (proxy, reset, served) = match reused {
@@ -528,7 +531,18 @@ impl Replica {
                 }
             };
             let outparam = out.rep();
-            proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
+            let called = proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await;
+            // A response body the guest still holds when its call is over
+            // (it returned without finishing it, trapped or hit its
+            // deadline) was not finished: once the store goes, its end
+            // must read as a failure, not as a complete body.
+            if store.data_mut().table.iter_mut().any(|entry| entry.is::<HostOutgoingBody>()) {
+                unfinished_body.store(true, Ordering::Release);
+                called?;
+                tracing::warn!("guest returned without finishing its response body; cutting it off");
+                return Ok(());
+            }
+            called?;
             // A call that returned without setting a response and kept the
             // response outparam would leave the request waiting for a head
             // that cannot come: its instance is dropped (the outparam with
@@ -545,7 +559,7 @@ impl Replica {
         stream.set_guest(task.abort_handle());
 
         match tokio::time::timeout_at(deadline, receiver).await {
-            Ok(Ok(Ok(response))) => response,
+            Ok(Ok(Ok(response))) => response.map(|body| GuardedBody { body, unfinished: body_guard }.boxed_unsync()),
             Ok(Ok(Err(code))) => {
                 tracing::warn!(?code, "guest answered with an error code");
                 plain(StatusCode::INTERNAL_SERVER_ERROR, "the service failed to answer\n")
@@ -565,6 +579,44 @@ impl Replica {
             // The epoch deadline traps the guest at about the same time.
             Err(_elapsed) => plain(StatusCode::GATEWAY_TIMEOUT, "deadline exceeded\n"),
         }
+    }
+}
+
+/// A guest's response body whose end is checked: when the guest's call
+/// ended with the body still in its hands (`unfinished`, set before the
+/// store that holds the body's sender goes), the end of the data is a
+/// failure (the channel resets the stream, the client sees a cut-off
+/// body), not the end of a complete body.
+struct GuardedBody {
+    body: HyperOutgoingBody,
+    unfinished: Arc<AtomicBool>,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            std::task::Poll::Ready(None) if self.unfinished.load(Ordering::Acquire) => {
+                std::task::Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    "the service did not finish its response body".to_owned(),
+                )))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Only known once the data ends (see poll_frame).
+        self.body.is_end_stream() && !self.unfinished.load(Ordering::Acquire)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

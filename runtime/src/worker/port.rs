@@ -283,7 +283,14 @@ impl Port {
             plain(StatusCode::BAD_GATEWAY, "502 the service's response head is too large\n")
         };
         let (parts, mut body) = response.into_parts();
-        let (mut first, mut ended) = gather(&mut body).await;
+        let (mut first, gathered) = gather(&mut body).await;
+        if gathered == Gathered::Failed {
+            // Nothing has gone out: a clear answer rather than a head and
+            // a cut-off body.
+            let failed = plain(StatusCode::INTERNAL_SERVER_ERROR, "the service did not finish its response body\n");
+            return Box::pin(self.send_response(stream, failed)).await;
+        }
+        let mut ended = gathered == Gathered::Ended;
         let mut rest = Bytes::new();
         if first.len() > MAX_DATA {
             rest = first.split_off(MAX_DATA);
@@ -481,28 +488,42 @@ pub(crate) fn plain(status: StatusCode, body: &'static str) -> Response<HyperOut
     response
 }
 
+/// How far [`gather`] got through a response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gathered {
+    /// More is to come.
+    Open,
+    /// That was all of it.
+    Ended,
+    /// The body failed before the head went out (the guest did not
+    /// finish it): a 500 goes instead.
+    Failed,
+}
+
 /// What of a response body is there already, up to [`MAX_DATA`] bytes (and
 /// whether that is all of it), so that most responses go in one frame.
 /// Most guests set the response and then write its body: the guest's task
 /// is given one turn to do so before the head goes without it.
-async fn gather(body: &mut HyperOutgoingBody) -> (Bytes, bool) {
+async fn gather(body: &mut HyperOutgoingBody) -> (Bytes, Gathered) {
     let mut parts: Vec<Bytes> = Vec::new();
     let mut len = 0;
     let mut yielded = false;
-    let mut ended = body.is_end_stream();
-    while !ended && len < MAX_DATA {
+    let mut gathered = if body.is_end_stream() { Gathered::Ended } else { Gathered::Open };
+    while gathered == Gathered::Open && len < MAX_DATA {
         match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     len += data.len();
                     parts.push(data);
                 }
-                ended = body.is_end_stream();
+                if body.is_end_stream() {
+                    gathered = Gathered::Ended;
+                }
             }
-            Poll::Ready(None) => ended = true,
+            Poll::Ready(None) => gathered = Gathered::Ended,
             Poll::Ready(Some(Err(error))) => {
                 tracing::warn!(%error, "the guest's response body failed");
-                ended = true;
+                gathered = Gathered::Failed;
             }
             Poll::Pending if !yielded => {
                 yielded = true;
@@ -522,5 +543,5 @@ async fn gather(body: &mut HyperOutgoingBody) -> (Bytes, bool) {
             joined.freeze()
         }
     };
-    (first, ended)
+    (first, gathered)
 }

@@ -41,6 +41,10 @@
 //!   (forgets) the response outparam rather than dropping it, as a broken
 //!   guest or SDK would: the host sees neither a response nor the
 //!   outparam's drop.
+//! - `/unfinished[?forget=1]` (any method) sends a response head (200, no
+//!   length) and a first line of body, then spins until its deadline; with
+//!   `forget=1` it returns at once instead, keeping (forgetting) the body
+//!   and its stream. Either way the body is never finished.
 //! - `GET /wasi` answers the host state a guest can read through WASI:
 //!   `seed=<wasi:random insecure-seed, hex> clock_ns=<monotonic-clock now>`
 //!   (a new instance gets a new seed and a clock that starts near zero).
@@ -351,6 +355,20 @@ impl shoal_sdk::__private::Guest for Faulty {
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         match path {
             "/stream" | "/drain" => println!("faulty: {} {path}", method_name(&request.method())),
+            "/unfinished" => {
+                println!("faulty: /unfinished: a response head and no end");
+                let body = start_response(out, 200, &[("content-type".to_owned(), b"text/plain".to_vec())]);
+                let stream = body.write().expect("a new body yields its stream once");
+                let _ = stream.blocking_write_and_flush(b"the start of a body that never ends\n");
+                if query_value(query, "forget").is_some() {
+                    std::mem::forget(stream);
+                    std::mem::forget(body);
+                    return;
+                }
+                loop {
+                    std::hint::black_box(&stream);
+                }
+            }
             "/silent" => {
                 println!("faulty: /silent: returning without a response");
                 std::mem::forget(out);
