@@ -318,16 +318,22 @@ fn sdk_js() -> anyhow::Result<PathBuf> {
         }
         std::fs::write(&file, contents).with_context(|| format!("cannot write {}", file.display()))?;
     }
-    eprintln!("installing the JavaScript SDK's dependencies (npm ci in {}; once per SDK version)", sdk.display());
-    let status = Command::new("npm")
+    eprintln!(
+        "installing the JavaScript SDK's dependencies (npm ci in {}; once per SDK version, ~10-40 s)",
+        sdk.display()
+    );
+    let started = Instant::now();
+    let mut npm = Command::new("npm")
         .current_dir(&sdk)
         .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
         .stdout(Stdio::null())
-        .status()
+        .spawn()
         .context("cannot run npm")?;
+    let status = wait_with_progress(&mut npm, started, "installing the JavaScript SDK's dependencies")?;
     if !status.success() {
         bail!("`npm ci` in {} failed ({status}); the npm registry must be reachable the first time", sdk.display());
     }
+    eprintln!("installed the JavaScript SDK's dependencies in {:.1}s", started.elapsed().as_secs_f64());
     std::fs::write(&installed, b"").with_context(|| format!("cannot write {}", installed.display()))?;
     // Earlier SDK versions' copies (each with its node_modules) go.
     for old in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
@@ -337,6 +343,27 @@ fn sdk_js() -> anyhow::Result<PathBuf> {
         }
     }
     Ok(sdk)
+}
+
+/// Waits for `child`, saying every 10 s that `what` is still going (npm
+/// prints nothing while it downloads).
+fn wait_with_progress(
+    child: &mut std::process::Child,
+    started: Instant,
+    what: &str,
+) -> anyhow::Result<std::process::ExitStatus> {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+    let mut next = EVERY;
+    loop {
+        if let Some(status) = child.try_wait().context("cannot wait for npm")? {
+            return Ok(status);
+        }
+        if started.elapsed() >= next {
+            eprintln!("still {what} ({}s)", next.as_secs());
+            next += EVERY;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Where `shoal build` keeps the JS SDK: `$SHOAL_CACHE_DIR`, else

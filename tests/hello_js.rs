@@ -24,6 +24,7 @@ use support::*;
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/hello-js");
 const SEED_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/hello-node/app.js");
 const ECHO_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/js-echo");
+const FETCH_EVENT_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/js-fetch-event");
 
 /// Why JavaScript services cannot be built here, if they cannot; a panic
 /// instead when `SHOAL_REQUIRE_NODE=1`.
@@ -151,6 +152,25 @@ fn building_a_directory_without_a_project_names_what_is_missing() {
     );
 }
 
+/// `tests/fixtures/js-echo` built once by `shoal build` for the tests of
+/// this file that serve it: the module's path, and what the build printed.
+fn echo_module() -> &'static (PathBuf, String) {
+    static BUILT: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = Scratch::new("js-echo");
+        for file in ["app.js", "package.json"] {
+            std::fs::copy(Path::new(ECHO_APP).join(file), dir.0.join(file)).unwrap();
+        }
+        let (built, output) = shoal_build(&dir.0);
+        assert!(built, "shoal build failed:\n{output}");
+        let module = dir.0.join("target").join(format!("{}.wasm", dir.0.file_name().unwrap().to_str().unwrap()));
+        assert!(module.is_file(), "no {} after:\n{output}", module.display());
+        // Kept for the other tests of this process.
+        std::mem::forget(dir);
+        (module, output)
+    })
+}
+
 /// What a Node user's handler does beyond kubia: read a body, set headers,
 /// throw (in the handler, or in a body listener) and get a 500 at once.
 #[tokio::test(flavor = "multi_thread")]
@@ -159,14 +179,8 @@ async fn node_style_handlers_read_bodies_and_errors_become_500s() {
         eprintln!("SKIPPED: {reason}");
         return;
     }
-    let dir = Scratch::new("js-echo");
-    for file in ["app.js", "package.json"] {
-        std::fs::copy(Path::new(ECHO_APP).join(file), dir.0.join(file)).unwrap();
-    }
-    let (built, output) = shoal_build(&dir.0);
-    assert!(built, "shoal build failed:\n{output}");
-    let module = dir.0.join("target").join(format!("{}.wasm", dir.0.file_name().unwrap().to_str().unwrap()));
-    assert!(module.is_file(), "no {} after:\n{output}", module.display());
+    let (module, _) = echo_module();
+    let dir = Scratch::new("js-echo-run");
     let spec = "replicas: 1\nresources:\n  memory: 128Mi\n  instanceMemory: 32Mi\ntimeout: 10s";
     let file = dir.write("echo.yaml", manifest("echo", module.to_str().unwrap(), spec));
     let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
@@ -183,6 +197,8 @@ async fn node_style_handlers_read_bodies_and_errors_become_500s() {
     let (status, body) = send("POST", &shoal.url("/parse"), r#"{"a":1}"#).await;
     assert_eq!((status, body.as_str()), (200, r#"{"ok":true,"value":{"a":1}}"#));
     assert_eq!(get(&shoal.url("/nowhere"), None).await.0, 404);
+    // A response sent from a timer, after the handler returned.
+    assert_eq!(get(&shoal.url("/later"), None).await, (200, "later\n".to_owned()));
 
     // Errors answer 500 well before the 10 s deadline, and are logged.
     let started = Instant::now();
@@ -192,5 +208,149 @@ async fn node_style_handlers_read_bodies_and_errors_become_500s() {
     shoal.wait_for_output(|l| l.contains("| Error in HTTP request handler: Error: boom"));
     // The replica serves on after them.
     assert_eq!(get(&shoal.url("/"), None).await, (200, "js-echo\n".to_owned()));
+    assert!(shoal.stop().success());
+}
+
+/// GETs `/count` `n` times on one connection: the answers, in order.
+async fn counts(shoal: &Shoal, n: usize) -> Vec<u32> {
+    let client = client();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (status, body) = get_with(&client, &shoal.url("/count"), None).await;
+        assert_eq!(status, 200, "{body}");
+        out.push(body.trim().parse().unwrap_or_else(|_| panic!("not a count: {body:?}")));
+    }
+    out
+}
+
+/// A Node http server built by `shoal build` serves request after request
+/// on one instance by default, as one Node process does: module-level state
+/// persists. An instance that ran out of memory is not used again: the next
+/// request starts from a fresh one, and the service serves on. A manifest
+/// can still ask for a fresh instance per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_style_instance_serves_many_requests_and_keeps_its_state() {
+    if let Some(reason) = node_missing() {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let (module, output) = echo_module();
+    assert!(output.contains("(Node http server: one instance serves many requests)"), "{output}");
+    let bytes = std::fs::read(module).unwrap();
+    assert!(shoal_runtime::marker::supports_reuse(&bytes), "the SDK did not mark {}", module.display());
+
+    let dir = Scratch::new("js-count");
+    let spec = "replicas: 1\nresources:\n  memory: 128Mi\n  instanceMemory: 32Mi\ntimeout: 10s";
+    let fresh = format!("{spec}\ninstances:\n  maxRequests: 1");
+    let text = format!(
+        "{}---\n{}",
+        manifest("count", module.to_str().unwrap(), &format!("{spec}\nroutes:\n  - path: /")),
+        manifest("fresh", module.to_str().unwrap(), &format!("{fresh}\nroutes:\n  - host: fresh.test")),
+    );
+    let file = dir.write("count.yaml", text);
+    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
+    shoal.wait_ready("count");
+    shoal.wait_ready("fresh");
+
+    assert_eq!(counts(&shoal, 100).await, (1..=100).collect::<Vec<u32>>());
+    let (ok, describe, _) = shoal.cli(&["describe", "service", "count"]);
+    assert!(ok, "{describe}");
+    assert!(
+        describe.contains("Instances:     reused, up to 100000 requests per instance, idle ones kept 10s (default for this module: a Node http server built by shoal build;"),
+        "{describe}"
+    );
+
+    // Out of memory: a prompt 500, then a fresh instance.
+    let started = Instant::now();
+    let (status, body) = get(&shoal.url("/oom"), None).await;
+    assert_eq!((status, body.as_str()), (500, "Internal Server Error\n"));
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+    assert_eq!(counts(&shoal, 3).await, [1, 2, 3]);
+    shoal.wait_for_output(|l| l.contains("| Error in HTTP request handler: out of memory"));
+
+    // Asked for in the manifest: a fresh instance per request.
+    let client = client();
+    for _ in 0..5 {
+        assert_eq!(get_with(&client, &shoal.url("/count"), Some("fresh.test")).await, (200, "1\n".to_owned()));
+    }
+    let (ok, describe, _) = shoal.cli(&["describe", "service", "fresh"]);
+    assert!(ok, "{describe}");
+    assert!(describe.contains("Instances:     a fresh instance per request (spec.instances)"), "{describe}");
+    assert!(shoal.stop().success());
+}
+
+/// A component written in componentize-js's fetch-event style and built
+/// without Shoal's SDK (componentize-js called directly) carries no marker:
+/// it runs with a fresh instance per request and answers every request.
+/// With reuse forced in its manifest, the second request on an instance
+/// cannot be answered (StarlingMonkey dispatches one fetch event per
+/// instance): it gets a prompt 500, that instance goes, and the replica
+/// answers the next one. No request hangs.
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_event_components_built_without_the_sdk_run_and_never_hang() {
+    if let Some(reason) = node_missing() {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    // The SDK's node_modules (componentize-js) are installed by a build.
+    echo_module();
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shoal-cache");
+    let sdk = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.join("node_modules/.shoal-installed").is_file())
+        .unwrap_or_else(|| panic!("no installed JS SDK in {}", cache.display()));
+    let dir = Scratch::new("js-fetch-event");
+    for file in ["app.js", "componentize.mjs"] {
+        std::fs::copy(Path::new(FETCH_EVENT_APP).join(file), dir.0.join(file)).unwrap();
+    }
+    let module = dir.0.join("fetch-event.wasm");
+    let built = Command::new("node")
+        .current_dir(&dir.0)
+        .arg("componentize.mjs")
+        .arg(&sdk)
+        .arg(&module)
+        .output()
+        .expect("cannot run node");
+    assert!(built.status.success(), "componentize-js failed: {}", String::from_utf8_lossy(&built.stderr));
+    assert!(!shoal_runtime::marker::supports_reuse(&std::fs::read(&module).unwrap()));
+
+    let spec = "replicas: 1\nresources:\n  memory: 128Mi\n  instanceMemory: 32Mi\ntimeout: 10s";
+    let module = module.to_str().unwrap();
+    let text = format!(
+        "{}---\n{}",
+        manifest("plain", module, &format!("{spec}\nroutes:\n  - path: /")),
+        manifest("forced", module, &format!("{spec}\ninstances:\n  maxRequests: 1000\nroutes:\n  - host: forced.test")),
+    );
+    let file = dir.write("fetch-event.yaml", text);
+    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
+    shoal.wait_ready("plain");
+    shoal.wait_ready("forced");
+
+    let client = client();
+    for i in 0..100 {
+        let (status, body) = get_with(&client, &shoal.url("/"), None).await;
+        assert_eq!((status, body.as_str()), (200, "fetch-event 1\n"), "request {i}");
+    }
+    let (ok, describe, _) = shoal.cli(&["describe", "service", "plain"]);
+    assert!(ok, "{describe}");
+    assert!(describe.contains("Instances:     a fresh instance per request (default;"), "{describe}");
+
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        let (status, body) = get_with(&client, &shoal.url("/"), Some("forced.test")).await;
+        assert!(started.elapsed() < Duration::from_secs(2), "request {i} took {:?}", started.elapsed());
+        match status {
+            200 => assert_eq!(body, "fetch-event 1\n", "request {i}"),
+            500 => assert_eq!(body, "the service returned no response\n", "request {i}"),
+            other => panic!("request {i}: {other} {body}"),
+        }
+        statuses.push(status);
+    }
+    // Every failure is followed by an answer: the replica recovers.
+    assert!(statuses.windows(2).all(|pair| pair != [500, 500]), "{statuses:?}");
+    assert!(statuses.iter().filter(|&&s| s == 200).count() >= 10, "{statuses:?}");
     assert!(shoal.stop().success());
 }

@@ -89,8 +89,8 @@ mod validate;
 
 pub use error::ManifestError;
 pub use manifest::{
-    API_VERSION, Autoscale, Instances, KIND, Limits, Resources, Route, ScaleMetric, Service, ServiceSpec,
-    WORKER_RESERVE, parse_manifests, validate_set, warnings,
+    API_VERSION, Autoscale, InstancePolicy, Instances, KIND, Limits, PolicyReason, Resources, Route, ScaleMetric,
+    Service, ServiceSpec, WORKER_RESERVE, parse_manifests, validate_set, warnings,
 };
 pub use objects::{
     Event, EventType, ModuleInfo, ReplicaInfo, ReplicaState, RolloutPhase, ServiceRecord, ServiceStatus, format_age,

@@ -174,9 +174,12 @@ impl Default for Limits {
 #[serde(rename_all = "camelCase")]
 pub struct Instances {
     /// Requests one instance serves before it is discarded, 1..=100000; 1
-    /// is a fresh instance per request. An instance that trapped, ran out
-    /// of memory or hit its deadline is never reused.
-    pub max_requests: u32,
+    /// is a fresh instance per request. `None` (not in the manifest): the
+    /// module decides, see [`Instances::policy`]. An instance that trapped,
+    /// ran out of memory, hit its deadline or returned without a response
+    /// is never reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
     /// How long an idle instance is kept for reuse, 0s..=1h.
     #[serde(with = "humantime_duration")]
     pub max_idle: Duration,
@@ -184,10 +187,74 @@ pub struct Instances {
 
 impl Default for Instances {
     fn default() -> Self {
-        Self {
-            max_requests: crate::validate::DEFAULT_INSTANCE_REQUESTS,
-            max_idle: crate::validate::DEFAULT_INSTANCE_IDLE,
+        Self { max_requests: None, max_idle: crate::validate::DEFAULT_INSTANCE_IDLE }
+    }
+}
+
+impl Instances {
+    /// The requests per instance a replica runs with, and why, given
+    /// whether the module is marked as serving many requests per instance
+    /// (the JS SDK marks the Node http servers it builds; see
+    /// `shoal_runtime::marker`). The manifest's `maxRequests` wins; without
+    /// it a marked module reuses its instances (as one Node process serves
+    /// every request) and any other gets a fresh instance per request,
+    /// since not every component can serve twice (a componentize-js
+    /// fetch-event handler cannot).
+    pub fn policy(&self, module_reuses: bool) -> InstancePolicy {
+        let (max_requests, reason) = match self.max_requests {
+            Some(n) => (n, PolicyReason::Manifest),
+            None if module_reuses => (crate::validate::DEFAULT_REUSE_REQUESTS, PolicyReason::ModuleReuses),
+            None => (crate::validate::DEFAULT_INSTANCE_REQUESTS, PolicyReason::Default),
+        };
+        InstancePolicy { max_requests, max_idle: self.max_idle, reason }
+    }
+}
+
+/// The instance policy a service's replicas run ([`Instances::policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstancePolicy {
+    /// Requests per instance; 1 is a fresh instance per request.
+    pub max_requests: u32,
+    #[serde(with = "humantime_duration")]
+    pub max_idle: Duration,
+    pub reason: PolicyReason,
+}
+
+/// Where an [`InstancePolicy`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PolicyReason {
+    /// `spec.instances.maxRequests`.
+    Manifest,
+    /// The module is marked as serving many requests per instance.
+    ModuleReuses,
+    /// Neither: a fresh instance per request.
+    Default,
+}
+
+impl fmt::Display for InstancePolicy {
+    /// `fresh per request (the default ...)` or `reused, up to N requests
+    /// each, idle instances kept 10s (...)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.max_requests <= 1 {
+            f.write_str("a fresh instance per request")?;
+        } else {
+            write!(
+                f,
+                "reused, up to {} requests per instance, idle ones kept {}",
+                self.max_requests,
+                humantime::format_duration(self.max_idle)
+            )?;
         }
+        f.write_str(match self.reason {
+            PolicyReason::Manifest => " (spec.instances)",
+            PolicyReason::ModuleReuses => {
+                " (default for this module: a Node http server built by shoal build; \
+                 spec.instances.maxRequests: 1 for a fresh instance per request)"
+            }
+            PolicyReason::Default => " (default; spec.instances.maxRequests above 1 reuses instances)",
+        })
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{Instances, Limits, Resources, Route, Service};
+use crate::manifest::{InstancePolicy, Instances, Limits, Resources, Route, Service};
 
 /// A service as stored: the validated manifest plus what the control plane
 /// adds.
@@ -190,6 +190,9 @@ pub struct ServiceStatus {
     /// The autoscaler's last decision, for services with `spec.autoscale`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<ScaleStatus>,
+    /// The instance policy its replicas run, once its module is prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<InstancePolicy>,
 }
 
 /// The autoscaler's last decision for a service.
@@ -381,7 +384,7 @@ mod tests {
             |r| r.service.spec.resources.cpu_millis = None,
             |r| r.service.spec.resources.instance_memory = 32 << 20,
             |r| r.service.spec.timeout = Duration::from_millis(10_500),
-            |r| r.service.spec.instances.max_requests = 100,
+            |r| r.service.spec.instances.max_requests = Some(100),
         ];
         for (index, change) in changes.iter().enumerate() {
             let mut changed = record();

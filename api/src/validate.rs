@@ -40,8 +40,13 @@ pub const WORKER_RESERVE: u64 = 16 * MI;
 const MAX_CONCURRENCY: u32 = 10_000;
 /// Requests that may wait for an instance per replica, by default and at most.
 pub const DEFAULT_QUEUE: u32 = 256;
-/// Default `spec.instances.maxRequests`: a fresh instance per request.
+/// Requests per instance without `spec.instances.maxRequests`: a fresh
+/// instance per request.
 pub const DEFAULT_INSTANCE_REQUESTS: u32 = 1;
+/// Requests per instance without `spec.instances.maxRequests` for a module
+/// marked as serving many requests per instance: the most a manifest may
+/// ask for.
+pub const DEFAULT_REUSE_REQUESTS: u32 = MAX_INSTANCE_REQUESTS;
 /// Default `spec.instances.maxIdle`.
 pub const DEFAULT_INSTANCE_IDLE: Duration = Duration::from_secs(10);
 /// Largest `spec.instances.maxRequests`.
@@ -234,8 +239,10 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
 }
 
 fn instances(raw: RawInstances) -> Result<Instances> {
-    let max_requests =
-        count(raw.max_requests, DEFAULT_INSTANCE_REQUESTS, 1, MAX_INSTANCE_REQUESTS, "spec.instances.maxRequests")?;
+    let max_requests = match raw.max_requests {
+        None => None,
+        some => Some(count(some, DEFAULT_INSTANCE_REQUESTS, 1, MAX_INSTANCE_REQUESTS, "spec.instances.maxRequests")?),
+    };
     let max_idle = match raw.max_idle {
         None => DEFAULT_INSTANCE_IDLE,
         Some(text) => duration(&text, Duration::ZERO, Duration::from_secs(3600))

@@ -363,14 +363,34 @@ fn several_documents_name_the_document() {
 }
 
 #[test]
-fn instances_default_to_a_fresh_instance_per_request() {
+fn instances_default_to_what_the_module_supports() {
+    use shoal_api::PolicyReason;
     let spec = &parse_one(&with_spec("")).spec;
     assert_eq!(spec.instances, shoal_api::Instances::default());
-    assert_eq!(spec.instances.max_requests, 1);
+    assert_eq!(spec.instances.max_requests, None);
     assert_eq!(spec.instances.max_idle, Duration::from_secs(10));
+    // A fresh instance per request, unless the module says it serves many.
+    let fresh = spec.instances.policy(false);
+    assert_eq!((fresh.max_requests, fresh.reason), (1, PolicyReason::Default));
+    let reused = spec.instances.policy(true);
+    assert_eq!((reused.max_requests, reused.reason), (100_000, PolicyReason::ModuleReuses));
+    assert_eq!(reused.max_idle, Duration::from_secs(10));
+    assert!(
+        reused.to_string().starts_with("reused, up to 100000 requests per instance, idle ones kept 10s"),
+        "{reused}"
+    );
     let spec = &parse_one(&with_spec("  instances: {maxRequests: 1000, maxIdle: 2s}\n")).spec;
-    assert_eq!(spec.instances.max_requests, 1000);
+    assert_eq!(spec.instances.max_requests, Some(1000));
     assert_eq!(spec.instances.max_idle, Duration::from_secs(2));
+    // The manifest wins either way.
+    for module_reuses in [false, true] {
+        let policy = spec.instances.policy(module_reuses);
+        assert_eq!((policy.max_requests, policy.reason), (1000, PolicyReason::Manifest));
+    }
+    let spec = &parse_one(&with_spec("  instances: {maxRequests: 1}\n")).spec;
+    let policy = spec.instances.policy(true);
+    assert_eq!((policy.max_requests, policy.reason), (1, PolicyReason::Manifest));
+    assert_eq!(policy.to_string(), "a fresh instance per request (spec.instances)");
     assert_error(
         &with_spec("  instances: {maxRequests: 0}\n"),
         "spec.instances.maxRequests",

@@ -76,8 +76,10 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 enum ModuleState {
     /// Being prepared in the background.
     Preparing,
-    /// Prepared: the file workers load.
-    Ready(PathBuf),
+    /// Prepared: the file workers load, and whether the component is
+    /// marked as serving many requests per instance
+    /// ([`shoal_runtime::marker`]).
+    Ready { path: PathBuf, reuses: bool },
     /// Failed; tried again once `retry_at` has passed.
     Failed { message: String, retry_at: Instant, attempts: u32 },
 }
@@ -446,7 +448,7 @@ impl Controller {
         // Autoscaled services hold requests while they have no replica (as
         // many as one replica takes on), unless no replica can start.
         let max_held = match (&service.spec.autoscale, module) {
-            (Some(_), ModuleState::Ready(_) | ModuleState::Preparing) => {
+            (Some(_), ModuleState::Ready { .. } | ModuleState::Preparing) => {
                 u64::from(service.spec.admitted_concurrency()) + u64::from(service.spec.limits.queue)
             }
             _ => 0,
@@ -456,16 +458,16 @@ impl Controller {
         let desired = self.scaler.desired(name).unwrap_or(service.spec.replicas) as usize;
         let mut phase = RolloutPhase::Progressing;
         let mut message = match module {
-            ModuleState::Ready(_) => None,
+            ModuleState::Ready { .. } => None,
             ModuleState::Preparing => Some(format!("preparing module sha256:{} (compiling it)", short(digest))),
             ModuleState::Failed { message, .. } => {
                 phase = RolloutPhase::Halted;
                 Some(format!("module sha256:{} cannot be prepared: {message}", short(digest)))
             }
         };
-        let module: Result<PathBuf, ()> = match module {
-            ModuleState::Ready(path) => Ok(path.clone()),
-            _ => Err(()),
+        let (module, instances): (Result<PathBuf, ()>, _) = match module {
+            ModuleState::Ready { path, reuses } => (Ok(path.clone()), Some(service.spec.instances.policy(*reuses))),
+            _ => (Err(()), None),
         };
 
         let mut pods = self.pods.lock().expect("pods lock");
@@ -542,7 +544,7 @@ impl Controller {
         for &i in &to_stop {
             pods[i].stop();
         }
-        if let Ok(path) = &module {
+        if let (Ok(path), Some(instances)) = (&module, instances) {
             for _ in 0..to_start {
                 let spec = ReplicaSpec {
                     service: name.clone(),
@@ -559,8 +561,8 @@ impl Controller {
                     max_concurrency: service.spec.admitted_concurrency(),
                     queue: service.spec.limits.queue,
                     drain_timeout: GRACE,
-                    instance_requests: service.spec.instances.max_requests,
-                    instance_idle: service.spec.instances.max_idle,
+                    instance_requests: instances.max_requests,
+                    instance_idle: instances.max_idle,
                 };
                 pods.push(Pod::start(self.ctx.clone(), spec, revision.clone(), digest.clone()));
             }
@@ -584,6 +586,7 @@ impl Controller {
             message,
             routes: service.spec.routes.clone(),
             scale: self.scaler.status(name),
+            instances,
         }
     }
 
@@ -633,9 +636,9 @@ impl Controller {
 
     /// Records how a preparation ended, reports a failure once, and asks
     /// for a pass.
-    fn prepared(&self, digest: &str, result: Result<PathBuf, String>, attempts: u32) {
+    fn prepared(&self, digest: &str, result: Result<(PathBuf, bool), String>, attempts: u32) {
         let state = match result {
-            Ok(path) => ModuleState::Ready(path),
+            Ok((path, reuses)) => ModuleState::Ready { path, reuses },
             Err(message) => {
                 let retry = RETRY_START.saturating_mul(1 << attempts.min(10)).min(RETRY_MAX);
                 let previous = match self.modules.lock().expect("modules lock").get(digest) {
@@ -659,7 +662,9 @@ impl Controller {
 
     /// Prepares module `digest` (blocking): its file, checked against the
     /// digest, compiled into the cache and linked as a `wasi:http` proxy.
-    fn prepare(&self, digest: &str) -> Result<PathBuf, String> {
+    /// Returns the file and whether the component is marked as serving
+    /// many requests per instance.
+    fn prepare(&self, digest: &str) -> Result<(PathBuf, bool), String> {
         let started = Instant::now();
         let path = match self.store.module_file(digest) {
             Ok(Some(path)) => path,
@@ -673,8 +678,9 @@ impl Controller {
             }
             e => e.to_string(),
         })?;
-        tracing::info!(module = %short(digest), ?outcome, elapsed = ?started.elapsed(), "module prepared");
-        Ok(path)
+        let reuses = shoal_runtime::marker::supports_reuse(&bytes);
+        tracing::info!(module = %short(digest), ?outcome, reuses, elapsed = ?started.elapsed(), "module prepared");
+        Ok((path, reuses))
     }
 
     /// The check a module passes before it is stored: a component that

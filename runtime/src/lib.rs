@@ -13,12 +13,15 @@
 //!   shared by compiler and workers.
 //! - [`cache`]: the on-disk cache of compiled components and the component
 //!   check that names what a bad file is.
+//! - [`marker`]: the custom section that marks a component as serving many
+//!   requests per instance (the JS SDK's Node http servers).
 //! - [`worker`]: the worker process: its configuration, the request path from
 //!   hyper into the guest's `wasi:http/incoming-handler`, readiness and
 //!   drain.
 
 pub mod cache;
 pub mod engine;
+pub mod marker;
 pub mod worker;
 
 use std::path::PathBuf;

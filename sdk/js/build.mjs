@@ -10,6 +10,11 @@
 // 2. componentize-js (StarlingMonkey) turns that module into a component for
 //    the world `shoal:js/service` in ./wit (wasi:http/proxy@0.2.10 +
 //    wasi:cli/environment).
+// 3. An app that imports `http` gets the shim's `incomingHandler` as the
+//    component's wasi:http/incoming-handler export (so one instance serves
+//    request after request), and the component gets a `shoal:instances`
+//    custom section saying so: Shoal then reuses its instances by default.
+//    Any other app (a fetch-event handler, say) is left as it is, unmarked.
 //
 // IMPORTANT: the app's top-level code runs HERE, at build time, inside the
 // Wizer snapshot (that is how componentize-js pre-initializes the engine).
@@ -101,15 +106,34 @@ const shimPlugin = {
   },
 };
 
-async function bundle(esbuild, entry, outfile) {
+/** The http shim, whose `incomingHandler` becomes the component's export. */
+const HTTP_SHIM = join(SHIMS, SHIMMED.http);
+
+/**
+ * Bundles `entry` into one ES module. With `exportHttp`, the bundle's entry
+ * is a wrapper that runs the app and re-exports the http shim's
+ * `incomingHandler` as the component's wasi:http/incoming-handler.
+ * Returns { code, usesHttp } (whether the app imports the http module).
+ */
+async function bundle(esbuild, entry, outfile, exportHttp) {
+  const input = exportHttp
+    ? {
+        stdin: {
+          contents: `import ${JSON.stringify(entry)};\nexport { incomingHandler } from ${JSON.stringify(HTTP_SHIM)};\n`,
+          resolveDir: dirname(entry),
+          sourcefile: 'shoal-sdk-js-entry.js', // not the app's name: that would import itself
+        },
+      }
+    : { entryPoints: [entry] };
   let result;
   try {
     result = await esbuild.build({
-      entryPoints: [entry],
+      ...input,
       outfile,
       absWorkingDir: HERE, // output (module names in stack traces) independent of the caller's cwd
       bundle: true,
       write: false,
+      metafile: true,
       format: 'esm',
       platform: 'neutral',
       target: 'es2022',
@@ -129,8 +153,36 @@ async function bundle(esbuild, entry, outfile) {
     }
     throw err;
   }
-  for (const w of result.warnings) console.error(formatMessage('warning', w));
-  return result.outputFiles[0].text;
+  if (!exportHttp) for (const w of result.warnings) console.error(formatMessage('warning', w));
+  const usesHttp = Object.keys(result.metafile.inputs).some((input) => resolve(HERE, input) === HTTP_SHIM);
+  return { code: result.outputFiles[0].text, usesHttp };
+}
+
+/**
+ * The custom section that tells Shoal a component serves many requests on
+ * one instance (so its replicas reuse instances by default): named
+ * `shoal:instances`, holding `reuse`. Appended at the component's top level.
+ */
+function reuseMarker() {
+  const name = new TextEncoder().encode('shoal:instances');
+  const payload = new TextEncoder().encode('reuse');
+  const contents = [...leb128(name.length), ...name, ...payload];
+  return Uint8Array.from([0, ...leb128(contents.length), ...contents]);
+}
+
+function leb128(n) {
+  const out = [];
+  do {
+    let byte = n & 0x7f;
+    n >>>= 7;
+    if (n) byte |= 0x80;
+    out.push(byte);
+  } while (n);
+  return out;
+}
+
+function step(what, since) {
+  console.error(`shoal-sdk-js: ${what} (${((Date.now() - since) / 1000).toFixed(1)}s)`);
 }
 
 /**
@@ -152,12 +204,19 @@ export async function buildComponent(entry, out) {
     // Name the bundle after the entry so engine stack traces say e.g. app.js:12:3
     // (line numbers are those of the bundle).
     const bundlePath = join(work, basename(entry, extname(entry)) + '.js');
-    await writeFile(bundlePath, await bundle(esbuild, entry, bundlePath));
+    let bundled = await bundle(esbuild, entry, bundlePath, false);
+    // A Node-style app (it imports http): the shim serves wasi:http itself.
+    // Otherwise the app is left as it is (e.g. a fetch-event handler).
+    const reuse = bundled.usesHttp;
+    if (reuse) bundled = await bundle(esbuild, entry, bundlePath, true);
+    await writeFile(bundlePath, bundled.code);
+    step(`bundled ${basename(entry)}${reuse ? ' (Node http server: one instance serves many requests)' : ''}`, started);
 
     // componentize-js maps the source's directory into the engine relative to
     // the cwd; running it from the bundle's directory keeps paths simple
     // (and avoids its path-stripping quirks when cwd is "/").
     process.chdir(work);
+    console.error('shoal-sdk-js: componentizing with SpiderMonkey (runs the app\'s top-level code; ~5-30 s)');
     let component;
     try {
       ({ component } = await componentize({
@@ -175,11 +234,14 @@ export async function buildComponent(entry, out) {
       process.chdir(prevCwd);
     }
 
+    step('componentized', started);
+    if (reuse) component = Buffer.concat([component, reuseMarker()]);
+
     await mkdir(dirname(out), { recursive: true });
     const tmpOut = `${out}.tmp-${process.pid}`;
     await writeFile(tmpOut, component);
     await rename(tmpOut, out);
-    return { bytes: component.byteLength, seconds: (Date.now() - started) / 1000 };
+    return { bytes: component.byteLength, seconds: (Date.now() - started) / 1000, reuse };
   } finally {
     process.chdir(prevCwd);
     if (keepWork) console.error(`shoal-sdk-js: work directory kept at ${work}`);

@@ -102,6 +102,12 @@ pub fn render(view: &ServiceView, replicas: &[ReplicaInfo], events: &[Event], no
     );
     field_in(&mut out, "  Instance memory:", &[format_bytes(resources.instance_memory)], SUB_KEY_WIDTH);
     field(&mut out, "Timeout:", &[duration(spec.timeout)]);
+    let instances = match (status.instances, spec.instances.max_requests) {
+        (Some(policy), _) => policy.to_string(),
+        (None, Some(_)) => spec.instances.policy(false).to_string(),
+        (None, None) => "decided once the module is prepared".to_owned(),
+    };
+    field(&mut out, "Instances:", &[instances]);
     if let Some(settings) = &spec.autoscale {
         autoscale(&mut out, settings, status.scale.as_ref(), now);
     }
@@ -246,6 +252,7 @@ mod tests {
              \x20 CPU:              500m\n\
              \x20 Instance memory:  16Mi\n\
              Timeout:       10s\n\
+             Instances:     a fresh instance per request (default; spec.instances.maxRequests above 1 reuses instances)\n\
              Rollout:       Progressing: 2 of 3 updated replicas are available\n\
              Replicas:\n\
              \x20 NAME                 READY   STATUS     RESTARTS   AGE   REVISION   MESSAGE\n\
@@ -265,6 +272,7 @@ mod tests {
         let view = autoscaled("kubia", 3, 3, true);
         let text = render(&view, &[], &[], NOW);
         let expected = "\nTimeout:       10s\n\
+             Instances:     a fresh instance per request (default; spec.instances.maxRequests above 1 reuses instances)\n\
              Autoscale:\n\
              \x20 Min:                  1\n\
              \x20 Max:                  10\n\

@@ -258,6 +258,7 @@ pub(crate) mod tests {
             message: None,
             routes: vec![Route { host: None, path: "/".into() }],
             scale: None,
+            instances: Some(shoal_api::Instances::default().policy(false)),
         };
         ServiceView { record, status }
     }

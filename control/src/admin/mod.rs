@@ -294,6 +294,7 @@ fn view(state: &AdminState, record: ServiceRecord) -> ServiceView {
         message: None,
         routes: record.service.spec.routes.clone(),
         scale: None,
+        instances: None,
     });
     // A status from before the latest change does not describe it yet.
     let status = if status.observed_generation < record.generation {

@@ -1,22 +1,25 @@
 // `http` / `node:http` for Shoal JS services.
 //
-// There are no sockets: the component exports wasi:http/incoming-handler and
-// the StarlingMonkey engine turns each incoming request into a `fetch` event.
+// There are no sockets: the component exports wasi:http/incoming-handler
+// itself (`incomingHandler` below, re-exported by build.mjs), so one
+// instance serves request after request, as one Node process does.
 // createServer() records the handler, listen() only marks the server as
-// listening, and the fetch listener registered below adapts each Request into
-// a Node-like IncomingMessage / ServerResponse pair and dispatches it to the
-// server's 'request' listeners.
+// listening, and each incoming request becomes a Node-like IncomingMessage /
+// ServerResponse pair dispatched to the server's 'request' listeners.
 //
-// Response: end() without earlier write() sends one buffered body; the first
-// write() starts a streamed (chunked) body fed by later write()/end() calls.
-// A handler that throws (or whose returned promise rejects) before the
-// response started gets a 500 and the error is logged with console.error; if
-// the response had already started, its body is aborted instead. The same goes
-// for an exception thrown by a req 'data'/'end'/... listener (Node would crash
-// the process) and for a request-body read error nobody listens 'error' for.
+// Response: end() without earlier write() sends one body with its
+// content-length; the first write() sends the head and streams the body
+// (chunked) through later write()/end() calls. A handler that throws (or
+// whose returned promise rejects) before the response started gets a 500
+// and the error is logged with console.error; if the response had already
+// started, its body is cut off instead. The same goes for an exception
+// thrown by a req 'data'/'end'/... listener (Node would crash the process)
+// and for a request-body read error nobody listens 'error' for.
 
+import { Fields, OutgoingBody, OutgoingResponse, ResponseOutparam } from 'wasi:http/types@0.2.10';
 import EventEmitter from './events.cjs';
 import { Buffer, toBuffer } from './buffer.js';
+import { markServing } from './runtime.js';
 
 export const STATUS_CODES = {
   100: 'Continue',
@@ -172,21 +175,89 @@ class Socket extends EventEmitter {
 }
 
 // ---------------------------------------------------------------------------
+// wasi:http plumbing
+
+// How much one blocking-read asks for, and the most one
+// blocking-write-and-flush accepts.
+const READ_CHUNK = 65536n;
+const WRITE_CHUNK = 4096;
+
+// Drops a wasi resource now rather than when the engine collects it: a
+// reused instance serves many requests, and the host keeps every handle the
+// guest has not dropped.
+function dispose(resource) {
+  if (resource) {
+    try {
+      resource[Symbol.dispose]();
+    } catch {}
+  }
+}
+
+// Header values are bytes; Node reads and writes them as latin1.
+function latin1(bytes) {
+  let s = '';
+  for (let i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
+  return s;
+}
+
+function latin1Bytes(text) {
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
+}
+
+function methodName(method) {
+  return method.tag === 'other' ? method.val : method.tag.toUpperCase();
+}
+
+// SpiderMonkey's out-of-memory exception (a string, as no Error object can
+// be made).
+function outOfMemory(err) {
+  return err === 'out of memory' || (err instanceof Error && err.message === 'out of memory');
+}
+
+// A stream-error or header-error thrown by a wasi:http call, in words.
+function wasiError(err) {
+  const payload = err && err.payload;
+  if (!payload) return err;
+  if (payload.tag === 'last-operation-failed' && payload.val) {
+    let detail = 'I/O error';
+    try {
+      detail = payload.val.toDebugString();
+    } catch {}
+    dispose(payload.val);
+    return new Error(detail);
+  }
+  return new Error(payload.tag);
+}
+
+// ---------------------------------------------------------------------------
 // IncomingMessage (the `req` argument)
 
 export class IncomingMessage extends EventEmitter {
+  // `request` is the wasi:http incoming-request; the message owns it.
   constructor(request) {
     super();
-    const url = new URL(request.url);
-    this.method = request.method;
-    this.url = url.pathname + url.search;
+    this.method = methodName(request.method());
+    this.url = request.pathWithQuery() || '/';
     this.httpVersion = '1.1';
     this.httpVersionMajor = 1;
     this.httpVersionMinor = 1;
 
+    const fields = request.headers();
+    let entries;
+    try {
+      entries = fields.entries();
+    } finally {
+      dispose(fields);
+    }
+    const authority = request.authority();
     const headers = {};
     const rawHeaders = [];
-    for (const [name, value] of request.headers) {
+    // wasi:http carries the Host header as the authority.
+    if (authority && !entries.some(([name]) => name === 'host')) entries.unshift(['host', latin1Bytes(authority)]);
+    for (const [name, bytes] of entries) {
+      const value = latin1(bytes);
       rawHeaders.push(name, value);
       if (name === 'set-cookie') (headers[name] ||= []).push(value);
       else headers[name] = name in headers ? headers[name] + ', ' + value : value;
@@ -198,9 +269,11 @@ export class IncomingMessage extends EventEmitter {
 
     // The Shoal gateway appends the peer address it saw to X-Forwarded-For, so
     // the last entry is the immediate peer (what Node reports as remoteAddress).
-    const xff = request.headers.get('x-forwarded-for');
+    const xff = headers['x-forwarded-for'];
     const hops = xff ? xff.split(',').map((s) => s.trim()).filter(Boolean) : [];
-    this.socket = this.connection = new Socket(hops.length ? hops[hops.length - 1] : undefined, url.protocol === 'https:');
+    const scheme = request.scheme();
+    const encrypted = Boolean(scheme && scheme.tag === 'HTTPS');
+    this.socket = this.connection = new Socket(hops.length ? hops[hops.length - 1] : undefined, encrypted);
 
     this.complete = false;
     this.aborted = false;
@@ -208,6 +281,8 @@ export class IncomingMessage extends EventEmitter {
     this.readableEnded = false;
     this.destroyed = false;
     this._request = request;
+    this._body = null; // incoming-body, once reading starts
+    this._stream = null; // its input-stream
     this._encoding = null;
     this._decoder = null;
     this._flowing = null; // null: not started, true: flowing, false: paused
@@ -291,10 +366,18 @@ export class IncomingMessage extends EventEmitter {
 
   destroy(err) {
     this.destroyed = true;
-    if (this._reader) this._reader.cancel().catch(() => {});
+    this._release();
     // Asynchronously, as in Node: a response ended right after destroy() wins.
     if (err) queueMicrotask(() => this._fail(err));
     return this;
+  }
+
+  // Drops the body's stream, the body and the request (children first).
+  _release() {
+    dispose(this._stream);
+    dispose(this._body);
+    dispose(this._request);
+    this._stream = this._body = this._request = null;
   }
 
   _decode(bytes) {
@@ -313,7 +396,7 @@ export class IncomingMessage extends EventEmitter {
       return true;
     } catch (err) {
       this.destroyed = true;
-      if (this._reader) this._reader.cancel().catch(() => {});
+      this._release();
       if (this._response) this._response._fail500(err);
       else console.error('Uncaught exception in a request listener:', err);
       return false;
@@ -339,15 +422,29 @@ export class IncomingMessage extends EventEmitter {
     if (this._emitSafe('end')) this._emitSafe('close');
   }
 
+  // The body's chunks, read from the host as they arrive (a blocking read
+  // only blocks this instance, which serves this one request).
   async *_chunks() {
-    const body = this._request.body;
-    if (!body) return;
-    const reader = (this._reader = body.getReader());
+    if (!this._request) return;
+    this._body = this._request.consume();
+    this._stream = this._body.stream();
     for (;;) {
-      const { done, value } = await reader.read();
-      if (done) return;
-      if (value && value.byteLength) yield value;
+      let chunk;
+      try {
+        chunk = this._stream.blockingRead(READ_CHUNK);
+      } catch (err) {
+        if (err && err.payload && err.payload.tag === 'closed') break;
+        throw wasiError(err);
+      }
+      // The bindings' arrays come from another realm: copy into this one's.
+      if (chunk.length) yield chunk instanceof Uint8Array ? chunk : new Uint8Array(chunk);
+      // Let the app's listeners (and pause()) run between chunks.
+      await undefined;
+      if (this.destroyed) return;
     }
+    dispose(this._stream);
+    dispose(this._body);
+    this._stream = this._body = null;
   }
 
   async _pump() {
@@ -383,7 +480,9 @@ export class IncomingMessage extends EventEmitter {
 // ServerResponse (the `res` argument)
 
 export class ServerResponse extends EventEmitter {
-  constructor(req, deliver) {
+  // `outparam` is the wasi:http response-outparam; `settle` is called once
+  // the response is complete (or failed) and the request can end.
+  constructor(req, outparam, settle) {
     super();
     this.req = req;
     req._response = this;
@@ -400,9 +499,10 @@ export class ServerResponse extends EventEmitter {
     this.chunkedEncoding = false;
     this.strictContentLength = false;
     this._headers = new Map(); // lowercased name -> [name, value]
-    this._deliver = deliver; // (Response) => void, resolves respondWith()
-    this._responded = false;
-    this._controller = null;
+    this._outparam = outparam; // until the head is sent
+    this._body = null; // outgoing-body, once the head is sent
+    this._stream = null; // its output-stream
+    this._settle = settle;
   }
 
   _assertHeadersNotSent(what) {
@@ -496,7 +596,7 @@ export class ServerResponse extends EventEmitter {
 
   flushHeaders() {
     this._implicitHeader();
-    this._startStream();
+    this._sendHead(null);
   }
 
   writeContinue() {}
@@ -511,40 +611,101 @@ export class ServerResponse extends EventEmitter {
     return this;
   }
 
-  _buildHeaders() {
-    const h = new Headers();
+  _nullBody() {
+    const status = this.statusCode;
+    return status === 204 || status === 205 || status === 304;
+  }
+
+  // The header fields, in one host call (or field by field, dropping the
+  // ones the host refuses, if it rejects the list). `length` is the body's
+  // size when the whole body is known (end() without write()).
+  _fields(length) {
+    const list = [];
     for (const [lower, [name, value]] of this._headers) {
       if (HOP_BY_HOP.has(lower)) continue;
-      for (const v of Array.isArray(value) ? value : [value]) {
+      if (lower === 'content-length' && this._nullBody()) continue;
+      for (const v of Array.isArray(value) ? value : [value]) list.push([name, latin1Bytes(String(v))]);
+    }
+    if (length !== null && !this._nullBody() && !this._headers.has('content-length')) {
+      list.push(['content-length', latin1Bytes(String(length))]);
+    }
+    try {
+      return Fields.fromList(list);
+    } catch {
+      const fields = new Fields();
+      for (const [name, value] of list) {
         try {
-          h.append(name, String(v));
+          fields.append(name, value);
         } catch (err) {
-          console.error('http: dropping response header ' + JSON.stringify(name) + ': ' + (err && err.message));
+          console.error('http: dropping response header ' + JSON.stringify(name) + ': ' + wasiError(err).message);
         }
       }
+      return fields;
     }
-    return h;
   }
 
-  _respond(body) {
-    const status = this.statusCode;
-    const nullBody = status === 204 || status === 205 || status === 304;
-    const response = new Response(nullBody ? null : body, { status, headers: this._buildHeaders() });
-    this._responded = true;
-    this._deliver(response);
+  // Sends the status and headers (once) and opens the body's stream.
+  _sendHead(length) {
+    if (!this._outparam) return;
+    const response = new OutgoingResponse(this._fields(length));
+    if (this.statusCode !== 200) response.setStatusCode(this.statusCode);
+    this._body = response.body();
+    const outparam = this._outparam;
+    this._outparam = null;
+    ResponseOutparam.set(outparam, { tag: 'ok', val: response });
+    this._stream = this._body.write();
+    this.chunkedEncoding = length === null && !this._headers.has('content-length');
   }
 
-  _startStream() {
-    if (this._responded) return;
-    let controller;
-    const stream = new ReadableStream({
-      start(c) {
-        controller = c;
-      },
-    });
-    this._controller = controller;
-    this.chunkedEncoding = !this.hasHeader('content-length');
-    this._respond(stream);
+  // Writes bytes to the body's stream; false if the client is gone.
+  _writeBytes(bytes) {
+    if (!this._stream || this._nullBody()) return true;
+    try {
+      for (let at = 0; at < bytes.byteLength; at += WRITE_CHUNK) {
+        this._stream.blockingWriteAndFlush(bytes.subarray(at, at + WRITE_CHUNK));
+      }
+      return true;
+    } catch (err) {
+      // The client went away (or the host refused the body): stop writing.
+      this._abort();
+      this.emit('close');
+      return false;
+    }
+  }
+
+  // Finishes the body, so the client gets a complete response.
+  _finishBody() {
+    dispose(this._stream);
+    this._stream = null;
+    if (this._body) {
+      const body = this._body;
+      this._body = null;
+      try {
+        OutgoingBody.finish(body, undefined);
+      } catch (err) {
+        console.error('http: finishing the response body failed: ' + wasiError(err).message);
+      }
+    }
+  }
+
+  // Drops the body without finishing it: the host cuts the response off
+  // (the client sees a truncated body, not a hang).
+  _abort(fatal) {
+    this.destroyed = true;
+    this.writableEnded = this.finished = true;
+    this.writable = false;
+    dispose(this._stream);
+    dispose(this._body);
+    this._stream = this._body = null;
+    this._done(fatal);
+  }
+
+  // The request is over: `fatal` (an error the instance must not outlive)
+  // ends the instance with it.
+  _done(fatal) {
+    const settle = this._settle;
+    this._settle = null;
+    if (settle) settle(fatal);
   }
 
   write(chunk, encoding, cb) {
@@ -563,10 +724,10 @@ export class ServerResponse extends EventEmitter {
     if (chunk === null) throw httpError('ERR_STREAM_NULL_VALUES', 'May not write null values to stream', TypeError);
     const bytes = toBytes(chunk, encoding);
     this._implicitHeader();
-    this._startStream();
-    if (bytes.byteLength && this._controller) this._controller.enqueue(bytes);
+    this._sendHead(null);
+    const ok = this._writeBytes(bytes);
     if (typeof cb === 'function') queueMicrotask(cb);
-    return true;
+    return ok;
   }
 
   end(chunk, encoding, cb) {
@@ -578,54 +739,58 @@ export class ServerResponse extends EventEmitter {
     }
     const bytes = chunk === undefined || chunk === null ? null : toBytes(chunk, encoding);
     this._implicitHeader();
-    if (this._controller) {
-      if (bytes && bytes.byteLength) this._controller.enqueue(bytes);
-      this._controller.close();
-    } else if (!this._responded) {
-      this._respond(bytes && bytes.byteLength ? bytes : null);
-    }
+    this._sendHead(bytes ? bytes.byteLength : 0);
+    if (bytes && bytes.byteLength && !this._writeBytes(bytes)) return this;
+    this._finishBody();
     this.writableEnded = true;
     this.finished = true;
     this.writable = false;
     queueMicrotask(() => {
       this.writableFinished = true;
-      this.emit('finish');
-      this.emit('close');
-      if (typeof cb === 'function') cb();
+      try {
+        this.emit('finish');
+        this.emit('close');
+        if (typeof cb === 'function') cb();
+      } catch (err) {
+        console.error('Uncaught exception in a response listener:', err);
+      }
+      this._done();
     });
     return this;
   }
 
   destroy(err) {
-    this.destroyed = true;
-    if (this._controller) {
-      try {
-        this._controller.error(err || new Error('response destroyed'));
-      } catch {}
-    } else if (!this._responded) {
+    if (!this._outparam) {
+      if (!this.writableEnded) this._abort();
+    } else {
       this._fail500(err || new Error('response destroyed before it was sent'));
     }
     return this;
   }
 
-  // Handler failure: 500 if nothing was sent yet, otherwise abort the body
-  // stream (the client sees a truncated response, not a hang).
+  // Handler failure: 500 if nothing was sent yet, otherwise the body is cut
+  // off (the client sees a truncated response, not a hang).
   _fail500(err, what = 'Error in HTTP request handler:') {
     console.error(what, err);
-    if (!this._responded) {
-      this._responded = true;
+    // The engine ran out of memory: answer, then let the instance go (the
+    // host discards an instance whose call fails) rather than serve on in
+    // a heap that could not allocate.
+    const fatal = outOfMemory(err) ? err : undefined;
+    if (this._outparam) {
       this.headersSent = true;
       this.writableEnded = this.finished = true;
       this.writable = false;
       this.statusCode = 500;
-      this._deliver(new Response('Internal Server Error\n', { status: 500, headers: { 'content-type': 'text/plain; charset=utf-8' } }));
-    } else if (this._controller && !this.writableEnded) {
-      this.destroyed = true;
-      this.writableEnded = this.finished = true;
-      this.writable = false;
-      try {
-        this._controller.error(err);
-      } catch {}
+      this._headers = new Map([['content-type', ['content-type', 'text/plain; charset=utf-8']]]);
+      const body = latin1Bytes('Internal Server Error\n');
+      this._sendHead(body.byteLength);
+      this._writeBytes(body);
+      this._finishBody();
+      this._done(fatal);
+    } else if (!this.writableEnded) {
+      this._abort(fatal);
+    } else {
+      this._done(fatal);
     }
   }
 }
@@ -720,25 +885,65 @@ export function get() {
 }
 
 // ---------------------------------------------------------------------------
-// Dispatch: one fetch event -> one 'request' on the listening server.
+// Dispatch: one wasi:http/incoming-handler.handle call -> one 'request' on
+// the listening server.
 
 function pickServer() {
   // The first server that called listen(); failing that, the last one created.
   return servers.find((s) => s.listening) || servers[servers.length - 1] || null;
 }
 
-function handle(server, request) {
-  return new Promise((resolve) => {
+// A response for a request that never reached a handler.
+function respondPlain(outparam, status, text) {
+  const body = latin1Bytes(text);
+  const response = new OutgoingResponse(
+    Fields.fromList([
+      ['content-type', latin1Bytes('text/plain; charset=utf-8')],
+      ['content-length', latin1Bytes(String(body.byteLength))],
+    ]),
+  );
+  response.setStatusCode(status);
+  const outgoing = response.body();
+  ResponseOutparam.set(outparam, { tag: 'ok', val: response });
+  const stream = outgoing.write();
+  try {
+    stream.blockingWriteAndFlush(body);
+  } finally {
+    dispose(stream);
+  }
+  OutgoingBody.finish(outgoing, undefined);
+}
+
+// Serves one request; resolves once its response is complete (or failed),
+// rejects (which fails the call: the host then discards the instance) after
+// an error the instance must not outlive.
+function dispatch(request, outparam) {
+  markServing();
+  return new Promise((resolve, reject) => {
+    const server = pickServer();
+    if (!server) {
+      console.error('No HTTP server: the app never called http.createServer()');
+      dispose(request);
+      respondPlain(outparam, 500, 'Internal Server Error\n');
+      resolve();
+      return;
+    }
     let req;
     let res;
     try {
       req = new IncomingMessage(request);
-      res = new ServerResponse(req, resolve);
     } catch (err) {
       console.error('Error adapting the HTTP request:', err);
-      resolve(new Response('Bad Request\n', { status: 400 }));
+      dispose(request);
+      respondPlain(outparam, 400, 'Bad Request\n');
+      resolve();
       return;
     }
+    res = new ServerResponse(req, outparam, (fatal) => {
+      req._release();
+      if (fatal === undefined) resolve();
+      else reject(fatal);
+    });
     const listeners = server.listeners('request');
     if (listeners.length === 0) {
       res._fail500(new Error("the HTTP server has no 'request' handler (pass one to http.createServer())"));
@@ -757,15 +962,16 @@ function handle(server, request) {
   });
 }
 
-addEventListener('fetch', (event) => {
-  const server = pickServer();
-  if (!server) {
-    console.error('No HTTP server: the app never called http.createServer()');
-    event.respondWith(new Response('Internal Server Error\n', { status: 500 }));
-    return;
-  }
-  event.respondWith(handle(server, event.request));
-});
+// The component's wasi:http/incoming-handler export (build.mjs re-exports it
+// from the bundle's entry). Returning a promise makes the engine run its
+// event loop (timers, promises, the request body's reads) until the
+// response is complete, and one instance serves request after request,
+// which StarlingMonkey's fetch event cannot (StarlingMonkey issue 247).
+export const incomingHandler = {
+  handle(request, outparam) {
+    return dispatch(request, outparam);
+  },
+};
 
 export default {
   STATUS_CODES,

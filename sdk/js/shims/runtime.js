@@ -3,8 +3,8 @@
 // The app's top-level code runs at BUILD time, inside the Wizer snapshot taken
 // by componentize-js. There, calling any imported WASI function (environment,
 // stdout, ...) traps and fails the build. So the shims only touch WASI imports
-// once the component is serving, i.e. after the first `fetch` event has been
-// dispatched. Before that, they fall back and print a warning into the build
+// once the component is serving, i.e. once the first request has reached
+// the http shim (`markServing`). Before that, they fall back and print a warning into the build
 // output.
 
 import { getEnvironment } from 'wasi:cli/environment@0.2.10';
@@ -14,14 +14,18 @@ import { getStderr } from 'wasi:cli/stderr@0.2.10';
 let serving = false;
 let servingSince = 0;
 
-// Registered first (this module is injected ahead of the app), so it runs
-// before any other fetch listener. It never calls respondWith.
-addEventListener('fetch', () => {
+// For apps that handle StarlingMonkey's fetch event themselves (they do not
+// import http): registered first (this module is injected ahead of the app),
+// so it runs before their listener. It never calls respondWith.
+addEventListener('fetch', () => markServing());
+
+/** Called by the http shim as each request starts: the snapshot is over. */
+export function markServing() {
   if (!serving) {
     serving = true;
     servingSince = Date.now();
   }
-});
+}
 
 /** True once the component handles a request (false during the build snapshot). */
 export function isServing() {
