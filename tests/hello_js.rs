@@ -194,6 +194,8 @@ async fn node_style_handlers_read_bodies_and_errors_become_500s() {
     assert_eq!(echoed["url"], "/echo", "{body}");
     assert_eq!(echoed["body"], "hello", "{body}");
     assert_eq!(echoed["contentType"], "text/plain", "{body}");
+    // wasi:http carries the Host header as the request's authority.
+    assert_eq!(echoed["host"], shoal.url("/").trim_start_matches("http://").trim_end_matches('/'), "{body}");
     let (status, body) = send("POST", &shoal.url("/parse"), r#"{"a":1}"#).await;
     assert_eq!((status, body.as_str()), (200, r#"{"ok":true,"value":{"a":1}}"#));
     assert_eq!(get(&shoal.url("/nowhere"), None).await.0, 404);

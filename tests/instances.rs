@@ -78,6 +78,29 @@ async fn a_guest_that_returns_without_a_response_gets_500_at_once() {
     }
 }
 
+/// A reused instance whose linear memory has grown near its cap is retired
+/// after the request that grew it, while it still answers: a guest that
+/// leaks a little per request (some engines do) is renewed instead of
+/// failing a request when it runs out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_instance_near_its_memory_cap_is_retired_before_it_fails() {
+    let spec = "replicas: 1\nresources:\n  memory: 128Mi\n  instanceMemory: 16Mi\ninstances:\n  maxRequests: 1000";
+    let (mut shoal, _dir) = start_faulty("retire", spec);
+    let client = client();
+    // 1 MiB of linear memory leaked per request: without retirement the
+    // instance runs out within 16.
+    for i in 0..40 {
+        let (status, body) = get_with(&client, &shoal.url("/leak?mb=1&host=0"), None).await;
+        assert_eq!((status, body.as_str()), (200, "leaked 1 MiB\n"), "request {i}");
+    }
+    // The instance serving now is not the one that served the first leak.
+    let (status, body) = get_with(&client, &shoal.url("/count"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let count: u32 = body.trim().parse().unwrap();
+    assert!(count < 16, "one instance served {count} requests: never retired");
+    assert!(shoal.stop().success());
+}
+
 /// A guest that sends a response head and never finishes the body, never
 /// leaves the client with a body that looks complete or one held open: one
 /// that runs on gets the head and the start of the body at once, then a

@@ -66,8 +66,49 @@ pub(crate) struct Guest {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    limits: StoreLimits,
+    limits: Limits,
     hooks: NoOutbound,
+}
+
+/// The instance's memory cap, and how far its linear memory has grown.
+struct Limits {
+    cap: StoreLimits,
+    /// The largest memory size granted so far, in bytes.
+    memory: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let granted = self.cap.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.memory = self.memory.max(desired);
+        }
+        Ok(granted)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.cap.table_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.cap.memory_grow_failed(error)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.cap.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.cap.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.cap.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.cap.memories()
+    }
 }
 
 /// `wasi:http` hooks with the defaults, and without outgoing requests:
@@ -114,6 +155,9 @@ struct Replica {
     stderr: GuestOutput,
     env: Vec<(String, String)>,
     instance_memory: usize,
+    /// A reused instance whose memory grew past this is not used again
+    /// ([`retire_at`]).
+    retire_at: usize,
     timeout: Duration,
     slots: Arc<Semaphore>,
     /// Requests waiting for a slot, bounded by `queue`.
@@ -221,6 +265,7 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
         stderr: GuestOutput(stderr.clone()),
         env,
         instance_memory: usize::try_from(config.instance_memory).unwrap_or(usize::MAX),
+        retire_at: retire_at(usize::try_from(config.instance_memory).unwrap_or(usize::MAX)),
         timeout,
         slots: Arc::new(Semaphore::new(config.max_concurrency.max(1) as usize)),
         waiting: AtomicUsize::new(0),
@@ -333,7 +378,13 @@ impl Replica {
                     .stderr(self.stderr.clone())
                     .build(),
                 http: WasiHttpCtx::new(),
-                limits: StoreLimitsBuilder::new().memory_size(self.instance_memory).trap_on_grow_failure(false).build(),
+                limits: Limits {
+                    cap: StoreLimitsBuilder::new()
+                        .memory_size(self.instance_memory)
+                        .trap_on_grow_failure(false)
+                        .build(),
+                    memory: 0,
+                },
                 hooks: NoOutbound,
             },
         );
@@ -395,6 +446,18 @@ impl Replica {
         warm.served += 1;
         match &warm.reset {
             None if warm.served >= self.instance_requests => return,
+            // A reused instance whose memory has grown near its cap is
+            // retired while it can still serve: one that leaks (some
+            // engines do, a little per request) would otherwise fail a
+            // request when it runs out.
+            None if warm.store.data().limits.memory > self.retire_at => {
+                tracing::debug!(
+                    served = warm.served,
+                    memory = warm.store.data().limits.memory,
+                    "instance retired: its memory grew near the cap"
+                );
+                return;
+            }
             None => {}
             Some(_) if warm.served >= RESETS_PER_STORE => return,
             Some(Reset { instance, snapshot }) => {
@@ -580,6 +643,14 @@ impl Replica {
             Err(_elapsed) => plain(StatusCode::GATEWAY_TIMEOUT, "deadline exceeded\n"),
         }
     }
+}
+
+/// The memory size past which a reused instance is retired: three
+/// quarters of the cap, leaving at least 4 MiB (what one request of a
+/// large guest may still grow by) when the cap allows.
+fn retire_at(cap: usize) -> usize {
+    let headroom = (cap / 4).max(4 << 20).min(cap / 2);
+    cap - headroom
 }
 
 /// A guest's response body whose end is checked: when the guest's call

@@ -17,8 +17,8 @@
 //! - `GET /leak?mb=N&secret=S` leaves state behind on purpose: N MiB of
 //!   linear memory never freed (memory grows), `S` kept in a global, the
 //!   counter of `/count` bumped, and N MiB of host memory behind handles
-//!   it forgets (header fields of 120 KiB each), then answers `leaked N
-//!   MiB`.
+//!   it forgets (header fields of 120 KiB each; none with `host=0`), then
+//!   answers `leaked N MiB`.
 //! - `GET /state` answers what a previous request could have left:
 //!   `served=<counter> pages=<linear memory pages> secret=<S or none>`.
 //! - `/sleep?ms=N` (any method) waits N milliseconds (a WASI clock wait,
@@ -150,7 +150,8 @@ fn leak(req: &Request) -> Response {
     *SECRET.lock().unwrap() = req.query_param("secret");
     SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let value = vec![b'x'; 120 * 1024];
-    for _ in 0..mb * 1024 / 120 {
+    let host_mb = if req.query_param("host").as_deref() == Some("0") { 0 } else { mb };
+    for _ in 0..host_mb * 1024 / 120 {
         let fields = Fields::new();
         if fields.append("x-leak", &value).is_err() {
             return Response::text(500, "the host refused a header field\n");

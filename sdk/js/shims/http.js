@@ -135,6 +135,7 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'tra
 // Socket stand-in
 
 class Socket extends EventEmitter {
+  // `encrypted` is asked for when read (the scheme is one more host call).
   constructor(remoteAddress, encrypted) {
     super();
     this.remoteAddress = remoteAddress;
@@ -142,10 +143,13 @@ class Socket extends EventEmitter {
     this.remotePort = undefined;
     this.localAddress = undefined;
     this.localPort = undefined;
-    this.encrypted = encrypted || undefined;
+    this._encrypted = encrypted;
     this.readable = true;
     this.writable = true;
     this.destroyed = false;
+  }
+  get encrypted() {
+    return this._encrypted() || undefined;
   }
   setTimeout() {
     return this;
@@ -235,52 +239,29 @@ function wasiError(err) {
 // IncomingMessage (the `req` argument)
 
 export class IncomingMessage extends EventEmitter {
-  // `request` is the wasi:http incoming-request; the message owns it.
+  // `request` is the wasi:http incoming-request; the message owns it. What
+  // it carries is read from the host when the app first asks (each call
+  // into the host costs microseconds in the engine's interpreter): kubia
+  // reads one header and nothing else.
   constructor(request) {
     super();
-    this.method = methodName(request.method());
-    this.url = request.pathWithQuery() || '/';
     this.httpVersion = '1.1';
     this.httpVersionMajor = 1;
     this.httpVersionMinor = 1;
-
-    const fields = request.headers();
-    let entries;
-    try {
-      entries = fields.entries();
-    } finally {
-      dispose(fields);
-    }
-    const authority = request.authority();
-    const headers = {};
-    const rawHeaders = [];
-    // wasi:http carries the Host header as the authority.
-    if (authority && !entries.some(([name]) => name === 'host')) entries.unshift(['host', latin1Bytes(authority)]);
-    for (const [name, bytes] of entries) {
-      const value = latin1(bytes);
-      rawHeaders.push(name, value);
-      if (name === 'set-cookie') (headers[name] ||= []).push(value);
-      else headers[name] = name in headers ? headers[name] + ', ' + value : value;
-    }
-    this.headers = headers;
-    this.rawHeaders = rawHeaders;
     this.trailers = {};
     this.rawTrailers = [];
-
-    // The Shoal gateway appends the peer address it saw to X-Forwarded-For, so
-    // the last entry is the immediate peer (what Node reports as remoteAddress).
-    const xff = headers['x-forwarded-for'];
-    const hops = xff ? xff.split(',').map((s) => s.trim()).filter(Boolean) : [];
-    const scheme = request.scheme();
-    const encrypted = Boolean(scheme && scheme.tag === 'HTTPS');
-    this.socket = this.connection = new Socket(hops.length ? hops[hops.length - 1] : undefined, encrypted);
-
     this.complete = false;
     this.aborted = false;
     this.readable = true;
     this.readableEnded = false;
     this.destroyed = false;
     this._request = request;
+    this._fields = null; // the request's header fields, once asked for
+    this._method = undefined;
+    this._url = undefined;
+    this._headers = undefined;
+    this._rawHeaders = undefined;
+    this._socket = undefined;
     this._body = null; // incoming-body, once reading starts
     this._stream = null; // its input-stream
     this._encoding = null;
@@ -289,6 +270,96 @@ export class IncomingMessage extends EventEmitter {
     this._started = false;
     this._resumeWaiter = null;
     this._response = null; // the ServerResponse for this request (set by its constructor)
+  }
+
+  get method() {
+    if (this._method === undefined) this._method = this._request ? methodName(this._request.method()) : 'GET';
+    return this._method;
+  }
+  set method(value) {
+    this._method = value;
+  }
+
+  get url() {
+    if (this._url === undefined) this._url = (this._request && this._request.pathWithQuery()) || '/';
+    return this._url;
+  }
+  set url(value) {
+    this._url = value;
+  }
+
+  get headers() {
+    if (this._headers === undefined) this._loadHeaders();
+    return this._headers;
+  }
+  set headers(value) {
+    this._headers = value;
+  }
+
+  get rawHeaders() {
+    if (this._rawHeaders === undefined) this._loadHeaders();
+    return this._rawHeaders;
+  }
+  set rawHeaders(value) {
+    this._rawHeaders = value;
+  }
+
+  get socket() {
+    if (this._socket === undefined) {
+      // The Shoal gateway appends the peer address it saw to
+      // X-Forwarded-For, so the last entry is the immediate peer (what Node
+      // reports as remoteAddress).
+      const xff = this._header('x-forwarded-for');
+      const hops = xff ? xff.split(',').map((s) => s.trim()).filter(Boolean) : [];
+      this._socket = new Socket(hops.length ? hops[hops.length - 1] : undefined, () => this._encrypted());
+    }
+    return this._socket;
+  }
+  set socket(value) {
+    this._socket = value;
+  }
+
+  get connection() {
+    return this.socket;
+  }
+  set connection(value) {
+    this._socket = value;
+  }
+
+  _encrypted() {
+    const scheme = this._request && this._request.scheme();
+    return Boolean(scheme && scheme.tag === 'HTTPS');
+  }
+
+  _fieldsHandle() {
+    if (!this._fields && this._request) this._fields = this._request.headers();
+    return this._fields;
+  }
+
+  // One header's value (repeated fields joined with ", "), or undefined.
+  _header(name) {
+    if (this._headers !== undefined) return this._headers[name];
+    const fields = this._fieldsHandle();
+    const values = fields ? fields.get(name) : [];
+    return values.length ? values.map(latin1).join(', ') : undefined;
+  }
+
+  _loadHeaders() {
+    const fields = this._fieldsHandle();
+    const entries = fields ? fields.entries() : [];
+    const headers = {};
+    const rawHeaders = [];
+    // wasi:http carries the Host header as the authority.
+    const authority = this._request && this._request.authority();
+    if (authority && !entries.some(([name]) => name === 'host')) entries.unshift(['host', latin1Bytes(authority)]);
+    for (const [name, bytes] of entries) {
+      const value = latin1(bytes);
+      rawHeaders.push(name, value);
+      if (name === 'set-cookie') (headers[name] ||= []).push(value);
+      else headers[name] = name in headers ? headers[name] + ', ' + value : value;
+    }
+    if (this._headers === undefined) this._headers = headers;
+    if (this._rawHeaders === undefined) this._rawHeaders = rawHeaders;
   }
 
   on(name, listener) {
@@ -366,18 +437,27 @@ export class IncomingMessage extends EventEmitter {
 
   destroy(err) {
     this.destroyed = true;
-    this._release();
+    this._releaseBody();
     // Asynchronously, as in Node: a response ended right after destroy() wins.
     if (err) queueMicrotask(() => this._fail(err));
     return this;
   }
 
-  // Drops the body's stream, the body and the request (children first).
-  _release() {
+  // Drops the body's stream and the body (children first).
+  _releaseBody() {
     dispose(this._stream);
     dispose(this._body);
+    this._stream = this._body = null;
+  }
+
+  // Drops everything the message holds from the host. Called when the
+  // next request starts, so that what the app did not read is still there
+  // for code that runs after the response (a timer, say).
+  _release() {
+    this._releaseBody();
+    dispose(this._fields);
     dispose(this._request);
-    this._stream = this._body = this._request = null;
+    this._fields = this._request = null;
   }
 
   _decode(bytes) {
@@ -396,7 +476,7 @@ export class IncomingMessage extends EventEmitter {
       return true;
     } catch (err) {
       this.destroyed = true;
-      this._release();
+      this._releaseBody();
       if (this._response) this._response._fail500(err);
       else console.error('Uncaught exception in a request listener:', err);
       return false;
@@ -486,7 +566,6 @@ export class ServerResponse extends EventEmitter {
     super();
     this.req = req;
     req._response = this;
-    this.socket = this.connection = req.socket;
     this.statusCode = 200;
     this.statusMessage = undefined;
     this.sendDate = true;
@@ -503,6 +582,13 @@ export class ServerResponse extends EventEmitter {
     this._body = null; // outgoing-body, once the head is sent
     this._stream = null; // its output-stream
     this._settle = settle;
+  }
+
+  get socket() {
+    return this.req.socket;
+  }
+  get connection() {
+    return this.req.socket;
   }
 
   _assertHeadersNotSent(what) {
@@ -917,8 +1003,16 @@ function respondPlain(outparam, status, text) {
 // Serves one request; resolves once its response is complete (or failed),
 // rejects (which fails the call: the host then discards the instance) after
 // an error the instance must not outlive.
+// The message of the request before this one: the host resources it still
+// holds go when the next request starts.
+let previous = null;
+
 function dispatch(request, outparam) {
   markServing();
+  if (previous) {
+    previous._release();
+    previous = null;
+  }
   return new Promise((resolve, reject) => {
     const server = pickServer();
     if (!server) {
@@ -939,8 +1033,9 @@ function dispatch(request, outparam) {
       resolve();
       return;
     }
+    previous = req;
     res = new ServerResponse(req, outparam, (fatal) => {
-      req._release();
+      req._releaseBody();
       if (fatal === undefined) resolve();
       else reject(fatal);
     });
