@@ -66,9 +66,9 @@ async fn replicas_are_processes_in_cgroups_with_the_manifest_memory_limit() {
         assert_eq!(limit.trim(), (48u64 << 20).to_string(), "{}", limit_file.display());
         let pids = cgroup_of(*pid, "pids").unwrap();
         assert!(pids.contains("/shoal/"), "pids cgroup {pids}");
-        // 250m of cpu: a quarter of each 100 ms period (v1 cpu.cfs_quota_us
+        // 250m of cpu: a quarter of each 10 ms period (v1 cpu.cfs_quota_us
         // and cpu.cfs_period_us, v2 cpu.max).
-        assert_eq!(cpu_quota(*pid), Some((25_000, 100_000)), "worker {pid}");
+        assert_eq!(cpu_quota(*pid), Some((2_500, 10_000)), "worker {pid}");
         assert_eq!(cgroup_setting(*pid, "pids", "pids.max").as_deref(), Some("64"), "worker {pid}");
     }
     assert!(shoal.stop().success());
