@@ -199,6 +199,11 @@ async fn node_style_handlers_read_bodies_and_errors_become_500s() {
     let (status, body) = send("POST", &shoal.url("/parse"), r#"{"a":1}"#).await;
     assert_eq!((status, body.as_str()), (200, r#"{"ok":true,"value":{"a":1}}"#));
     assert_eq!(get(&shoal.url("/nowhere"), None).await.0, 404);
+    // A streamed body: many writes, then one larger than a host write.
+    let (status, body) = get(&shoal.url("/stream?kb=100"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), 100 * 1024 + 65536);
+    assert!(body.starts_with(&format!("{}\n", "x".repeat(1023))) && body.ends_with(&"y".repeat(65536)));
     // A response sent from a timer, after the handler returned.
     assert_eq!(get(&shoal.url("/later"), None).await, (200, "later\n".to_owned()));
 

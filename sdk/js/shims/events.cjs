@@ -4,7 +4,7 @@
 
 class EventEmitter {
   constructor() {
-    this._events = new Map();
+    this._events = null; // a Map, made by the first listener
     this._maxListeners = EventEmitter.defaultMaxListeners;
   }
 

@@ -116,8 +116,13 @@ export function validateHeaderValue(name, value) {
   if (BAD_VALUE.test(String(value))) throw httpError('ERR_INVALID_CHAR', 'Invalid character in header content ["' + name + '"]', TypeError);
 }
 
+const utf8 = new TextEncoder();
+
 function toBytes(chunk, encoding) {
-  if (typeof chunk === 'string') return Buffer.from(chunk, encoding || 'utf8');
+  if (typeof chunk === 'string') {
+    if (!encoding || encoding === 'utf8' || encoding === 'utf-8') return utf8.encode(chunk);
+    return Buffer.from(chunk, encoding);
+  }
   if (chunk instanceof Uint8Array) return chunk;
   if (chunk instanceof ArrayBuffer) return new Uint8Array(chunk);
   if (ArrayBuffer.isView(chunk)) return new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
@@ -747,6 +752,10 @@ export class ServerResponse extends EventEmitter {
   _writeBytes(bytes) {
     if (!this._stream || this._nullBody()) return true;
     try {
+      if (bytes.byteLength <= WRITE_CHUNK) {
+        if (bytes.byteLength) this._stream.blockingWriteAndFlush(bytes);
+        return true;
+      }
       for (let at = 0; at < bytes.byteLength; at += WRITE_CHUNK) {
         this._stream.blockingWriteAndFlush(bytes.subarray(at, at + WRITE_CHUNK));
       }
