@@ -187,6 +187,14 @@ async fn node_style_handlers_read_bodies_and_errors_become_500s() {
     shoal.wait_ready("echo");
 
     assert_eq!(get(&shoal.url("/"), None).await, (200, "js-echo\n".to_owned()));
+    // A body that comes whole with the head gets its length from the
+    // gateway (the shim does not set it), not chunked framing.
+    let response = client()
+        .request(hyper::Request::get(shoal.url("/")).body(http_body_util::Empty::new()).unwrap())
+        .await
+        .expect("request failed");
+    assert_eq!(response.headers().get("content-length").map(|v| v.as_bytes()), Some(&b"8"[..]));
+    assert!(response.headers().get("transfer-encoding").is_none(), "{:?}", response.headers());
     let (status, body) = send("POST", &shoal.url("/echo"), "hello").await;
     assert_eq!(status, 200, "{body}");
     let echoed: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));

@@ -790,6 +790,9 @@ impl HttpBody for LinkBody {
     fn size_hint(&self) -> SizeHint {
         match self.remaining {
             Some(remaining) => SizeHint::with_exact(remaining),
+            // The whole body came with the head: its length is known, and
+            // the client gets it as a content-length rather than chunks.
+            None if self.done => SizeHint::with_exact(self.first.as_ref().map_or(0, |b| b.len() as u64)),
             None => SizeHint::default(),
         }
     }
