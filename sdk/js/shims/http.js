@@ -1015,13 +1015,13 @@ function respondPlain(outparam, status, text) {
   OutgoingBody.finish(outgoing, undefined);
 }
 
-// Serves one request; resolves once its response is complete (or failed),
-// rejects (which fails the call: the host then discards the instance) after
-// an error the instance must not outlive.
 // The message of the request before this one: the host resources it still
 // holds go when the next request starts.
 let previous = null;
 
+// Serves one request; resolves once its response is complete (or failed),
+// rejects (which fails the call: the host then discards the instance) after
+// an error the instance must not outlive.
 function dispatch(request, outparam) {
   markServing();
   if (previous) {
@@ -1038,7 +1038,6 @@ function dispatch(request, outparam) {
       return;
     }
     let req;
-    let res;
     try {
       req = new IncomingMessage(request);
     } catch (err) {
@@ -1049,7 +1048,7 @@ function dispatch(request, outparam) {
       return;
     }
     previous = req;
-    res = new ServerResponse(req, outparam, (fatal) => {
+    const res = new ServerResponse(req, outparam, (fatal) => {
       req._releaseBody();
       if (fatal === undefined) resolve();
       else reject(fatal);
