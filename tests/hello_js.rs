@@ -212,6 +212,10 @@ async fn node_style_handlers_read_bodies_and_errors_become_500s() {
     assert_eq!(status, 200);
     assert_eq!(body.len(), 100 * 1024 + 65536);
     assert!(body.starts_with(&format!("{}\n", "x".repeat(1023))) && body.ends_with(&"y".repeat(65536)));
+    // A handler that answers before reading the body and then reads it:
+    // the body is dropped with the request, quietly.
+    assert_eq!(send("POST", &shoal.url("/early"), &"z".repeat(300_000)).await, (200, "early\n".to_owned()));
+    assert_eq!(get(&shoal.url("/"), None).await, (200, "js-echo\n".to_owned()));
     // A response sent from a timer, after the handler returned.
     assert_eq!(get(&shoal.url("/later"), None).await, (200, "later\n".to_owned()));
 
@@ -221,6 +225,7 @@ async fn node_style_handlers_read_bodies_and_errors_become_500s() {
     assert_eq!(send("POST", &shoal.url("/parse"), "not json").await.0, 500);
     assert!(started.elapsed() < Duration::from_secs(5), "errors took {:?}", started.elapsed());
     shoal.wait_for_output(|l| l.contains("| Error in HTTP request handler: Error: boom"));
+    assert_eq!(shoal.count_lines(|l| l.contains("Error reading request body")), 0, "{}", shoal.dump());
     // The replica serves on after them.
     assert_eq!(get(&shoal.url("/"), None).await, (200, "js-echo\n".to_owned()));
     assert!(shoal.stop().success());

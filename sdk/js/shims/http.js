@@ -271,6 +271,7 @@ export class IncomingMessage extends EventEmitter {
     this._socket = undefined;
     this._body = null; // incoming-body, once reading starts
     this._stream = null; // its input-stream
+    this._cutOff = false; // the body was dropped while being read
     this._encoding = null;
     this._decoder = null;
     this._flowing = null; // null: not started, true: flowing, false: paused
@@ -450,8 +451,10 @@ export class IncomingMessage extends EventEmitter {
     return this;
   }
 
-  // Drops the body's stream and the body (children first).
+  // Drops the body's stream and the body (children first). Reading stops
+  // there if it was under way (the response is over): no 'end', no error.
   _releaseBody() {
+    if (this._stream) this._cutOff = true;
     dispose(this._stream);
     dispose(this._body);
     this._stream = this._body = null;
@@ -527,7 +530,7 @@ export class IncomingMessage extends EventEmitter {
       if (chunk.length) yield chunk instanceof Uint8Array ? chunk : new Uint8Array(chunk);
       // Let the app's listeners (and pause()) run between chunks.
       await undefined;
-      if (this.destroyed) return;
+      if (this.destroyed || this._cutOff) return;
     }
     dispose(this._stream);
     dispose(this._body);
@@ -547,10 +550,10 @@ export class IncomingMessage extends EventEmitter {
       }
       if (next.done) break;
       while (this._flowing === false) await new Promise((r) => (this._resumeWaiter = r));
-      if (this.destroyed) return;
+      if (this.destroyed || this._cutOff) return;
       if (!this._emitSafe('data', this._decode(next.value))) return;
     }
-    if (!this.destroyed) this._finish();
+    if (!this.destroyed && !this._cutOff) this._finish();
   }
 
   // `for await (const chunk of req)` (use it instead of 'data' listeners).
@@ -559,7 +562,7 @@ export class IncomingMessage extends EventEmitter {
     this._started = true;
     this._flowing = true;
     for await (const bytes of this._chunks()) yield this._decode(bytes);
-    this._finish();
+    if (!this._cutOff) this._finish();
   }
 }
 
