@@ -25,6 +25,9 @@ const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/hello-js");
 const SEED_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/hello-node/app.js");
 const ECHO_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/js-echo");
 const FETCH_EVENT_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/js-fetch-event");
+/// The spec lines of the JS services these tests run: one replica with room
+/// for the engine.
+const JS_SPEC: &str = "replicas: 1\nresources:\n  memory: 128Mi\n  instanceMemory: 32Mi\ntimeout: 10s";
 
 /// Why JavaScript services cannot be built here, if they cannot; a panic
 /// instead when `SHOAL_REQUIRE_NODE=1`.
@@ -181,7 +184,7 @@ async fn node_style_handlers_read_bodies_and_errors_become_500s() {
     }
     let (module, _) = echo_module();
     let dir = Scratch::new("js-echo-run");
-    let spec = "replicas: 1\nresources:\n  memory: 128Mi\n  instanceMemory: 32Mi\ntimeout: 10s";
+    let spec = JS_SPEC;
     let file = dir.write("echo.yaml", manifest("echo", module.to_str().unwrap(), spec));
     let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
     shoal.wait_ready("echo");
@@ -260,7 +263,7 @@ async fn a_node_style_instance_serves_many_requests_and_keeps_its_state() {
     assert!(shoal_runtime::marker::supports_reuse(&bytes), "the SDK did not mark {}", module.display());
 
     let dir = Scratch::new("js-count");
-    let spec = "replicas: 1\nresources:\n  memory: 128Mi\n  instanceMemory: 32Mi\ntimeout: 10s";
+    let spec = JS_SPEC;
     let fresh = format!("{spec}\ninstances:\n  maxRequests: 1");
     let text = format!(
         "{}---\n{}",
@@ -336,7 +339,7 @@ async fn fetch_event_components_built_without_the_sdk_run_and_never_hang() {
     assert!(built.status.success(), "componentize-js failed: {}", String::from_utf8_lossy(&built.stderr));
     assert!(!shoal_runtime::marker::supports_reuse(&std::fs::read(&module).unwrap()));
 
-    let spec = "replicas: 1\nresources:\n  memory: 128Mi\n  instanceMemory: 32Mi\ntimeout: 10s";
+    let spec = JS_SPEC;
     let module = module.to_str().unwrap();
     let text = format!(
         "{}---\n{}",

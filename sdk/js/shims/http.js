@@ -1033,27 +1033,6 @@ function pickServer() {
   return servers.find((s) => s.listening) || servers[servers.length - 1] || null;
 }
 
-// A response for a request that never reached a handler.
-function respondPlain(outparam, status, text) {
-  const body = latin1Bytes(text);
-  const response = new OutgoingResponse(
-    Fields.fromList([
-      ['content-type', latin1Bytes('text/plain; charset=utf-8')],
-      ['content-length', latin1Bytes(String(body.byteLength))],
-    ]),
-  );
-  response.setStatusCode(status);
-  const outgoing = response.body();
-  ResponseOutparam.set(outparam, { tag: 'ok', val: response });
-  const stream = outgoing.write();
-  try {
-    stream.blockingWriteAndFlush(body);
-  } finally {
-    dispose(stream);
-  }
-  OutgoingBody.finish(outgoing, undefined);
-}
-
 // The message of the request before this one: the host resources it still
 // holds go when the next request starts.
 let previous = null;
@@ -1068,30 +1047,19 @@ function dispatch(request, outparam) {
     previous = null;
   }
   return new Promise((resolve, reject) => {
-    const server = pickServer();
-    if (!server) {
-      console.error('No HTTP server: the app never called http.createServer()');
-      dispose(request);
-      respondPlain(outparam, 500, 'Internal Server Error\n');
-      resolve();
-      return;
-    }
-    let req;
-    try {
-      req = new IncomingMessage(request);
-    } catch (err) {
-      console.error('Error adapting the HTTP request:', err);
-      dispose(request);
-      respondPlain(outparam, 400, 'Bad Request\n');
-      resolve();
-      return;
-    }
+    // Reads nothing from the host yet: it cannot fail.
+    const req = new IncomingMessage(request);
     previous = req;
     const res = new ServerResponse(req, outparam, (fatal) => {
       req._releaseBody();
       if (fatal === undefined) resolve();
       else reject(fatal);
     });
+    const server = pickServer();
+    if (!server) {
+      res._fail500(new Error('the app never called http.createServer()'), 'No HTTP server:');
+      return;
+    }
     const listeners = server.listeners('request');
     if (listeners.length === 0) {
       res._fail500(new Error("the HTTP server has no 'request' handler (pass one to http.createServer())"));
