@@ -42,6 +42,9 @@
 //!     maxScaleUpRate: 1000       # at most ready × this per decision; default 1000; 2..=1000
 //!     maxScaleDownRate: 2        # at least ready ÷ this per decision; default 2; 2..=1000
 //!     scaleToZeroGracePeriod: 30s  # with min 0: idle time before scaling to zero; default 30s; 0s..=1h
+//!   allowOutbound:               # optional; where guests may send HTTP requests; default none
+//!     - http://kubia             # scheme://host[:port]: http, https or *; a name, an IP, *.domain or *; a port or *
+//!     - https://*.example.org:8443
 //! ```
 //!
 //! A file may hold several documents separated by `---`. Unknown fields are
@@ -83,6 +86,7 @@
 pub mod error;
 pub mod manifest;
 pub mod objects;
+pub mod outbound;
 pub mod quantity;
 mod raw;
 mod validate;
@@ -96,5 +100,6 @@ pub use objects::{
     Event, EventType, ModuleInfo, ReplicaInfo, ReplicaState, RolloutPhase, ServiceRecord, ServiceStatus, format_age,
     now_unix,
 };
+pub use outbound::{AllowOutbound, OutboundRule};
 pub use quantity::{format_bytes, parse_cpu, parse_memory};
 pub use validate::MAX_REPLICAS;

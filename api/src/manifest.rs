@@ -73,6 +73,11 @@ pub struct ServiceSpec {
     /// between `min` and `max`, and `replicas` is only the initial count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Autoscale>,
+    /// `spec.allowOutbound`: where its guests may send HTTP requests
+    /// (entries checked by [`crate::AllowOutbound::parse`]); empty denies
+    /// every call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<String>,
 }
 
 /// What the autoscaler measures per replica.

@@ -331,6 +331,7 @@ mod tests {
                     instances: Default::default(),
                     timeout: Duration::from_secs(10),
                     autoscale: None,
+                    allow_outbound: Vec::new(),
                 },
             },
             module_digest: "ab".repeat(32),

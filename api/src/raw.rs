@@ -36,7 +36,8 @@ pub(crate) struct RawMetadata {
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mapping with module, replicas, routes, env, resources, limits, instances, timeout and autoscale"
+    expecting = "a mapping with module, replicas, routes, env, resources, limits, instances, timeout, autoscale and \
+                 allowOutbound"
 )]
 pub(crate) struct RawSpec {
     pub module: Option<String>,
@@ -48,6 +49,7 @@ pub(crate) struct RawSpec {
     pub instances: Option<RawInstances>,
     pub timeout: Option<String>,
     pub autoscale: Option<RawAutoscale>,
+    pub allow_outbound: Option<Vec<String>>,
 }
 
 /// `spec.autoscale`. Durations and percentages are read as strings (a

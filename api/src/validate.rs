@@ -210,6 +210,15 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
         Some(text) => duration(&text, MIN_TIMEOUT, MAX_TIMEOUT).map_err(|m| ManifestError::new("spec.timeout", m))?,
     };
     let autoscale = raw.autoscale.map(autoscale).transpose()?;
+    let allow_outbound = raw.allow_outbound.unwrap_or_default();
+    if allow_outbound.len() > MAX_OUTBOUND_RULES {
+        return Err(ManifestError::new(
+            "spec.allowOutbound",
+            format!("{} entries; at most {MAX_OUTBOUND_RULES}", allow_outbound.len()),
+        ));
+    }
+    crate::AllowOutbound::parse(&allow_outbound)
+        .map_err(|(i, why)| ManifestError::new(format!("spec.allowOutbound[{i}]"), why))?;
     let replicas = match (replicas, &autoscale) {
         (None, None) => 1,
         (Some(n), None) => n,
@@ -235,8 +244,12 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
         instances,
         timeout,
         autoscale,
+        allow_outbound,
     })
 }
+
+/// The most `spec.allowOutbound` entries.
+const MAX_OUTBOUND_RULES: usize = 256;
 
 fn instances(raw: RawInstances) -> Result<Instances> {
     let max_requests = match raw.max_requests {

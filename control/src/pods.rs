@@ -182,6 +182,7 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                         continue;
                     }
                 };
+                link.serve_calls(ctx.gateway.call_handler(&spec.service, &spec.allow_outbound));
                 ctx.gateway.add_replica(&spec.service, &replica.name, link.clone());
                 update(&|s| {
                     s.state = ReplicaState::Running;

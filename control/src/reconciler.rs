@@ -563,6 +563,7 @@ impl Controller {
                     drain_timeout: GRACE,
                     instance_requests: instances.max_requests,
                     instance_idle: instances.max_idle,
+                    allow_outbound: service.spec.allow_outbound.clone(),
                 };
                 pods.push(Pod::start(self.ctx.clone(), spec, revision.clone(), digest.clone()));
             }

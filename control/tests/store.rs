@@ -59,6 +59,7 @@ fn record(name: &str, replicas: u32) -> ServiceRecord {
                 instances: Default::default(),
                 timeout: Duration::from_millis(1500),
                 autoscale: None,
+                allow_outbound: Vec::new(),
             },
         },
         module_digest: sha256_hex(b"module"),

@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 /// and `exceeded` is set, so that the gateway can answer `413`. When the
 /// client's own body is broken (bad chunking, cut short), `broken` is set,
 /// so that the gateway answers `400` rather than blaming the replica.
-pub struct LimitedBody {
-    pub body: Incoming,
+pub struct LimitedBody<B = Incoming> {
+    pub body: B,
     pub remaining: u64,
     pub exceeded: Arc<AtomicBool>,
     pub broken: Arc<AtomicBool>,
@@ -25,9 +25,13 @@ pub struct LimitedBody {
 #[error("request body larger than the service's limit")]
 pub struct BodyTooLarge;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl hyper::body::Body for LimitedBody {
+impl<B> hyper::body::Body for LimitedBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -48,7 +52,7 @@ impl hyper::body::Body for LimitedBody {
             }
             Poll::Ready(Some(Err(error))) => {
                 limited.broken.store(true, Ordering::SeqCst);
-                Poll::Ready(Some(Err(Box::new(error))))
+                Poll::Ready(Some(Err(error.into())))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,

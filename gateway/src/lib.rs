@@ -21,6 +21,8 @@
 //!   frames, responses back, flow control, the worker checked.
 //! - [`client`]: the client's request body with the service's size limit.
 //! - `proxy`: the request path.
+//! - `outbound`: calls from services (to a service by name, or out),
+//!   allow-lists, hop counting.
 //! - [`listener`]: the accept loop every listener of Shoal runs (connection
 //!   cap, header and idle timeouts, eviction, graceful drain).
 //! - `server`: the gateway's listener settings.
@@ -30,6 +32,7 @@ pub mod client;
 pub mod link;
 pub mod listener;
 pub mod metrics;
+mod outbound;
 mod proxy;
 pub mod router;
 mod server;
@@ -44,6 +47,7 @@ use metrics::{Meter, MeterReading, ReplicaSnapshot, ReplicaStats};
 use shoal_api::Route;
 
 pub use balancer::{Balancer, Endpoint};
+pub use outbound::{HOPS_HEADER, MAX_HOPS};
 pub use router::Router;
 pub use server::GatewayConfig;
 

@@ -20,7 +20,7 @@
 //! 5. Stream the response back; the replica's in-flight count ends when the
 //!    body does.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +35,7 @@ use hyper::body::Incoming;
 use shoal_protocol::channel::frame::{RequestHead, Scheme};
 
 use crate::balancer::{Endpoint, InFlight};
-use crate::client::LimitedBody;
+use crate::client::{BoxError, LimitedBody};
 use crate::link::{LinkBody, LinkError, RequestBody};
 use crate::{Backend, Gateway};
 
@@ -201,8 +201,32 @@ impl Gateway {
             return message(StatusCode::NOT_FOUND, "404 no route for this host and path\n");
         };
         let backend = backend.clone();
-        let mut demand = Demand::begin(&backend);
-        let response = self.forward(&backend, req, host, client).await;
+        // A request that comes back to Shoal through a host outside (a
+        // call that went out and came back in) still counts its hops.
+        let hops = match crate::outbound::hops_header(req.headers()) {
+            Ok(hops) => hops,
+            Err(response) => return response,
+        };
+        self.route_to(&backend, req, host, Some(client.ip()), hops, None).await
+    }
+
+    /// Sends a routed request to `backend` and counts it in its meter
+    /// until its response ends.
+    pub(crate) async fn route_to<B>(
+        &self,
+        backend: &Arc<Backend>,
+        req: Request<B>,
+        host: Option<String>,
+        client: Option<IpAddr>,
+        hops: u8,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut demand = Demand::begin(backend);
+        let response = self.forward(backend, req, host, client, hops, deadline).await;
         demand.status = response.status().as_u16();
         let (parts, body) = response.into_parts();
         let body = match body {
@@ -264,16 +288,27 @@ impl Gateway {
         }
     }
 
-    /// Sends a routed request to a replica of `backend`.
-    async fn forward(
+    /// Sends a routed request to a replica of `backend`, under the
+    /// service's deadline or `cap` if sooner (a call's caller's). `client`
+    /// is `None` for a call from another service.
+    async fn forward<B>(
         &self,
         backend: &Backend,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         host: Option<String>,
-        client: SocketAddr,
-    ) -> Response<Body> {
+        client: Option<IpAddr>,
+        hops: u8,
+        cap: Option<tokio::time::Instant>,
+    ) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let timeout = backend.timeout();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        if let Some(cap) = cap {
+            deadline = deadline.min(cap);
+        }
         let endpoint = match self.replica(backend, deadline).await {
             Ok(endpoint) => endpoint,
             Err(response) => return response,
@@ -281,20 +316,24 @@ impl Gateway {
 
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        // `x-shoal-*` is Shoal's own (it once carried readiness probes).
+        // `x-shoal-*` is Shoal's own (it once carried readiness probes;
+        // the hops travel in the channel's frame).
         headers.remove("x-shoal-probe");
+        headers.remove(crate::outbound::HOPS_HEADER);
         if let Some(value) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             headers.entry(header::HOST).or_insert(value);
         }
-        let ip = client.ip().to_string();
-        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(previous) => format!("{previous}, {ip}"),
-            None => ip,
-        };
-        if let Ok(value) = HeaderValue::from_str(&forwarded) {
-            headers.insert("x-forwarded-for", value);
+        if let Some(client) = client {
+            let ip = client.to_string();
+            let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(previous) => format!("{previous}, {ip}"),
+                None => ip,
+            };
+            if let Ok(value) = HeaderValue::from_str(&forwarded) {
+                headers.insert("x-forwarded-for", value);
+            }
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
 
         // Bodies over the service's limit: 413 before anything is sent when
         // the length is declared; cut off (then 413) when it is not.
@@ -325,7 +364,12 @@ impl Gateway {
             authority: host.unwrap_or_default(),
             method: parts.method.clone(),
             path_and_query: parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-            client: client.ip().to_string(),
+            client: client.map(|ip| ip.to_string()).unwrap_or_default(),
+            hops,
+            deadline_ms: u32::try_from(deadline.saturating_duration_since(tokio::time::Instant::now()).as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1),
+            connect_ms: 0,
             headers: std::mem::take(&mut parts.headers),
         };
 

@@ -100,6 +100,8 @@ pub struct ReplicaSpec {
     pub instance_requests: u32,
     /// How long an idle instance is kept for reuse.
     pub instance_idle: Duration,
+    /// `spec.allowOutbound`, as written (validated).
+    pub allow_outbound: Vec<String>,
 }
 
 /// How a worker ended.
@@ -448,6 +450,7 @@ impl NodeAgent {
             drain_timeout_ms: spec.drain_timeout.as_millis() as u64,
             instance_requests: spec.instance_requests,
             instance_idle_ms: spec.instance_idle.as_millis() as u64,
+            allow_outbound: spec.allow_outbound.clone(),
         };
         let config_json = serde_json::to_vec(&worker).expect("worker config serializes");
         // The worker reads its configuration to the end of its stdin. A

@@ -99,10 +99,12 @@
 //! For anything this crate does not cover (trailers, streaming bodies,
 //! outgoing HTTP requests), the raw bindings are re-exported as [`wasi`].
 
+mod client;
 mod glue;
 mod request;
 mod response;
 
+pub use client::{CallError, get, send};
 pub use request::Request;
 pub use response::{Response, TEXT_PLAIN_UTF8};
 

@@ -238,6 +238,7 @@ pub(crate) mod tests {
                     instances: Default::default(),
                     timeout: Duration::from_secs(10),
                     autoscale: None,
+                    allow_outbound: Vec::new(),
                 },
             },
             module_digest: "3f2a9c1b7e4d".to_owned() + &"0".repeat(52),

@@ -23,6 +23,8 @@ pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 pub const HELLO_WASM: &str = env!("SHOAL_HELLO_WASM");
 /// The fault-injection fixture component.
 pub const FAULTY_WASM: &str = env!("SHOAL_FAULTY_WASM");
+/// The frontend sample, which calls other services.
+pub const FRONTEND_WASM: &str = env!("SHOAL_FRONTEND_WASM");
 
 /// How long `shoal up` may take to become ready.
 const READY: Duration = Duration::from_secs(90);

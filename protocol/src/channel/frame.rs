@@ -8,12 +8,19 @@
 //!
 //! | kind | direction | after the stream id |
 //! |---|---|---|
-//! | `REQUEST` | gateway → worker | flags, scheme, authority, method, path and query, client address, headers, body |
-//! | `RESPONSE` | worker → gateway | status `u16`, flags, headers, body |
+//! | `REQUEST` | gateway → worker | flags, scheme, hops `u8`, deadline `u32` ms, connect timeout `u32` ms, authority, method, path and query, client address, headers, body |
+//! | `RESPONSE` | worker → gateway (a call's: gateway → worker) | status `u16`, flags, headers, body |
+//! | `CALL` | worker → gateway | as `REQUEST`: a guest's outgoing request |
+//! | `CALL_FAIL` | gateway → worker | error code `u8`, message: a call that got no response |
 //! | `DATA` | both | flags, body bytes |
 //! | `WINDOW` | both | `u32`: bytes of body the sender may now send more on that stream |
 //! | `RESET` | both | reason `u8`: the stream ends here, without a proper end |
 //! | `PROBE`, `PROBE_ACK` | gateway → worker, back | nonce `u64` |
+//!
+//! Streams a worker opens (its guests' calls, [`CALL_BIT`] set in their
+//! ids) and streams the gateway opens (requests, the bit clear) never
+//! share an id: `DATA`, `WINDOW` and `RESET` frames go to a call or a
+//! request by that bit.
 //!
 //! Decoding checks every length against the frame, every name and value
 //! against HTTP's rules, and the kind against the direction: anything else
@@ -33,6 +40,51 @@ pub mod kind {
     pub const RESET: u8 = 5;
     pub const PROBE: u8 = 6;
     pub const PROBE_ACK: u8 = 7;
+    pub const CALL: u8 = 8;
+    pub const CALL_FAIL: u8 = 9;
+}
+
+/// Set in the id of every stream a worker opens (a call), clear in those
+/// the gateway opens (a request).
+pub const CALL_BIT: u32 = 1 << 31;
+
+/// Whether `stream` is a call (a stream the worker opened).
+pub fn is_call(stream: u32) -> bool {
+    stream & CALL_BIT != 0
+}
+
+/// Why a call got no response (a `CALL_FAIL` frame's code); each is one
+/// of `wasi:http`'s error codes.
+pub mod call_error {
+    /// The caller's `spec.allowOutbound` does not allow the URL
+    /// (`HTTP-request-denied`).
+    pub const DENIED: u8 = 1;
+    /// The host name did not resolve (`DNS-error`).
+    pub const DNS: u8 = 2;
+    /// No such destination (`destination-not-found`).
+    pub const NOT_FOUND: u8 = 3;
+    /// The connection was refused (`connection-refused`).
+    pub const REFUSED: u8 = 4;
+    /// The connection was not made in time (`connection-timeout`).
+    pub const CONNECT_TIMEOUT: u8 = 5;
+    /// The connection ended before the response (`connection-terminated`).
+    pub const TERMINATED: u8 = 6;
+    /// The response head did not come in time (`HTTP-response-timeout`).
+    pub const TIMEOUT: u8 = 7;
+    /// Too many calls at once (`connection-limit-reached`).
+    pub const LIMIT: u8 = 8;
+    /// The destination cannot be reached (`destination-unavailable`).
+    pub const UNAVAILABLE: u8 = 9;
+    /// TLS failed: the certificate (`TLS-certificate-error`).
+    pub const TLS_CERTIFICATE: u8 = 10;
+    /// TLS failed otherwise (`TLS-protocol-error`).
+    pub const TLS: u8 = 11;
+    /// The peer broke HTTP (`HTTP-protocol-error`).
+    pub const PROTOCOL: u8 = 12;
+    /// The URL cannot be sent (`HTTP-request-URI-invalid`).
+    pub const URI: u8 = 13;
+    /// Anything else (`internal-error`).
+    pub const INTERNAL: u8 = 14;
 }
 
 /// The flag of a head or data frame that ends its body.
@@ -57,8 +109,18 @@ pub struct RequestHead {
     pub method: Method,
     /// The request target as the client sent it (path and query).
     pub path_and_query: String,
-    /// The client's address, as `ip` (the gateway's view).
+    /// The client's address, as `ip` (the gateway's view); for a call,
+    /// empty.
     pub client: String,
+    /// Internal calls that led to this request: 0 for a client's request,
+    /// one more at each call from a service to a service.
+    pub hops: u8,
+    /// Milliseconds left of the request's deadline when it was sent (0:
+    /// none given).
+    pub deadline_ms: u32,
+    /// For a call: how long its connection may take to make, in
+    /// milliseconds (0: no limit of its own).
+    pub connect_ms: u32,
     pub headers: HeaderMap,
 }
 
@@ -76,6 +138,8 @@ pub struct ResponseHead {
 pub enum Frame {
     Request(RequestHead, Bytes),
     Response(ResponseHead, Bytes),
+    Call(RequestHead, Bytes),
+    CallFail { stream: u32, code: u8, message: String },
     Data { stream: u32, end: bool, data: Bytes },
     Window { stream: u32, increment: u32 },
     Reset { stream: u32, reason: u8 },
@@ -101,14 +165,27 @@ pub mod reset {
 /// `stream` (the head's own `stream` and `end_stream` are not used: the
 /// gateway sends one head on several streams when it tries again).
 pub fn encode_request(out: &mut Vec<u8>, stream: u32, end_stream: bool, head: &RequestHead, body: &[u8]) {
+    encode_head(out, kind::REQUEST, stream, end_stream, head, body);
+}
+
+/// Encodes a guest's outgoing request (and its first body bytes) as call
+/// `stream` ([`CALL_BIT`] set).
+pub fn encode_call(out: &mut Vec<u8>, stream: u32, end_stream: bool, head: &RequestHead, body: &[u8]) {
+    encode_head(out, kind::CALL, stream, end_stream, head, body);
+}
+
+fn encode_head(out: &mut Vec<u8>, kind: u8, stream: u32, end_stream: bool, head: &RequestHead, body: &[u8]) {
     out.clear();
-    out.put_u8(kind::REQUEST);
+    out.put_u8(kind);
     out.put_u32_le(stream);
     out.put_u8(if end_stream { END_STREAM } else { 0 });
     out.put_u8(match head.scheme {
         Scheme::Http => 0,
         Scheme::Https => 1,
     });
+    out.put_u8(head.hops);
+    out.put_u32_le(head.deadline_ms);
+    out.put_u32_le(head.connect_ms);
     put_str(out, head.authority.as_bytes());
     put_str(out, head.method.as_str().as_bytes());
     put_str(out, head.path_and_query.as_bytes());
@@ -126,6 +203,16 @@ pub fn encode_response(out: &mut Vec<u8>, head: &ResponseHead, body: &[u8]) {
     out.put_u8(if head.end_stream { END_STREAM } else { 0 });
     put_headers(out, &head.headers);
     out.extend_from_slice(body);
+}
+
+/// Encodes why a call got no response.
+pub fn encode_call_fail(out: &mut Vec<u8>, stream: u32, code: u8, message: &str) {
+    out.clear();
+    out.put_u8(kind::CALL_FAIL);
+    out.put_u32_le(stream);
+    out.put_u8(code);
+    let end = message.floor_char_boundary(1024);
+    put_str(out, &message.as_bytes()[..end]);
 }
 
 /// The 6 bytes before a data frame's body: kind, stream, flags.
@@ -188,32 +275,41 @@ pub fn decode(bytes: Bytes) -> Result<Frame, Corrupt> {
     let kind = r.u8()?;
     let stream = r.u32()?;
     let frame = match kind {
-        kind::REQUEST => {
+        kind::REQUEST | kind::CALL => {
             let flags = r.u8()?;
             let scheme = match r.u8()? {
                 0 => Scheme::Http,
                 1 => Scheme::Https,
                 other => return Err(corrupt(format!("scheme {other}"))),
             };
+            let hops = r.u8()?;
+            let deadline_ms = r.u32()?;
+            let connect_ms = r.u32()?;
             let authority = r.string("authority")?;
             let method = Method::from_bytes(r.bytes()?).map_err(|_| corrupt("a method that is not a token"))?;
             let path_and_query = r.string("path")?;
             let client = r.string("client address")?;
             let headers = r.headers()?;
             let body = bytes.slice(r.at..);
-            Frame::Request(
-                RequestHead {
-                    stream,
-                    end_stream: flags & END_STREAM != 0,
-                    scheme,
-                    authority,
-                    method,
-                    path_and_query,
-                    client,
-                    headers,
-                },
-                body,
-            )
+            let head = RequestHead {
+                stream,
+                end_stream: flags & END_STREAM != 0,
+                scheme,
+                authority,
+                method,
+                path_and_query,
+                client,
+                hops,
+                deadline_ms,
+                connect_ms,
+                headers,
+            };
+            if kind == kind::CALL { Frame::Call(head, body) } else { Frame::Request(head, body) }
+        }
+        kind::CALL_FAIL => {
+            let code = r.u8()?;
+            let message = String::from_utf8_lossy(r.bytes()?).into_owned();
+            Frame::CallFail { stream, code, message }
         }
         kind::RESPONSE => {
             let status = StatusCode::from_u16(r.u16()?).map_err(|_| corrupt("a response status outside 100..=999"))?;
@@ -314,6 +410,9 @@ mod tests {
             method: Method::POST,
             path_and_query: "/a%20b?x=1".into(),
             client: "127.0.0.1".into(),
+            hops: 3,
+            deadline_ms: 2500,
+            connect_ms: 0,
             headers: headers.clone(),
         };
         let mut out = Vec::new();
@@ -322,6 +421,14 @@ mod tests {
         assert_eq!((back.stream, back.end_stream, back.method, body.as_ref()), (7, true, Method::POST, &b"hello"[..]));
         assert_eq!((back.authority.as_str(), back.path_and_query.as_str()), ("kubia.test:8080", "/a%20b?x=1"));
         assert_eq!(back.headers, headers);
+        assert_eq!((back.hops, back.deadline_ms, back.connect_ms), (3, 2500, 0));
+
+        encode_call(&mut out, CALL_BIT | 5, false, &head, b"");
+        let Frame::Call(back, _) = decode(Bytes::from(out.clone())).unwrap() else { panic!() };
+        assert!(is_call(back.stream) && !back.end_stream);
+        encode_call_fail(&mut out, CALL_BIT | 5, call_error::DENIED, "not allowed");
+        let Frame::CallFail { stream, code, message } = decode(Bytes::from(out.clone())).unwrap() else { panic!() };
+        assert_eq!((stream, code, message.as_str()), (CALL_BIT | 5, call_error::DENIED, "not allowed"));
 
         let head = ResponseHead { stream: 7, end_stream: false, status: StatusCode::CREATED, headers };
         encode_response(&mut out, &head, b"");

@@ -72,8 +72,9 @@ pub use ring::{Corrupt, Full, MAX_FRAME, Ring, RingHeader};
 /// `SHOALCH1`: a segment of this protocol.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHOALCH1");
 /// The protocol's version (2: body chunks cost [`CHUNK_COST`] of the
-/// window).
-pub const VERSION: u32 = 2;
+/// window; 3: a request carries its hops and deadline, and workers send
+/// calls).
+pub const VERSION: u32 = 3;
 /// Bytes in each ring (a power of two).
 pub const RING_SIZE: u64 = 1 << 20;
 /// The segment's header size.

@@ -27,6 +27,7 @@
 //!    channel: its head with the body that is ready, then the rest within
 //!    the gateway's window.
 
+mod calls;
 mod output;
 mod port;
 
@@ -56,8 +57,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::cache::ComponentCache;
 use crate::engine::{EPOCH_TICK, PoolSettings, worker_engine};
+use calls::{Calls, Outbound};
 use output::{GuestOutput, OutputBuffer, Target};
-use port::{GuestBody, Incoming, Port, plain};
+use port::{GuestBody, Incoming, Origin, Port, plain};
 
 pub use shoal_protocol::config::{READY_FD_ENV, SPAWNED_ENV, WorkerConfig, monotonic_nanos, since_spawn};
 
@@ -67,7 +69,7 @@ pub(crate) struct Guest {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     limits: Limits,
-    hooks: NoOutbound,
+    hooks: Outbound,
 }
 
 /// The instance's memory cap, and how far its linear memory has grown.
@@ -111,30 +113,6 @@ impl wasmtime::ResourceLimiter for Limits {
     }
 }
 
-/// `wasi:http` hooks with the defaults, and without outgoing requests:
-/// outbound HTTP needs an allow-list in the manifest first, so a guest's
-/// `outgoing-handler.handle` fails with an error code.
-struct NoOutbound;
-
-impl wasmtime_wasi_http::WasiHttpHooks for NoOutbound {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<dyn Future<Output = OutboundResult> + Send> {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
-    }
-}
-
-type OutboundResult = Result<
-    (
-        http::Response<wasmtime_wasi_http::WasiBody>,
-        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ),
-    wasmtime_wasi_http::Error,
->;
-
 impl WasiView for Guest {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
@@ -174,6 +152,8 @@ struct Replica {
     /// Instances that served a request cleanly and may serve another (as
     /// they are, or reset), most recently used last.
     idle: std::sync::Mutex<Vec<Warm>>,
+    /// The guests' outgoing requests.
+    calls: Arc<Calls>,
 }
 
 /// An instance kept for another request.
@@ -274,6 +254,7 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
         resettable: AtomicBool::new(config.instance_requests <= 1),
         instance_idle: Duration::from_millis(config.instance_idle_ms),
         idle: std::sync::Mutex::new(Vec::new()),
+        calls: Arc::new(Calls::new(&config.allow_outbound)),
     });
 
     let loaded = started.elapsed();
@@ -284,6 +265,7 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
     let checked = started.elapsed();
 
     let port = Port::new(open_channel()?);
+    let _ = replica.calls.port.set(port.clone());
     let total = started.elapsed();
     tracing::info!(replica = %config.replica, cache = ?outcome, elapsed = ?total, "ready");
     notify_ready(
@@ -385,7 +367,7 @@ impl Replica {
                         .build(),
                     memory: 0,
                 },
-                hooks: NoOutbound,
+                hooks: Outbound { calls: self.calls.clone(), origin: Origin { hops: 0, deadline: None } },
             },
         );
         store.limiter(|guest| &mut guest.limits);
@@ -564,6 +546,11 @@ impl Replica {
             }
             None => (self.store(), None),
         };
+        // The guest's calls go out on behalf of this request: its hops,
+        // and its deadline (the gateway's, or this replica's if sooner).
+        let origin = req.extensions().get::<Origin>().copied().unwrap_or(Origin { hops: 0, deadline: None });
+        store.data_mut().hooks.origin =
+            Origin { deadline: Some(origin.deadline.map_or(deadline, |d| d.min(deadline))), ..origin };
 
         let (sender, receiver) = oneshot::channel();
         let prepared = store

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -37,6 +37,8 @@ pub(crate) struct Port {
     idle: Notify,
     /// Set on SIGTERM: new requests are refused.
     draining: AtomicBool,
+    /// The next call's id (without [`frame::CALL_BIT`]).
+    next_call: AtomicU32,
 }
 
 /// One request's state, shared by the driver, its handler and the guest's
@@ -63,6 +65,11 @@ struct StreamState {
     cancelled: bool,
     /// The guest's task, to stop it on a reset.
     guest: Option<tokio::task::AbortHandle>,
+    /// A call's response head, once the gateway sent it (its body bytes
+    /// are in `chunks`).
+    head: Option<ResponseHead>,
+    /// Why a call got no response, if the gateway said so.
+    failure: Option<(u8, String)>,
 }
 
 fn wake(waker: Option<Waker>) {
@@ -87,6 +94,7 @@ impl Port {
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             draining: AtomicBool::new(false),
+            next_call: AtomicU32::new(0),
         })
     }
 
@@ -217,7 +225,32 @@ impl Port {
                     let _ = port.send(&[&frame::encode_probe(true, nonce)]).await;
                 });
             }
-            Wire::Response(..) | Wire::ProbeAck { .. } => {
+            Wire::Response(head, body) if frame::is_call(head.stream) => {
+                let Some(stream) = self.stream(head.stream) else { return };
+                let mut state = stream.state.lock().expect("stream lock");
+                if state.head.is_some() {
+                    return;
+                }
+                if !body.is_empty() {
+                    state.chunks.push_back(body);
+                }
+                state.end = head.end_stream;
+                state.head = Some(head);
+                let reader = state.reader.take();
+                drop(state);
+                wake(reader);
+            }
+            Wire::CallFail { stream, code, message } => {
+                let Some(stream) = self.stream(stream) else { return };
+                let mut state = stream.state.lock().expect("stream lock");
+                state.failure = Some((code, message));
+                state.cancelled = true;
+                let (reader, writer) = (state.reader.take(), state.writer.take());
+                drop(state);
+                wake(reader);
+                wake(writer);
+            }
+            Wire::Response(..) | Wire::Call(..) | Wire::ProbeAck { .. } => {
                 tracing::warn!("the gateway sent a frame only a worker sends; ignored");
             }
         }
@@ -321,6 +354,13 @@ impl Port {
         if sent.is_err() || head.end_stream {
             return;
         }
+        self.send_tail(stream, rest, ended, &mut body).await;
+    }
+
+    /// Sends what is left of a body after its head frame went: `rest`
+    /// (gathered already), then the body's frames to its end, within the
+    /// window. A body that fails resets the stream.
+    async fn send_tail(&self, stream: &Stream, rest: Bytes, ended: bool, body: &mut HyperOutgoingBody) {
         if !rest.is_empty() && !self.send_data(stream, rest, ended).await {
             return;
         }
@@ -328,7 +368,7 @@ impl Port {
             return;
         }
         loop {
-            let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+            let next = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
             match next {
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else { continue };
@@ -345,12 +385,107 @@ impl Port {
                     return;
                 }
                 Some(Err(error)) => {
-                    tracing::warn!(%error, "the guest's response body failed");
+                    tracing::warn!(%error, "a body the guest was sending failed");
                     let _ = self.send(&[&frame::encode_reset(stream.id, frame::reset::BODY_FAILED)]).await;
                     return;
                 }
             }
         }
+    }
+
+    /// Sends a guest's outgoing request to the gateway as a call and waits
+    /// for its response head; the response body streams as it is read.
+    /// The request body streams within the gateway's window from a task
+    /// of its own (a guest may write it after it sent the request).
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        head: &RequestHead,
+        mut body: HyperOutgoingBody,
+    ) -> Result<(ResponseHead, CallBody), (u8, String)> {
+        let stream = self.register_call();
+        // From here, dropped (the guest gave up on the call, its deadline
+        // passed) the call is reset and forgotten.
+        let guard = CallGuard { port: self.clone(), stream: stream.clone(), armed: true };
+        let (mut first, gathered) = gather(&mut body).await;
+        if gathered == Gathered::Failed {
+            return Err((frame::call_error::INTERNAL, "the request body failed before it was sent".to_owned()));
+        }
+        let mut ended = gathered == Gathered::Ended;
+        let mut rest = Bytes::new();
+        if first.len() > MAX_DATA {
+            rest = first.split_off(MAX_DATA);
+            ended = false;
+        }
+        let end_stream = ended && rest.is_empty();
+        if !self.take_window(&stream, first.len()).await {
+            return Err(self.call_failure(&stream));
+        }
+        let encoded = {
+            let mut scratch = self.writer.lock().expect("port lock");
+            frame::encode_call(&mut scratch, stream.id, end_stream, head, &first);
+            std::mem::take(&mut *scratch)
+        };
+        if self.send(&[&encoded]).await.is_err() {
+            return Err((frame::call_error::INTERNAL, "the channel to the gateway failed".to_owned()));
+        }
+        if !end_stream {
+            let (port, sender) = (self.clone(), stream.clone());
+            tokio::spawn(async move { port.send_tail(&sender, rest, ended, &mut body).await });
+        }
+        let head = std::future::poll_fn(|cx| {
+            let mut state = stream.state.lock().expect("stream lock");
+            if let Some(head) = state.head.take() {
+                return Poll::Ready(Some(head));
+            }
+            if state.cancelled {
+                return Poll::Ready(None);
+            }
+            state.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let Some(head) = head else { return Err(self.call_failure(&stream)) };
+        let body = GuestBody { port: self.clone(), stream: stream.clone(), credit: Credit::default() };
+        Ok((head, CallBody { body, guard }))
+    }
+
+    /// Why a call failed, as the gateway said (or that it reset it).
+    fn call_failure(&self, stream: &Stream) -> (u8, String) {
+        let state = stream.state.lock().expect("stream lock");
+        state
+            .failure
+            .clone()
+            .unwrap_or_else(|| (frame::call_error::TERMINATED, "the gateway ended the call".to_owned()))
+    }
+
+    /// Gives a call the next free id with [`frame::CALL_BIT`] set.
+    fn register_call(&self) -> Arc<Stream> {
+        let mut streams = self.streams.lock().expect("port lock");
+        loop {
+            let id = frame::CALL_BIT | (self.next_call.fetch_add(1, Ordering::Relaxed) & !frame::CALL_BIT);
+            if let std::collections::hash_map::Entry::Vacant(entry) = streams.entry(id) {
+                let state = StreamState { send_window: u64::from(STREAM_WINDOW), ..StreamState::default() };
+                let stream = Arc::new(Stream { id, state: Mutex::new(state) });
+                entry.insert(stream.clone());
+                return stream;
+            }
+        }
+    }
+
+    /// Forgets a call, stopping what still sends on it.
+    fn forget_call(&self, stream: &Stream) {
+        {
+            let mut streams = self.streams.lock().expect("port lock");
+            if streams.get(&stream.id).is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), stream)) {
+                streams.remove(&stream.id);
+            }
+        }
+        let mut state = stream.state.lock().expect("stream lock");
+        state.cancelled = true;
+        let (reader, writer) = (state.reader.take(), state.writer.take());
+        drop(state);
+        wake(reader);
+        wake(writer);
     }
 
     /// Sends `data` as data frames within the window; `end` ends the body
@@ -420,6 +555,59 @@ impl Stream {
     }
 }
 
+/// Resets and forgets a call when the guest lets go of it before its
+/// response body ended.
+struct CallGuard {
+    port: Arc<Port>,
+    stream: Arc<Stream>,
+    armed: bool,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let gone = self.stream.state.lock().expect("stream lock").cancelled;
+        self.port.forget_call(&self.stream);
+        if !gone {
+            let (port, id) = (self.port.clone(), self.stream.id);
+            tokio::spawn(async move {
+                let _ = port.send(&[&frame::encode_reset(id, frame::reset::CANCEL)]).await;
+            });
+        }
+    }
+}
+
+/// A call's response body as the guest reads it; the call is over (and
+/// forgotten) when it ends or is dropped.
+pub(crate) struct CallBody {
+    body: GuestBody,
+    guard: CallGuard,
+}
+
+impl HttpBody for CallBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled
+            && this.guard.armed
+        {
+            // Ended: nothing to reset.
+            this.guard.armed = false;
+            this.guard.port.forget_call(&this.guard.stream);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+}
+
 /// A request as the guest gets it.
 fn into_request(head: RequestHead, body: GuestBody) -> Result<Request<GuestBody>, String> {
     let uri: http::Uri = head.path_and_query.parse().map_err(|e| format!("target {:?}: {e}", head.path_and_query))?;
@@ -432,7 +620,18 @@ fn into_request(head: RequestHead, body: GuestBody) -> Result<Request<GuestBody>
     {
         request.headers_mut().insert(http::header::HOST, host);
     }
+    let deadline = (head.deadline_ms > 0)
+        .then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(head.deadline_ms.into()));
+    request.extensions_mut().insert(Origin { hops: head.hops, deadline });
     Ok(request)
+}
+
+/// Where a request came from, for the calls its guest makes: the hops
+/// that led to it and its deadline, as the gateway sent them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    pub hops: u8,
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// A request body as the guest reads it: the chunks the gateway sends,

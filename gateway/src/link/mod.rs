@@ -36,6 +36,11 @@ use shoal_protocol::channel::{
 };
 use tokio::sync::Notify;
 
+mod calls;
+
+use calls::CallStream;
+pub use calls::{BoxBody, BoxError, CallBody, CallHandler, CallOutcome};
+
 /// Why a request through a link did not get a response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
@@ -82,6 +87,10 @@ pub struct Link {
     closing: Mutex<Option<String>>,
     /// Set when the driver returned.
     driver_gone: AtomicBool,
+    /// The worker's calls in progress, by id ([`frame::CALL_BIT`] set).
+    calls: Mutex<HashMap<u32, Arc<CallStream>>>,
+    /// What serves the worker's calls; without it every call fails.
+    call_handler: std::sync::OnceLock<CallHandler>,
 }
 
 struct Writer {
@@ -138,6 +147,8 @@ impl Link {
             corrupt: AtomicBool::new(false),
             closing: Mutex::new(None),
             driver_gone: AtomicBool::new(false),
+            calls: Mutex::new(HashMap::new()),
+            call_handler: std::sync::OnceLock::new(),
         });
         tokio::spawn(Link::drive(link.clone()));
         Ok(link)
@@ -198,6 +209,7 @@ impl Link {
             stream.fail(error);
         }
         self.probes.lock().expect("link lock").clear();
+        self.cancel_calls();
         self.down_notify.notify_waiters();
         self.space.notify_waiters();
     }
@@ -290,7 +302,8 @@ impl Link {
     fn register(&self, stream: &Arc<Stream>) -> u32 {
         let mut streams = self.streams.lock().expect("link lock");
         loop {
-            let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+            // The worker's calls have the high bit; requests never do.
+            let id = self.next_stream.fetch_add(1, Ordering::Relaxed) & !frame::CALL_BIT;
             if let std::collections::hash_map::Entry::Vacant(entry) = streams.entry(id) {
                 entry.insert(stream.clone());
                 return id;
@@ -491,8 +504,21 @@ impl Link {
     }
 
     /// Hands one frame from the worker to its stream.
-    fn dispatch(&self, bytes: Bytes) -> Result<(), Corrupt> {
-        match frame::decode(bytes)? {
+    fn dispatch(self: &Arc<Self>, bytes: Bytes) -> Result<(), Corrupt> {
+        let wire = frame::decode(bytes)?;
+        match &wire {
+            Wire::Call(..) => return self.call_dispatch(wire),
+            Wire::Data { stream, .. } | Wire::Window { stream, .. } | Wire::Reset { stream, .. }
+                if frame::is_call(*stream) =>
+            {
+                return self.call_dispatch(wire);
+            }
+            Wire::Response(head, _) if frame::is_call(head.stream) => {
+                return Err(Corrupt(format!("a response on call stream {:#x}, which the worker opened", head.stream)));
+            }
+            _ => {}
+        }
+        match wire {
             Wire::Response(head, body) => {
                 let Some(stream) = self.stream(head.stream) else { return Ok(()) };
                 let mut state = stream.state.lock().expect("stream lock");
@@ -546,7 +572,7 @@ impl Link {
                     let _ = sender.send(());
                 }
             }
-            Wire::Request(..) | Wire::Probe { .. } => {
+            Wire::Request(..) | Wire::Probe { .. } | Wire::CallFail { .. } | Wire::Call(..) => {
                 return Err(Corrupt("a worker sent a frame only the gateway sends".to_owned()));
             }
         }

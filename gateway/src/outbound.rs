@@ -1,0 +1,217 @@
+//! Calls from services: where a guest's outgoing request goes.
+//!
+//! A call comes from a replica's channel ([`crate::link`]) with the hops
+//! that led to the request its guest serves and what is left of that
+//! request's deadline. In order:
+//!
+//! 1. The caller's `spec.allowOutbound` must allow the URL (the worker
+//!    checked it too, and logged a denial; this is the gateway's own
+//!    check): else `HTTP-request-denied`.
+//! 2. A call one hop deeper than [`MAX_HOPS`] is answered `508 Loop
+//!    Detected` by the gateway: services that call each other in a loop
+//!    stop there, each caller getting the 508 in turn.
+//! 3. A host that names a service (`http://kubia/…`) goes to that
+//!    service exactly as a client's request does (its replicas, balancing,
+//!    activator, limits, meter), never through a listener, under the
+//!    sooner of the callee's timeout and the caller's remaining deadline.
+//!    A one-label host that names no service fails with
+//!    `destination-not-found`.
+//! 4. Any other host is called over HTTP, its connection and response
+//!    head bounded by the caller's deadline.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt as _;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use shoal_api::AllowOutbound;
+use shoal_protocol::channel::frame::{RequestHead, Scheme, call_error};
+
+use crate::Gateway;
+use crate::link::{BoxError, CallBody, CallHandler, CallOutcome};
+use crate::proxy::{Body, message};
+
+/// The deepest chain of calls between services: a call that would make
+/// the request it starts this many hops (or more) from the client's gets
+/// `508 Loop Detected`.
+pub const MAX_HOPS: u8 = 8;
+
+/// The header that carries the hops on calls to hosts outside, and is
+/// read from requests coming in, so that a loop through a host outside is
+/// stopped too.
+pub const HOPS_HEADER: &str = "x-shoal-hops";
+
+/// A call's deadline when its caller gave none.
+const NO_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// The hops a client's request says it has made (its `x-shoal-hops`), or
+/// the `508` to answer when that is too many.
+#[allow(clippy::result_large_err)]
+pub(crate) fn hops_header(headers: &HeaderMap) -> Result<u8, Response<Body>> {
+    let Some(value) = headers.get(HOPS_HEADER) else { return Ok(0) };
+    let hops = value.to_str().ok().and_then(|v| v.trim().parse::<u32>().ok()).unwrap_or(0);
+    if hops >= u32::from(MAX_HOPS) {
+        return Err(loop_detected(hops));
+    }
+    Ok(hops as u8)
+}
+
+fn loop_detected(hops: u32) -> Response<Body> {
+    message(
+        StatusCode::LOOP_DETECTED,
+        format!(
+            "508 loop detected: this request is {hops} calls from its client; Shoal stops chains of calls at {MAX_HOPS}\n"
+        ),
+    )
+}
+
+/// The service a replica belongs to, for its calls.
+struct Caller {
+    service: String,
+    allow: AllowOutbound,
+}
+
+impl Gateway {
+    /// What serves the calls of a replica of `service`, allowed by its
+    /// `spec.allowOutbound`.
+    pub fn call_handler(self: &Arc<Self>, service: &str, allow_outbound: &[String]) -> CallHandler {
+        let caller = Arc::new(Caller {
+            service: service.to_owned(),
+            // Validated with the manifest; a list that no longer parses
+            // allows nothing.
+            allow: AllowOutbound::parse(allow_outbound).unwrap_or_default(),
+        });
+        // Weak: the gateway holds the link (through its endpoints) that
+        // holds this handler.
+        let gateway: Weak<Gateway> = Arc::downgrade(self);
+        Arc::new(move |head, body| {
+            let (gateway, caller) = (gateway.upgrade(), caller.clone());
+            Box::pin(async move {
+                match gateway {
+                    Some(gateway) => gateway.call(&caller, head, body).await,
+                    None => CallOutcome::Fail(call_error::UNAVAILABLE, "Shoal is shutting down".to_owned()),
+                }
+            })
+        })
+    }
+
+    async fn call(self: Arc<Self>, caller: &Caller, head: RequestHead, body: CallBody) -> CallOutcome {
+        let https = head.scheme == Scheme::Https;
+        let scheme = if https { "https" } else { "http" };
+        let authority = match head.authority.parse::<http::uri::Authority>() {
+            Ok(authority) => authority,
+            Err(_) => return CallOutcome::Fail(call_error::URI, format!("{:?} is not a host", head.authority)),
+        };
+        let url = format!("{scheme}://{authority}{}", head.path_and_query);
+        let host = authority.host().to_ascii_lowercase();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        if caller.allow.allowing(https, &host, port).is_none() {
+            return CallOutcome::Fail(
+                call_error::DENIED,
+                format!("{url} is not allowed by spec.allowOutbound of service {}", caller.service),
+            );
+        }
+        let hops = head.hops.saturating_add(1);
+        if hops >= MAX_HOPS {
+            tracing::warn!(caller = %caller.service, %url, hops, "call loop stopped");
+            return answer(loop_detected(u32::from(hops)));
+        }
+        let wait = if head.deadline_ms == 0 { NO_DEADLINE } else { Duration::from_millis(head.deadline_ms.into()) };
+        let deadline = tokio::time::Instant::now() + wait;
+
+        let mut request = Request::new(body);
+        *request.method_mut() = head.method;
+        *request.headers_mut() = head.headers;
+        if let Some(backend) = self.backend(&host) {
+            *request.uri_mut() = match head.path_and_query.parse::<Uri>() {
+                Ok(uri) => uri,
+                Err(_) => return CallOutcome::Fail(call_error::URI, format!("{url}: the path is not valid")),
+            };
+            let response =
+                self.route_to(&backend, request, Some(authority.to_string()), None, hops, Some(deadline)).await;
+            return answer(response);
+        }
+        if !host.contains('.') && host != "localhost" && !host.starts_with('[') {
+            return CallOutcome::Fail(
+                call_error::NOT_FOUND,
+                format!("{url}: there is no service named {host:?} (a call by name needs the service to exist)"),
+            );
+        }
+        if https {
+            return CallOutcome::Fail(
+                call_error::TLS,
+                format!("{url}: HTTPS calls to hosts outside Shoal are not supported by this version"),
+            );
+        }
+        *request.uri_mut() = match url.parse::<Uri>() {
+            Ok(uri) => uri,
+            Err(_) => return CallOutcome::Fail(call_error::URI, format!("{url} is not a valid URL")),
+        };
+        request.headers_mut().insert(HOPS_HEADER, HeaderValue::from(u16::from(hops)));
+        let connect = match head.connect_ms {
+            0 => wait,
+            ms => Duration::from_millis(ms.into()).min(wait),
+        };
+        self.external(request, &url, connect, deadline).await
+    }
+
+    async fn external(
+        &self,
+        request: Request<CallBody>,
+        url: &str,
+        connect: Duration,
+        deadline: tokio::time::Instant,
+    ) -> CallOutcome {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect));
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, CallBody> = Client::builder(TokioExecutor::new()).build(connector);
+        match tokio::time::timeout_at(deadline, client.request(request)).await {
+            Ok(Ok(response)) => {
+                CallOutcome::Response(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+            }
+            Ok(Err(error)) => {
+                let (code, why) = classify(&error);
+                CallOutcome::Fail(code, format!("{url}: {why}"))
+            }
+            Err(_) => {
+                CallOutcome::Fail(call_error::TIMEOUT, format!("{url}: no response within the caller's deadline"))
+            }
+        }
+    }
+}
+
+/// A gateway response as a call's answer.
+fn answer(response: Response<Body>) -> CallOutcome {
+    CallOutcome::Response(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+}
+
+/// The `CALL_FAIL` code and words for a failed call to a host outside.
+fn classify(error: &hyper_util::client::legacy::Error) -> (u8, String) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    let mut text = error.to_string();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            let code = match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => call_error::REFUSED,
+                std::io::ErrorKind::TimedOut => call_error::CONNECT_TIMEOUT,
+                std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => call_error::UNAVAILABLE,
+                _ if text.contains("dns error") || text.contains("failed to lookup") => call_error::DNS,
+                _ => call_error::TERMINATED,
+            };
+            return (code, text);
+        }
+        source = cause.source();
+    }
+    let code = if error.is_connect() {
+        if text.contains("dns error") { call_error::DNS } else { call_error::REFUSED }
+    } else {
+        call_error::PROTOCOL
+    };
+    (code, text)
+}

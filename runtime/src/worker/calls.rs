@@ -1,0 +1,207 @@
+//! A guest's outgoing HTTP requests (`wasi:http/outgoing-handler`): checked
+//! against the service's `spec.allowOutbound` here, where the replica's log
+//! can say what was denied, then sent to the gateway as calls on the
+//! channel ([`Port::call`]). The gateway routes a call to a service by
+//! name, or sends it out; this process opens no socket.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::uri::Scheme as UriScheme;
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt as _;
+use shoal_api::AllowOutbound;
+use shoal_protocol::channel::frame::{RequestHead, Scheme, call_error};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
+
+use super::port::{CallBody, Origin, Port};
+
+/// Calls one replica may have in flight at once; past it a call fails
+/// with `connection-limit-reached`.
+pub(crate) const MAX_CALLS: usize = 64;
+
+/// At most this much of a request's time is kept for its guest to answer
+/// after a call it made ran out of time.
+const ANSWER_MARGIN: Duration = Duration::from_millis(100);
+
+/// What every instance of a replica shares for its calls.
+pub(crate) struct Calls {
+    /// The channel, once open (the start check runs before it is).
+    pub port: OnceLock<Arc<Port>>,
+    allow: AllowOutbound,
+    slots: Arc<Semaphore>,
+}
+
+impl Calls {
+    /// Calls allowed by `allow_outbound` (entries validated with the
+    /// manifest; one that no longer parses denies everything and says so).
+    pub(crate) fn new(allow_outbound: &[String]) -> Calls {
+        let allow = AllowOutbound::parse(allow_outbound).unwrap_or_else(|(i, why)| {
+            tracing::error!(%why, "spec.allowOutbound[{i}] does not parse: every call is denied");
+            AllowOutbound::default()
+        });
+        Calls { port: OnceLock::new(), allow, slots: Arc::new(Semaphore::new(MAX_CALLS)) }
+    }
+}
+
+/// The `wasi:http` hooks of one store: outgoing requests go through
+/// [`Calls`], on behalf of the request the store serves (`origin`).
+pub(crate) struct Outbound {
+    pub calls: Arc<Calls>,
+    pub origin: Origin,
+}
+
+pub(crate) type OutboundResult =
+    Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<dyn Future<Output = OutboundResult> + Send> {
+        let (calls, origin) = (self.calls.clone(), self.origin);
+        Box::new(async move {
+            let response = send(&calls, request, options, origin).await?;
+            Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
+        })
+    }
+}
+
+async fn send(
+    calls: &Calls,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    origin: Origin,
+) -> Result<http::Response<WasiBody>, Error> {
+    let (parts, body) = request.into_parts();
+    let uri = &parts.uri;
+    let https = uri.scheme() == Some(&UriScheme::HTTPS);
+    let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
+        tracing::warn!(%uri, "call refused: the URL has no host");
+        return Err(Error::HttpRequestUriInvalid);
+    };
+    let default_port = if https { 443 } else { 80 };
+    let port = uri.port_u16().unwrap_or(default_port);
+    let scheme = if https { "https" } else { "http" };
+    let url = format!("{scheme}://{authority}{}", uri.path_and_query().map_or("/", |p| p.as_str()));
+    if calls.allow.allowing(https, host, port).is_none() {
+        let origin =
+            if port == default_port { format!("{scheme}://{host}") } else { format!("{scheme}://{host}:{port}") };
+        tracing::warn!(
+            "call denied: {} {url} is not allowed by spec.allowOutbound; add \"{origin}\" to spec.allowOutbound to allow it",
+            parts.method
+        );
+        return Err(Error::HttpRequestDenied);
+    }
+    // A call ends a little before the request it serves must be answered
+    // (a tenth of what is left, at most `ANSWER_MARGIN`), so that the guest
+    // can still answer with what went wrong.
+    let remaining = origin.deadline.map(|d| {
+        let left = d.saturating_duration_since(tokio::time::Instant::now());
+        left - (left / 10).min(ANSWER_MARGIN)
+    });
+    if remaining == Some(Duration::ZERO) {
+        tracing::warn!("call to {url} not sent: the request's deadline has passed");
+        return Err(Error::HttpResponseTimeout);
+    }
+    let Ok(permit) = calls.slots.clone().try_acquire_owned() else {
+        tracing::warn!("call to {url} refused: {MAX_CALLS} calls of this replica are in flight");
+        return Err(Error::ConnectionLimitReached);
+    };
+    let Some(channel) = calls.port.get() else {
+        return Err(Error::InternalError(Some("the replica is not serving yet".to_owned())));
+    };
+    let options = options.unwrap_or_default();
+    let head = RequestHead {
+        stream: 0,
+        end_stream: false,
+        scheme: if https { Scheme::Https } else { Scheme::Http },
+        authority: authority.as_str().to_owned(),
+        method: parts.method.clone(),
+        path_and_query: uri.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        client: String::new(),
+        hops: origin.hops,
+        deadline_ms: remaining.map_or(0, millis),
+        connect_ms: options.connect_timeout.map_or(0, millis),
+        headers: parts.headers,
+    };
+    // The response head within the guest's first-byte timeout and the
+    // request's deadline, whichever is sooner.
+    let wait = match (options.first_byte_timeout, remaining) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let called = channel.call(&head, body);
+    let result = match wait {
+        Some(wait) => match tokio::time::timeout(wait, called).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(?wait, "call to {url} timed out waiting for its response");
+                return Err(Error::HttpResponseTimeout);
+            }
+        },
+        None => called.await,
+    };
+    match result {
+        Ok((head, body)) => {
+            let mut response = http::Response::new(Permitted { body, _permit: permit }.boxed_unsync());
+            *response.status_mut() = head.status;
+            *response.headers_mut() = head.headers;
+            Ok(response)
+        }
+        Err((code, message)) => {
+            tracing::warn!("call to {url} failed: {message}");
+            Err(error(code, message))
+        }
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
+/// The `wasi:http` error for a `CALL_FAIL` code.
+fn error(code: u8, message: String) -> Error {
+    match code {
+        call_error::DENIED => Error::HttpRequestDenied,
+        call_error::DNS => Error::DnsError { rcode: Some(message), info_code: None },
+        call_error::NOT_FOUND => Error::DestinationNotFound,
+        call_error::REFUSED => Error::ConnectionRefused,
+        call_error::CONNECT_TIMEOUT => Error::ConnectionTimeout,
+        call_error::TERMINATED => Error::ConnectionTerminated,
+        call_error::TIMEOUT => Error::HttpResponseTimeout,
+        call_error::LIMIT => Error::ConnectionLimitReached,
+        call_error::UNAVAILABLE => Error::DestinationUnavailable,
+        call_error::TLS_CERTIFICATE => Error::TlsCertificateError,
+        call_error::TLS => Error::TlsProtocolError,
+        call_error::PROTOCOL => Error::HttpProtocolError,
+        call_error::URI => Error::HttpRequestUriInvalid,
+        _ => Error::InternalError(Some(message)),
+    }
+}
+
+/// A call's response body, holding its place among the replica's calls
+/// until it is dropped.
+struct Permitted {
+    body: CallBody,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl HttpBody for Permitted {
+    type Data = bytes::Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+}
