@@ -40,6 +40,19 @@ async fn a_frontend_reaches_every_kubia_replica_and_wakes_kubia_from_zero() {
         seen.extend(names);
     }
     assert_eq!(seen.len(), 3, "the calls reached {seen:?}, not all 3 kubia replicas");
+    // Counted as calls of frontend to kubia, and as kubia's requests.
+    let (_, metrics) = shoal.admin_get("/metrics").await;
+    assert!(metrics.contains("shoal_calls_total{caller=\"frontend\",target=\"kubia\",code=\"2xx\"} 60"), "{metrics}");
+    assert!(metrics.contains("shoal_service_requests_total{service=\"kubia\",code=\"2xx\"} 60"), "{metrics}");
+    let (ok, describe, _) = shoal.cli(&["describe", "service", "frontend"]);
+    assert!(ok, "{describe}");
+    assert!(describe.contains("Outbound:      http://kubia\n"), "{describe}");
+    let calls = describe.split("Calls:\n").nth(1).unwrap_or_else(|| panic!("no calls in:\n{describe}"));
+    let row: Vec<&str> = calls.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..8], ["frontend", "kubia", "60", "0", "0", "0", "0", "0"], "{describe}");
+    let (ok, top, _) = shoal.cli(&["top"]);
+    assert!(ok, "{top}");
+    assert!(top.lines().any(|l| l.starts_with("frontend") && l.contains(" kubia ")), "{top}");
 
     // kubia scales to zero; a call to it wakes it, as a client's request does.
     let zero = dir.write(
@@ -126,6 +139,10 @@ async fn calls_go_only_where_the_manifest_allows_and_end_at_the_callers_deadline
         l.contains(&format!("call denied: GET http://127.0.0.1:{denied}/secret is not allowed by spec.allowOutbound"))
             && l.contains(&format!("add \"http://127.0.0.1:{denied}\" to spec.allowOutbound"))
     });
+    let (_, metrics) = shoal.admin_get("/metrics").await;
+    let denied_line =
+        format!("shoal_calls_total{{caller=\"frontend\",target=\"http://127.0.0.1:{denied}\",code=\"denied\"}} 1");
+    assert!(metrics.contains(&denied_line), "{denied_line} missing:\n{metrics}");
     // Calls by service name need the permission too.
     let (status, body) = get(&shoal.url("/call?url=http://frontend/"), None).await;
     assert_eq!(status, 502, "{body}");

@@ -377,3 +377,40 @@ async fn fetch_event_components_built_without_the_sdk_run_and_never_hang() {
     assert!(statuses.iter().filter(|&&s| s == 200).count() >= 10, "{statuses:?}");
     assert!(shoal.stop().success());
 }
+
+/// A Node-style app calls another service by its name, with `fetch` and
+/// with `http.get`, where its manifest allows it; elsewhere the call fails
+/// inside the app.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_style_app_calls_another_service_with_fetch_and_http_get() {
+    if let Some(reason) = node_missing() {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let (module, _) = echo_module();
+    let dir = Scratch::new("js-calls");
+    let text = format!(
+        "{}---\n{}",
+        manifest("echo", module.to_str().unwrap(), &format!("{JS_SPEC}\nallowOutbound:\n  - http://kubia")),
+        // Reached by name only: no route of its own is needed.
+        manifest("kubia", HELLO_WASM, "replicas: 2\nroutes:\n  - host: kubia.test"),
+    );
+    let file = dir.write("calls.yaml", text);
+    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
+    shoal.wait_ready("echo");
+    shoal.wait_ready("kubia");
+
+    for how in ["fetch", "get"] {
+        let (status, body) = get(&shoal.url(&format!("/{how}?url=http%3A%2F%2Fkubia%2F")), None).await;
+        assert_eq!(status, 200, "{how}: {body}");
+        assert!(body.starts_with("200 You've hit kubia-"), "{how}: {body}");
+    }
+    let (status, body) = get(&shoal.url("/fetch?url=http%3A%2F%2Fexample.com%2F"), None).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.starts_with("fetch failed:"), "{body}");
+    shoal.wait_for_output(|l| l.contains("call denied: GET http://example.com/ is not allowed by spec.allowOutbound"));
+    let (status, body) = get(&shoal.url("/get?url=http%3A%2F%2Fexample.com%2F"), None).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.starts_with("http.get failed:"), "{body}");
+    assert!(shoal.stop().success());
+}

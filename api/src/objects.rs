@@ -229,6 +229,29 @@ pub struct ReplicaUsage {
     pub memory_bytes: Option<u64>,
 }
 
+/// Calls from one service to a service or a host outside, since Shoal
+/// started (what `shoal top` and `shoal describe` show).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallUsage {
+    /// The calling service.
+    pub caller: String,
+    /// The called service, or `scheme://host:port`.
+    pub target: String,
+    /// Whether the target is a service.
+    pub internal: bool,
+    /// Responses by status class, 1xx to 5xx (the gateway's own 503, 504
+    /// and 508 included).
+    pub responses: [u64; 5],
+    /// Calls that got no response (refused, timed out, unreachable…).
+    pub failed: u64,
+    /// Calls `spec.allowOutbound` did not allow.
+    pub denied: u64,
+    /// Median time to the response head, in milliseconds.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    pub p99_ms: Option<f64>,
+}
+
 /// The window `shoal top` figures cover, in seconds.
 pub const USAGE_WINDOW_SECS: u64 = 10;
 

@@ -350,7 +350,9 @@ fn spec_lists_autoscale_among_its_fields() {
     assert_error(
         &with_spec("  - x\n").replace("spec:\n  module: hello.wasm\n", "spec:\n"),
         "spec",
-        &["expected a mapping with module, replicas, routes, env, resources, limits, instances, timeout and autoscale"],
+        &[
+            "expected a mapping with module, replicas, routes, env, resources, limits, instances, timeout, autoscale and allowOutbound",
+        ],
     );
 }
 

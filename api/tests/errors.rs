@@ -195,3 +195,25 @@ fn timeouts() {
     assert_error(&with_spec("  timeout: 2h\n"), "spec.timeout", &["between 1ms and 1h"]);
     assert_error(&with_spec("  timeout: 0s\n"), "spec.timeout", &["between 1ms and 1h"]);
 }
+
+#[test]
+fn allow_outbound_entries_are_checked_and_kept() {
+    let service = parse_one(&with_spec("  allowOutbound: [\"http://kubia\", \"https://*.example.org:8443\"]\n"));
+    assert_eq!(service.spec.allow_outbound, ["http://kubia", "https://*.example.org:8443"]);
+    let json = serde_json::to_string(&service.spec).unwrap();
+    let back: shoal_api::ServiceSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.allow_outbound, service.spec.allow_outbound);
+    assert!(parse_one(&with_spec("")).spec.allow_outbound.is_empty(), "denied by default");
+
+    assert_error(
+        &with_spec("  allowOutbound: [\"http://kubia\", \"kubia\"]\n"),
+        "spec.allowOutbound[1]",
+        &["\"kubia\" has no scheme", "scheme://host[:port]"],
+    );
+    assert_error(
+        &with_spec("  allowOutbound: [\"http://kubia/api\"]\n"),
+        "spec.allowOutbound[0]",
+        &["names scheme, host and port only", "remove \"/api\""],
+    );
+    assert_error(&with_spec("  allowOutbound: http://kubia\n"), "spec.allowOutbound", &["sequence"]);
+}

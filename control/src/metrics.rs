@@ -10,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use shoal_gateway::ServiceSnapshot;
-use shoal_gateway::metrics::{CLASSES, LATENCY_BUCKETS};
+use shoal_gateway::metrics::{CLASSES, CallSnapshot, LATENCY_BUCKETS, ReplicaSnapshot};
 use shoal_node::Usage;
 
 /// Per-service figures the controller adds to the gateway's.
@@ -28,6 +28,8 @@ pub struct Scrape {
     pub services: Vec<ServiceSnapshot>,
     pub figures: HashMap<String, ServiceFigures>,
     pub usage: HashMap<String, Usage>,
+    /// Calls from services, by caller and target.
+    pub calls: Vec<CallSnapshot>,
 }
 
 impl prometheus_client::collector::Collector for Scrape {
@@ -113,19 +115,7 @@ impl prometheus_client::collector::Collector for Scrape {
             )?;
             for s in &self.services {
                 for (name, r) in &s.replicas {
-                    let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
-                        .iter()
-                        .copied()
-                        .chain(std::iter::once(f64::MAX))
-                        .zip(r.buckets.iter().copied())
-                        .collect();
-                    let labels = replica_label(s, name);
-                    family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                        r.sum_seconds,
-                        r.buckets.iter().sum(),
-                        &buckets,
-                        None,
-                    )?;
+                    histogram(&mut family, &replica_label(s, name), r)?;
                 }
             }
         }
@@ -164,8 +154,49 @@ impl prometheus_client::collector::Collector for Scrape {
                     .collect()
             },
         )?;
+
+        // Calls from services.
+        {
+            let mut family = encoder.encode_descriptor(
+                "shoal_calls",
+                "Calls from a service (caller) to a service or a host outside (target), by status class; \
+                 failed: no response, denied: not allowed by spec.allowOutbound",
+                None,
+                MetricType::Counter,
+            )?;
+            for c in &self.calls {
+                let counts = CLASSES.iter().copied().zip(c.responses.responses);
+                for (code, count) in counts.chain([("failed", c.failed), ("denied", c.denied)]) {
+                    let labels =
+                        vec![("caller", c.caller.clone()), ("target", c.target.clone()), ("code", code.to_owned())];
+                    family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "shoal_call_duration_seconds",
+                "Time from a call's start to its response head",
+                None,
+                MetricType::Histogram,
+            )?;
+            for c in &self.calls {
+                let labels = vec![("caller", c.caller.clone()), ("target", c.target.clone())];
+                histogram(&mut family, &labels, &c.responses)?;
+            }
+        }
         Ok(())
     }
+}
+
+fn histogram(
+    family: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    labels: &Labels,
+    r: &ReplicaSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let buckets: Vec<(f64, u64)> =
+        LATENCY_BUCKETS.iter().copied().chain(std::iter::once(f64::MAX)).zip(r.buckets.iter().copied()).collect();
+    family.encode_family(labels)?.encode_histogram::<NoLabelSet>(r.sum_seconds, r.buckets.iter().sum(), &buckets, None)
 }
 
 type Labels = Vec<(&'static str, String)>;

@@ -300,6 +300,28 @@ impl Controller {
     }
 
     /// Each running replica's figures over the last window, sorted by name.
+    /// The calls services made (of `service`, as caller or target, when
+    /// it is given), since Shoal started.
+    pub fn calls(&self, service: Option<&str>) -> Vec<shoal_api::CallUsage> {
+        let zero = shoal_gateway::metrics::ReplicaSnapshot::default();
+        self.ctx
+            .gateway
+            .call_snapshot()
+            .into_iter()
+            .filter(|c| service.is_none_or(|s| c.caller == s || (c.internal && c.target == s)))
+            .map(|c| shoal_api::CallUsage {
+                p50_ms: c.responses.quantile_since(&zero, 0.5).map(|s| s * 1000.0),
+                p99_ms: c.responses.quantile_since(&zero, 0.99).map(|s| s * 1000.0),
+                caller: c.caller,
+                target: c.target,
+                internal: c.internal,
+                responses: c.responses.responses,
+                failed: c.failed,
+                denied: c.denied,
+            })
+            .collect()
+    }
+
     pub fn top(&self, service: Option<&str>) -> Vec<ReplicaUsage> {
         let history = self.usage.lock().expect("usage lock");
         let mut out: Vec<ReplicaUsage> = history
@@ -350,7 +372,12 @@ impl Controller {
                 (s.name.clone(), figures)
             })
             .collect();
-        crate::metrics::Scrape { services: self.ctx.gateway.snapshot(), figures, usage: self.latest_usage() }
+        crate::metrics::Scrape {
+            services: self.ctx.gateway.snapshot(),
+            figures,
+            usage: self.latest_usage(),
+            calls: self.ctx.gateway.call_snapshot(),
+        }
     }
 
     /// The latest resource use of each running replica, by name.

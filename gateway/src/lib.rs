@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use metrics::{Meter, MeterReading, ReplicaSnapshot, ReplicaStats};
+use metrics::{CallSnapshot, CallStats, Meter, MeterReading, ReplicaSnapshot, ReplicaStats};
 
 use shoal_api::Route;
 
@@ -121,7 +121,20 @@ pub struct Gateway {
     router: RwLock<Arc<Router<Arc<Backend>>>>,
     services: RwLock<Services>,
     activate: OnceLock<ActivateHook>,
+    /// Calls between services and out.
+    calls: Mutex<CallTable>,
 }
+
+/// Call figures by (caller, target), with whether the target is a service.
+type CallTable = HashMap<(String, String), (bool, Arc<CallStats>)>;
+
+/// The most (caller, target) pairs whose calls are counted apart; calls to
+/// further targets are counted under [`OTHER_TARGETS`] (a guest that calls
+/// many hosts cannot grow the gateway's memory, or `/metrics`, without
+/// bound).
+const MAX_CALL_TARGETS: usize = 1000;
+/// The target the calls past [`MAX_CALL_TARGETS`] are counted under.
+pub const OTHER_TARGETS: &str = "(other)";
 
 /// One service's figures at one moment.
 #[derive(Debug, Clone)]
@@ -246,6 +259,30 @@ impl Gateway {
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The figures of `caller`'s calls to `target` (a service when
+    /// `internal`, else `scheme://host:port`).
+    pub(crate) fn call_stats(&self, caller: &str, target: &str, internal: bool) -> Arc<CallStats> {
+        let mut calls = self.calls.lock().expect("calls lock");
+        let key = (caller.to_owned(), target.to_owned());
+        if let Some((_, stats)) = calls.get(&key) {
+            return stats.clone();
+        }
+        let key = if calls.len() < MAX_CALL_TARGETS { key } else { (caller.to_owned(), OTHER_TARGETS.to_owned()) };
+        calls.entry(key).or_insert_with(|| (internal, Arc::default())).1.clone()
+    }
+
+    /// Every (caller, target) pair's call figures, sorted.
+    pub fn call_snapshot(&self) -> Vec<CallSnapshot> {
+        let calls = self.calls.lock().expect("calls lock");
+        let mut out: Vec<CallSnapshot> = calls
+            .iter()
+            .map(|((caller, target), (internal, stats))| stats.snapshot(caller, target, *internal))
+            .collect();
+        drop(calls);
+        out.sort_by(|a, b| (&a.caller, &a.target).cmp(&(&b.caller, &b.target)));
         out
     }
 

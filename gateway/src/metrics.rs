@@ -214,6 +214,61 @@ impl ReplicaSnapshot {
     }
 }
 
+/// Calls from one service to one target (a service, or a host outside):
+/// responses by status class with the time to their head, and calls that
+/// got no response.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    responses: ReplicaStats,
+    failed: AtomicU64,
+    denied: AtomicU64,
+}
+
+/// A copy of a [`CallStats`] with what it counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallSnapshot {
+    /// The calling service.
+    pub caller: String,
+    /// The called service's name, or `scheme://host:port` outside.
+    pub target: String,
+    /// Whether the target is a service.
+    pub internal: bool,
+    /// Responses by status class; the latencies are to the response head.
+    pub responses: ReplicaSnapshot,
+    /// Calls that got no response (refused, timed out, unreachable…).
+    pub failed: u64,
+    /// Calls `spec.allowOutbound` did not allow.
+    pub denied: u64,
+}
+
+impl CallStats {
+    /// A call answered with `status`, its head after `duration`.
+    pub fn answered(&self, status: u16, duration: Duration) {
+        self.responses.observe(status, duration);
+    }
+
+    /// A call that got no response.
+    pub fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call the allow-list refused.
+    pub fn denied(&self) {
+        self.denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self, caller: &str, target: &str, internal: bool) -> CallSnapshot {
+        CallSnapshot {
+            caller: caller.to_owned(),
+            target: target.to_owned(),
+            internal,
+            responses: self.responses.snapshot(),
+            failed: self.failed.load(Ordering::Relaxed),
+            denied: self.denied.load(Ordering::Relaxed),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,9 +4,9 @@
 //! that led to the request its guest serves and what is left of that
 //! request's deadline. In order:
 //!
-//! 1. The caller's `spec.allowOutbound` must allow the URL (the worker
-//!    checked it too, and logged a denial; this is the gateway's own
-//!    check): else `HTTP-request-denied`.
+//! 1. The caller's `spec.allowOutbound` (from its pod's spec, not from
+//!    the worker) must allow the URL: else `HTTP-request-denied`, with
+//!    words for the replica's log that name the entry that would allow it.
 //! 2. A call one hop deeper than [`MAX_HOPS`] is answered `508 Loop
 //!    Detected` by the gateway: services that call each other in a loop
 //!    stop there, each caller getting the 508 in turn.
@@ -100,25 +100,53 @@ impl Gateway {
     }
 
     async fn call(self: Arc<Self>, caller: &Caller, head: RequestHead, body: CallBody) -> CallOutcome {
+        let started = tokio::time::Instant::now();
+        let (outcome, target) = self.place_call(caller, head, body).await;
+        if let Some((target, internal)) = target {
+            let stats = self.call_stats(&caller.service, &target, internal);
+            match &outcome {
+                CallOutcome::Response(response) => stats.answered(response.status().as_u16(), started.elapsed()),
+                CallOutcome::Fail(call_error::DENIED, _) => stats.denied(),
+                CallOutcome::Fail(..) => stats.failed(),
+            }
+        }
+        outcome
+    }
+
+    /// Sends a call where it goes; returns its outcome and its target for
+    /// the figures (a service's name, or `scheme://host:port`; none for a
+    /// call without a valid host).
+    async fn place_call(
+        self: &Arc<Self>,
+        caller: &Caller,
+        head: RequestHead,
+        body: CallBody,
+    ) -> (CallOutcome, Option<(String, bool)>) {
         let https = head.scheme == Scheme::Https;
         let scheme = if https { "https" } else { "http" };
         let authority = match head.authority.parse::<http::uri::Authority>() {
             Ok(authority) => authority,
-            Err(_) => return CallOutcome::Fail(call_error::URI, format!("{:?} is not a host", head.authority)),
+            Err(_) => return (CallOutcome::Fail(call_error::URI, format!("{:?} is not a host", head.authority)), None),
         };
         let url = format!("{scheme}://{authority}{}", head.path_and_query);
         let host = authority.host().to_ascii_lowercase();
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let default_port = if https { 443 } else { 80 };
+        let port = authority.port_u16().unwrap_or(default_port);
+        let internal = self.backend(&host).is_some();
+        let target = Some(if internal { (host.clone(), true) } else { (format!("{scheme}://{host}:{port}"), false) });
         if caller.allow.allowing(https, &host, port).is_none() {
-            return CallOutcome::Fail(
-                call_error::DENIED,
-                format!("{url} is not allowed by spec.allowOutbound of service {}", caller.service),
+            let entry =
+                if port == default_port { format!("{scheme}://{host}") } else { format!("{scheme}://{host}:{port}") };
+            let why = format!(
+                "{} {url} is not allowed by spec.allowOutbound; add \"{entry}\" to spec.allowOutbound of service {} to allow it",
+                head.method, caller.service
             );
+            return (CallOutcome::Fail(call_error::DENIED, why), target);
         }
         let hops = head.hops.saturating_add(1);
         if hops >= MAX_HOPS {
             tracing::warn!(caller = %caller.service, %url, hops, "call loop stopped");
-            return answer(loop_detected(u32::from(hops)));
+            return (answer(loop_detected(u32::from(hops))), target);
         }
         let wait = if head.deadline_ms == 0 { NO_DEADLINE } else { Duration::from_millis(head.deadline_ms.into()) };
         let deadline = tokio::time::Instant::now() + wait;
@@ -129,34 +157,30 @@ impl Gateway {
         if let Some(backend) = self.backend(&host) {
             *request.uri_mut() = match head.path_and_query.parse::<Uri>() {
                 Ok(uri) => uri,
-                Err(_) => return CallOutcome::Fail(call_error::URI, format!("{url}: the path is not valid")),
+                Err(_) => return (CallOutcome::Fail(call_error::URI, format!("{url}: the path is not valid")), target),
             };
             let response =
                 self.route_to(&backend, request, Some(authority.to_string()), None, hops, Some(deadline)).await;
-            return answer(response);
+            return (answer(response), target);
         }
         if !host.contains('.') && host != "localhost" && !host.starts_with('[') {
-            return CallOutcome::Fail(
-                call_error::NOT_FOUND,
-                format!("{url}: there is no service named {host:?} (a call by name needs the service to exist)"),
-            );
+            let why = format!("{url}: there is no service named {host:?} (a call by name needs the service to exist)");
+            return (CallOutcome::Fail(call_error::NOT_FOUND, why), target);
         }
         if https {
-            return CallOutcome::Fail(
-                call_error::TLS,
-                format!("{url}: HTTPS calls to hosts outside Shoal are not supported by this version"),
-            );
+            let why = format!("{url}: HTTPS calls to hosts outside Shoal are not supported by this version");
+            return (CallOutcome::Fail(call_error::TLS, why), target);
         }
         *request.uri_mut() = match url.parse::<Uri>() {
             Ok(uri) => uri,
-            Err(_) => return CallOutcome::Fail(call_error::URI, format!("{url} is not a valid URL")),
+            Err(_) => return (CallOutcome::Fail(call_error::URI, format!("{url} is not a valid URL")), target),
         };
         request.headers_mut().insert(HOPS_HEADER, HeaderValue::from(u16::from(hops)));
         let connect = match head.connect_ms {
             0 => wait,
             ms => Duration::from_millis(ms.into()).min(wait),
         };
-        self.external(request, &url, connect, deadline).await
+        (self.external(request, &url, connect, deadline).await, target)
     }
 
     async fn external(

@@ -100,7 +100,8 @@ pub struct ReplicaSpec {
     pub instance_requests: u32,
     /// How long an idle instance is kept for reuse.
     pub instance_idle: Duration,
-    /// `spec.allowOutbound`, as written (validated).
+    /// `spec.allowOutbound`, as written (validated): the gateway checks
+    /// the replica's calls against it.
     pub allow_outbound: Vec<String>,
 }
 
@@ -450,7 +451,6 @@ impl NodeAgent {
             drain_timeout_ms: spec.drain_timeout.as_millis() as u64,
             instance_requests: spec.instance_requests,
             instance_idle_ms: spec.instance_idle.as_millis() as u64,
-            allow_outbound: spec.allow_outbound.clone(),
         };
         let config_json = serde_json::to_vec(&worker).expect("worker config serializes");
         // The worker reads its configuration to the end of its stdin. A

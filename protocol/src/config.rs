@@ -64,10 +64,6 @@ pub struct WorkerConfig {
     /// How long an idle instance is kept for reuse, in milliseconds.
     #[serde(default)]
     pub instance_idle_ms: u64,
-    /// `spec.allowOutbound` as written (validated): where the guests may
-    /// send HTTP requests; empty denies every call.
-    #[serde(default)]
-    pub allow_outbound: Vec<String>,
 }
 
 fn one() -> u32 {

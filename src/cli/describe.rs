@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use shoal_api::objects::{Event, ReplicaInfo, ScaleStatus, now_unix};
+use shoal_api::objects::{CallUsage, Event, ReplicaInfo, ScaleStatus, now_unix};
 use shoal_api::{Autoscale, format_bytes};
 
 use super::client::{Client, or_not_found};
@@ -33,7 +33,9 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     let replica_events: Vec<Event> = client.get(&events_of(format!("replica/{name}"))).await?;
     events.extend(replica_events);
     let events = of_service(name, events, view.record.created_unix);
-    print(&render(&view, &replicas, &events, now_unix()))?;
+    // An older `shoal up` has no calls to report.
+    let calls: Vec<CallUsage> = client.get(&format!("/v1/calls?service={}", encode(name))).await.unwrap_or_default();
+    print(&render(&view, &replicas, &calls, &events, now_unix()))?;
     Ok(())
 }
 
@@ -60,7 +62,7 @@ fn service_of(replica: &str) -> Option<&str> {
 }
 
 /// The description, as printed.
-pub fn render(view: &ServiceView, replicas: &[ReplicaInfo], events: &[Event], now: u64) -> String {
+pub fn render(view: &ServiceView, replicas: &[ReplicaInfo], calls: &[CallUsage], events: &[Event], now: u64) -> String {
     let (record, status) = (&view.record, &view.status);
     let service = &record.service;
     let spec = &service.spec;
@@ -102,6 +104,12 @@ pub fn render(view: &ServiceView, replicas: &[ReplicaInfo], events: &[Event], no
     );
     field_in(&mut out, "  Instance memory:", &[format_bytes(resources.instance_memory)], SUB_KEY_WIDTH);
     field(&mut out, "Timeout:", &[duration(spec.timeout)]);
+    let allowed = if spec.allow_outbound.is_empty() {
+        vec!["<none> (every call denied)".to_owned()]
+    } else {
+        spec.allow_outbound.clone()
+    };
+    field(&mut out, "Outbound:", &allowed);
     let instances = match (status.instances, spec.instances.max_requests) {
         (Some(policy), _) => policy.to_string(),
         (None, Some(_)) => spec.instances.policy(false).to_string(),
@@ -113,6 +121,9 @@ pub fn render(view: &ServiceView, replicas: &[ReplicaInfo], events: &[Event], no
     }
     field(&mut out, "Rollout:", &[rows::rollout(status.rollout, status.message.as_deref())]);
     section(&mut out, "Replicas:", &rows::service_replicas(replicas, now).render_indented("  "), replicas.is_empty());
+    if !calls.is_empty() {
+        section(&mut out, "Calls:", &rows::calls(calls).render_indented("  "), false);
+    }
     section(&mut out, "Events:", &rows::events(events, now).render_indented("  "), events.is_empty());
     out
 }
@@ -232,8 +243,19 @@ mod tests {
             replica("kubia-3382d9-c2d4f", ReplicaState::Running, true),
             starting,
         ];
+        view.record.service.spec.allow_outbound = vec!["http://db".into(), "https://*.example.org".into()];
         let events = [event(1, "service/kubia", "Applied"), event(2, "replica/kubia-3382d9-b7k2m", "BackOff")];
-        let text = render(&view, &replicas, &events, NOW);
+        let calls = [CallUsage {
+            caller: "kubia".into(),
+            target: "db".into(),
+            internal: true,
+            responses: [0, 120, 0, 3, 1],
+            failed: 2,
+            denied: 5,
+            p50_ms: Some(1.25),
+            p99_ms: Some(9.5),
+        }];
+        let text = render(&view, &replicas, &calls, &events, NOW);
         let digest = &view.record.module_digest;
         let expected = format!(
             "Name:          kubia\n\
@@ -252,6 +274,8 @@ mod tests {
              \x20 CPU:              500m\n\
              \x20 Instance memory:  16Mi\n\
              Timeout:       10s\n\
+             Outbound:      http://db\n\
+             \x20              https://*.example.org\n\
              Instances:     a fresh instance per request (default; spec.instances.maxRequests above 1 reuses instances)\n\
              Rollout:       Progressing: 2 of 3 updated replicas are available\n\
              Replicas:\n\
@@ -259,6 +283,9 @@ mod tests {
              \x20 kubia-3382d9-b7k2m   0/1     Starting   0          42s   3382d9     waiting for ready\n\
              \x20 kubia-3382d9-c2d4f   1/1     Running    0          42s   3382d9\n\
              \x20 kubia-3382d9-x58q4   1/1     Running    0          42s   3382d9\n\
+             Calls:\n\
+             \x20 CALLER   TARGET   2XX   3XX   4XX   5XX   FAILED   DENIED   P50     P99\n\
+             \x20 kubia    db       120   0     3     1     2        5        1.2ms   9.5ms\n\
              Events:\n\
              \x20 TYPE      REASON    AGE   MESSAGE\n\
              \x20 Normal    Applied   60s   Applied message\n\
@@ -270,8 +297,9 @@ mod tests {
     #[test]
     fn describes_the_autoscaler_of_an_autoscaled_service() {
         let view = autoscaled("kubia", 3, 3, true);
-        let text = render(&view, &[], &[], NOW);
+        let text = render(&view, &[], &[], &[], NOW);
         let expected = "\nTimeout:       10s\n\
+             Outbound:      <none> (every call denied)\n\
              Instances:     a fresh instance per request (default; spec.instances.maxRequests above 1 reuses instances)\n\
              Autoscale:\n\
              \x20 Min:                  1\n\
@@ -293,10 +321,10 @@ mod tests {
 
         let mut view = autoscaled("kubia", 1, 1, false);
         view.status.scale.as_mut().unwrap().panic = true;
-        let text = render(&view, &[], &[], NOW);
+        let text = render(&view, &[], &[], &[], NOW);
         assert!(text.contains("\nLast decision: 1 replica, in panic mode\n  "), "\n{text}");
         view.status.scale = None;
-        let text = render(&view, &[], &[], NOW);
+        let text = render(&view, &[], &[], &[], NOW);
         assert!(text.contains("\n  Scale to zero grace:  30s\nLast decision: <none>\nRollout:"), "\n{text}");
     }
 
@@ -305,7 +333,7 @@ mod tests {
         let mut view = view("kubia", 0, 0);
         view.record.service.labels.clear();
         view.record.service.spec.resources.cpu_millis = None;
-        let text = render(&view, &[], &[], NOW);
+        let text = render(&view, &[], &[], &[], NOW);
         assert!(text.contains("\nLabels:        <none>\n"), "{text}");
         assert!(text.contains("\nEnvironment:   <none>\n"), "{text}");
         assert!(text.contains("\n  CPU:              unlimited\n"), "{text}");

@@ -187,6 +187,28 @@ pub fn top(usage: &[ReplicaUsage]) -> Table {
     table
 }
 
+/// `CALLER TARGET 2XX 3XX 4XX 5XX FAILED DENIED P50 P99`: calls from
+/// services since Shoal started (1xx responses are not shown apart).
+pub fn calls(calls: &[shoal_api::CallUsage]) -> Table {
+    let mut table = Table::new(vec!["CALLER", "TARGET", "2XX", "3XX", "4XX", "5XX", "FAILED", "DENIED", "P50", "P99"]);
+    for call in calls {
+        let r = call.responses;
+        table.push(vec![
+            call.caller.clone(),
+            call.target.clone(),
+            (r[0] + r[1]).to_string(),
+            r[2].to_string(),
+            r[3].to_string(),
+            r[4].to_string(),
+            call.failed.to_string(),
+            call.denied.to_string(),
+            latency(call.p50_ms),
+            latency(call.p99_ms),
+        ]);
+    }
+    table
+}
+
 /// What `top` prints (to stderr) when there is no replica.
 pub fn no_replicas(service: Option<&str>) -> String {
     match service {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use shoal_api::objects::ReplicaUsage;
+use shoal_api::objects::{CallUsage, ReplicaUsage};
 
 use super::client::{Client, is_not_found, or_not_found};
 use super::connect::encode;
@@ -24,11 +24,27 @@ pub async fn top(args: TopArgs) -> anyhow::Result<()> {
         let usage = fetch(&client, service, strict).await?;
         match args.output {
             Some(TopOutput::Json) => print(&(serde_json::to_string_pretty(&usage)? + "\n"))?,
-            None if usage.is_empty() => eprintln!("{}", rows::no_replicas(service)),
             None => {
-                let table = rows::top(&usage);
-                let separator = if widths.is_some() { "\n" } else { "" };
-                print(&format!("{separator}{}", render(&table, &mut widths)))?;
+                let mut text = String::new();
+                if usage.is_empty() {
+                    eprintln!("{}", rows::no_replicas(service));
+                } else {
+                    let separator = if widths.is_some() { "\n" } else { "" };
+                    text = format!("{separator}{}", render(&rows::top(&usage), &mut widths));
+                }
+                // Calls between services (and out), when there were any.
+                let path = match service {
+                    Some(name) => format!("/v1/calls?service={}", encode(name)),
+                    None => "/v1/calls".to_owned(),
+                };
+                let calls: Vec<CallUsage> = client.get(&path).await.unwrap_or_default();
+                if !calls.is_empty() {
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&rows::calls(&calls).render());
+                }
+                print(&text)?;
             }
         }
         if !args.watch {

@@ -201,6 +201,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/services/{name}/scale", put(scale_service))
         .route("/v1/replicas", get(list_replicas))
         .route("/v1/top", get(top))
+        .route("/v1/calls", get(calls))
         .route("/metrics", get(metrics))
         .route("/v1/events", get(list_events))
         .route("/v1/logs/{name}", get(logs))
@@ -435,6 +436,15 @@ async fn top(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> 
         return Err(not_found("service", service));
     }
     Ok(Json(state.controller.top(q.service.as_deref())))
+}
+
+async fn calls(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> ApiResult<Vec<shoal_api::CallUsage>> {
+    if let Some(service) = &q.service
+        && state.store.service(service)?.is_none()
+    {
+        return Err(not_found("service", service));
+    }
+    Ok(Json(state.controller.calls(q.service.as_deref())))
 }
 
 /// Prometheus text format, version 0.0.4 (what prometheus-client writes).

@@ -1,8 +1,9 @@
-//! A guest's outgoing HTTP requests (`wasi:http/outgoing-handler`): checked
-//! against the service's `spec.allowOutbound` here, where the replica's log
-//! can say what was denied, then sent to the gateway as calls on the
-//! channel ([`Port::call`]). The gateway routes a call to a service by
-//! name, or sends it out; this process opens no socket.
+//! A guest's outgoing HTTP requests (`wasi:http/outgoing-handler`), sent to
+//! the gateway as calls on the channel ([`Port::call`]) with the hops and
+//! deadline of the request they serve. The gateway checks the service's
+//! `spec.allowOutbound`, then routes a call to a service by name or sends
+//! it out; this process opens no socket. What went wrong with a call is
+//! logged here, in the replica's log.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -10,7 +11,6 @@ use std::time::Duration;
 use http::uri::Scheme as UriScheme;
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt as _;
-use shoal_api::AllowOutbound;
 use shoal_protocol::channel::frame::{RequestHead, Scheme, call_error};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
@@ -29,19 +29,12 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(100);
 pub(crate) struct Calls {
     /// The channel, once open (the start check runs before it is).
     pub port: OnceLock<Arc<Port>>,
-    allow: AllowOutbound,
     slots: Arc<Semaphore>,
 }
 
 impl Calls {
-    /// Calls allowed by `allow_outbound` (entries validated with the
-    /// manifest; one that no longer parses denies everything and says so).
-    pub(crate) fn new(allow_outbound: &[String]) -> Calls {
-        let allow = AllowOutbound::parse(allow_outbound).unwrap_or_else(|(i, why)| {
-            tracing::error!(%why, "spec.allowOutbound[{i}] does not parse: every call is denied");
-            AllowOutbound::default()
-        });
-        Calls { port: OnceLock::new(), allow, slots: Arc::new(Semaphore::new(MAX_CALLS)) }
+    pub(crate) fn new() -> Calls {
+        Calls { port: OnceLock::new(), slots: Arc::new(Semaphore::new(MAX_CALLS)) }
     }
 }
 
@@ -79,23 +72,12 @@ async fn send(
     let (parts, body) = request.into_parts();
     let uri = &parts.uri;
     let https = uri.scheme() == Some(&UriScheme::HTTPS);
-    let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
+    let Some(authority) = uri.authority() else {
         tracing::warn!(%uri, "call refused: the URL has no host");
         return Err(Error::HttpRequestUriInvalid);
     };
-    let default_port = if https { 443 } else { 80 };
-    let port = uri.port_u16().unwrap_or(default_port);
     let scheme = if https { "https" } else { "http" };
     let url = format!("{scheme}://{authority}{}", uri.path_and_query().map_or("/", |p| p.as_str()));
-    if calls.allow.allowing(https, host, port).is_none() {
-        let origin =
-            if port == default_port { format!("{scheme}://{host}") } else { format!("{scheme}://{host}:{port}") };
-        tracing::warn!(
-            "call denied: {} {url} is not allowed by spec.allowOutbound; add \"{origin}\" to spec.allowOutbound to allow it",
-            parts.method
-        );
-        return Err(Error::HttpRequestDenied);
-    }
     // A call ends a little before the request it serves must be answered
     // (a tenth of what is left, at most `ANSWER_MARGIN`), so that the guest
     // can still answer with what went wrong.
@@ -151,6 +133,10 @@ async fn send(
             *response.status_mut() = head.status;
             *response.headers_mut() = head.headers;
             Ok(response)
+        }
+        Err((call_error::DENIED, message)) => {
+            tracing::warn!("call denied: {message}");
+            Err(Error::HttpRequestDenied)
         }
         Err((code, message)) => {
             tracing::warn!("call to {url} failed: {message}");

@@ -254,7 +254,7 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
         resettable: AtomicBool::new(config.instance_requests <= 1),
         instance_idle: Duration::from_millis(config.instance_idle_ms),
         idle: std::sync::Mutex::new(Vec::new()),
-        calls: Arc::new(Calls::new(&config.allow_outbound)),
+        calls: Arc::new(Calls::new()),
     });
 
     let loaded = started.elapsed();

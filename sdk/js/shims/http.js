@@ -1016,12 +1016,173 @@ export class Agent {
 }
 export const globalAgent = new Agent();
 
-export function request() {
-  throw new Error('http.request() is not supported in Shoal JS services; use fetch() for outbound HTTP');
+// ---------------------------------------------------------------------------
+// Client side: http.request() and http.get() on fetch(), which runs on
+// wasi:http's outgoing-handler (under Shoal, a call to another service by
+// its name, or out where the manifest's spec.allowOutbound allows it). The
+// request body is sent whole when end() is called; the response body comes
+// whole too, as one 'data' event and 'end'.
+
+export class IncomingClientMessage extends EventEmitter {
+  constructor(answer) {
+    super();
+    this.statusCode = answer.status;
+    this.statusMessage = answer.statusText || STATUS_CODES[answer.status] || '';
+    this.httpVersion = '1.1';
+    this.headers = {};
+    this.rawHeaders = [];
+    for (const [name, value] of answer.headers) {
+      this.rawHeaders.push(name, value);
+      this.headers[name] = name in this.headers ? this.headers[name] + ', ' + value : value;
+    }
+    this.complete = false;
+    this._encoding = null;
+  }
+
+  setEncoding(encoding) {
+    this._encoding = String(encoding || 'utf8').toLowerCase();
+    return this;
+  }
+
+  resume() {
+    return this;
+  }
+
+  pause() {
+    return this;
+  }
+
+  _deliver(bytes) {
+    if (bytes.length > 0) {
+      const buf = toBuffer(bytes);
+      this.emit('data', this._encoding ? buf.toString(this._encoding) : buf);
+    }
+    this.complete = true;
+    this.emit('end');
+    this.emit('close');
+  }
 }
 
-export function get() {
-  throw new Error('http.get() is not supported in Shoal JS services; use fetch() for outbound HTTP');
+export class ClientRequest extends EventEmitter {
+  constructor(url, options, callback) {
+    super();
+    this.method = String(options.method || 'GET').toUpperCase();
+    this.path = options.path || '/';
+    this._url = url;
+    this._headers = new Map();
+    for (const [name, value] of Object.entries(options.headers || {})) this.setHeader(name, value);
+    this._chunks = [];
+    this.finished = false;
+    this.destroyed = false;
+    if (typeof callback === 'function') this.once('response', callback);
+  }
+
+  setHeader(name, value) {
+    validateHeaderName(name);
+    validateHeaderValue(name, value);
+    this._headers.set(String(name).toLowerCase(), [name, value]);
+    return this;
+  }
+
+  getHeader(name) {
+    const entry = this._headers.get(String(name).toLowerCase());
+    return entry && entry[1];
+  }
+
+  removeHeader(name) {
+    this._headers.delete(String(name).toLowerCase());
+  }
+
+  setTimeout(ms, callback) {
+    if (typeof callback === 'function') this.once('timeout', callback);
+    this._timer = setTimeout(() => this.emit('timeout'), ms);
+    return this;
+  }
+
+  write(chunk, encoding, callback) {
+    if (typeof encoding === 'function') [callback, encoding] = [encoding, undefined];
+    if (chunk !== undefined && chunk !== null) this._chunks.push(toBytes(chunk, encoding));
+    if (typeof callback === 'function') queueMicrotask(callback);
+    return true;
+  }
+
+  end(chunk, encoding, callback) {
+    if (typeof chunk === 'function') [callback, chunk] = [chunk, undefined];
+    if (typeof encoding === 'function') [callback, encoding] = [encoding, undefined];
+    if (this.finished) return this;
+    if (chunk !== undefined && chunk !== null) this._chunks.push(toBytes(chunk, encoding));
+    this.finished = true;
+    if (typeof callback === 'function') this.once('finish', callback);
+    this._send();
+    return this;
+  }
+
+  abort() {
+    this.destroy();
+  }
+
+  destroy(err) {
+    if (this.destroyed) return this;
+    this.destroyed = true;
+    clearTimeout(this._timer);
+    if (err) queueMicrotask(() => this.emit('error', err));
+    queueMicrotask(() => this.emit('close'));
+    return this;
+  }
+
+  _send() {
+    const headers = [];
+    for (const [name, value] of this._headers.values()) {
+      for (const one of Array.isArray(value) ? value : [value]) headers.push([name, String(one)]);
+    }
+    const init = { method: this.method, headers };
+    if (this._chunks.length > 0 && this.method !== 'GET' && this.method !== 'HEAD') {
+      init.body = this._chunks.length === 1 ? this._chunks[0] : Buffer.concat(this._chunks);
+    }
+    this.emit('finish');
+    fetch(this._url, init)
+      .then((answer) =>
+        answer.arrayBuffer().then((body) => {
+          clearTimeout(this._timer);
+          if (this.destroyed) return;
+          const res = new IncomingClientMessage(answer);
+          this.emit('response', res);
+          // The app's 'data' and 'end' listeners are set in its response
+          // callback, which ran just now.
+          queueMicrotask(() => res._deliver(new Uint8Array(body)));
+        }),
+      )
+      .catch((err) => {
+        clearTimeout(this._timer);
+        if (!this.destroyed) this.emit('error', err instanceof Error ? err : new Error(String(err)));
+      });
+  }
+}
+
+// http.request(url[, options][, callback]) or http.request(options[, callback]).
+export function request(url, options, callback) {
+  if (typeof options === 'function') [callback, options] = [options, undefined];
+  if (typeof url === 'object' && url !== null && !(url instanceof URL)) [options, url] = [url, undefined];
+  options = { ...(options || {}) };
+  let target;
+  if (url !== undefined) {
+    target = new URL(String(url));
+    if (options.path) target = new URL(options.path, target);
+  } else {
+    const protocol = options.protocol || 'http:';
+    const host = options.hostname || (options.host || 'localhost').replace(/:\d+$/, '');
+    const port = options.port ? ':' + options.port : '';
+    target = new URL(protocol + '//' + host + port + (options.path || '/'));
+  }
+  options.path = target.pathname + target.search;
+  return new ClientRequest(target.href, options, callback);
+}
+
+// http.get(): http.request() with GET, ended at once.
+export function get(url, options, callback) {
+  const req = request(url, options, callback);
+  req.end();
+  return req;
 }
 
 // ---------------------------------------------------------------------------
@@ -1099,6 +1260,7 @@ export default {
   ServerResponse,
   Agent,
   globalAgent,
+  ClientRequest,
   request,
   get,
   validateHeaderName,
