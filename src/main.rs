@@ -91,6 +91,10 @@ pub struct UpArgs {
     /// replicas stop interrupting each other mid-request) or `normal`.
     #[arg(long, value_enum, value_name = "POLICY", default_value = "batch", env = "SHOAL_CPU_SCHEDULING")]
     cpu_scheduling: up::CpuScheduling,
+    /// A PEM file of CA certificates to trust, besides the machine's, for
+    /// services' HTTPS calls to hosts outside; repeat for several.
+    #[arg(long, value_name = "FILE", env = "SHOAL_OUTBOUND_CA", value_delimiter = ',')]
+    outbound_ca: Vec<PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

@@ -373,6 +373,7 @@ async fn serve(
     let admin_address = admin_listener.local_addr()?;
 
     let gateway = Gateway::new();
+    gateway.trust_outbound_cas(&args.outbound_ca)?;
     let events = Arc::new(EventLog::printing());
     let ctx = PodContext {
         agent: agent.clone(),

@@ -118,13 +118,17 @@ async fn silent_server() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Instant>)
 async fn calls_go_only_where_the_manifest_allows_and_end_at_the_callers_deadline() {
     let open = answering_server().await;
     let (silent, mut closes) = silent_server().await;
-    // Not listed: a port nothing listens on.
-    let denied = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Ports nothing listens on: one not listed, one listed.
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (denied, closed) = (free_port(), free_port());
     let dir = Scratch::new("calls-allow");
     let front = frontend(
         &dir,
         "frontend",
-        &format!("timeout: 3s\nallowOutbound:\n  - http://127.0.0.1:{open}\n  - http://127.0.0.1:{silent}"),
+        &format!(
+            "timeout: 3s\nallowOutbound:\n  - http://127.0.0.1:{open}\n  - http://127.0.0.1:{silent}\n  - \
+             http://127.0.0.1:{closed}"
+        ),
     );
     let mut shoal = Shoal::start(&["-f", front.to_str().unwrap()]);
     shoal.wait_ready("frontend");
@@ -143,6 +147,10 @@ async fn calls_go_only_where_the_manifest_allows_and_end_at_the_callers_deadline
     let denied_line =
         format!("shoal_calls_total{{caller=\"frontend\",target=\"http://127.0.0.1:{denied}\",code=\"denied\"}} 1");
     assert!(metrics.contains(&denied_line), "{denied_line} missing:\n{metrics}");
+    // A connection refused reaches the guest as such.
+    let (status, body) = get(&shoal.url(&format!("/call?url=http://127.0.0.1:{closed}/")), None).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("ConnectionRefused"), "{body}");
     // Calls by service name need the permission too.
     let (status, body) = get(&shoal.url("/call?url=http://frontend/"), None).await;
     assert_eq!(status, 502, "{body}");
@@ -203,4 +211,73 @@ async fn a_loop_between_two_services_ends_with_508_and_leaves_no_request_behind(
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
     }
     assert!(shoal.stop().success());
+}
+
+/// A loopback HTTPS server with the test certificate of
+/// `tests/fixtures/tls` (for 127.0.0.1, signed by its `ca.pem`), answering
+/// every request with `hello over tls`.
+async fn tls_server() -> u16 {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let certs = CertificateDer::pem_file_iter(dir.join("server.pem")).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(socket).await else { return };
+                let mut buf = vec![0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let body = "hello over tls";
+                let answer =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_calls_trust_the_machines_roots_and_the_cas_shoal_up_is_given() {
+    let port = tls_server().await;
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+    let dir = Scratch::new("calls-tls");
+    let front = frontend(&dir, "frontend", &format!("allowOutbound:\n  - https://127.0.0.1:{port}"));
+    let url = format!("/call?url=https://127.0.0.1:{port}/secure");
+
+    // Without the test CA, its certificate is not trusted.
+    let mut shoal = Shoal::start(&["-f", front.to_str().unwrap()]);
+    shoal.wait_ready("frontend");
+    let (status, body) = get(&shoal.url(&url), None).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("TlsCertificateError"), "{body}");
+    shoal.wait_for_output(|l| l.contains(&format!("call to https://127.0.0.1:{port}/secure failed")));
+    assert!(shoal.stop().success());
+
+    let mut shoal = Shoal::start(&["-f", front.to_str().unwrap(), "--outbound-ca", ca]);
+    shoal.wait_ready("frontend");
+    let (status, body) = get(&shoal.url(&url), None).await;
+    assert_eq!((status, body.as_str()), (200, "200\nhello over tls"));
+    assert!(shoal.stop().success());
+
+    // A CA file that holds no certificate stops `shoal up` with its name.
+    let empty = dir.write("empty.pem", "not a certificate\n");
+    let data = Scratch::new("calls-tls-data");
+    let (status, _, err) = run_shoal(&["up", "--outbound-ca", empty.to_str().unwrap()], &data.0);
+    assert!(!status.success());
+    assert!(err.contains(&format!("{}: no PEM certificate in it", empty.display())), "{err}");
 }

@@ -123,6 +123,9 @@ pub struct Gateway {
     activate: OnceLock<ActivateHook>,
     /// Calls between services and out.
     calls: Mutex<CallTable>,
+    /// The client for calls to hosts outside, made on first use unless
+    /// set before.
+    outside: OnceLock<Arc<outbound::Outside>>,
 }
 
 /// Call figures by (caller, target), with whether the target is a service.
@@ -260,6 +263,22 @@ impl Gateway {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Trusts the CA certificates in `files` (PEM), besides the
+    /// platform's, for HTTPS calls to hosts outside. Call before serving.
+    pub fn trust_outbound_cas(&self, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+        let outside = outbound::Outside::new(files)?;
+        let _ = self.outside.set(Arc::new(outside));
+        Ok(())
+    }
+
+    pub(crate) fn outside(&self) -> anyhow::Result<Arc<outbound::Outside>> {
+        if let Some(outside) = self.outside.get() {
+            return Ok(outside.clone());
+        }
+        let outside = Arc::new(outbound::Outside::new(&[])?);
+        Ok(self.outside.get_or_init(|| outside).clone())
     }
 
     /// The figures of `caller`'s calls to `target` (a service when

@@ -16,8 +16,10 @@
 //!    sooner of the callee's timeout and the caller's remaining deadline.
 //!    A one-label host that names no service fails with
 //!    `destination-not-found`.
-//! 4. Any other host is called over HTTP, its connection and response
-//!    head bounded by the caller's deadline.
+//! 4. Any other host is called over HTTP or HTTPS (rustls, with the
+//!    platform's root certificates and the CA files `shoal up
+//!    --outbound-ca` names), its connection and response head bounded by
+//!    the caller's deadline.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -67,6 +70,67 @@ fn loop_detected(hops: u32) -> Response<Body> {
             "508 loop detected: this request is {hops} calls from its client; Shoal stops chains of calls at {MAX_HOPS}\n"
         ),
     )
+}
+
+/// The client for calls to hosts outside: one TLS configuration (the
+/// platform's roots and the extra CAs), and a pooled client for calls
+/// without a connect timeout of their own.
+pub struct Outside {
+    tls: Arc<rustls::ClientConfig>,
+    pooled: Client<HttpsConnector<HttpConnector>, CallBody>,
+}
+
+impl Outside {
+    /// Trusts the platform's root certificates and those in `extra_cas`
+    /// (PEM files). Fails, naming the file, on a CA file that cannot be
+    /// read or holds no certificate.
+    pub fn new(extra_cas: &[std::path::PathBuf]) -> anyhow::Result<Outside> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        for path in extra_cas {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow::anyhow!("{}: cannot read CA certificates: {e}", path.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("{}: no PEM certificate in it", path.display());
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| anyhow::anyhow!("{}: not a CA certificate: {e}", path.display()))?;
+            }
+        }
+        if added == 0 && extra_cas.is_empty() {
+            tracing::warn!("no root certificates found on this machine: HTTPS calls to hosts outside will fail");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow::anyhow!("cannot configure TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tls = Arc::new(tls);
+        let pooled = client(&tls, None);
+        Ok(Outside { tls, pooled })
+    }
+}
+
+/// A client over HTTP and HTTPS, with a connect timeout when given.
+fn client(
+    tls: &Arc<rustls::ClientConfig>,
+    connect: Option<Duration>,
+) -> Client<HttpsConnector<HttpConnector>, CallBody> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(connect);
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((**tls).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(https)
 }
 
 /// The service a replica belongs to, for its calls.
@@ -167,34 +231,33 @@ impl Gateway {
             let why = format!("{url}: there is no service named {host:?} (a call by name needs the service to exist)");
             return (CallOutcome::Fail(call_error::NOT_FOUND, why), target);
         }
-        if https {
-            let why = format!("{url}: HTTPS calls to hosts outside Shoal are not supported by this version");
-            return (CallOutcome::Fail(call_error::TLS, why), target);
-        }
         *request.uri_mut() = match url.parse::<Uri>() {
             Ok(uri) => uri,
             Err(_) => return (CallOutcome::Fail(call_error::URI, format!("{url} is not a valid URL")), target),
         };
         request.headers_mut().insert(HOPS_HEADER, HeaderValue::from(u16::from(hops)));
-        let connect = match head.connect_ms {
-            0 => wait,
-            ms => Duration::from_millis(ms.into()).min(wait),
-        };
+        let connect = (head.connect_ms > 0).then(|| Duration::from_millis(head.connect_ms.into()).min(wait));
         (self.external(request, &url, connect, deadline).await, target)
     }
 
+    /// Calls a host outside: on the pooled client, or, when the guest set
+    /// a connect timeout, on a client of its own with that timeout.
     async fn external(
         &self,
         request: Request<CallBody>,
         url: &str,
-        connect: Duration,
+        connect: Option<Duration>,
         deadline: tokio::time::Instant,
     ) -> CallOutcome {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect));
-        connector.set_nodelay(true);
-        let client: Client<HttpConnector, CallBody> = Client::builder(TokioExecutor::new()).build(connector);
-        match tokio::time::timeout_at(deadline, client.request(request)).await {
+        let outside = match self.outside() {
+            Ok(outside) => outside,
+            Err(error) => return CallOutcome::Fail(call_error::INTERNAL, format!("{url}: {error:#}")),
+        };
+        let sent = match connect {
+            None => outside.pooled.request(request),
+            Some(connect) => client(&outside.tls, Some(connect)).request(request),
+        };
+        match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok(response)) => {
                 CallOutcome::Response(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
             }
@@ -214,12 +277,29 @@ fn answer(response: Response<Body>) -> CallOutcome {
     CallOutcome::Response(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
 }
 
+/// The TLS error in `error`, looking into the I/O errors that wrap it
+/// (hyper-rustls wraps tokio-rustls's, which wraps rustls's).
+fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = error.downcast_ref::<std::io::Error>()?.get_ref()?;
+    tls_error(inner)
+}
+
 /// The `CALL_FAIL` code and words for a failed call to a host outside.
 fn classify(error: &hyper_util::client::legacy::Error) -> (u8, String) {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     let mut text = error.to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(cause) = source {
         text = format!("{text}: {cause}");
+        if let Some(tls) = tls_error(cause) {
+            let code = match tls {
+                rustls::Error::InvalidCertificate(_) => call_error::TLS_CERTIFICATE,
+                _ => call_error::TLS,
+            };
+            return (code, text);
+        }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             let code = match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => call_error::REFUSED,
