@@ -390,30 +390,6 @@ run_wrk() {
   }
 }
 
-# parse_wrk FILE: prints "requests/s p50_ms p99_ms non2xx socket_errors".
-parse_wrk() {
-  awk '
-    function ms(v, n, unit) {
-      n = v + 0; unit = v; sub(/^[0-9.]+/, "", unit)
-      if (unit == "us") return n / 1000
-      if (unit == "ms") return n
-      if (unit == "s") return n * 1000
-      if (unit == "m") return n * 60000
-      if (unit == "h") return n * 3600000
-      return -1
-    }
-    /^Requests\/sec:/ { rps = $2 }
-    /Latency Distribution/ { dist = 1; next }
-    dist && $1 == "50%" { p50 = ms($2) }
-    dist && $1 == "99%" { p99 = ms($2); dist = 0 }
-    /Non-2xx or 3xx responses:/ { non2xx = $NF }
-    /Socket errors:/ { gsub(/,/, ""); socket = $4 + $6 + $8 + $10 }
-    END {
-      if (rps == "" || p50 == "" || p99 == "" || p50 < 0 || p99 < 0) exit 1
-      printf "%s %.3f %.3f %d %d\n", rps, p50, p99, non2xx, socket
-    }' "$1"
-}
-
 # is_shoal ID: whether ID is one of the Shoal configurations.
 is_shoal() { [[ " ${SHOAL_IDS[*]} " == *" $1 "* ]]; }
 

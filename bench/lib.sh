@@ -1,11 +1,12 @@
 # shellcheck shell=bash
-# Shared by bench/kubia.sh and bench/autoscale.sh, which source it after
+# Shared by bench/kubia.sh, bench/autoscale.sh and bench/calls.sh, which source it after
 # `set -euo pipefail` and `export LC_ALL=C`; not meant to be run.
 #
 # Defines ROOT (the repository), log/die (prefixed with the sourcing script's
 # name), stop_pid, cleanup (the EXIT trap), require_positive_ints,
 # apt_install, free_port, build_shoal, note_shoal_confinement,
-# cpu_idle_percent, machine_description, shoal_revision and busy_warning.
+# cpu_idle_percent, machine_description, shoal_revision, busy_warning and
+# parse_wrk.
 # They use the sourcing script's TMP (its temp dir), SHOAL_CONFINED and
 # stop_processes (what to stop on exit).
 
@@ -163,4 +164,28 @@ shoal_revision() {
 busy_warning() {
   (($1 >= 90)) ||
     echo "- WARNING: the machine was busy before the run (CPU $1% idle): other load skews these numbers."
+}
+
+# parse_wrk FILE: prints "requests/s p50_ms p99_ms non2xx socket_errors".
+parse_wrk() {
+  awk '
+    function ms(v, n, unit) {
+      n = v + 0; unit = v; sub(/^[0-9.]+/, "", unit)
+      if (unit == "us") return n / 1000
+      if (unit == "ms") return n
+      if (unit == "s") return n * 1000
+      if (unit == "m") return n * 60000
+      if (unit == "h") return n * 3600000
+      return -1
+    }
+    /^Requests\/sec:/ { rps = $2 }
+    /Latency Distribution/ { dist = 1; next }
+    dist && $1 == "50%" { p50 = ms($2) }
+    dist && $1 == "99%" { p99 = ms($2); dist = 0 }
+    /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    /Socket errors:/ { gsub(/,/, ""); socket = $4 + $6 + $8 + $10 }
+    END {
+      if (rps == "" || p50 == "" || p99 == "" || p50 < 0 || p99 < 0) exit 1
+      printf "%s %.3f %.3f %d %d\n", rps, p50, p99, non2xx, socket
+    }' "$1"
 }

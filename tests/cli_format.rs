@@ -233,10 +233,22 @@ fn usage() -> Value {
     ])
 }
 
+/// What `GET /v1/calls` answers: frontend's calls to kubia and out.
+fn calls() -> Value {
+    json!([
+        {"caller": "frontend", "target": "kubia", "internal": true, "responses": [0, 60, 0, 2, 1],
+         "failed": 0, "denied": 0, "p50Ms": 0.9, "p99Ms": 4.2},
+        {"caller": "frontend", "target": "http://example.com:80", "internal": false, "responses": [0, 0, 0, 0, 0],
+         "failed": 0, "denied": 3, "p50Ms": null, "p99Ms": null}
+    ])
+}
+
 #[test]
 fn top_prints_each_replicas_figures() {
     let stub = Stub::start(|seen| match seen.path.as_str() {
         "/v1/top" | "/v1/top?service=kubia" => (200, usage().to_string()),
+        "/v1/calls" => (200, calls().to_string()),
+        "/v1/calls?service=kubia" | "/v1/calls?service=idle" => (200, "[]".into()),
         "/v1/top?service=idle" => (200, "[]".into()),
         "/v1/top?service=gone" => (404, String::new()),
         _ => (404, json!({"error": "service \"nope\" not found"}).to_string()),
@@ -247,15 +259,22 @@ fn top_prints_each_replicas_figures() {
         stdout(&output),
         "NAME                 SERVICE   IN-FLIGHT   RPS     P99     CPU   MEMORY\n\
          kubia-3382d9-b7k2m   kubia     0           0.0     -       -     -\n\
-         kubia-3382d9-x58q4   kubia     2           153.4   1.8ms   23m   12Mi\n"
+         kubia-3382d9-x58q4   kubia     2           153.4   1.8ms   23m   12Mi\n\
+         \n\
+         CALLER     TARGET                  2XX   3XX   4XX   5XX   FAILED   DENIED   P50      P99\n\
+         frontend   kubia                   60    0     2     1     0        0        0.90ms   4.2ms\n\
+         frontend   http://example.com:80   0     0     0     0     0        3        -        -\n"
     );
     assert_eq!(stub.seen()[0].path, "/v1/top");
     assert_eq!(stub.seen()[0].authorization, format!("Bearer {TOKEN}"));
+    assert_eq!(stub.seen()[1].path, "/v1/calls");
 
     let output = stub.shoal(&["top", "kubia"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(stub.seen().last().unwrap().path, "/v1/top?service=kubia");
-    assert_eq!(stdout(&output).lines().count(), 3);
+    let seen = stub.seen();
+    assert_eq!(seen[seen.len() - 2].path, "/v1/top?service=kubia");
+    assert_eq!(seen[seen.len() - 1].path, "/v1/calls?service=kubia");
+    assert_eq!(stdout(&output).lines().count(), 3, "no calls, no calls table");
 
     let output = stub.shoal(&["top", "kubia", "-o", "json"]);
     let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
@@ -307,7 +326,8 @@ fn top_watch_prints_the_table_again() {
     assert_eq!(lines[..3], lines[4..7], "the same table again");
     assert_eq!((lines[3].as_str(), lines[4].starts_with("NAME ")), ("\n", true), "{lines:?}");
     assert!(elapsed >= std::time::Duration::from_millis(1900), "every 2 seconds: {elapsed:?}");
-    assert_eq!(stub.seen().len(), 3, "one request per print");
+    let tops = stub.seen().iter().filter(|s| s.path == "/v1/top").count();
+    assert_eq!(tops, 3, "one request for the figures per print");
 }
 
 #[test]

@@ -232,6 +232,7 @@ pub struct ReplicaUsage {
 /// Calls from one service to a service or a host outside, since Shoal
 /// started (what `shoal top` and `shoal describe` show).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CallUsage {
     /// The calling service.
     pub caller: String,

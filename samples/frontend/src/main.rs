@@ -3,11 +3,12 @@
 //! gateway balances the calls over kubia's replicas as it does clients'
 //! requests. Its manifest must allow the calls (`spec.allowOutbound`).
 //!
-//! Two more paths (under any route prefix) show how calls behave:
+//! More paths (under any route prefix) show how calls behave:
 //!
 //! - `/call?url=URL`: calls URL once and answers with its status and body,
 //!   or `502` and the error (`HttpRequestDenied` for a URL the manifest
 //!   does not allow).
+//! - `/once`: calls kubia once and passes its answer on.
 //! - `/chain`: calls `$NEXT` (e.g. `http://b/chain`) and answers with the
 //!   callee's status and body; two services that name each other make a
 //!   loop, which Shoal ends with `508 Loop Detected`.
@@ -24,6 +25,8 @@ fn handle(req: Request) -> Response {
         }
     } else if path.ends_with("/chain") {
         chain()
+    } else if path.ends_with("/once") {
+        once()
     } else {
         frontend()
     }
@@ -43,6 +46,15 @@ fn frontend() -> Response {
         }
     }
     Response::ok(text)
+}
+
+/// One call of kubia, its answer passed on (what `bench/calls.sh` measures).
+fn once() -> Response {
+    let url = shoal_sdk::env("KUBIA_URL").unwrap_or_else(|| "http://kubia/".to_owned());
+    match shoal_sdk::get(&url) {
+        Ok(answer) => Response::text(answer.status(), answer.into_body()),
+        Err(error) => Response::text(502, format!("calling {url} failed: {error}\n")),
+    }
 }
 
 fn call(url: &str) -> Response {
