@@ -74,7 +74,8 @@ async fn a_frontend_reaches_every_kubia_replica_and_wakes_kubia_from_zero() {
     assert!(shoal.stop().success());
 }
 
-/// A loopback server that answers every request with `hello from outside`.
+/// A loopback server that answers `hello from outside`, or 4 KiB of `x`
+/// for a path that starts with `/big` (chunked for `/big-chunked`).
 async fn answering_server() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -83,10 +84,16 @@ async fn answering_server() -> u16 {
             let Ok((mut socket, _)) = listener.accept().await else { return };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
-                let _ = socket.read(&mut buf).await;
-                let body = "hello from outside";
-                let answer =
-                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let answer = if head.starts_with("GET /big-chunked") {
+                    let chunk = "x".repeat(4096);
+                    format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1000\r\n{chunk}\r\n0\r\n\r\n")
+                } else {
+                    let body =
+                        if head.starts_with("GET /big") { "x".repeat(4096) } else { "hello from outside".to_owned() };
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                };
                 let _ = socket.write_all(answer.as_bytes()).await;
             });
         }
@@ -126,8 +133,8 @@ async fn calls_go_only_where_the_manifest_allows_and_end_at_the_callers_deadline
         &dir,
         "frontend",
         &format!(
-            "timeout: 3s\nallowOutbound:\n  - http://127.0.0.1:{open}\n  - http://127.0.0.1:{silent}\n  - \
-             http://127.0.0.1:{closed}"
+            "timeout: 3s\nlimits:\n  callResponseBody: 1Ki\nallowOutbound:\n  - http://127.0.0.1:{open}\n  - \
+             http://127.0.0.1:{silent}\n  - http://127.0.0.1:{closed}"
         ),
     );
     let mut shoal = Shoal::start(&["-f", front.to_str().unwrap()]);
@@ -147,6 +154,13 @@ async fn calls_go_only_where_the_manifest_allows_and_end_at_the_callers_deadline
     let denied_line =
         format!("shoal_calls_total{{caller=\"frontend\",target=\"http://127.0.0.1:{denied}\",code=\"denied\"}} 1");
     assert!(metrics.contains(&denied_line), "{denied_line} missing:\n{metrics}");
+    // Responses past spec.limits.callResponseBody fail, declared or not.
+    for path in ["big", "big-chunked"] {
+        let (status, body) = get(&shoal.url(&format!("/call?url=http://127.0.0.1:{open}/{path}")), None).await;
+        assert_eq!(status, 502, "{path}: {body}");
+        assert!(body.contains("HttpResponseBodySize"), "{path}: {body}");
+    }
+    shoal.wait_for_output(|l| l.contains("the response body is larger than spec.limits.callResponseBody (1Ki)"));
     // A connection refused reaches the guest as such.
     let (status, body) = get(&shoal.url(&format!("/call?url=http://127.0.0.1:{closed}/")), None).await;
     assert_eq!(status, 502, "{body}");

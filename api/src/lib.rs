@@ -28,6 +28,7 @@
 //!     concurrency: 3             # instances per replica at once; default: as many as fit in (memory - 16Mi), at most 64
 //!     queue: 256                 # requests waiting for an instance per replica; default 256
 //!     requestBody: 16Mi          # largest request body; default 16Mi; at most 1Gi
+//!     callResponseBody: 64Mi     # largest response body a call of the service receives; default 64Mi; at most 1Gi
 //!   timeout: 10s                 # per request deadline (humantime); default 30s; 1ms..=1h
 //!   autoscale:                   # optional; present (even `{}`): replicas follow the load; every field optional
 //!     min: 0                     # fewest replicas, default 1, 0..=1000; 0 allows scale to zero (then starts at 1)

@@ -160,6 +160,11 @@ pub struct Limits {
     /// The largest request body in bytes, up to 1Gi (default 16Mi); past
     /// it, `413`.
     pub request_body: u64,
+    /// The largest response body one of the service's calls may receive,
+    /// up to 1Gi (default 64Mi; absent in records stored before it
+    /// existed); past it, the call fails with `HTTP-response-body-size`.
+    #[serde(default = "crate::validate::default_call_response_body")]
+    pub call_response_body: u64,
 }
 
 impl Default for Limits {
@@ -168,6 +173,7 @@ impl Default for Limits {
             concurrency: crate::validate::DEFAULT_CONCURRENCY,
             queue: crate::validate::DEFAULT_QUEUE,
             request_body: crate::validate::DEFAULT_REQUEST_BODY,
+            call_response_body: crate::validate::DEFAULT_CALL_RESPONSE_BODY,
         }
     }
 }

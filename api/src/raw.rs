@@ -77,11 +77,16 @@ pub(crate) struct RawAutoscale {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", expecting = "a mapping with concurrency, queue and requestBody")]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with concurrency, queue, requestBody and callResponseBody"
+)]
 pub(crate) struct RawLimits {
     pub concurrency: Option<WholeNumber>,
     pub queue: Option<WholeNumber>,
     pub request_body: Option<String>,
+    pub call_response_body: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

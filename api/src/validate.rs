@@ -55,6 +55,12 @@ const MAX_QUEUE: u32 = 100_000;
 /// The largest request body, by default and at most.
 pub const DEFAULT_REQUEST_BODY: u64 = 16 * MI;
 const MAX_REQUEST_BODY: u64 = GI;
+/// Default `spec.limits.callResponseBody`.
+pub const DEFAULT_CALL_RESPONSE_BODY: u64 = 64 * MI;
+
+pub(crate) fn default_call_response_body() -> u64 {
+    DEFAULT_CALL_RESPONSE_BODY
+}
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -408,21 +414,23 @@ fn limits(raw: RawLimits, resources: &Resources) -> Result<Limits> {
     let fit = resources.instances_that_fit().min(DEFAULT_CONCURRENCY);
     let concurrency = count(raw.concurrency, fit, 1, MAX_CONCURRENCY, "spec.limits.concurrency")?;
     let queue = count(raw.queue, DEFAULT_QUEUE, 0, MAX_QUEUE, "spec.limits.queue")?;
-    const BODY: &str = "spec.limits.requestBody";
-    let request_body = match &raw.request_body {
-        None => DEFAULT_REQUEST_BODY,
-        Some(text) => {
-            let bytes = parse_memory(text).map_err(|m| ManifestError::new(BODY, m))?;
-            if bytes > MAX_REQUEST_BODY {
-                return Err(ManifestError::new(
-                    BODY,
-                    format!("{text:?} exceeds the maximum of {}", format_bytes(MAX_REQUEST_BODY)),
-                ));
-            }
-            bytes
-        }
-    };
-    Ok(Limits { concurrency, queue, request_body })
+    let request_body = body_limit(raw.request_body.as_deref(), DEFAULT_REQUEST_BODY, "spec.limits.requestBody")?;
+    let call_response_body =
+        body_limit(raw.call_response_body.as_deref(), DEFAULT_CALL_RESPONSE_BODY, "spec.limits.callResponseBody")?;
+    Ok(Limits { concurrency, queue, request_body, call_response_body })
+}
+
+/// A body size limit, at most 1Gi.
+fn body_limit(text: Option<&str>, default: u64, field: &str) -> Result<u64> {
+    let Some(text) = text else { return Ok(default) };
+    let bytes = parse_memory(text).map_err(|m| ManifestError::new(field, m))?;
+    if bytes > MAX_REQUEST_BODY {
+        return Err(ManifestError::new(
+            field,
+            format!("{text:?} exceeds the maximum of {}", format_bytes(MAX_REQUEST_BODY)),
+        ));
+    }
+    Ok(bytes)
 }
 
 fn routes(raw: Vec<RawRoute>) -> Result<Vec<Route>> {

@@ -322,7 +322,7 @@ fn child(schema: Schema, key: &str) -> Option<Schema> {
         (Spec, "autoscale") => Autoscale,
         (Route, "host" | "path") => Leaf,
         (Resources, "memory" | "cpu" | "instanceMemory") => Leaf,
-        (Limits, "concurrency" | "queue" | "requestBody") => Leaf,
+        (Limits, "concurrency" | "queue" | "requestBody" | "callResponseBody") => Leaf,
         (Instances, "maxRequests" | "maxIdle") => Leaf,
         (Autoscale, key) if AUTOSCALE_KEYS.contains(&key) => Leaf,
         _ => return None,
@@ -1211,7 +1211,7 @@ fn bad_host() -> impl Strategy<Value = String> {
 }
 
 /// Every key the schema knows, at any level (with `AUTOSCALE_KEYS`).
-const KNOWN_KEYS: [&str; 25] = [
+const KNOWN_KEYS: [&str; 26] = [
     "apiVersion",
     "kind",
     "metadata",
@@ -1233,6 +1233,7 @@ const KNOWN_KEYS: [&str; 25] = [
     "concurrency",
     "queue",
     "requestBody",
+    "callResponseBody",
     "instances",
     "maxRequests",
     "maxIdle",

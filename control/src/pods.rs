@@ -182,7 +182,11 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
                         continue;
                     }
                 };
-                link.serve_calls(ctx.gateway.call_handler(&spec.service, &spec.allow_outbound));
+                link.serve_calls(ctx.gateway.call_handler(
+                    &spec.service,
+                    &spec.allow_outbound,
+                    spec.call_response_body,
+                ));
                 ctx.gateway.add_replica(&spec.service, &replica.name, link.clone());
                 update(&|s| {
                     s.state = ReplicaState::Running;

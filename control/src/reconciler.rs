@@ -591,6 +591,7 @@ impl Controller {
                     instance_requests: instances.max_requests,
                     instance_idle: instances.max_idle,
                     allow_outbound: service.spec.allow_outbound.clone(),
+                    call_response_body: service.spec.limits.call_response_body,
                 };
                 pods.push(Pod::start(self.ctx.clone(), spec, revision.clone(), digest.clone()));
             }

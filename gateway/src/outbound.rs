@@ -137,17 +137,22 @@ fn client(
 struct Caller {
     service: String,
     allow: AllowOutbound,
+    /// The largest response body one call receives.
+    max_response: u64,
 }
 
 impl Gateway {
     /// What serves the calls of a replica of `service`, allowed by its
     /// `spec.allowOutbound`.
-    pub fn call_handler(self: &Arc<Self>, service: &str, allow_outbound: &[String]) -> CallHandler {
+    /// `spec.allowOutbound`, its responses bounded by `max_response`
+    /// bytes (`spec.limits.callResponseBody`).
+    pub fn call_handler(self: &Arc<Self>, service: &str, allow_outbound: &[String], max_response: u64) -> CallHandler {
         let caller = Arc::new(Caller {
             service: service.to_owned(),
             // Validated with the manifest; a list that no longer parses
             // allows nothing.
             allow: AllowOutbound::parse(allow_outbound).unwrap_or_default(),
+            max_response,
         });
         // Weak: the gateway holds the link (through its endpoints) that
         // holds this handler.
@@ -166,6 +171,7 @@ impl Gateway {
     async fn call(self: Arc<Self>, caller: &Caller, head: RequestHead, body: CallBody) -> CallOutcome {
         let started = tokio::time::Instant::now();
         let (outcome, target) = self.place_call(caller, head, body).await;
+        let outcome = limit_response(outcome, caller.max_response);
         if let Some((target, internal)) = target {
             let stats = self.call_stats(&caller.service, &target, internal);
             match &outcome {
@@ -269,6 +275,61 @@ impl Gateway {
                 CallOutcome::Fail(call_error::TIMEOUT, format!("{url}: no response within the caller's deadline"))
             }
         }
+    }
+}
+
+/// A response body larger than its caller may receive: past `limit`
+/// bytes it ends in [`ResponseTooLarge`], which the link sends as
+/// `CALL_FAIL` with `RESPONSE_TOO_LARGE`. A response that declares a
+/// larger length fails before its head goes.
+fn limit_response(outcome: CallOutcome, limit: u64) -> CallOutcome {
+    let CallOutcome::Response(response) = outcome else { return outcome };
+    let declared =
+        response.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return CallOutcome::Fail(call_error::RESPONSE_TOO_LARGE, ResponseTooLarge(limit).to_string());
+    }
+    CallOutcome::Response(response.map(|body| Capped { body, left: limit, limit }.boxed_unsync()))
+}
+
+/// Why a call's response body was cut.
+#[derive(Debug, thiserror::Error)]
+#[error("the response body is larger than spec.limits.callResponseBody ({})", shoal_api::format_bytes(*.0))]
+pub struct ResponseTooLarge(pub u64);
+
+/// A body that fails past `left` more bytes.
+struct Capped {
+    body: crate::link::BoxBody,
+    left: u64,
+    limit: u64,
+}
+
+impl http_body::Body for Capped {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+            if len > self.left {
+                let limit = self.limit;
+                return std::task::Poll::Ready(Some(Err(Box::new(ResponseTooLarge(limit)))));
+            }
+            self.left -= len;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -103,6 +103,9 @@ pub struct ReplicaSpec {
     /// `spec.allowOutbound`, as written (validated): the gateway checks
     /// the replica's calls against it.
     pub allow_outbound: Vec<String>,
+    /// `spec.limits.callResponseBody`: the largest response body a call
+    /// of the replica receives.
+    pub call_response_body: u64,
 }
 
 /// How a worker ended.

@@ -214,7 +214,8 @@ impl Link {
         let (first, ended) = match first_part(&mut body).await {
             Ok(first) => first,
             Err(error) => {
-                return self.fail_call(id, call_error::TERMINATED, &format!("the response body failed: {error}")).await;
+                let (code, message) = body_failure(&*error);
+                return self.fail_call(id, code, &message).await;
             }
         };
         let head = ResponseHead { stream: id, end_stream: ended, status: parts.status, headers: parts.headers };
@@ -248,7 +249,14 @@ impl Link {
                 }
                 Some(Err(error)) => {
                     tracing::debug!(%error, "a call's response body failed");
-                    let _ = self.send(&[&frame::encode_reset(id, frame::reset::BODY_FAILED)]).await;
+                    // Why, when the caller should know it (a body past its
+                    // limit); a plain reset otherwise.
+                    let (code, message) = body_failure(&*error);
+                    if code == call_error::RESPONSE_TOO_LARGE {
+                        self.fail_call(id, code, &message).await;
+                    } else {
+                        let _ = self.send(&[&frame::encode_reset(id, frame::reset::BODY_FAILED)]).await;
+                    }
                     return;
                 }
             }
@@ -279,6 +287,15 @@ impl Link {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// The `CALL_FAIL` code and words for a response body that failed.
+fn body_failure(error: &(dyn std::error::Error + 'static)) -> (u8, String) {
+    if error.downcast_ref::<crate::outbound::ResponseTooLarge>().is_some() {
+        (call_error::RESPONSE_TOO_LARGE, error.to_string())
+    } else {
+        (call_error::TERMINATED, format!("the response body failed: {error}"))
     }
 }
 

@@ -85,6 +85,9 @@ pub mod call_error {
     pub const URI: u8 = 13;
     /// Anything else (`internal-error`).
     pub const INTERNAL: u8 = 14;
+    /// The response body is larger than the caller may receive
+    /// (`HTTP-response-body-size`); sent after the head, it ends the body.
+    pub const RESPONSE_TOO_LARGE: u8 = 15;
 }
 
 /// The flag of a head or data frame that ends its body.

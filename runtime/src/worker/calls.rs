@@ -150,7 +150,7 @@ fn millis(d: Duration) -> u32 {
 }
 
 /// The `wasi:http` error for a `CALL_FAIL` code.
-fn error(code: u8, message: String) -> Error {
+pub(crate) fn error(code: u8, message: String) -> Error {
     match code {
         call_error::DENIED => Error::HttpRequestDenied,
         call_error::DNS => Error::DnsError { rcode: Some(message), info_code: None },
@@ -165,6 +165,7 @@ fn error(code: u8, message: String) -> Error {
         call_error::TLS => Error::TlsProtocolError,
         call_error::PROTOCOL => Error::HttpProtocolError,
         call_error::URI => Error::HttpRequestUriInvalid,
+        call_error::RESPONSE_TOO_LARGE => Error::HttpResponseBodySize(None),
         _ => Error::InternalError(Some(message)),
     }
 }

@@ -661,7 +661,15 @@ impl HttpBody for GuestBody {
             return Poll::Ready(None);
         }
         if state.cancelled {
-            return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionTerminated)));
+            // A call's response the gateway ended with a reason (once).
+            let error = match state.failure.take() {
+                Some((code, message)) => {
+                    tracing::warn!("a call's response failed: {message}");
+                    super::calls::error(code, message)
+                }
+                None => wasmtime_wasi_http::Error::ConnectionTerminated,
+            };
+            return Poll::Ready(Some(Err(error)));
         }
         state.reader = Some(cx.waker().clone());
         Poll::Pending
