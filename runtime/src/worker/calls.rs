@@ -153,7 +153,7 @@ fn millis(d: Duration) -> u32 {
 pub(crate) fn error(code: u8, message: String) -> Error {
     match code {
         call_error::DENIED => Error::HttpRequestDenied,
-        call_error::DNS => Error::DnsError { rcode: Some(message), info_code: None },
+        call_error::DNS => Error::DnsError { rcode: None, info_code: None },
         call_error::NOT_FOUND => Error::DestinationNotFound,
         call_error::REFUSED => Error::ConnectionRefused,
         call_error::CONNECT_TIMEOUT => Error::ConnectionTimeout,
