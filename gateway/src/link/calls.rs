@@ -325,11 +325,18 @@ async fn first_part(body: &mut BoxBody) -> Result<(Bytes, bool), BoxError> {
             Poll::Pending => break,
         }
     }
-    let mut joined = bytes::BytesMut::with_capacity(len);
-    for part in &parts {
-        joined.extend_from_slice(part);
-    }
-    let mut first = joined.freeze();
+    let mut first = match parts.len() {
+        0 => Bytes::new(),
+        // Most answers: one chunk, sent as it is.
+        1 => parts.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = bytes::BytesMut::with_capacity(len);
+            for part in &parts {
+                joined.extend_from_slice(part);
+            }
+            joined.freeze()
+        }
+    };
     if first.len() > MAX_DATA {
         // The rest goes as data frames: put it back in front of the body.
         let rest = first.split_off(MAX_DATA);

@@ -344,13 +344,7 @@ impl Port {
             std::mem::take(&mut *scratch)
         };
         let sent = self.send(&[&encoded]).await;
-        // Give the buffer back for the next head.
-        {
-            let mut scratch = self.writer.lock().expect("port lock");
-            if scratch.capacity() < encoded.capacity() {
-                *scratch = encoded;
-            }
-        }
+        self.give_back(encoded);
         if sent.is_err() || head.end_stream {
             return;
         }
@@ -425,7 +419,9 @@ impl Port {
             frame::encode_call(&mut scratch, stream.id, end_stream, head, &first);
             std::mem::take(&mut *scratch)
         };
-        if self.send(&[&encoded]).await.is_err() {
+        let sent = self.send(&[&encoded]).await;
+        self.give_back(encoded);
+        if sent.is_err() {
             return Err((frame::call_error::INTERNAL, "the channel to the gateway failed".to_owned()));
         }
         if !end_stream {
@@ -447,6 +443,15 @@ impl Port {
         let Some(head) = head else { return Err(self.call_failure(&stream)) };
         let body = GuestBody { port: self.clone(), stream: stream.clone(), credit: Credit::default() };
         Ok((head, CallBody { body, guard }))
+    }
+
+    /// Gives an encoding buffer back for the next head (the larger of the
+    /// two is kept).
+    fn give_back(&self, buffer: Vec<u8>) {
+        let mut scratch = self.writer.lock().expect("port lock");
+        if scratch.capacity() < buffer.capacity() {
+            *scratch = buffer;
+        }
     }
 
     /// Why a call failed, as the gateway said (or that it reset it).
