@@ -289,8 +289,8 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
         move |incoming: Incoming| {
             let (replica, port) = (replica.clone(), port.clone());
             async move {
-                let Incoming { request, stream } = incoming;
-                let response = replica.respond(request, &stream).await;
+                let Incoming { request, stream, origin } = incoming;
+                let response = replica.respond(request, &stream, origin).await;
                 port.respond(&stream, response).await;
             }
         }
@@ -512,7 +512,12 @@ impl Replica {
     /// Runs the guest for one request and returns its response (or the
     /// worker's own: `503` past the queue, `500` for a trap, `504` at the
     /// deadline).
-    async fn respond(self: &Arc<Self>, req: Request<GuestBody>, stream: &port::Stream) -> Response<HyperOutgoingBody> {
+    async fn respond(
+        self: &Arc<Self>,
+        req: Request<GuestBody>,
+        stream: &port::Stream,
+        origin: Origin,
+    ) -> Response<HyperOutgoingBody> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         // A free instance now, or a place in the bounded queue, or 503.
         let permit = match self.slots.clone().try_acquire_owned() {
@@ -548,7 +553,6 @@ impl Replica {
         };
         // The guest's calls go out on behalf of this request: its hops,
         // and its deadline (the gateway's, or this replica's if sooner).
-        let origin = req.extensions().get::<Origin>().copied().unwrap_or(Origin { hops: 0, deadline: None });
         store.data_mut().hooks.origin =
             Origin { deadline: Some(origin.deadline.map_or(deadline, |d| d.min(deadline))), ..origin };
 

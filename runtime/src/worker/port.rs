@@ -82,6 +82,8 @@ fn wake(waker: Option<Waker>) {
 pub(crate) struct Incoming {
     pub request: Request<GuestBody>,
     pub stream: Arc<Stream>,
+    /// Where the request came from, for the calls its guest makes.
+    pub origin: Origin,
 }
 
 impl Port {
@@ -173,12 +175,15 @@ impl Port {
                     });
                     return;
                 }
+                let deadline = (head.deadline_ms > 0)
+                    .then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(head.deadline_ms.into()));
+                let origin = Origin { hops: head.hops, deadline };
                 match into_request(
                     head,
                     GuestBody { port: self.clone(), stream: stream.clone(), credit: Credit::default() },
                 ) {
                     Ok(request) => {
-                        tokio::spawn(handle(Incoming { request, stream }));
+                        tokio::spawn(handle(Incoming { request, stream, origin }));
                     }
                     Err(why) => {
                         tracing::warn!(%why, "bad request from the gateway");
@@ -625,9 +630,6 @@ fn into_request(head: RequestHead, body: GuestBody) -> Result<Request<GuestBody>
     {
         request.headers_mut().insert(http::header::HOST, host);
     }
-    let deadline = (head.deadline_ms > 0)
-        .then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(head.deadline_ms.into()));
-    request.extensions_mut().insert(Origin { hops: head.hops, deadline });
     Ok(request)
 }
 
