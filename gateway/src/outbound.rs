@@ -202,7 +202,8 @@ impl Gateway {
         let host = authority.host().to_ascii_lowercase();
         let default_port = if https { 443 } else { 80 };
         let port = authority.port_u16().unwrap_or(default_port);
-        let internal = self.backend(&host).is_some();
+        let backend = self.backend(&host);
+        let internal = backend.is_some();
         let target = Some(if internal { (host.clone(), true) } else { (format!("{scheme}://{host}:{port}"), false) });
         if caller.allow.allowing(https, &host, port).is_none() {
             let entry =
@@ -224,7 +225,7 @@ impl Gateway {
         let mut request = Request::new(body);
         *request.method_mut() = head.method;
         *request.headers_mut() = head.headers;
-        if let Some(backend) = self.backend(&host) {
+        if let Some(backend) = backend {
             *request.uri_mut() = match head.path_and_query.parse::<Uri>() {
                 Ok(uri) => uri,
                 Err(_) => return (CallOutcome::Fail(call_error::URI, format!("{url}: the path is not valid")), target),

@@ -214,15 +214,7 @@ impl Port {
             }
             Wire::Reset { stream, .. } => {
                 let Some(stream) = self.stream(stream) else { return };
-                let mut state = stream.state.lock().expect("stream lock");
-                state.cancelled = true;
-                if let Some(guest) = state.guest.take() {
-                    guest.abort();
-                }
-                let (reader, writer) = (state.reader.take(), state.writer.take());
-                drop(state);
-                wake(reader);
-                wake(writer);
+                stream.cancel(None);
             }
             Wire::Probe { nonce } => {
                 let port = self.clone();
@@ -247,13 +239,7 @@ impl Port {
             }
             Wire::CallFail { stream, code, message } => {
                 let Some(stream) = self.stream(stream) else { return };
-                let mut state = stream.state.lock().expect("stream lock");
-                state.failure = Some((code, message));
-                state.cancelled = true;
-                let (reader, writer) = (state.reader.take(), state.writer.take());
-                drop(state);
-                wake(reader);
-                wake(writer);
+                stream.cancel(Some((code, message)));
             }
             Wire::Response(..) | Wire::Call(..) | Wire::ProbeAck { .. } => {
                 tracing::warn!("the gateway sent a frame only a worker sends; ignored");
@@ -490,12 +476,7 @@ impl Port {
                 streams.remove(&stream.id);
             }
         }
-        let mut state = stream.state.lock().expect("stream lock");
-        state.cancelled = true;
-        let (reader, writer) = (state.reader.take(), state.writer.take());
-        drop(state);
-        wake(reader);
-        wake(writer);
+        stream.cancel(None);
     }
 
     /// Sends `data` as data frames within the window; `end` ends the body
@@ -547,6 +528,24 @@ impl Port {
 }
 
 impl Stream {
+    /// Ends the stream here (a reset, a call's failure with its reason, a
+    /// call forgotten): the guest's task, if any, is stopped, and whoever
+    /// waits on the stream is woken to see it.
+    fn cancel(&self, failure: Option<(u8, String)>) {
+        let mut state = self.state.lock().expect("stream lock");
+        if failure.is_some() {
+            state.failure = failure;
+        }
+        state.cancelled = true;
+        if let Some(guest) = state.guest.take() {
+            guest.abort();
+        }
+        let (reader, writer) = (state.reader.take(), state.writer.take());
+        drop(state);
+        wake(reader);
+        wake(writer);
+    }
+
     /// Remembers the guest's task, to stop it on a reset. False if the
     /// stream was reset already (then the task is stopped now).
     pub(crate) fn set_guest(&self, guest: tokio::task::AbortHandle) -> bool {
