@@ -95,6 +95,45 @@ pub struct UpArgs {
     /// services' HTTPS calls to hosts outside; repeat for several.
     #[arg(long, value_name = "FILE", env = "SHOAL_OUTBOUND_CA", value_delimiter = ',')]
     outbound_ca: Vec<PathBuf>,
+    /// Join a cluster whose desired state is in etcd at these endpoints
+    /// (`http://host:2379`, comma-separated); without it, Shoal is a single
+    /// node with its store in the data directory.
+    #[arg(long, value_name = "URL[,URL…]", env = "SHOAL_ETCD")]
+    etcd: Option<String>,
+    /// This node's name in the cluster. Default: the host name.
+    #[arg(long, value_name = "NAME", env = "SHOAL_NODE_NAME", requires = "etcd")]
+    node_name: Option<String>,
+    /// The address other nodes reach this one at. Default: the admin
+    /// API's address.
+    #[arg(long, value_name = "HOST:PORT", env = "SHOAL_ADVERTISE", requires = "etcd")]
+    advertise: Option<String>,
+    /// How long a node that stops renewing its lease stays in the cluster
+    /// before its replicas are placed elsewhere (renewed every third).
+    #[arg(long, value_name = "DURATION", default_value = "10s", env = "SHOAL_NODE_LEASE_TTL",
+          value_parser = parse_lease_ttl, requires = "etcd")]
+    node_lease_ttl: std::time::Duration,
+    /// Memory this node gives replicas ("8Gi"); the scheduler places no
+    /// more than this here. Default: the machine's memory.
+    #[arg(long, value_name = "BYTES", env = "SHOAL_CAPACITY", value_parser = parse_capacity, requires = "etcd")]
+    capacity: Option<u64>,
+}
+
+fn parse_lease_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl < std::time::Duration::from_secs(2) || ttl > std::time::Duration::from_secs(3600) {
+        return Err(format!("{text:?} is outside 2s..1h (etcd leases count whole seconds, at least 2)"));
+    }
+    if ttl.subsec_nanos() != 0 {
+        return Err(format!("{text:?} is not a whole number of seconds (etcd leases count whole seconds)"));
+    }
+    Ok(ttl)
+}
+
+fn parse_capacity(text: &str) -> Result<u64, String> {
+    match shoal_api::parse_memory(text.trim())? {
+        0 => Err("must be more than 0".to_owned()),
+        bytes => Ok(bytes),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

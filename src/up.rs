@@ -26,11 +26,12 @@ use anyhow::{Context as _, anyhow, bail};
 use shoal_api::Service;
 use shoal_control::admin::AdminState;
 use shoal_control::apply::apply;
+use shoal_control::cluster::{Cluster, ClusterConfig};
 use shoal_control::events::EventLog;
 use shoal_control::logs::LogBook;
 use shoal_control::pods::PodContext;
 use shoal_control::reconciler::Controller;
-use shoal_control::store::{RedbStore, Store};
+use shoal_control::store::{Blobs, EtcdKv, Expect, Kv, KvStore, Store, StoreError};
 use shoal_gateway::{Gateway, GatewayConfig};
 use shoal_node::{AgentConfig, Cgroups, LogSink, NodeAgent};
 use shoal_runtime::ComponentCache;
@@ -78,13 +79,25 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let cache = ComponentCache::new(data_dir.join("cache"));
     let first_start = !data_dir.join(INITIALIZED).exists();
     let mut loaded = load_services(&args.files)?;
-    if args.files.is_empty() && first_start {
+    // A node joining a cluster adds nothing of its own: the cluster's
+    // services are what was applied to it.
+    if args.files.is_empty() && first_start && args.etcd.is_none() {
         loaded.extend(builtin_kubia()?);
     }
     compile(&loaded, &cache)?;
 
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&data_dir.join("store.redb"))?);
-    let token = load_or_create_token(&data_dir)?;
+    let etcd = args.etcd.as_deref().map(connect_etcd).transpose()?;
+    let store: Arc<dyn Store> = match &etcd {
+        Some((client, kv)) => {
+            let location = PathBuf::from(format!("etcd at {}", client.endpoints().join(",")));
+            Arc::new(KvStore::new(kv.clone(), Blobs::new(data_dir.join("modules")), location))
+        }
+        None => Arc::new(KvStore::open(&data_dir.join("store.redb"))?),
+    };
+    let mut token = load_or_create_token(&data_dir)?;
+    if let Some((_, kv)) = &etcd {
+        token = cluster_token(kv.as_ref(), &token, &data_dir)?;
+    }
     let mut all: Vec<Service> = store.services()?.into_iter().map(|r| r.service).collect();
     all.retain(|s| !loaded.iter().any(|l| l.service.name == s.name));
     all.extend(loaded.iter().map(|l| l.service.clone()));
@@ -110,7 +123,53 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let runtime = builder.enable_all().build().context("cannot start the tokio runtime")?;
     let max_connections = connection_budget(args.max_connections, open_files);
-    runtime.block_on(serve(args, store, token, cache, data_dir, max_connections))
+    runtime.block_on(serve(args, store, etcd, token, cache, data_dir, max_connections))
+}
+
+/// The prefix of Shoal's keys in etcd.
+const ETCD_PREFIX: &str = "/shoal/";
+
+/// Connects to etcd and loads the store's mirror of it.
+fn connect_etcd(endpoints: &str) -> anyhow::Result<(shoal_etcd::Client, Arc<EtcdKv>)> {
+    let client = shoal_etcd::Client::new(endpoints).map_err(|e| anyhow!("--etcd: {e}"))?;
+    let kv = EtcdKv::connect(client.clone(), ETCD_PREFIX).map_err(|e| anyhow!("cannot join the cluster: {e}"))?;
+    Ok((client, Arc::new(kv)))
+}
+
+/// The cluster's admin token: the first node's, stored in etcd, so that
+/// the CLI works with any node's API. Written to this node's data
+/// directory too, where the CLI on this machine reads it.
+fn cluster_token(kv: &dyn Kv, local: &str, data_dir: &Path) -> anyhow::Result<String> {
+    const KEY: &str = "cluster/token";
+    let token = match kv.put(KEY, local.as_bytes(), Expect::Absent) {
+        Ok(_) => local.to_owned(),
+        Err(StoreError::Conflict { .. }) => {
+            let entry = kv.get(KEY)?.ok_or_else(|| anyhow!("the cluster's token vanished from etcd"))?;
+            String::from_utf8(entry.value).map_err(|_| anyhow!("the cluster's token in etcd is not text"))?
+        }
+        Err(error) => return Err(anyhow!("cannot read or store the cluster's token: {error}")),
+    };
+    if token != local {
+        let path = data_dir.join("token");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        file.write_all(token.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(token)
+}
+
+/// The machine's memory, in bytes: a node's default capacity.
+fn machine_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(8 << 30, |kib| kib * 1024)
 }
 
 /// Descriptors kept for everything but client connections: the store, the
@@ -318,6 +377,7 @@ fn compile(services: &[Loaded], cache: &ComponentCache) -> anyhow::Result<()> {
 async fn serve(
     args: UpArgs,
     store: Arc<dyn Store>,
+    etcd: Option<(shoal_etcd::Client, Arc<EtcdKv>)>,
     token: String,
     cache: ComponentCache,
     data_dir: PathBuf,
@@ -380,17 +440,48 @@ async fn serve(
         gateway: gateway.clone(),
         events: events.clone(),
         changed: Arc::new(Notify::new()),
-        node: hostname(),
+        node: args.node_name.clone().unwrap_or_else(hostname),
     };
+    let changed = ctx.changed.clone();
+    let node = ctx.node.clone();
     let controller = Controller::new(store.clone(), ctx, logs.clone(), cache, data_dir.clone(), args.module_retention)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    // In a cluster: register (a lease, this node's record), then run this
+    // node's share of the placement.
+    let cluster = match etcd {
+        Some((client, kv)) => {
+            let config = ClusterConfig {
+                prefix: ETCD_PREFIX.to_owned(),
+                node: node.clone(),
+                advertise: args.advertise.clone().unwrap_or_else(|| admin_address.to_string()),
+                gateway: gateway_address.to_string(),
+                admin: admin_address.to_string(),
+                lease_ttl: args.node_lease_ttl,
+                capacity: args.capacity.unwrap_or_else(machine_memory),
+            };
+            let cluster = Cluster::new(config, client, kv, changed);
+            if let Err(error) = cluster.register().await {
+                cleanup(&agent);
+                bail!("cannot register node {node:?} in the cluster: {error}");
+            }
+            controller.join(cluster.clone());
+            println!("shoal: node {node} joined the cluster at {}", args.etcd.as_deref().unwrap_or_default());
+            Some(cluster)
+        }
+        None => None,
+    };
+    let membership = cluster.clone().map(|cluster| tokio::spawn(cluster.run(shutdown_rx.clone())));
 
     // One pass before serving, so that every stored service's routes are
     // published: requests that arrive before its replicas are ready get
     // 503 (no ready replica), never 404.
     controller.reconcile().await;
     let reconciler = tokio::spawn(controller.clone().run(shutdown_rx.clone()));
-    let admin = AdminState::new(store, controller, events, logs, &token);
+    let mut admin = AdminState::new(store, controller, events, logs, &token);
+    if let Some(cluster) = cluster {
+        admin = admin.with_cluster(cluster);
+    }
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_server = tokio::spawn(shoal_control::admin::serve(admin_listener, admin, async move {
         let _ = admin_shutdown.wait_for(|stop| *stop).await;
@@ -410,6 +501,9 @@ async fn serve(
         tracing::warn!(%error, "gateway task failed");
     }
     let _ = reconciler.await;
+    if let Some(membership) = membership {
+        let _ = membership.await;
+    }
     let _ = admin_server.await;
     cleanup(&agent);
     println!("shoal: stopped");

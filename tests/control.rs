@@ -338,3 +338,59 @@ mod reqwest_like {
         }
     }
 }
+
+/// Optimistic concurrency, as in Kubernetes: a manifest that names the
+/// `resourceVersion` it was read at is applied only if nothing changed the
+/// service since. Two updates racing from the same version: one wins, the
+/// other gets 409 Conflict and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_updates_from_one_resource_version_one_wins_the_other_gets_409() {
+    let dir = Scratch::new("rv");
+    let kubia = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, "replicas: 1"));
+    let mut shoal = Shoal::start(&["-f", kubia.to_str().unwrap()]);
+    shoal.wait_ready("kubia");
+    let read = || async {
+        let (status, body) = shoal.admin_get("/v1/services/kubia").await;
+        assert_eq!(status, 200, "{body}");
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let record = &view["record"];
+        (
+            record["resourceVersion"].as_u64().expect("a resourceVersion"),
+            record["moduleDigest"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (version, digest) = read().await;
+    let body = |replicas: u32, version: u64| {
+        let text = manifest("kubia", HELLO_WASM, &format!("replicas: {replicas}"))
+            .replace("  name: kubia\n", &format!("  name: kubia\n  resourceVersion: \"{version}\"\n"));
+        serde_json::json!({ "manifest": text, "moduleDigest": digest }).to_string()
+    };
+    let (first, second) = tokio::join!(
+        shoal.admin_request("PUT", "/v1/services/kubia", Some(body(2, version))),
+        shoal.admin_request("PUT", "/v1/services/kubia", Some(body(3, version))),
+    );
+    let mut statuses = [first.0, second.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{first:?} {second:?}");
+    let (won, lost) = if first.0 == 200 { (2, &second) } else { (3, &first) };
+    assert!(lost.1.contains("service \\\"kubia\\\" was changed by another write (resourceVersion "), "{}", lost.1);
+    let (now, _) = read().await;
+    assert!(now > version);
+    let (ok, out, err) = shoal.cli(&["get", "service", "kubia", "-o", "json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("\"replicas\": {won}")), "the winner's spec is stored: {out}");
+    // A stale version stays refused; the current one is accepted.
+    assert_eq!(shoal.admin_request("PUT", "/v1/services/kubia", Some(body(4, version))).await.0, 409);
+    let (status, out) = shoal.admin_request("PUT", "/v1/services/kubia", Some(body(4, now))).await;
+    assert_eq!(status, 200, "{out}");
+    // The CLI passes a manifest's resourceVersion through and shows the refusal.
+    let stale = dir.write(
+        "stale.yaml",
+        manifest("kubia", HELLO_WASM, "replicas: 5")
+            .replace("  name: kubia\n", &format!("  name: kubia\n  resourceVersion: {version}\n")),
+    );
+    let (ok, _, err) = shoal.cli(&["apply", "-f", stale.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("was changed by another write"), "{err}");
+    shoal.stop();
+}

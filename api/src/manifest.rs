@@ -36,6 +36,11 @@ pub struct Service {
     pub labels: BTreeMap<String, String>,
     /// `spec`.
     pub spec: ServiceSpec,
+    /// `metadata.resourceVersion`, if written: apply only if the stored
+    /// service is still at this version (409 Conflict if another write came
+    /// in between). Never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<u64>,
 }
 
 /// A validated `spec`, with every default filled in.

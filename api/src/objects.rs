@@ -33,6 +33,16 @@ pub struct ServiceRecord {
     pub created_unix: u64,
     /// When the record last changed.
     pub updated_unix: u64,
+    /// The store's revision of the record's last write: a later write that
+    /// names it fails with 409 Conflict if another write came in between.
+    /// Filled in on every read; never stored. 0 for a record not read from
+    /// a store.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resource_version: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl ServiceRecord {
@@ -140,6 +150,35 @@ pub struct ReplicaInfo {
     pub started_unix: u64,
     /// Why it is in its state, e.g. the last exit reason.
     pub message: Option<String>,
+}
+
+/// A node of a cluster, as `shoal get nodes` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    /// `--node-name`.
+    pub name: String,
+    /// Where other nodes reach it (`--advertise`).
+    pub address: String,
+    /// Its gateway's address.
+    pub gateway: String,
+    /// Its admin API's address.
+    pub admin: String,
+    /// It holds its lease: it runs replicas and is routed to.
+    pub ready: bool,
+    /// It holds the cluster's leadership (scheduler, rollouts, node
+    /// lifecycle).
+    pub leader: bool,
+    /// Replicas it runs (as it last published them).
+    pub replicas: u32,
+    /// Memory it gives replicas, in bytes (`--capacity`, or the machine's).
+    pub capacity: u64,
+    /// Memory the replicas placed on it reserve, in bytes.
+    pub reserved: u64,
+    /// When it first joined.
+    pub registered_unix: u64,
+    /// When its current lease was granted (`None` while it has none).
+    pub lease_granted_unix: Option<u64>,
 }
 
 /// Where a service's rollout of its current revision stands.
@@ -357,11 +396,13 @@ mod tests {
                     autoscale: None,
                     allow_outbound: Vec::new(),
                 },
+                resource_version: None,
             },
             module_digest: "ab".repeat(32),
             generation: 1,
             created_unix: 1_700_000_000,
             updated_unix: 1_700_000_000,
+            resource_version: 0,
         }
     }
 

@@ -26,10 +26,11 @@ pub(crate) struct RawService {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", expecting = "a mapping with name and labels")]
+#[serde(deny_unknown_fields, rename_all = "camelCase", expecting = "a mapping with name, labels and resourceVersion")]
 pub(crate) struct RawMetadata {
     pub name: Option<String>,
     pub labels: Option<StringMap>,
+    pub resource_version: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -128,8 +128,9 @@ pub(crate) fn service(raw: RawService, manifest_dir: &Path) -> Result<Service> {
         ));
     }
     let labels = labels(metadata.labels.unwrap_or_default())?;
+    let resource_version = metadata.resource_version.map(resource_version).transpose()?;
     let spec = spec(raw.spec.ok_or_else(|| required("spec"))?, manifest_dir)?;
-    Ok(Service { name, labels, spec })
+    Ok(Service { name, labels, spec, resource_version })
 }
 
 fn check_exact(field: &str, found: Option<&str>, expected: &str) -> Result<()> {
@@ -156,6 +157,23 @@ fn is_label_name(s: &str) -> bool {
         && edge(s.chars().next())
         && edge(s.chars().last())
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// `metadata.resourceVersion`: a positive whole number, or a string of
+/// digits (as Kubernetes writes it).
+fn resource_version(raw: serde_yaml_ng::Value) -> Result<u64> {
+    let parsed = match &raw {
+        serde_yaml_ng::Value::Number(number) => number.as_u64(),
+        serde_yaml_ng::Value::String(text) => text.parse::<u64>().ok(),
+        _ => None,
+    };
+    parsed.filter(|version| *version > 0).ok_or_else(|| {
+        let shown = serde_yaml_ng::to_string(&raw).unwrap_or_default();
+        ManifestError::new(
+            "metadata.resourceVersion",
+            format!("{:?} is not a resource version (a positive whole number, as `shoal get` shows it)", shown.trim()),
+        )
+    })
 }
 
 fn labels(raw: StringMap) -> Result<BTreeMap<String, String>> {

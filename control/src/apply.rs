@@ -4,7 +4,7 @@
 use shoal_api::Service;
 use shoal_api::objects::{ServiceRecord, now_unix};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Expect, Store, StoreError};
 
 /// What an apply did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,42 +36,70 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
+/// How many times an apply that lost a race to another write reads the
+/// service again and retries, when it did not name a `resourceVersion`.
+const RETRIES: usize = 8;
+
 /// Stores `service` running the module `digest`. Re-applying the same spec
 /// and module changes nothing (the path the module was applied from does
 /// not count); any other change bumps the generation.
-pub fn apply(store: &dyn Store, service: Service, digest: &str) -> Result<(Applied, ServiceRecord), ApplyError> {
+///
+/// With `service.resource_version` (`metadata.resourceVersion`), the apply is refused with
+/// [`StoreError::Conflict`] unless the stored service is at exactly that
+/// version (it must exist). Without it, an apply that races another write
+/// of the same service reads it again and retries, so the last apply wins
+/// and no generation is skipped or repeated.
+pub fn apply(store: &dyn Store, mut service: Service, digest: &str) -> Result<(Applied, ServiceRecord), ApplyError> {
+    let resource_version = service.resource_version.take();
     if store.module_info(digest)?.is_none() {
         return Err(ApplyError::UnknownModule(digest.to_owned()));
     }
-    let now = now_unix();
-    let (applied, record) = match store.service(&service.name)? {
-        Some(existing) => {
-            let mut same = existing.service.clone();
-            same.spec.module = service.spec.module.clone();
-            same.spec.module_field = service.spec.module_field.clone();
-            if same == service && existing.module_digest == digest {
-                return Ok((Applied::Unchanged, existing));
+    let key = || format!("{}{}", crate::store::SERVICES, service.name);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let existing = store.service(&service.name)?;
+        if let Some(wanted) = resource_version {
+            let current = existing.as_ref().map(|existing| existing.resource_version);
+            if current != Some(wanted) {
+                return Err(StoreError::Conflict { key: key(), expected: Expect::Revision(wanted), current }.into());
             }
-            let record = ServiceRecord {
-                service,
-                module_digest: digest.to_owned(),
-                generation: existing.generation + 1,
-                created_unix: existing.created_unix,
-                updated_unix: now,
-            };
-            (Applied::Configured, record)
         }
-        None => {
-            let record = ServiceRecord {
-                service,
-                module_digest: digest.to_owned(),
-                generation: 1,
-                created_unix: now,
-                updated_unix: now,
-            };
-            (Applied::Created, record)
+        let now = now_unix();
+        let (applied, record, expect) = match existing {
+            Some(existing) => {
+                let mut same = existing.service.clone();
+                same.spec.module = service.spec.module.clone();
+                same.spec.module_field = service.spec.module_field.clone();
+                if same == service && existing.module_digest == digest {
+                    return Ok((Applied::Unchanged, existing));
+                }
+                let record = ServiceRecord {
+                    service: service.clone(),
+                    module_digest: digest.to_owned(),
+                    generation: existing.generation + 1,
+                    created_unix: existing.created_unix,
+                    updated_unix: now,
+                    resource_version: 0,
+                };
+                (Applied::Configured, record, Expect::Revision(existing.resource_version))
+            }
+            None => {
+                let record = ServiceRecord {
+                    service: service.clone(),
+                    module_digest: digest.to_owned(),
+                    generation: 1,
+                    created_unix: now,
+                    updated_unix: now,
+                    resource_version: 0,
+                };
+                (Applied::Created, record, Expect::Absent)
+            }
+        };
+        match store.put_service(&record, expect) {
+            Ok(version) => return Ok((applied, ServiceRecord { resource_version: version, ..record })),
+            Err(StoreError::Conflict { .. }) if resource_version.is_none() && attempt < RETRIES => continue,
+            Err(error) => return Err(error.into()),
         }
-    };
-    store.put_service(&record)?;
-    Ok((applied, record))
+    }
 }

@@ -9,6 +9,8 @@
 //!
 //! * [`admin`]: the admin API (axum), its token check and its error
 //!   responses.
+//! * [`cluster`]: cluster mode on etcd: membership by leases, the
+//!   leader's fenced scheduling, each node's share of the replicas.
 //! * [`apply`]: create-or-replace of a service, shared by the API and
 //!   `shoal up -f`.
 //! * [`reconciler`]: the level-triggered loop that makes pods match the
@@ -18,13 +20,15 @@
 //! * [`events`]: the event log (`shoal get events`, `describe`).
 //! * [`logs`]: recent replica output and the feed `shoal logs -f` follows.
 //! * [`store`] holds the [`Store`](store::Store) trait, the durable
-//!   key-value interface to desired state, with its embedded implementation
-//!   [`RedbStore`](store::RedbStore) (one redb file) and an in-memory
-//!   [`MemoryStore`](store::MemoryStore) for tests.
+//!   interface to desired state, and [`KvStore`](store::KvStore), which
+//!   keeps it in a revisioned key-value store ([`Kv`](store::Kv)): a redb
+//!   file ([`LocalKv`](store::LocalKv)) on one node, etcd
+//!   ([`EtcdKv`](store::EtcdKv)) in a cluster.
 
 pub mod admin;
 pub mod apply;
 pub mod autoscaler;
+pub mod cluster;
 pub mod events;
 pub mod logs;
 pub mod metrics;

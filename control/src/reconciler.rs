@@ -71,6 +71,18 @@ pub const GC_PERIOD: Duration = Duration::from_secs(30);
 const RETRY_START: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
+/// This node's share of the services, in a cluster (see
+/// [`crate::cluster`]): the leader's placement decides how many replicas of
+/// each service run here, and the node's replicas are published for the
+/// other nodes.
+pub trait Share: Send + Sync {
+    /// Replicas of `service` to run on this node; `None`: hold what runs,
+    /// start and stop nothing (the node holds no lease).
+    fn replicas_here(&self, service: &str) -> Option<u32>;
+    /// The replicas this node runs, after each pass.
+    fn report(&self, replicas: Vec<ReplicaInfo>);
+}
+
 /// Where a module stands.
 #[derive(Debug, Clone)]
 enum ModuleState {
@@ -128,6 +140,8 @@ pub struct Controller {
     /// Each replica's figures over the last [`USAGE_WINDOW_SECS`], oldest
     /// first, one per tick.
     usage: Mutex<HashMap<String, VecDeque<UsagePoint>>>,
+    /// This node's share, in a cluster; alone, every replica runs here.
+    share: std::sync::OnceLock<Arc<dyn Share>>,
 }
 
 /// One replica's figures at one tick.
@@ -179,10 +193,20 @@ impl Controller {
             announced: Mutex::new(HashMap::new()),
             scaler,
             usage: Mutex::new(HashMap::new()),
+            share: std::sync::OnceLock::new(),
         });
         let changed = controller.waiting_changed.clone();
         tokio::spawn(Self::prepare_waiting(Arc::downgrade(&controller), changed));
         Ok(controller)
+    }
+
+    /// Makes this controller run its node's share of a cluster: from now
+    /// on the placement, not `spec.replicas`, says how many replicas run
+    /// here.
+    pub fn join(&self, share: Arc<dyn Share>) {
+        if self.share.set(share).is_err() {
+            tracing::warn!("the controller is already in a cluster");
+        }
     }
 
     /// Asks for a pass now.
@@ -407,6 +431,9 @@ impl Controller {
             self.announce(&status);
             self.statuses.lock().expect("status lock").insert(record.service.name.clone(), status);
         }
+        if let Some(share) = self.share.get() {
+            share.report(self.replicas(None));
+        }
 
         // Services no longer desired: stop their pods; their routes stay
         // (answering 503) until the last of their pods is gone.
@@ -482,7 +509,12 @@ impl Controller {
         };
         self.ctx.gateway.set_activator(name, max_held);
         let revision = record.revision();
-        let desired = self.scaler.desired(name).unwrap_or(service.spec.replicas) as usize;
+        // In a cluster, this node's share; `None` holds what runs.
+        let (desired, hold) = match self.share.get().map(|share| share.replicas_here(name)) {
+            None => (self.scaler.desired(name).unwrap_or(service.spec.replicas) as usize, false),
+            Some(Some(here)) => (here as usize, false),
+            Some(None) => (0, true),
+        };
         let mut phase = RolloutPhase::Progressing;
         let mut message = match module {
             ModuleState::Ready { .. } => None,
@@ -568,6 +600,10 @@ impl Controller {
             }
         }
 
+        if hold {
+            to_start = 0;
+            to_stop.clear();
+        }
         for &i in &to_stop {
             pods[i].stop();
         }

@@ -1,4 +1,4 @@
-//! The `Store` contract, run against `MemoryStore` and against `RedbStore`
+//! The `Store` contract, run against a `KvStore` in memory and in a redb file
 //! on real files; then what only a file can do: survive a reopen, be locked,
 //! be tampered with, be written by a newer Shoal, be something else entirely.
 
@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use shoal_api::{Resources, Route, Service, ServiceRecord, ServiceSpec};
-use shoal_control::store::{MemoryStore, RedbStore, SCHEMA_VERSION, Store, StoreError, sha256_hex};
+use shoal_control::store::{Expect, KvStore, SCHEMA_VERSION, Store, StoreError, sha256_hex};
 
-// The on-disk layout, as documented in `shoal_control::store` (redb_store).
+// The on-disk layout, as documented in `shoal_control::store::redb_store`.
 const META: TableDefinition<'_, &str, u32> = TableDefinition::new("meta");
+const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
+/// Schemas 1 and 2: services and module infos in tables of their own.
 const SERVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("services");
 /// Schema 1's table of module bytes (schema 2 keeps them in files).
 const LEGACY_MODULES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("modules");
@@ -61,51 +63,62 @@ fn record(name: &str, replicas: u32) -> ServiceRecord {
                 autoscale: None,
                 allow_outbound: Vec::new(),
             },
+            resource_version: None,
         },
         module_digest: sha256_hex(b"module"),
         generation: 1,
         created_unix: 1_700_000_000,
         updated_unix: 1_700_000_100,
+        resource_version: 0,
     }
 }
 
-fn open(path: &Path) -> RedbStore {
-    RedbStore::open(path).unwrap_or_else(|err| panic!("open {}: {err}", path.display()))
+/// Records as written: without the `resourceVersion` a read fills in.
+fn bare(records: Vec<ServiceRecord>) -> Vec<ServiceRecord> {
+    records.into_iter().map(|record| ServiceRecord { resource_version: 0, ..record }).collect()
+}
+
+fn bare1(record: Option<ServiceRecord>) -> Option<ServiceRecord> {
+    record.map(|record| ServiceRecord { resource_version: 0, ..record })
+}
+
+fn open(path: &Path) -> KvStore {
+    KvStore::open(path).unwrap_or_else(|err| panic!("open {}: {err}", path.display()))
 }
 
 fn open_err(path: &Path) -> StoreError {
-    RedbStore::open(path).expect_err("open should fail")
+    KvStore::open(path).expect_err("open should fail")
 }
 
 // ---- the contract, for every store ----
 
 fn services_round_trip(store: &dyn Store) {
-    assert_eq!(store.services().unwrap(), vec![]);
-    assert_eq!(store.service("kubia").unwrap(), None);
+    assert_eq!(bare(store.services().unwrap()), vec![]);
+    assert_eq!(bare1(store.service("kubia").unwrap()), None);
     let kubia = record("kubia", 3);
-    store.put_service(&kubia).unwrap();
-    assert_eq!(store.service("kubia").unwrap(), Some(kubia.clone()));
+    store.put_service(&kubia, Expect::Any).unwrap();
+    assert_eq!(bare1(store.service("kubia").unwrap()), Some(kubia.clone()));
 
     let mut scaled = kubia.clone();
     scaled.service.spec.replicas = 5;
     scaled.generation = 2;
-    store.put_service(&scaled).unwrap();
-    assert_eq!(store.service("kubia").unwrap(), Some(scaled.clone()));
-    assert_eq!(store.services().unwrap(), vec![scaled]);
+    store.put_service(&scaled, Expect::Any).unwrap();
+    assert_eq!(bare1(store.service("kubia").unwrap()), Some(scaled.clone()));
+    assert_eq!(bare(store.services().unwrap()), vec![scaled]);
 }
 
 fn services_sorted_and_deleted(store: &dyn Store) {
     for name in ["zeta", "alpha", "kubia", "alpha-2"] {
-        store.put_service(&record(name, 1)).unwrap();
+        store.put_service(&record(name, 1), Expect::Any).unwrap();
     }
     let names = |store: &dyn Store| -> Vec<String> {
-        store.services().unwrap().into_iter().map(|record| record.service.name).collect()
+        bare(store.services().unwrap()).into_iter().map(|record| record.service.name).collect()
     };
     assert_eq!(names(store), ["alpha", "alpha-2", "kubia", "zeta"]);
-    assert!(store.delete_service("kubia").unwrap());
-    assert!(!store.delete_service("kubia").unwrap());
-    assert!(!store.delete_service("never").unwrap());
-    assert_eq!(store.service("kubia").unwrap(), None);
+    assert!(store.delete_service("kubia", Expect::Any).unwrap());
+    assert!(!store.delete_service("kubia", Expect::Any).unwrap());
+    assert!(!store.delete_service("never", Expect::Any).unwrap());
+    assert_eq!(bare1(store.service("kubia").unwrap()), None);
     assert_eq!(names(store), ["alpha", "alpha-2", "zeta"]);
 }
 
@@ -154,7 +167,7 @@ fn digests_are_checked(store: &dyn Store) {
 macro_rules! for_every_store {
     ($($name:ident),* $(,)?) => {
         mod memory {
-            $(#[test] fn $name() { super::$name(&shoal_control::store::MemoryStore::new()); })*
+            $(#[test] fn $name() { super::$name(&shoal_control::store::KvStore::memory()); })*
         }
         mod redb_file {
             $(#[test] fn $name() {
@@ -169,9 +182,9 @@ for_every_store!(services_round_trip, services_sorted_and_deleted, modules_are_c
 
 #[test]
 fn memory_store_is_a_dyn_store() {
-    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(MemoryStore::new());
-    store.put_service(&record("kubia", 1)).unwrap();
-    assert_eq!(store.services().unwrap().len(), 1);
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(KvStore::memory());
+    store.put_service(&record("kubia", 1), Expect::Any).unwrap();
+    assert_eq!(bare(store.services().unwrap()).len(), 1);
 }
 
 // ---- what only a file can do ----
@@ -182,14 +195,14 @@ fn everything_survives_a_reopen() {
     let path = dir.store_path();
     let (kubia, info) = {
         let store = open(&path);
-        assert_eq!(store.path(), path);
-        store.put_service(&record("kubia", 3)).unwrap();
-        store.put_service(&record("gone", 1)).unwrap();
-        assert!(store.delete_service("gone").unwrap());
+        assert_eq!(store.location(), path);
+        store.put_service(&record("kubia", 3), Expect::Any).unwrap();
+        store.put_service(&record("gone", 1), Expect::Any).unwrap();
+        assert!(store.delete_service("gone", Expect::Any).unwrap());
         (record("kubia", 3), store.put_module(b"component bytes").unwrap())
     };
     let store = open(&path);
-    assert_eq!(store.services().unwrap(), vec![kubia]);
+    assert_eq!(bare(store.services().unwrap()), vec![kubia]);
     assert_eq!(store.module(&info.digest).unwrap().as_deref(), Some(&b"component bytes"[..]));
     assert_eq!(store.modules().unwrap(), vec![info.clone()]);
     assert_eq!(store.put_module(b"component bytes").unwrap(), info);
@@ -229,7 +242,7 @@ fn a_tampered_module_is_refused_and_a_put_repairs_it() {
 fn a_newer_schema_is_refused_and_left_alone() {
     let dir = TempDir::new("newer");
     let path = dir.store_path();
-    open(&path).put_service(&record("kubia", 1)).unwrap();
+    open(&path).put_service(&record("kubia", 1), Expect::Any).unwrap();
     let write_version = |version: u32| {
         let db = Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
@@ -258,7 +271,7 @@ fn a_newer_schema_is_refused_and_left_alone() {
         assert_eq!(version, SCHEMA_VERSION + 1, "the refused file is unchanged");
     }
     write_version(SCHEMA_VERSION);
-    assert_eq!(open(&path).services().unwrap(), vec![record("kubia", 1)]);
+    assert_eq!(bare(open(&path).services().unwrap()), vec![record("kubia", 1)]);
 }
 
 /// Asserts that opening `path` fails with `Corrupt` naming it.
@@ -321,7 +334,7 @@ fn a_damaged_file_is_corrupt_not_a_panic() {
         let store = open(&path);
         store.put_module(&[7; 100_000]).unwrap();
         for n in 0..20 {
-            store.put_service(&record(&format!("service-{n}"), n)).unwrap();
+            store.put_service(&record(&format!("service-{n}"), n), Expect::Any).unwrap();
         }
     }
     let original = std::fs::read(&path).unwrap();
@@ -339,7 +352,7 @@ fn a_damaged_file_is_corrupt_not_a_panic() {
         let mut bytes = original.clone();
         bytes[offset] ^= 0xFF;
         std::fs::write(&path, &bytes).unwrap();
-        match RedbStore::open(&path).and_then(|store| store.services().and(store.modules())) {
+        match KvStore::open(&path).and_then(|store| store.services().and(store.modules())) {
             Ok(_) | Err(StoreError::Corrupt { .. }) => {}
             Err(err) => panic!("byte {offset} flipped: {err:?}"),
         }
@@ -350,17 +363,19 @@ fn a_damaged_file_is_corrupt_not_a_panic() {
 fn an_undecodable_record_is_corrupt_naming_its_key() {
     let dir = TempDir::new("record");
     let path = dir.store_path();
-    open(&path).put_service(&record("kubia", 1)).unwrap();
+    open(&path).put_service(&record("kubia", 1), Expect::Any).unwrap();
     {
         let db = Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(SERVICES).unwrap().insert("kubia", &b"{\"service\": 42}"[..]).unwrap();
+        let mut value = vec![0; 16];
+        value.extend_from_slice(b"{\"service\": 42}");
+        txn.open_table(KV).unwrap().insert("services/kubia", value.as_slice()).unwrap();
         txn.commit().unwrap();
     }
     let store = open(&path);
     for err in [store.services().unwrap_err(), store.service("kubia").unwrap_err()] {
         assert!(matches!(&err, StoreError::Corrupt { .. }), "{err:?}");
-        assert!(err.to_string().contains(r#"services["kubia"] does not decode: "#), "{err}");
+        assert!(err.to_string().contains(r#""services/kubia" does not decode: "#), "{err}");
     }
 }
 
@@ -372,9 +387,9 @@ fn a_second_open_is_locked_out() {
     let err = open_err(&path);
     assert!(matches!(&err, StoreError::Locked { path: p } if *p == path), "{err:?}");
     assert_eq!(err.to_string(), format!("the store at {} is in use by another shoal process", path.display()));
-    first.put_service(&record("kubia", 1)).unwrap();
+    first.put_service(&record("kubia", 1), Expect::Any).unwrap();
     drop(first);
-    assert_eq!(open(&path).services().unwrap().len(), 1, "the lock goes with the store");
+    assert_eq!(bare(open(&path).services().unwrap()).len(), 1, "the lock goes with the store");
 }
 
 #[test]
@@ -420,7 +435,7 @@ fn a_schema_1_store_moves_its_module_bytes_to_files() {
     }
 
     let store = open(&path);
-    assert_eq!(store.services().unwrap(), vec![record("kubia", 2)]);
+    assert_eq!(bare(store.services().unwrap()), vec![record("kubia", 2)]);
     assert_eq!(store.module(&good_digest).unwrap(), Some(good.clone()));
     assert_eq!(store.modules().unwrap().len(), 2);
     let file = store.module_file(&good_digest).unwrap().unwrap();
@@ -433,6 +448,8 @@ fn a_schema_1_store_moves_its_module_bytes_to_files() {
         let txn = db.begin_read().unwrap();
         assert_eq!(txn.open_table(META).unwrap().get("schema_version").unwrap().unwrap().value(), SCHEMA_VERSION);
         assert!(txn.open_table(LEGACY_MODULES).is_err(), "the table of module bytes is gone");
+        assert!(txn.open_table(SERVICES).is_err(), "services moved under revisioned keys");
+        assert!(txn.open_table(MODULE_INFO).is_err(), "module infos moved under revisioned keys");
     }
     // And it opens again as it is.
     assert_eq!(open(&path).module(&good_digest).unwrap(), Some(good));
@@ -505,7 +522,7 @@ fn a_full_disk_fails_writes_clearly_and_the_next_write_after_freeing_space_succe
     };
     let path = mount.join("data").join("store.redb");
     let store = open(&path);
-    store.put_service(&record("kubia", 1)).unwrap();
+    store.put_service(&record("kubia", 1), Expect::Any).unwrap();
     let info = store.put_module(b"a module").unwrap();
 
     // Fill the disk, then write records until one fails.
@@ -519,7 +536,7 @@ fn a_full_disk_fails_writes_clearly_and_the_next_write_after_freeing_space_succe
     for n in 0..2000 {
         let mut big = record(&format!("service-{n}"), 1);
         big.service.spec.env.insert("PADDING".into(), "x".repeat(64 * 1024));
-        if let Err(error) = store.put_service(&big) {
+        if let Err(error) = store.put_service(&big, Expect::Any) {
             failure = Some(error);
             break;
         }
@@ -534,17 +551,17 @@ fn a_full_disk_fails_writes_clearly_and_the_next_write_after_freeing_space_succe
     let module = store.put_module(&[9u8; 256 * 1024]).unwrap_err();
     assert!(matches!(module, StoreError::DiskFull { .. }), "{module:?}");
     // Reads go on.
-    assert_eq!(store.service("kubia").unwrap(), Some(record("kubia", 1)));
+    assert_eq!(bare1(store.service("kubia").unwrap()), Some(record("kubia", 1)));
     assert_eq!(store.module(&info.digest).unwrap().as_deref(), Some(&b"a module"[..]));
 
     // Space freed: the next write succeeds, on the same handle.
     std::fs::remove_file(&filler).unwrap();
-    store.put_service(&record("after", 2)).unwrap();
-    assert_eq!(store.service("after").unwrap(), Some(record("after", 2)));
+    store.put_service(&record("after", 2), Expect::Any).unwrap();
+    assert_eq!(bare1(store.service("after").unwrap()), Some(record("after", 2)));
     store.put_module(&[9u8; 256 * 1024]).unwrap();
     drop(store);
     // And everything acknowledged is there after a reopen.
     let store = open(&path);
-    assert_eq!(store.service("kubia").unwrap(), Some(record("kubia", 1)));
-    assert_eq!(store.service("after").unwrap(), Some(record("after", 2)));
+    assert_eq!(bare1(store.service("kubia").unwrap()), Some(record("kubia", 1)));
+    assert_eq!(bare1(store.service("after").unwrap()), Some(record("after", 2)));
 }

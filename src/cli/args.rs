@@ -81,6 +81,9 @@ pub enum Resource {
     Replicas,
     #[value(aliases = ["module"])]
     Modules,
+    /// The nodes of a cluster.
+    #[value(aliases = ["node", "no"])]
+    Nodes,
 }
 
 /// The output format of `shoal get`.
@@ -97,7 +100,8 @@ pub enum Output {
 /// Arguments of `shoal get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// services (service, svc), replicas (replica) or modules (module).
+    /// services (service, svc), replicas (replica), modules (module) or
+    /// nodes (node, no).
     pub resource: Resource,
     /// Only this one: a service or replica name, or a module digest (or a
     /// prefix of it).
@@ -122,12 +126,22 @@ pub enum ServiceKind {
     Service,
 }
 
+/// What `shoal describe` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DescribeKind {
+    #[value(aliases = ["services", "svc"])]
+    Service,
+    /// A node of a cluster.
+    #[value(aliases = ["nodes", "no"])]
+    Node,
+}
+
 /// Arguments of `shoal describe`.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// service (svc).
-    pub kind: ServiceKind,
-    /// The service's name.
+    /// service (svc) or node (no).
+    pub kind: DescribeKind,
+    /// The service's or the node's name.
     pub name: String,
     #[command(flatten)]
     pub connect: ConnectArgs,

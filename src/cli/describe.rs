@@ -3,13 +3,13 @@
 
 use std::fmt::Write as _;
 
-use shoal_api::objects::{CallUsage, Event, ReplicaInfo, ScaleStatus, now_unix};
+use shoal_api::objects::{CallUsage, Event, NodeView, ReplicaInfo, ScaleStatus, now_unix};
 use shoal_api::{Autoscale, format_bytes};
 
 use super::client::{Client, or_not_found};
 use super::connect::encode;
 use super::table::{NONE, age, cpu, duration};
-use super::{DescribeArgs, ServiceView, print, rows};
+use super::{DescribeArgs, DescribeKind, ServiceView, print, rows};
 
 /// Width of the field names (values start after it).
 const KEY_WIDTH: usize = 15;
@@ -23,6 +23,15 @@ const AUTOSCALE_KEY_WIDTH: usize = 24;
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.connect)?;
     let name = &args.name;
+    if args.kind == DescribeKind::Node {
+        let node: NodeView = client
+            .get(&format!("/v1/nodes/{}", encode(name)))
+            .await
+            .map_err(|e| or_not_found(e, || format!("node {name:?} not found")))?;
+        let replicas: Vec<ReplicaInfo> = client.get("/v1/replicas").await?;
+        print(&render_node(&node, &replicas, now_unix()))?;
+        return Ok(());
+    }
     let view: ServiceView = client
         .get(&format!("/v1/services/{}", encode(name)))
         .await
@@ -37,6 +46,39 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     let calls: Vec<CallUsage> = client.get(&format!("/v1/calls?service={}", encode(name))).await.unwrap_or_default();
     print(&render(&view, &replicas, &calls, &events, now_unix()))?;
     Ok(())
+}
+
+/// `shoal describe node`: the node's record, its lease, and the replicas
+/// it runs.
+pub fn render_node(node: &NodeView, replicas: &[ReplicaInfo], now: u64) -> String {
+    let mut out = String::new();
+    let mut field = |key: &str, value: String| {
+        let _ = writeln!(out, "{:<KEY_WIDTH$}{value}", format!("{key}:"));
+    };
+    field("Name", node.name.clone());
+    field(
+        "Status",
+        if node.ready { "Ready".into() } else { "NotReady (its lease expired; its replicas run elsewhere)".into() },
+    );
+    field("Roles", if node.leader { "leader".into() } else { NONE.into() });
+    field("Address", node.address.clone());
+    field("Gateway", node.gateway.clone());
+    field("Admin API", node.admin.clone());
+    field("Capacity", format_bytes(node.capacity));
+    field("Reserved", format_bytes(node.reserved));
+    field(
+        "Lease",
+        node.lease_granted_unix.map_or_else(|| NONE.to_owned(), |granted| format!("granted {} ago", age(now, granted))),
+    );
+    field("Registered", format!("{} ago", age(now, node.registered_unix)));
+    let here: Vec<ReplicaInfo> = replicas.iter().filter(|r| r.node == node.name).cloned().collect();
+    let _ = writeln!(out, "Replicas:      {}", here.len());
+    if !here.is_empty() {
+        for line in rows::replicas(&here, false, now).render().lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
 }
 
 /// The events of service `name` and of its replicas since it was created

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use shoal_api::objects::{ModuleInfo, ReplicaInfo, now_unix};
+use shoal_api::objects::{ModuleInfo, NodeView, ReplicaInfo, now_unix};
 
 use super::client::{Client, is_not_found, or_not_found};
 use super::connect::encode;
@@ -50,6 +50,16 @@ impl Query {
                     items.retain(|item| item["name"] == name);
                     if items.is_empty() && strict {
                         bail!("replica {name:?} not found");
+                    }
+                }
+                items
+            }
+            Resource::Nodes => {
+                let mut items: Vec<Value> = client.get("/v1/nodes").await?;
+                if let Some(name) = name {
+                    items.retain(|item| item["name"] == name);
+                    if items.is_empty() && strict {
+                        bail!("node {name:?} not found");
                     }
                 }
                 items
@@ -112,6 +122,7 @@ pub fn table(resource: Resource, items: &[Value], wide: bool, now: u64) -> anyho
         Resource::Services => rows::services(&typed::<ServiceView>(items)?, wide, now),
         Resource::Replicas => rows::replicas(&typed::<ReplicaInfo>(items)?, wide, now),
         Resource::Modules => rows::modules(&typed::<ModuleInfo>(items)?, wide, now),
+        Resource::Nodes => rows::nodes(&typed::<NodeView>(items)?, wide, now),
     })
 }
 
@@ -144,6 +155,7 @@ fn render_objects(resource: Resource, items: &[Value], single: bool, yaml: bool)
         Resource::Services => render::<ServiceView>(items, single, yaml),
         Resource::Replicas => render::<ReplicaInfo>(items, single, yaml),
         Resource::Modules => render::<ModuleInfo>(items, single, yaml),
+        Resource::Nodes => render::<NodeView>(items, single, yaml),
     }
 }
 

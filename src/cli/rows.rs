@@ -1,7 +1,7 @@
 //! The tables of `get` and `describe`: one row per service, replica,
 //! module or event. Pure functions of the objects and the current time.
 
-use shoal_api::objects::{Event, ModuleInfo, ReplicaInfo, ReplicaUsage, RolloutPhase};
+use shoal_api::objects::{Event, ModuleInfo, NodeView, ReplicaInfo, ReplicaUsage, RolloutPhase};
 use shoal_api::{Route, format_bytes};
 
 use super::ServiceView;
@@ -95,10 +95,15 @@ pub fn rollout(phase: RolloutPhase, message: Option<&str>) -> String {
     }
 }
 
-/// `NAME READY STATUS RESTARTS AGE`; wide adds `PID NODE CGROUP REVISION
+/// `NAME READY STATUS RESTARTS AGE`, and `NODE` when the replicas run on
+/// more than one node (a cluster); wide adds `PID NODE CGROUP REVISION
 /// MESSAGE`. Sorted by name.
 pub fn replicas(replicas: &[ReplicaInfo], wide: bool, now: u64) -> Table {
     let mut headers = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
+    let nodes = replicas.iter().any(|replica| replica.node != replicas[0].node);
+    if nodes && !wide {
+        headers.push("NODE");
+    }
     if wide {
         headers.extend(["PID", "NODE", "CGROUP", "REVISION", "MESSAGE"]);
     }
@@ -111,6 +116,9 @@ pub fn replicas(replicas: &[ReplicaInfo], wide: bool, now: u64) -> Table {
             replica.restarts.to_string(),
             age(now, replica.started_unix),
         ];
+        if nodes && !wide {
+            row.push(replica.node.clone());
+        }
         if wide {
             row.extend([
                 replica.pid.map_or_else(|| NONE.to_owned(), |pid| pid.to_string()),
@@ -139,6 +147,36 @@ pub fn service_replicas(replicas: &[ReplicaInfo], now: u64) -> Table {
             replica.revision.clone(),
             replica.message.clone().unwrap_or_default(),
         ]);
+    }
+    table
+}
+
+/// `NAME STATUS ROLES ADDRESS REPLICAS CAPACITY RESERVED LEASE AGE`;
+/// wide adds `GATEWAY ADMIN`. Sorted by name.
+pub fn nodes(nodes: &[NodeView], wide: bool, now: u64) -> Table {
+    let mut headers = vec!["NAME", "STATUS", "ROLES", "ADDRESS", "REPLICAS", "CAPACITY", "RESERVED", "LEASE", "AGE"];
+    if wide {
+        headers.extend(["GATEWAY", "ADMIN"]);
+    }
+    let mut table = Table::new(headers);
+    let mut nodes: Vec<&NodeView> = nodes.iter().collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    for node in nodes {
+        let mut row = vec![
+            node.name.clone(),
+            if node.ready { "Ready" } else { "NotReady" }.to_owned(),
+            if node.leader { "leader" } else { NONE }.to_owned(),
+            node.address.clone(),
+            node.replicas.to_string(),
+            format_bytes(node.capacity),
+            format_bytes(node.reserved),
+            node.lease_granted_unix.map_or_else(|| NONE.to_owned(), |granted| age(now, granted)),
+            age(now, node.registered_unix),
+        ];
+        if wide {
+            row.extend([node.gateway.clone(), node.admin.clone()]);
+        }
+        table.push(row);
     }
     table
 }
@@ -262,11 +300,13 @@ pub(crate) mod tests {
                     autoscale: None,
                     allow_outbound: Vec::new(),
                 },
+                resource_version: None,
             },
             module_digest: "3f2a9c1b7e4d".to_owned() + &"0".repeat(52),
             generation: 1,
             created_unix: NOW - 300,
             updated_unix: NOW - 300,
+            resource_version: 0,
         };
         let status = ServiceStatus {
             name: name.into(),

@@ -49,7 +49,7 @@ use crate::apply::{ApplyError, apply};
 use crate::events::EventLog;
 use crate::logs::{LogBook, selects};
 use crate::reconciler::Controller;
-use crate::store::{Store, StoreError};
+use crate::store::{Expect, Store, StoreError};
 use shoal_gateway::listener::Connection;
 
 pub use modules::{MAX_MODULE_SIZE, MAX_UPLOADS};
@@ -75,6 +75,9 @@ pub struct AdminState {
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// Module uploads waiting for their turn ([`modules::MAX_WAITING_UPLOADS`]).
     pub waiting_uploads: Arc<tokio::sync::Semaphore>,
+    /// This node's cluster, in cluster mode: the API then answers for every
+    /// node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AdminState {
@@ -94,7 +97,13 @@ impl AdminState {
             token: token.into(),
             uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
             waiting_uploads: Arc::new(tokio::sync::Semaphore::new(modules::MAX_WAITING_UPLOADS)),
+            cluster: None,
         }
+    }
+
+    /// The API of a node in `cluster`.
+    pub fn with_cluster(self, cluster: Arc<crate::cluster::Cluster>) -> Self {
+        Self { cluster: Some(cluster), ..self }
     }
 }
 
@@ -145,6 +154,22 @@ impl From<StoreError> for ApiError {
             StoreError::DiskFull { .. } => {
                 tracing::error!(%error, "store error");
                 ApiError(StatusCode::INSUFFICIENT_STORAGE, error.to_string())
+            }
+            StoreError::Conflict { ref key, .. } => {
+                // As Kubernetes words it, naming the object rather than its key.
+                let object = match key.strip_prefix(crate::store::SERVICES) {
+                    Some(name) => format!("service {name:?}"),
+                    None => key.clone(),
+                };
+                let message = error.to_string().replacen(key.as_str(), &object, 1);
+                ApiError(StatusCode::CONFLICT, format!("operation cannot be fulfilled: {message}"))
+            }
+            StoreError::Unavailable { .. } => {
+                tracing::warn!(%error, "store unavailable");
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{error}; the change was not confirmed (check it with shoal get once the store is back)"),
+                )
             }
             error => ApiError::internal(error.to_string()),
         }
@@ -200,6 +225,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/services/{name}", get(get_service).put(apply_service).delete(delete_service))
         .route("/v1/services/{name}/scale", put(scale_service))
         .route("/v1/replicas", get(list_replicas))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{name}", get(get_node))
         .route("/v1/top", get(top))
         .route("/v1/calls", get(calls))
         .route("/metrics", get(metrics))
@@ -297,6 +324,26 @@ fn view(state: &AdminState, record: ServiceRecord) -> ServiceView {
         scale: None,
         instances: None,
     });
+    // In a cluster, this node's status counts its own replicas: the
+    // service's are every node's.
+    let status = match cluster_replicas(state) {
+        Some(replicas) => {
+            let revision = record.revision();
+            let mine: Vec<&ReplicaInfo> = replicas.iter().filter(|r| r.service == record.service.name).collect();
+            let ready = mine.iter().filter(|r| r.ready).count() as u32;
+            let updated = mine.iter().filter(|r| r.revision == revision).count() as u32;
+            let desired = record.service.spec.replicas;
+            let rollout = if ready == desired && updated == desired && mine.len() as u32 == desired {
+                RolloutPhase::Complete
+            } else if status.rollout == RolloutPhase::Halted {
+                RolloutPhase::Halted
+            } else {
+                RolloutPhase::Progressing
+            };
+            ServiceStatus { desired, ready, available: ready, updated, rollout, ..status }
+        }
+        None => status,
+    };
     // A status from before the latest change does not describe it yet.
     let status = if status.observed_generation < record.generation {
         ServiceStatus { rollout: RolloutPhase::Progressing, generation: record.generation, ..status }
@@ -385,7 +432,7 @@ async fn delete_service(
     State(state): State<AdminState>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<serde_json::Value> {
-    if !state.store.delete_service(&name)? {
+    if !state.store.delete_service(&name, Expect::Any)? {
         return Err(not_found("service", &name));
     }
     state.events.normal(format!("service/{name}"), "Deleted", "service deleted; stopping its replicas");
@@ -407,17 +454,27 @@ async fn scale_service(
     if body.replicas > shoal_api::MAX_REPLICAS {
         return Err(bad_request(format!("replicas: {} is more than {}", body.replicas, shoal_api::MAX_REPLICAS)));
     }
-    let mut record = state.store.service(&name)?.ok_or_else(|| not_found("service", &name))?;
-    if record.service.spec.replicas != body.replicas {
+    // Read, change, write if nothing changed it in between; else again.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut record = state.store.service(&name)?.ok_or_else(|| not_found("service", &name))?;
+        if record.service.spec.replicas == body.replicas {
+            return Ok(Json(view(&state, record)));
+        }
         let from = record.service.spec.replicas;
         record.service.spec.replicas = body.replicas;
         record.generation += 1;
         record.updated_unix = shoal_api::objects::now_unix();
-        state.store.put_service(&record)?;
+        match state.store.put_service(&record, Expect::Revision(record.resource_version)) {
+            Ok(version) => record.resource_version = version,
+            Err(StoreError::Conflict { .. }) if attempt < 8 => continue,
+            Err(error) => return Err(error.into()),
+        }
         state.events.normal(format!("service/{name}"), "Scaled", format!("replicas {from} → {}", body.replicas));
         state.controller.trigger();
+        return Ok(Json(view(&state, record)));
     }
-    Ok(Json(view(&state, record)))
 }
 
 #[derive(Deserialize)]
@@ -426,7 +483,41 @@ struct ReplicaQuery {
 }
 
 async fn list_replicas(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> ApiResult<Vec<ReplicaInfo>> {
-    Ok(Json(state.controller.replicas(q.service.as_deref())))
+    match cluster_replicas(&state) {
+        Some(mut replicas) => {
+            replicas.retain(|r| q.service.as_ref().is_none_or(|service| r.service == *service));
+            replicas.sort_by(|a, b| (&a.service, &a.node, &a.name).cmp(&(&b.service, &b.node, &b.name)));
+            Ok(Json(replicas))
+        }
+        None => Ok(Json(state.controller.replicas(q.service.as_deref()))),
+    }
+}
+
+/// In a cluster, every node's replicas: this node's as they are now, the
+/// others' as they last published them.
+fn cluster_replicas(state: &AdminState) -> Option<Vec<ReplicaInfo>> {
+    let cluster = state.cluster.as_ref()?;
+    let mut replicas = state.controller.replicas(None);
+    match cluster.replicas() {
+        Ok(others) => replicas.extend(others.into_iter().filter(|r| r.node != cluster.node())),
+        Err(error) => tracing::warn!(%error, "cannot list the other nodes' replicas"),
+    }
+    Some(replicas)
+}
+
+async fn list_nodes(State(state): State<AdminState>) -> ApiResult<Vec<shoal_api::NodeView>> {
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "this Shoal is a single node, not a cluster (start it with --etcd to join one)".into(),
+        ));
+    };
+    Ok(Json(cluster.nodes()?))
+}
+
+async fn get_node(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> ApiResult<shoal_api::NodeView> {
+    let Json(nodes) = list_nodes(State(state)).await?;
+    nodes.into_iter().find(|node| node.name == name).map(Json).ok_or_else(|| not_found("node", &name))
 }
 
 async fn top(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> ApiResult<Vec<ReplicaUsage>> {

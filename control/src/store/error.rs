@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use super::kv::Expect;
+
 /// An error of a [`Store`](super::Store).
 ///
 /// Every variant names what is wrong and, where there is a file, which one.
@@ -66,6 +68,29 @@ pub enum StoreError {
         what: String,
     },
 
+    /// A write's precondition did not hold: the key was changed (or
+    /// created, or deleted) since the revision the writer read. Nothing was
+    /// changed.
+    #[error("{key} was changed by another write ({}); read it again and retry", conflict_detail(*expected, *current))]
+    Conflict {
+        /// The key written, e.g. `services/kubia`.
+        key: String,
+        /// What the write required.
+        expected: Expect,
+        /// The key's revision when the write was refused (`None`: absent).
+        current: Option<u64>,
+    },
+
+    /// The store cannot be reached (etcd without a quorum, or unreachable).
+    /// A write that failed so was not confirmed: etcd may still apply it
+    /// once it has a quorum again (as for any etcd client whose request
+    /// timed out). Reads go on from what this node knows.
+    #[error("the store is unavailable: {detail}")]
+    Unavailable {
+        /// What failed, naming the endpoints, e.g. `etcd at http://…: …`.
+        detail: String,
+    },
+
     /// Any other failure of the backend (IO, a failed commit, …), with what
     /// was being done.
     #[error("store error: {detail}")]
@@ -74,4 +99,15 @@ pub enum StoreError {
         /// `opening /var/lib/shoal/store.redb: Permission denied (os error 13)`.
         detail: String,
     },
+}
+
+fn conflict_detail(expected: Expect, current: Option<u64>) -> String {
+    match (expected, current) {
+        (Expect::Absent, Some(current)) => format!("it exists, at revision {current}"),
+        (Expect::Revision(expected), Some(current)) => {
+            format!("resourceVersion {current}, not {expected}")
+        }
+        (_, None) => "it no longer exists".to_owned(),
+        (_, Some(current)) => format!("now at revision {current}"),
+    }
 }

@@ -38,27 +38,36 @@
 //!   characters is [`StoreError::InvalidDigest`], whether or not anything is
 //!   stored under it.
 //!
-//! The trait speaks only of keys, values, files and single-key or two-key
-//! transactions, so it fits etcd as well as the embedded [`RedbStore`]: a
-//! put is a `Put`, a delete a `DeleteRange` that reports whether it deleted,
-//! a listing a prefix `Range` (sorted by key). Module bytes stay out of the
-//! key-value store (etcd limits a value to 1.5 MiB by default): a cluster
-//! store would fetch a module's file from a peer that has it. The methods
-//! block; callers in async code use `spawn_blocking` or accept the short
-//! wait of an embedded store.
+//! * **Optimistic concurrency.** A service read from the store carries its
+//!   `resourceVersion` (the revision of its last change); a write may
+//!   require it ([`Expect`]), and fails with [`StoreError::Conflict`],
+//!   changing nothing, if another write came first.
+//!
+//! The store is built in two layers. [`Kv`] is the revisioned key-value
+//! contract (get with revision, put and delete with a precondition, list at
+//! a revision, watch from a revision): etcd's model, kept by the embedded
+//! [`LocalKv`] (memory, or a redb file: [`RedbDisk`](redb_store::RedbDisk))
+//! and by [`EtcdKv`]. [`KvStore`] keeps services and module infos in any of
+//! them as JSON records, and module bytes as files beside ([`Blobs`]):
+//! module bytes stay out of the key-value store (etcd limits a value to
+//! 1.5 MiB by default). The methods block; callers in async code use
+//! `spawn_blocking` or accept the short wait.
 //!
 //! # Implementations
 //!
-//! * [`RedbStore`]: one redb file on disk, module files beside it; the
-//!   store `shoal` runs on. Its layout, schema versioning and why it is
-//!   redb are documented there.
-//! * [`MemoryStore`]: maps behind a mutex and module files in a temporary
-//!   directory, for unit tests of other components. Nothing survives it.
+//! * [`KvStore::open`]: a redb file on disk, module files beside it; the
+//!   store `shoal up` runs on alone.
+//! * [`KvStore::new`] over an [`EtcdKv`]: the store of a cluster.
+//! * [`KvStore::memory`]: for unit tests of other components. Nothing
+//!   survives it.
 
 mod blobs;
 mod error;
-mod memory;
-mod redb_store;
+mod etcd_kv;
+pub mod kv;
+mod kv_store;
+mod local;
+pub mod redb_store;
 
 use std::path::PathBuf;
 
@@ -67,8 +76,11 @@ pub use shoal_api::{ModuleInfo, ServiceRecord};
 
 pub use blobs::{Blobs, ModuleUpload, StagedModule, is_disk_full};
 pub use error::StoreError;
-pub use memory::MemoryStore;
-pub use redb_store::{RedbStore, SCHEMA_VERSION};
+pub use etcd_kv::EtcdKv;
+pub use kv::{Entry, Event, Expect, Kv, Listing, Watch, WatchItem};
+pub use kv_store::{KvStore, MODULES, SERVICES};
+pub use local::{HISTORY, LocalKv};
+pub use redb_store::SCHEMA_VERSION;
 
 /// Durable desired state: services and the modules they run.
 ///
@@ -82,11 +94,15 @@ pub trait Store: Send + Sync + 'static {
     /// The service named `name`, if there is one.
     fn service(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError>;
 
-    /// Creates or replaces the service `record.service.name`, atomically.
-    fn put_service(&self, record: &ServiceRecord) -> Result<(), StoreError>;
+    /// Creates or replaces the service `record.service.name`, atomically,
+    /// if `expect` holds of the stored one ([`StoreError::Conflict`] if not;
+    /// `record.resource_version` is not looked at). Returns the new
+    /// `resourceVersion`.
+    fn put_service(&self, record: &ServiceRecord, expect: Expect) -> Result<u64, StoreError>;
 
-    /// Deletes the service `name`; `false` if there was none.
-    fn delete_service(&self, name: &str) -> Result<bool, StoreError>;
+    /// Deletes the service `name` if `expect` holds; `false` if there was
+    /// none.
+    fn delete_service(&self, name: &str, expect: Expect) -> Result<bool, StoreError>;
 
     /// Starts storing a module: its bytes are written to a staging file
     /// and hashed as they come; [`ModuleUpload::finish`], then

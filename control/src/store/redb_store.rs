@@ -1,37 +1,45 @@
-//! [`RedbStore`]: the [`Store`] in one redb file, module bytes beside it.
+//! [`RedbDisk`]: where a [`LocalKv`](super::LocalKv) keeps its entries and
+//! history on disk, in one redb file.
 //!
 //! The layout, the schema versioning and the choice of redb are documented
-//! on [`RedbStore`].
+//! on [`RedbDisk`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{PoisonError, RwLock};
 
 use redb::{
     Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, TableDefinition, TableHandle,
     WriteTransaction,
 };
-use shoal_api::{ModuleInfo, ServiceRecord, now_unix};
 
-use super::{Blobs, ModuleUpload, StagedModule, Store, StoreError, check_digest, is_disk_full};
+use super::kv::{Entry, Event};
+use super::local::{Commit, State};
+use super::{Blobs, StoreError, check_digest, is_disk_full};
 
 /// The schema version this build writes, and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const META: TableDefinition<'_, &str, u32> = TableDefinition::new("meta");
-const SERVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("services");
-/// Schema 1 kept module bytes in the store; schema 2 moves them to files.
+const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
+const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
+const HISTORY: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("history");
+/// Schemas 1 and 2 kept services and module infos in tables of their own.
+const LEGACY_SERVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("services");
+const LEGACY_MODULE_INFO: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("module_info");
+/// Schema 1 kept module bytes in the store; schema 2 moved them to files.
 const LEGACY_MODULES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("modules");
-const MODULE_INFO: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("module_info");
 const SCHEMA_KEY: &str = "schema_version";
+const REVISION_KEY: &str = "revision";
+const FIRST_KEY: &str = "first";
 
 /// What redb may keep in memory: the store holds small records only.
 const CACHE_SIZE: usize = 16 << 20;
 
-/// A [`Store`] in one redb database file, with module bytes in files beside
-/// it.
+/// The file of a [`LocalKv`](super::LocalKv): entries, the recent history
+/// and the revision counters in one redb database.
 ///
 /// # Why redb
 ///
@@ -41,31 +49,39 @@ const CACHE_SIZE: usize = 16 << 20;
 /// checksums, so a crash leaves the last committed state), readers never
 /// block the writer, and the file is locked so that two `shoal` processes
 /// cannot write it at once. That is what a single-node control plane needs;
-/// etcd can take its place behind [`Store`] when there are several.
+/// etcd takes its place in a cluster ([`EtcdKv`](super::EtcdKv)), behind
+/// the same [`Kv`](super::Kv) contract.
 ///
-/// # Layout
+/// # Layout (schema 3)
 ///
-/// | where | key | value |
+/// | table | key | value |
 /// |---|---|---|
-/// | table `meta` | `&str` | `u32`; `"schema_version"` → [`SCHEMA_VERSION`] |
-/// | table `services` | `&str` service name | `&[u8]`: [`ServiceRecord`] as JSON |
-/// | table `module_info` | `&str` digest (lowercase hex sha256) | `&[u8]`: [`ModuleInfo`] as JSON |
-/// | `modules/<digest>.wasm` beside the store | | the component's bytes ([`Blobs`]) |
+/// | `meta` | `&str` | `u32`; `"schema_version"` → [`SCHEMA_VERSION`] |
+/// | `counters` | `&str` | `u64`; `"revision"` (the last write's), `"first"` (the oldest revision a watch may start from) |
+/// | `kv` | `&str` key (`services/<name>`, `modules/<digest>`) | `&[u8]`: create revision (u64 LE), mod revision (u64 LE), then the value (a JSON record) |
+/// | `history` | `u64` revision | `&[u8]`: kind (1 put, 2 delete), create revision (u64 LE), key length (u32 LE), key, value |
+/// | `modules/<digest>.wasm` beside the file | | a component's bytes ([`Blobs`]) |
 ///
+/// Each write is one transaction over `kv`, `history` and `counters`; the
+/// history keeps the last [`HISTORY`](super::local::HISTORY) changes.
 /// Records are JSON so that a later schema can add fields with defaults
 /// without a migration; the schema version changes only when a layout change
-/// would make an older Shoal misread the file. [`RedbStore::open`] refuses
-/// a file whose version is newer than [`SCHEMA_VERSION`] (without changing
-/// it) and migrates older ones in place: schema 1 kept module bytes in a
-/// `modules` table, where a 200 MB upload cost 200 MB of memory to write
-/// and its space was never given back; opening it writes each one to its
-/// file, then drops the table, in one transaction (a crash before the commit
-/// redoes it at the next open).
+/// would make an older Shoal misread the file. [`RedbDisk::open`] refuses a
+/// file whose version is newer than [`SCHEMA_VERSION`] (without changing
+/// it) and migrates older ones in place, in one transaction (a crash before
+/// the commit redoes it at the next open):
+///
+/// * schema 1 kept module bytes in a `modules` table, where a 200 MB upload
+///   cost 200 MB of memory to write and its space was never given back;
+///   each goes to its file and the table is dropped;
+/// * schemas 1 and 2 kept services and module infos in tables `services`
+///   and `module_info`, without revisions; each record moves to `kv` under
+///   its key, at revisions 1, 2, … in key order, with no history.
 ///
 /// Module bytes are files because they are large and written once:
 /// uploads stream to disk, a deleted module's space is free at once, and the
-/// redb file holds only records of a few hundred bytes, so its
-/// integrity check at open and its compaction (after deletions) are cheap.
+/// redb file holds only records of a few hundred bytes, so its integrity
+/// check at open and its compaction (after deletions) are cheap.
 ///
 /// Every open checks the integrity of the whole file (redb's
 /// `set_check_integrity_on_open`: page checksums, allocator state), so a
@@ -75,101 +91,59 @@ const CACHE_SIZE: usize = 16 << 20;
 ///
 /// # Failures
 ///
-/// Reads are served from a copy of the committed records kept in memory
-/// (the bytes as stored, decoded on each read), so they go on while the
-/// disk fails. After an IO error redb refuses every later operation until
-/// the database is closed and opened again; the store does that at once
-/// (and before the next write if it could not), so once space is freed the
-/// next write succeeds. A full disk is [`StoreError::DiskFull`].
+/// After an IO error redb refuses every later operation until the database
+/// is closed and opened again; the disk does that at once (and before the
+/// next write if it could not), so once space is freed the next write
+/// succeeds. A full disk is [`StoreError::DiskFull`]. Reads never come
+/// here: the [`LocalKv`](super::LocalKv) serves them from memory.
 ///
 /// # Locking
 ///
-/// The file is locked while the store is open: a second open, from this
-/// process or another, fails with [`StoreError::Locked`]. Dropping the store
-/// closes the file.
-pub struct RedbStore {
+/// The file is locked while it is open: a second open, from this process or
+/// another, fails with [`StoreError::Locked`]. Dropping it closes the file.
+pub(crate) struct RedbDisk {
     /// `None` after an IO failure closed it, until it is opened again.
     db: RwLock<Option<Database>>,
     path: PathBuf,
-    blobs: Blobs,
-    /// The committed records, as stored.
-    mirror: RwLock<Mirror>,
-    /// Held by each write from its transaction to its mirror update, so
-    /// that the mirror follows the commits in order.
-    writer: Mutex<()>,
     /// Set when redb reported an IO error: it must be opened again.
     failed: AtomicBool,
 }
 
-/// The committed records by key, as JSON bytes.
-#[derive(Default)]
-struct Mirror {
-    services: BTreeMap<String, Vec<u8>>,
-    infos: BTreeMap<String, Vec<u8>>,
-}
-
-impl std::fmt::Debug for RedbStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore").field("path", &self.path).finish_non_exhaustive()
-    }
-}
-
-impl RedbStore {
-    /// Opens the store at `path`, creating it (and its parent directories)
-    /// if it does not exist. Module files are kept in `modules/` beside it.
+impl RedbDisk {
+    /// Opens the file at `path`, creating it (and its parent directories)
+    /// if it does not exist, and loads its entries and history.
     ///
     /// Errors: [`StoreError::Corrupt`] for a file that is not a Shoal store
     /// or is damaged, [`StoreError::NewerSchema`] for one written by a newer
     /// Shoal, [`StoreError::Locked`] while another handle has it open,
     /// [`StoreError::Backend`] for IO errors (permissions, …).
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(path: &Path) -> Result<(Self, State), StoreError> {
         let backend =
             |what: &str, err: &dyn Display| StoreError::Backend { detail: format!("{what} {}: {err}", path.display()) };
-        let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty());
-        if let Some(parent) = parent {
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|err| backend("creating the directory of", &err))?;
         }
-        let blobs = Blobs::new(parent.unwrap_or(Path::new(".")).join("modules"));
         let db = open_database(path)?;
-        let store = RedbStore {
-            db: RwLock::new(Some(db)),
-            path: path.to_owned(),
-            blobs,
-            mirror: RwLock::default(),
-            writer: Mutex::new(()),
-            failed: AtomicBool::new(false),
-        };
-        store.init_schema()?;
-        store.load_mirror()?;
-        store.blobs.clean_staging();
-        store.remove_orphan_files();
-        Ok(store)
+        let disk = RedbDisk { db: RwLock::new(Some(db)), path: path.to_owned(), failed: AtomicBool::new(false) };
+        disk.init_schema()?;
+        let state = disk.load()?;
+        Ok((disk, state))
     }
 
-    /// The file this store is in.
-    pub fn path(&self) -> &Path {
-        &self.path
+    fn data_dir(&self) -> PathBuf {
+        self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned()
     }
 
-    /// The directory of module files.
-    pub fn modules_dir(&self) -> &Path {
-        self.blobs.dir()
+    fn backend(&self, what: &str) -> StoreError {
+        StoreError::Backend { detail: format!("{what}: {}", self.path.display()) }
+    }
+
+    fn corrupt(&self, detail: String) -> StoreError {
+        StoreError::Corrupt { path: self.path.clone(), detail }
     }
 
     fn db(&self) -> std::sync::RwLockReadGuard<'_, Option<Database>> {
         self.db.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn mirror(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
-        self.mirror.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn mirror_mut(&self) -> std::sync::RwLockWriteGuard<'_, Mirror> {
-        self.mirror.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn lock_writer(&self) -> MutexGuard<'_, ()> {
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs `f` on the open database (opened again first if an IO failure
@@ -193,26 +167,16 @@ impl RedbStore {
     }
 
     /// Closes the database and opens it again (redb's answer to an IO
-    /// error), reloading the committed records from it.
+    /// error). Memory already holds exactly what was committed.
     fn reopen(&self) -> Result<(), StoreError> {
         let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
         // Dropping the failed handle closes the file and its lock.
         guard.take();
-        let db = open_database(&self.path)?;
-        *guard = Some(db);
+        *guard = Some(open_database(&self.path)?);
         drop(guard);
         self.failed.store(false, Ordering::SeqCst);
-        self.load_mirror()?;
         tracing::info!(store = %self.path.display(), "store reopened after an IO error");
         Ok(())
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned()
-    }
-
-    fn backend(&self, what: &str) -> StoreError {
-        StoreError::Backend { detail: format!("{what}: {}", self.path.display()) }
     }
 
     /// Reads the schema version, writing it (and creating the tables) in a
@@ -239,15 +203,24 @@ impl RedbStore {
                 Some(found) if found > SCHEMA_VERSION => {
                     return Err(StoreError::NewerSchema { path: self.path.clone(), found, supported: SCHEMA_VERSION });
                 }
-                Some(1) => {
-                    self.migrate_modules_to_files(&txn)?;
+                Some(found @ (1 | 2)) => {
+                    if found == 1 {
+                        self.migrate_modules_to_files(&txn)?;
+                    }
+                    self.migrate_records_to_kv(&txn)?;
                     meta.insert(SCHEMA_KEY, SCHEMA_VERSION).or_fail(self, "writing the schema version")?;
                 }
                 // SCHEMA_VERSION itself.
                 Some(_) => {}
             }
-            for table in [SERVICES, MODULE_INFO] {
-                txn.open_table(table).or_fail(self, format_args!("opening table {}", table.name()))?;
+            txn.open_table(KV).or_fail(self, "opening table kv")?;
+            txn.open_table(HISTORY).or_fail(self, "opening table history")?;
+            let mut counters = txn.open_table(COUNTERS).or_fail(self, "opening table counters")?;
+            if counters.get(FIRST_KEY).or_fail(self, "reading the counters")?.is_none() {
+                let revision =
+                    counters.get(REVISION_KEY).or_fail(self, "reading the counters")?.map_or(0, |v| v.value());
+                counters.insert(REVISION_KEY, revision).or_fail(self, "writing the counters")?;
+                counters.insert(FIRST_KEY, revision + 1).or_fail(self, "writing the counters")?;
             }
         }
         txn.commit().or_fail(self, "committing the schema")
@@ -262,6 +235,7 @@ impl RedbStore {
         if !has_table {
             return Ok(());
         }
+        let blobs = Blobs::new(self.data_dir().join("modules"));
         {
             let table = txn.open_table(LEGACY_MODULES).or_fail(self, "opening table modules")?;
             for entry in table.iter().or_fail(self, "reading table modules")? {
@@ -270,7 +244,7 @@ impl RedbStore {
                 if check_digest(digest).is_err() {
                     return Err(self.corrupt(format!("modules[{digest:?}] is not under a module digest")));
                 }
-                write_file_atomically(&self.blobs.path(digest), bytes.value())
+                write_file_atomically(&blobs.path(digest), bytes.value())
                     .map_err(|e| super::blobs::io_error(&self.data_dir(), "move a module to its file", &e))?;
             }
         }
@@ -279,103 +253,190 @@ impl RedbStore {
         Ok(())
     }
 
-    /// Loads the committed records into the mirror.
-    fn load_mirror(&self) -> Result<(), StoreError> {
-        let mut mirror = Mirror::default();
-        {
-            let guard = self.db();
-            let db = guard.as_ref().ok_or_else(|| self.backend("the store is closed"))?;
-            let txn = db.begin_read().or_fail(self, "beginning a read")?;
-            for (table, into) in [(SERVICES, &mut mirror.services), (MODULE_INFO, &mut mirror.infos)] {
-                let what = format_args!("reading table {}", table.name());
-                let table = txn.open_table(table).or_fail(self, what)?;
-                for entry in table.iter().or_fail(self, what)? {
-                    let (key, value) = entry.or_fail(self, what)?;
-                    into.insert(key.value().to_owned(), value.value().to_vec());
-                }
+    /// Schema 2 → 3: every service and module info into `kv`, under its
+    /// key, at revisions 1, 2, …; then the old tables go.
+    fn migrate_records_to_kv(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        let tables: Vec<String> =
+            txn.list_tables().or_fail(self, "listing tables")?.map(|table| table.name().to_owned()).collect();
+        let mut records = Vec::new();
+        for (table, prefix) in [(LEGACY_SERVICES, "services/"), (LEGACY_MODULE_INFO, "modules/")] {
+            if !tables.iter().any(|name| name == table.name()) {
+                continue;
+            }
+            let what = format_args!("reading table {}", table.name());
+            let open = txn.open_table(table).or_fail(self, what)?;
+            for entry in open.iter().or_fail(self, what)? {
+                let (key, value) = entry.or_fail(self, what)?;
+                records.push((format!("{prefix}{}", key.value()), value.value().to_vec()));
             }
         }
-        *self.mirror_mut() = mirror;
+        let mut kv = txn.open_table(KV).or_fail(self, "opening table kv")?;
+        let mut revision = 0;
+        for (key, value) in &records {
+            revision += 1;
+            kv.insert(key.as_str(), encode_entry(revision, revision, value).as_slice())
+                .or_fail(self, "migrating a record")?;
+        }
+        let mut counters = txn.open_table(COUNTERS).or_fail(self, "opening table counters")?;
+        counters.insert(REVISION_KEY, revision).or_fail(self, "writing the counters")?;
+        counters.insert(FIRST_KEY, revision + 1).or_fail(self, "writing the counters")?;
+        for table in [LEGACY_SERVICES, LEGACY_MODULE_INFO] {
+            if tables.iter().any(|name| name == table.name()) {
+                txn.delete_table(table).or_fail(self, format_args!("dropping table {}", table.name()))?;
+            }
+        }
+        tracing::info!(store = %self.path.display(), records = records.len(), "records moved under revisioned keys (schema 2 → 3)");
         Ok(())
     }
 
-    /// Module files without a record: uploads whose record was never
-    /// committed (a crash, a full disk). Removed at open.
-    fn remove_orphan_files(&self) {
-        let known: Vec<String> = self.mirror().infos.keys().cloned().collect();
-        for digest in self.blobs.digests() {
-            if !known.contains(&digest) {
-                let _ = self.blobs.remove(&digest);
-            }
+    /// Loads the entries, the history and the counters.
+    fn load(&self) -> Result<State, StoreError> {
+        let guard = self.db();
+        let db = guard.as_ref().ok_or_else(|| self.backend("the store is closed"))?;
+        let txn = db.begin_read().or_fail(self, "beginning a read")?;
+        let mut entries = BTreeMap::new();
+        let kv = txn.open_table(KV).or_fail(self, "opening table kv")?;
+        for item in kv.iter().or_fail(self, "reading table kv")? {
+            let (key, value) = item.or_fail(self, "reading table kv")?;
+            let key = key.value().to_owned();
+            let entry =
+                decode_entry(&key, value.value()).ok_or_else(|| self.corrupt(format!("kv[{key:?}] is too short")))?;
+            entries.insert(key, entry);
         }
-    }
-
-    fn corrupt(&self, detail: String) -> StoreError {
-        StoreError::Corrupt { path: self.path.clone(), detail }
-    }
-
-    /// Decodes the JSON record under `key` in `table`.
-    fn decode<T: serde::de::DeserializeOwned>(&self, table: &str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-        serde_json::from_slice(bytes).map_err(|err| self.corrupt(format!("{table}[{key:?}] does not decode: {err}")))
-    }
-
-    fn decode_service(&self, name: &str, bytes: &[u8]) -> Result<ServiceRecord, StoreError> {
-        let record: ServiceRecord = self.decode("services", name, bytes)?;
-        if record.service.name != name {
-            let detail = format!("services[{name:?}] holds service {:?}", record.service.name);
+        let mut history = VecDeque::new();
+        let table = txn.open_table(HISTORY).or_fail(self, "opening table history")?;
+        for item in table.iter().or_fail(self, "reading table history")? {
+            let (revision, bytes) = item.or_fail(self, "reading table history")?;
+            let revision = revision.value();
+            let event = decode_event(revision, bytes.value())
+                .ok_or_else(|| self.corrupt(format!("history[{revision}] does not decode")))?;
+            history.push_back(event);
+        }
+        let counters = txn.open_table(COUNTERS).or_fail(self, "opening table counters")?;
+        let counter = |key: &str| -> Result<u64, StoreError> {
+            counters
+                .get(key)
+                .or_fail(self, "reading the counters")?
+                .map(|v| v.value())
+                .ok_or_else(|| self.corrupt(format!("counters[{key:?}] is missing")))
+        };
+        let (revision, first) = (counter(REVISION_KEY)?, counter(FIRST_KEY)?);
+        if let Some((key, entry)) = entries.iter().find(|(_, entry)| entry.mod_revision > revision) {
+            let detail =
+                format!("kv[{key:?}] was written at revision {}, after the store's {revision}", entry.mod_revision);
             return Err(self.corrupt(detail));
         }
-        Ok(record)
+        Ok(State { entries, history, revision, first, watchers: Vec::new() })
     }
 
-    fn decode_info(&self, digest: &str, bytes: &[u8]) -> Result<ModuleInfo, StoreError> {
-        let info: ModuleInfo = self.decode("module_info", digest, bytes)?;
-        if info.digest != digest {
-            return Err(self.corrupt(format!("module_info[{digest:?}] holds the info of {:?}", info.digest)));
-        }
-        Ok(info)
-    }
-
-    fn encode<T: serde::Serialize>(&self, value: &T) -> Result<Vec<u8>, StoreError> {
-        serde_json::to_vec(value).map_err(|err| StoreError::Backend { detail: format!("encoding a record: {err}") })
-    }
-
-    /// Inserts (`Some`) or removes (`None`) `key` in `table` in one
-    /// transaction, and the mirror after the commit. Returns whether the key
-    /// was there before.
-    fn write_record(
-        &self,
-        table: TableDefinition<'static, &'static str, &'static [u8]>,
-        key: &str,
-        value: Option<Vec<u8>>,
-        what: impl Display,
-    ) -> Result<bool, StoreError> {
-        let existed = self.with_db(|db| {
+    /// Writes one change: the entry (or its removal), the event in the
+    /// history, the history trimmed to start at `commit.first`, and the
+    /// counters, in one transaction.
+    pub(crate) fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
+        let event = commit.event;
+        let what = match event {
+            Event::Put(entry) => format!("writing {}", entry.key),
+            Event::Delete { key, .. } => format!("deleting {key}"),
+        };
+        self.with_db(|db| {
             let txn = db.begin_write().or_fail(self, "beginning a write")?;
-            let existed = {
-                let mut open = txn.open_table(table).or_fail(self, format_args!("opening table {}", table.name()))?;
-                match &value {
-                    Some(bytes) => open.insert(key, bytes.as_slice()).or_fail(self, &what)?.is_some(),
-                    None => open.remove(key).or_fail(self, &what)?.is_some(),
+            {
+                let mut kv = txn.open_table(KV).or_fail(self, "opening table kv")?;
+                match event {
+                    Event::Put(entry) => {
+                        let bytes = encode_entry(entry.create_revision, entry.mod_revision, &entry.value);
+                        kv.insert(entry.key.as_str(), bytes.as_slice()).or_fail(self, &what)?;
+                    }
+                    Event::Delete { key, .. } => {
+                        kv.remove(key.as_str()).or_fail(self, &what)?;
+                    }
                 }
-            };
-            if existed || value.is_some() {
-                txn.commit().or_fail(self, format_args!("committing ({what})"))?;
+                let mut history = txn.open_table(HISTORY).or_fail(self, "opening table history")?;
+                history.insert(event.revision(), encode_event(event).as_slice()).or_fail(self, &what)?;
+                history.retain_in(..commit.first, |_, _| false).or_fail(self, "trimming the history")?;
+                let mut counters = txn.open_table(COUNTERS).or_fail(self, "opening table counters")?;
+                counters.insert(REVISION_KEY, event.revision()).or_fail(self, &what)?;
+                counters.insert(FIRST_KEY, commit.first).or_fail(self, &what)?;
             }
-            // Otherwise dropping the transaction aborts it: nothing to sync.
-            Ok(existed)
-        })?;
-        let mut mirror = self.mirror_mut();
-        let map = if table.name() == SERVICES.name() { &mut mirror.services } else { &mut mirror.infos };
-        match value {
-            Some(bytes) => {
-                map.insert(key.to_owned(), bytes);
+            txn.commit().or_fail(self, format_args!("committing ({what})"))
+        })
+    }
+
+    /// Forgets the history before `first`.
+    pub(crate) fn compact_history(&self, first: u64) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().or_fail(self, "beginning a write")?;
+            {
+                let mut history = txn.open_table(HISTORY).or_fail(self, "opening table history")?;
+                history.retain_in(..first, |_, _| false).or_fail(self, "trimming the history")?;
+                let mut counters = txn.open_table(COUNTERS).or_fail(self, "opening table counters")?;
+                counters.insert(FIRST_KEY, first).or_fail(self, "writing the counters")?;
             }
-            None => {
-                map.remove(key);
-            }
+            txn.commit().or_fail(self, "committing a compaction of the history")
+        })
+    }
+
+    /// Compacts the file, giving back the space deleted records took.
+    pub(crate) fn reclaim(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::SeqCst) {
+            self.reopen()?;
         }
-        Ok(existed)
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = guard.as_mut() else { return Err(self.backend("the store is closed")) };
+        match db.compact() {
+            Ok(_) => Ok(()),
+            Err(redb::CompactionError::Storage(StorageError::Io(io))) => {
+                drop(guard);
+                self.failed.store(true, Ordering::SeqCst);
+                if is_disk_full(&io) {
+                    Err(StoreError::DiskFull { dir: self.data_dir(), what: "compact the store".to_owned() })
+                } else {
+                    Err(StoreError::Backend { detail: format!("compacting {}: {io}", self.path.display()) })
+                }
+            }
+            Err(error) => Err(StoreError::Backend { detail: format!("compacting {}: {error}", self.path.display()) }),
+        }
+    }
+}
+
+fn encode_entry(create_revision: u64, mod_revision: u64, value: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(16 + value.len());
+    bytes.extend_from_slice(&create_revision.to_le_bytes());
+    bytes.extend_from_slice(&mod_revision.to_le_bytes());
+    bytes.extend_from_slice(value);
+    bytes
+}
+
+fn decode_entry(key: &str, bytes: &[u8]) -> Option<Entry> {
+    let create_revision = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let mod_revision = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some(Entry { key: key.to_owned(), value: bytes[16..].to_vec(), create_revision, mod_revision })
+}
+
+fn encode_event(event: &Event) -> Vec<u8> {
+    let (kind, create, key, value): (u8, u64, &str, &[u8]) = match event {
+        Event::Put(entry) => (1, entry.create_revision, &entry.key, &entry.value),
+        Event::Delete { key, .. } => (2, 0, key, &[]),
+    };
+    let mut bytes = Vec::with_capacity(13 + key.len() + value.len());
+    bytes.push(kind);
+    bytes.extend_from_slice(&create.to_le_bytes());
+    bytes.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(key.as_bytes());
+    bytes.extend_from_slice(value);
+    bytes
+}
+
+fn decode_event(revision: u64, bytes: &[u8]) -> Option<Event> {
+    let kind = *bytes.first()?;
+    let create_revision = u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?);
+    let key_len = u32::from_le_bytes(bytes.get(9..13)?.try_into().ok()?) as usize;
+    let key = std::str::from_utf8(bytes.get(13..13 + key_len)?).ok()?.to_owned();
+    let value = bytes[13 + key_len..].to_vec();
+    match kind {
+        1 => Some(Event::Put(Entry { key, value, create_revision, mod_revision: revision })),
+        2 => Some(Event::Delete { key, revision }),
+        _ => None,
     }
 }
 
@@ -417,11 +478,11 @@ fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Maps a redb error to a [`StoreError`] naming what was being done; an IO
 /// error marks the store for reopening.
 trait OrFail<T> {
-    fn or_fail(self, store: &RedbStore, what: impl Display) -> Result<T, StoreError>;
+    fn or_fail(self, store: &RedbDisk, what: impl Display) -> Result<T, StoreError>;
 }
 
 impl<T, E: Into<redb::Error>> OrFail<T> for Result<T, E> {
-    fn or_fail(self, store: &RedbStore, what: impl Display) -> Result<T, StoreError> {
+    fn or_fail(self, store: &RedbDisk, what: impl Display) -> Result<T, StoreError> {
         self.map_err(|err| match err.into() {
             redb::Error::Corrupted(detail) => store.corrupt(format!("{what}: {detail}")),
             redb::Error::TableTypeMismatch { table, key, value } => {
@@ -443,114 +504,5 @@ impl<T, E: Into<redb::Error>> OrFail<T> for Result<T, E> {
             }
             err => StoreError::Backend { detail: format!("{what} in {}: {err}", store.path.display()) },
         })
-    }
-}
-
-impl Store for RedbStore {
-    fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
-        let mirror = self.mirror();
-        mirror.services.iter().map(|(name, bytes)| self.decode_service(name, bytes)).collect()
-    }
-
-    fn service(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
-        let mirror = self.mirror();
-        mirror.services.get(name).map(|bytes| self.decode_service(name, bytes)).transpose()
-    }
-
-    fn put_service(&self, record: &ServiceRecord) -> Result<(), StoreError> {
-        let name = record.service.name.as_str();
-        let json = self.encode(record)?;
-        let _writer = self.lock_writer();
-        self.write_record(SERVICES, name, Some(json), format_args!("writing service {name:?}")).map(drop)
-    }
-
-    fn delete_service(&self, name: &str) -> Result<bool, StoreError> {
-        let _writer = self.lock_writer();
-        self.write_record(SERVICES, name, None, format_args!("deleting service {name:?}"))
-    }
-
-    fn begin_module(&self) -> Result<ModuleUpload, StoreError> {
-        self.blobs.begin()
-    }
-
-    fn commit_module(&self, mut staged: StagedModule) -> Result<ModuleInfo, StoreError> {
-        let digest = staged.digest().to_owned();
-        let _writer = self.lock_writer();
-        let existed = self.mirror().infos.contains_key(&digest);
-        self.blobs.install(&mut staged)?;
-        // An existing info keeps its creation time; one that does not
-        // decode is replaced, since these bytes say what is true.
-        let old = self.mirror().infos.get(&digest).and_then(|bytes| self.decode_info(&digest, bytes).ok());
-        let created_unix = old.as_ref().map_or_else(now_unix, |old| old.created_unix);
-        let info = ModuleInfo { digest: digest.clone(), size: staged.size(), created_unix };
-        if old.as_ref() != Some(&info) {
-            let json = self.encode(&info)?;
-            let written = self.write_record(MODULE_INFO, &digest, Some(json), format_args!("writing module {digest}"));
-            if let Err(error) = written {
-                // Nothing names the file: it goes, so the space comes back.
-                if !existed {
-                    let _ = self.blobs.remove(&digest);
-                }
-                return Err(error);
-            }
-        }
-        Ok(info)
-    }
-
-    fn module(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        check_digest(digest)?;
-        if !self.mirror().infos.contains_key(digest) {
-            return Ok(None);
-        }
-        self.blobs.read(digest)
-    }
-
-    fn module_file(&self, digest: &str) -> Result<Option<PathBuf>, StoreError> {
-        check_digest(digest)?;
-        if !self.mirror().infos.contains_key(digest) {
-            return Ok(None);
-        }
-        self.blobs.verify(digest)
-    }
-
-    fn module_info(&self, digest: &str) -> Result<Option<ModuleInfo>, StoreError> {
-        check_digest(digest)?;
-        let mirror = self.mirror();
-        mirror.infos.get(digest).map(|bytes| self.decode_info(digest, bytes)).transpose()
-    }
-
-    fn modules(&self) -> Result<Vec<ModuleInfo>, StoreError> {
-        let mirror = self.mirror();
-        mirror.infos.iter().map(|(digest, bytes)| self.decode_info(digest, bytes)).collect()
-    }
-
-    fn delete_module(&self, digest: &str) -> Result<bool, StoreError> {
-        check_digest(digest)?;
-        let _writer = self.lock_writer();
-        let removed = self.write_record(MODULE_INFO, digest, None, format_args!("deleting module {digest}"))?;
-        let file = self.blobs.remove(digest)?;
-        Ok(removed || file)
-    }
-
-    fn compact(&self) -> Result<(), StoreError> {
-        let _writer = self.lock_writer();
-        if self.failed.load(Ordering::SeqCst) {
-            self.reopen()?;
-        }
-        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
-        let Some(db) = guard.as_mut() else { return Err(self.backend("the store is closed")) };
-        match db.compact() {
-            Ok(_) => Ok(()),
-            Err(redb::CompactionError::Storage(StorageError::Io(io))) => {
-                drop(guard);
-                self.failed.store(true, Ordering::SeqCst);
-                if is_disk_full(&io) {
-                    Err(StoreError::DiskFull { dir: self.data_dir(), what: "compact the store".to_owned() })
-                } else {
-                    Err(StoreError::Backend { detail: format!("compacting {}: {io}", self.path.display()) })
-                }
-            }
-            Err(error) => Err(StoreError::Backend { detail: format!("compacting {}: {error}", self.path.display()) }),
-        }
     }
 }

@@ -1,0 +1,541 @@
+//! Cluster mode: several `shoal up` nodes sharing one desired state in etcd.
+//!
+//! Every node runs the gateway, the admin API and the node agent, and keeps
+//! the store's mirror of etcd ([`EtcdKv`]). Beside the services and
+//! modules, the cluster keeps, under the same prefix:
+//!
+//! | key | written by | value |
+//! |---|---|---|
+//! | `nodes/<name>` | the node, when it registers | [`NodeRecord`]: addresses, capacity, first registration |
+//! | `status/<name>` | the node, under its lease | [`NodeStatus`]: its lease, when granted, the replicas it runs |
+//! | `leader` | the leader, under its lease | the leader's name |
+//! | `placement/<service>` | the leader, fenced | the service's replica count per node |
+//! | `cluster/token` | the first node | the admin API's token, the same on every node |
+//!
+//! **Membership by leases.** A node holds an etcd lease (`--node-lease-ttl`,
+//! 10 s by default), renewed every third of it; `status/<name>` lives under
+//! it, so a node that dies or is cut off for a TTL disappears from the
+//! ready nodes by itself. A node whose lease is gone (it was frozen, or cut
+//! off) holds its replicas as they are, starts none, registers again with a
+//! new lease, and then follows the placement, which by then gives its
+//! replicas to others: it stops them. etcd without a quorum is not a lost
+//! lease (etcd extends leases across its own recovery): the node keeps
+//! everything running and retries.
+//!
+//! **One leader.** Every node campaigns for `leader` (created only if
+//! absent, under the campaigner's lease). The leader keeps the key's create
+//! revision as its fence; each of its writes is a transaction that first
+//! compares the key's create revision with it, so a deposed leader (its
+//! lease expired, another took over) cannot write: its transaction fails
+//! and it steps down. The leader runs the scheduler ([`schedule`]) every
+//! second and on changes; each node runs as many replicas of each service
+//! as the placement gives it ([`Cluster::replicas_here`]) and rolls them
+//! to new revisions itself, with the single-node rules.
+
+pub mod schedule;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_api::objects::{NodeView, ReplicaInfo, ServiceRecord, now_unix};
+use shoal_etcd::{Client, Compare, CompareResult, EtcdError, Op, Txn};
+use tokio::sync::{Notify, watch};
+
+use crate::store::{EtcdKv, Kv, StoreError};
+use schedule::{Demand, NodeInfo, Placement};
+
+/// How often the leader schedules.
+pub const LEADER_PERIOD: Duration = Duration::from_secs(1);
+/// How often a node looks for a vacant leadership (in its mirror).
+pub const CAMPAIGN_PERIOD: Duration = Duration::from_millis(200);
+
+/// The cluster settings of one node (`shoal up --etcd …`).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The key prefix in etcd (`/shoal/`).
+    pub prefix: String,
+    /// This node's name (`--node-name`).
+    pub node: String,
+    /// Where other nodes reach this one (`--advertise`).
+    pub advertise: String,
+    /// This node's gateway and admin API addresses, for `get nodes`.
+    pub gateway: String,
+    pub admin: String,
+    /// The node lease's TTL (`--node-lease-ttl`).
+    pub lease_ttl: Duration,
+    /// Memory this node gives replicas, in bytes (`--capacity`).
+    pub capacity: u64,
+}
+
+/// What a node records about itself when it registers (`nodes/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    pub name: String,
+    pub address: String,
+    pub gateway: String,
+    pub admin: String,
+    pub capacity: u64,
+    pub registered_unix: u64,
+}
+
+/// What a node publishes under its lease (`status/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub lease: i64,
+    pub lease_granted_unix: u64,
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+/// Why a fenced write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// The leadership the write was fenced on is over.
+    #[error("this node is no longer the leader (its leadership of revision {0} ended); the write was refused")]
+    Deposed(i64),
+    /// etcd could not be reached.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
+/// One node's part in the cluster: its lease, its registration, its
+/// leadership, and the leader's scheduling.
+pub struct Cluster {
+    config: ClusterConfig,
+    client: Client,
+    kv: Arc<EtcdKv>,
+    state: Mutex<State>,
+    /// Wakes the reconciler when the placement may have changed.
+    changed: Arc<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The node's lease and when it was granted.
+    lease: Option<(i64, u64)>,
+    /// The leadership held: the `leader` key's create revision.
+    fence: Option<i64>,
+    /// The status last written under the lease.
+    published: Option<Vec<u8>>,
+    /// The replicas last reported by the node agent.
+    replicas: Vec<ReplicaInfo>,
+    /// Unschedulable replicas last reported, to log changes only.
+    unschedulable: Vec<(String, u32, String)>,
+    /// The mirror's revision when the reconciler was last woken.
+    seen: u64,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node", &self.config.node).finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// This node in the cluster whose desired state `kv` mirrors, through
+    /// `client`. Nothing is written until [`Cluster::register`].
+    pub fn new(config: ClusterConfig, client: Client, kv: Arc<EtcdKv>, changed: Arc<Notify>) -> Arc<Self> {
+        Arc::new(Cluster { config, client, kv, state: Mutex::default(), changed })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    fn key(&self, key: &str) -> Vec<u8> {
+        format!("{}{key}", self.config.prefix).into_bytes()
+    }
+
+    /// Whether this node holds a lease (and so may start replicas).
+    pub fn registered(&self) -> bool {
+        self.state().lease.is_some()
+    }
+
+    /// The leadership this node holds: its fence (the `leader` key's create
+    /// revision).
+    pub fn fence(&self) -> Option<i64> {
+        self.state().fence
+    }
+
+    /// Takes a lease and registers under it: `nodes/<name>` (kept across
+    /// leases, with the first registration's time) and `status/<name>`.
+    pub async fn register(&self) -> Result<(), EtcdError> {
+        let ttl = self.config.lease_ttl.as_secs().max(1) as i64;
+        let lease = self.client.lease_grant(ttl).await?;
+        let granted = now_unix();
+        let registered_unix = match self.kv.get(&format!("nodes/{}", self.config.node)) {
+            Ok(Some(entry)) => {
+                serde_json::from_slice::<NodeRecord>(&entry.value).map_or(granted, |r| r.registered_unix)
+            }
+            _ => granted,
+        };
+        let record = NodeRecord {
+            name: self.config.node.clone(),
+            address: self.config.advertise.clone(),
+            gateway: self.config.gateway.clone(),
+            admin: self.config.admin.clone(),
+            capacity: self.config.capacity,
+            registered_unix,
+        };
+        let replicas = self.state().replicas.clone();
+        let status = NodeStatus { lease: lease.id, lease_granted_unix: granted, replicas };
+        let status = serde_json::to_vec(&status).expect("a node status encodes");
+        let txn = Txn::new().and_then([
+            Op::put(self.key(&format!("nodes/{}", self.config.node)), serde_json::to_vec(&record).expect("encodes"), 0),
+            Op::put(self.key(&format!("status/{}", self.config.node)), status.clone(), lease.id),
+        ]);
+        if let Err(error) = self.client.txn(&txn).await {
+            let _ = self.client.lease_revoke(lease.id).await;
+            return Err(error);
+        }
+        {
+            let mut state = self.state();
+            state.lease = Some((lease.id, granted));
+            state.published = Some(status);
+        }
+        tracing::info!(node = %self.config.node, lease = lease.id, ttl, "registered in the cluster");
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Renews the lease; registers again if it is gone. etcd being
+    /// unreachable changes nothing (the lease outlives etcd's recovery).
+    async fn renew(&self) {
+        let lease = self.state().lease;
+        match lease {
+            Some((id, _)) => match self.client.lease_keep_alive(id).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::warn!(node = %self.config.node, "the node's lease expired: holding replicas, starting none, registering again");
+                    {
+                        let mut state = self.state();
+                        state.lease = None;
+                        state.fence = None;
+                        state.published = None;
+                    }
+                    self.changed.notify_one();
+                    if let Err(error) = self.register().await {
+                        tracing::warn!(%error, "cannot register again; retrying");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot renew the node's lease; retrying"),
+            },
+            None => {
+                if let Err(error) = self.register().await {
+                    tracing::warn!(%error, "cannot register in the cluster; retrying");
+                }
+            }
+        }
+    }
+
+    /// The node agent's replicas, published under the lease when they
+    /// change.
+    pub fn report(&self, replicas: Vec<ReplicaInfo>) {
+        self.state().replicas = replicas;
+    }
+
+    async fn publish(&self) {
+        let (lease, bytes) = {
+            let state = self.state();
+            let Some((id, granted)) = state.lease else { return };
+            let status = NodeStatus { lease: id, lease_granted_unix: granted, replicas: state.replicas.clone() };
+            let bytes = serde_json::to_vec(&status).expect("a node status encodes");
+            if state.published.as_ref() == Some(&bytes) {
+                return;
+            }
+            (id, bytes)
+        };
+        // Only under the lease it was granted: a lost lease is not revived.
+        let key = self.key(&format!("status/{}", self.config.node));
+        let txn = Txn::new().when([Compare::lease(key.clone(), CompareResult::Equal, lease)]).and_then([Op::put(
+            key,
+            bytes.clone(),
+            lease,
+        )]);
+        match self.client.txn(&txn).await {
+            Ok(response) if response.succeeded => self.state().published = Some(bytes),
+            Ok(_) => tracing::debug!("the node's status is no longer under its lease; it registers again"),
+            Err(error) => tracing::debug!(%error, "cannot publish the node's status"),
+        }
+    }
+
+    /// Campaigns for the leadership if nobody holds it: `leader` is created
+    /// under this node's lease only if absent. Returns the fence if this
+    /// node leads.
+    pub async fn campaign(&self) -> Result<Option<i64>, EtcdError> {
+        if let Some(fence) = self.fence() {
+            return Ok(Some(fence));
+        }
+        let Some((lease, _)) = self.state().lease else { return Ok(None) };
+        // The mirror follows the key: no need to ask etcd while it names a
+        // leader.
+        if self.kv.get("leader").ok().flatten().is_some() {
+            return Ok(None);
+        }
+        let key = self.key("leader");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareResult::Equal, 0)])
+            .and_then([Op::put(key.clone(), self.config.node.clone(), lease)])
+            .or_else([Op::get(key)]);
+        let response = self.client.txn(&txn).await?;
+        if !response.succeeded {
+            return Ok(None);
+        }
+        let fence = response.revision;
+        self.state().fence = Some(fence);
+        tracing::info!(node = %self.config.node, fence, "became the cluster's leader");
+        Ok(Some(fence))
+    }
+
+    /// Writes `ops` only if the leadership of `fence` still holds: the
+    /// `leader` key's create revision is still `fence`. A refused write
+    /// means that leadership is over; this node steps down if it held it.
+    pub async fn fenced(&self, fence: i64, ops: Vec<Op>) -> Result<i64, FenceError> {
+        let txn =
+            Txn::new().when([Compare::create_revision(self.key("leader"), CompareResult::Equal, fence)]).and_then(ops);
+        let response = self.client.txn(&txn).await?;
+        if response.succeeded {
+            return Ok(response.revision);
+        }
+        let mut state = self.state();
+        if state.fence == Some(fence) {
+            state.fence = None;
+            tracing::warn!(node = %self.config.node, fence, "lost the cluster's leadership");
+        }
+        Err(FenceError::Deposed(fence))
+    }
+
+    /// Ends this node's membership at once: revokes its lease, so its
+    /// status and its leadership go now rather than after a TTL.
+    pub async fn leave(&self) {
+        let lease = self.state().lease.take();
+        self.state().fence = None;
+        if let Some((id, _)) = lease
+            && let Err(error) = self.client.lease_revoke(id).await
+        {
+            tracing::warn!(%error, "cannot revoke the node's lease; it expires by itself");
+        }
+    }
+
+    /// Replicas of `service` the placement gives this node; `None` while it
+    /// holds no lease (it then keeps what runs and starts nothing).
+    pub fn replicas_here(&self, service: &str) -> Option<u32> {
+        if !self.registered() {
+            return None;
+        }
+        let placement = self.kv.get(&format!("placement/{service}")).ok().flatten();
+        let counts: BTreeMap<String, u32> =
+            placement.and_then(|entry| serde_json::from_slice(&entry.value).ok()).unwrap_or_default();
+        Some(counts.get(&self.config.node).copied().unwrap_or(0))
+    }
+
+    /// Every node the cluster knows, ready or not, by name.
+    pub fn nodes(&self) -> Result<Vec<NodeView>, StoreError> {
+        let records = self.kv.list("nodes/")?.entries;
+        let statuses: BTreeMap<String, NodeStatus> = self
+            .kv
+            .list("status/")?
+            .entries
+            .into_iter()
+            .filter_map(|entry| {
+                Some((entry.key["status/".len()..].to_owned(), serde_json::from_slice(&entry.value).ok()?))
+            })
+            .collect();
+        let leader = self.kv.get("leader")?.map(|entry| String::from_utf8_lossy(&entry.value).into_owned());
+        let reserved = self.reserved()?;
+        Ok(records
+            .into_iter()
+            .filter_map(|entry| serde_json::from_slice::<NodeRecord>(&entry.value).ok())
+            .map(|record| {
+                let status = statuses.get(&record.name);
+                NodeView {
+                    ready: status.is_some(),
+                    leader: leader.as_deref() == Some(record.name.as_str()),
+                    replicas: status.map_or(0, |s| s.replicas.len() as u32),
+                    reserved: reserved.get(&record.name).copied().unwrap_or(0),
+                    lease_granted_unix: status.map(|s| s.lease_granted_unix),
+                    name: record.name,
+                    address: record.address,
+                    gateway: record.gateway,
+                    admin: record.admin,
+                    capacity: record.capacity,
+                    registered_unix: record.registered_unix,
+                }
+            })
+            .collect())
+    }
+
+    /// The replicas every ready node runs, as they last published them.
+    pub fn replicas(&self) -> Result<Vec<ReplicaInfo>, StoreError> {
+        Ok(self
+            .kv
+            .list("status/")?
+            .entries
+            .into_iter()
+            .filter_map(|entry| serde_json::from_slice::<NodeStatus>(&entry.value).ok())
+            .flat_map(|status| status.replicas)
+            .collect())
+    }
+
+    fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        let entries = self.kv.list("services/")?.entries;
+        Ok(entries.into_iter().filter_map(|entry| serde_json::from_slice(&entry.value).ok()).collect())
+    }
+
+    fn placement(&self) -> Result<Placement, StoreError> {
+        Ok(self
+            .kv
+            .list("placement/")?
+            .entries
+            .into_iter()
+            .filter_map(|entry| {
+                Some((entry.key["placement/".len()..].to_owned(), serde_json::from_slice(&entry.value).ok()?))
+            })
+            .collect())
+    }
+
+    /// Memory reserved on each node by the placement.
+    fn reserved(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let memory: BTreeMap<String, u64> =
+            self.services()?.into_iter().map(|r| (r.service.name, r.service.spec.resources.memory)).collect();
+        let mut reserved = BTreeMap::new();
+        for (service, counts) in self.placement()? {
+            for (node, count) in counts {
+                *reserved.entry(node).or_default() += u64::from(count) * memory.get(&service).copied().unwrap_or(0);
+            }
+        }
+        Ok(reserved)
+    }
+
+    /// One pass of the leader: the next placement, written (fenced) where
+    /// it changed.
+    async fn lead(&self, fence: i64) -> Result<(), FenceError> {
+        let read = || -> Result<_, StoreError> {
+            let services = self.services()?;
+            let demands: Vec<Demand> = services
+                .iter()
+                .map(|record| Demand {
+                    service: record.service.name.clone(),
+                    replicas: record.service.spec.replicas,
+                    memory: record.service.spec.resources.memory,
+                })
+                .collect();
+            let ready: std::collections::HashSet<String> = self
+                .kv
+                .list("status/")?
+                .entries
+                .into_iter()
+                .map(|entry| entry.key["status/".len()..].to_owned())
+                .collect();
+            let nodes: Vec<NodeInfo> = self
+                .kv
+                .list("nodes/")?
+                .entries
+                .into_iter()
+                .filter_map(|entry| serde_json::from_slice::<NodeRecord>(&entry.value).ok())
+                .map(|record| NodeInfo {
+                    ready: ready.contains(&record.name),
+                    name: record.name,
+                    capacity: record.capacity,
+                })
+                .collect();
+            Ok((demands, nodes, self.placement()?))
+        };
+        let (demands, nodes, current) = match read() {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "the leader cannot read the cluster's state");
+                return Ok(());
+            }
+        };
+        let next = schedule::schedule(&demands, &nodes, &current);
+        {
+            let mut state = self.state();
+            if state.unschedulable != next.unschedulable {
+                for (service, missing, why) in &next.unschedulable {
+                    tracing::warn!(service, missing, why, "replicas cannot be placed");
+                }
+                state.unschedulable = next.unschedulable.clone();
+            }
+        }
+        let mut ops = Vec::new();
+        for (service, counts) in &next.placement {
+            if current.get(service) != Some(counts) {
+                let value = serde_json::to_vec(counts).expect("a placement encodes");
+                ops.push(Op::put(self.key(&format!("placement/{service}")), value, 0));
+            }
+        }
+        for service in current.keys().filter(|service| !next.placement.contains_key(*service)) {
+            ops.push(Op::delete(self.key(&format!("placement/{service}"))));
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.fenced(fence, ops).await?;
+        tracing::info!(placement = ?next.placement, "placed replicas");
+        Ok(())
+    }
+
+    /// Runs the node's membership and, while it leads, the scheduler,
+    /// until `shutdown`; then leaves the cluster.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let renew_every = (self.config.lease_ttl / 3).max(Duration::from_millis(200));
+        let mut renewal = tokio::time::interval(renew_every);
+        renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Often, to take over soon after a leader's lease expires (a
+        // campaign asks etcd only when the mirror shows no leader); the
+        // leader schedules every [`LEADER_PERIOD`].
+        let mut leading = tokio::time::interval(CAMPAIGN_PERIOD);
+        leading.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_pass = tokio::time::Instant::now() - LEADER_PERIOD;
+        loop {
+            tokio::select! {
+                _ = renewal.tick() => {
+                    self.renew().await;
+                    self.publish().await;
+                }
+                _ = leading.tick() => {
+                    self.publish().await;
+                    match self.campaign().await {
+                        Ok(Some(fence)) if last_pass.elapsed() >= LEADER_PERIOD => {
+                            last_pass = tokio::time::Instant::now();
+                            if let Err(error) = self.lead(fence).await {
+                                tracing::warn!(%error, "the leader's pass failed");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::debug!(%error, "cannot campaign for the leadership"),
+                    }
+                    // Wake the reconciler when the desired state (the placement among it) changed.
+                    let revision = self.kv.list("placement/").map_or(0, |listing| listing.revision);
+                    if std::mem::replace(&mut self.state().seen, revision) != revision {
+                        self.changed.notify_one();
+                    }
+                }
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        self.leave().await;
+    }
+}
+
+impl crate::reconciler::Share for Cluster {
+    fn replicas_here(&self, service: &str) -> Option<u32> {
+        Cluster::replicas_here(self, service)
+    }
+
+    fn report(&self, replicas: Vec<ReplicaInfo>) {
+        Cluster::report(self, replicas);
+    }
+}

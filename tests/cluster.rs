@@ -1,0 +1,180 @@
+//! Cluster mode end to end: a real three-member etcd on loopback and three
+//! `shoal up --etcd` nodes, each with its own ports, data directory and
+//! cgroups. Skipped, saying so, where etcd is not installed (required in
+//! CI: `.ci/run` installs it).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shoal_etcd::testing::EtcdCluster;
+use support::*;
+
+/// The lease TTL the tests run with.
+const TTL: &str = "3s";
+
+/// Three nodes `n0`, `n1`, `n2` on `etcd`, each started with `manifest`.
+fn start_nodes(etcd: &EtcdCluster, dir: &Scratch, manifest: &str) -> Vec<Shoal> {
+    let file = dir.write("kubia.yaml", manifest);
+    (0..3)
+        .map(|n| {
+            let name = format!("n{n}");
+            Shoal::start(&[
+                "--etcd",
+                &etcd.endpoints(),
+                "--node-name",
+                &name,
+                "--node-lease-ttl",
+                TTL,
+                "-f",
+                file.to_str().unwrap(),
+            ])
+        })
+        .collect()
+}
+
+/// `shoal get nodes -o json` through `node`'s API.
+fn nodes(node: &Shoal) -> Vec<Value> {
+    let (ok, out, err) = node.cli(&["get", "nodes", "-o", "json"]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The ready replicas of every node, by node name, through `node`'s API.
+fn ready_by_node(node: &Shoal) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for replica in node.replicas() {
+        if replica["ready"] == true {
+            *counts.entry(replica["node"].as_str().unwrap().to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `limit`.
+fn within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return (value, start.elapsed());
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn leaders(nodes: &[Value]) -> Vec<String> {
+    nodes.iter().filter(|n| n["leader"] == true).map(|n| n["name"].as_str().unwrap().to_owned()).collect()
+}
+
+fn signal(node: &Shoal, signal: i32) {
+    // SAFETY: kill on a child process this test started.
+    assert_eq!(unsafe { libc::kill(node.pid() as i32, signal) }, 0);
+}
+
+#[test]
+fn three_nodes_bootstrap_spread_replicas_and_replace_a_lost_node() {
+    let Some(etcd) = EtcdCluster::start(3) else { return };
+    let dir = Scratch::new("cluster");
+    let mut shoals = start_nodes(&etcd, &dir, &manifest("kubia", HELLO_WASM, "replicas: 6"));
+
+    // Bootstrap: three ready nodes and one leader, seen from every node.
+    for shoal in &shoals {
+        let (listed, _) = within(Duration::from_secs(20), "three ready nodes", || {
+            let listed = nodes(shoal);
+            (listed.len() == 3 && listed.iter().all(|n| n["ready"] == true)).then_some(listed)
+        });
+        assert_eq!(leaders(&listed).len(), 1, "{listed:?}");
+    }
+    let (ok, table, _) = shoals[0].cli(&["get", "nodes"]);
+    assert!(ok);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("leader") && table.contains("Ready"), "{table}");
+
+    // Six replicas, two per node.
+    let want = [("n0".to_owned(), 2), ("n1".to_owned(), 2), ("n2".to_owned(), 2)].into_iter().collect();
+    within(Duration::from_secs(30), "replicas spread 2/2/2", || (ready_by_node(&shoals[1]) == want).then_some(()));
+    let (ok, table, _) = shoals[2].cli(&["get", "replicas"]);
+    assert!(ok && table.lines().next().unwrap().contains("NODE"), "{table}");
+    let (ok, text, err) = shoals[0].cli(&["describe", "node", "n1"]);
+    assert!(ok, "{err}");
+    assert!(text.contains("Status:") && text.contains("Ready") && text.contains("Replicas:      2"), "{text}");
+
+    // SIGKILL a node that does not lead: its workers die with it; its two
+    // replicas run on the survivors within the TTL and a few seconds.
+    let leader = leaders(&nodes(&shoals[0]))[0].clone();
+    let victim = (0..3).find(|n| format!("n{n}") != leader).unwrap();
+    let workers = shoals[victim].worker_pids();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    signal(&shoals[victim], libc::SIGKILL);
+    shoals[victim].wait_exit(Duration::from_secs(10)).expect("the killed node exits");
+    let survivor = (victim + 1) % 3;
+    let (_, took) = within(Duration::from_secs(15), "six ready replicas on the survivors", || {
+        let counts = ready_by_node(&shoals[survivor]);
+        (counts.values().sum::<usize>() == 6 && !counts.contains_key(&format!("n{victim}"))).then_some(())
+    });
+    eprintln!("replicas replaced {took:?} after SIGKILL");
+    assert!(took < Duration::from_secs(10), "replaced in {took:?}");
+    within(Duration::from_secs(5), "workers of the killed node gone", || {
+        workers.iter().all(|pid| !alive(*pid)).then_some(())
+    });
+    let listed = nodes(&shoals[survivor]);
+    let dead = listed.iter().find(|n| n["name"] == format!("n{victim}").as_str()).unwrap();
+    assert_eq!(dead["ready"], false, "{listed:?}");
+    let (_, table, _) = shoals[survivor].cli(&["get", "nodes"]);
+    assert!(table.contains("NotReady"), "{table}");
+
+    // SIGKILL the leader: another takes over within the TTL and 2 s.
+    let leader_index: usize = leader[1..].parse().unwrap();
+    signal(&shoals[leader_index], libc::SIGKILL);
+    let last = 3 - victim - leader_index;
+    let (_, took) = within(Duration::from_secs(10), "a new leader", || {
+        let listed = nodes(&shoals[last]);
+        let leaders = leaders(&listed);
+        (leaders.len() == 1 && leaders[0] != leader).then_some(())
+    });
+    eprintln!("new leader {took:?} after SIGKILL of the leader");
+    assert!(took < Duration::from_secs(5), "a new leader after {took:?}");
+    // The last node runs all six.
+    within(Duration::from_secs(15), "six replicas on the last node", || {
+        (ready_by_node(&shoals[last]).get(&format!("n{last}")) == Some(&6)).then_some(())
+    });
+}
+
+#[test]
+fn a_frozen_node_comes_back_and_stops_its_stale_replicas() {
+    let Some(etcd) = EtcdCluster::start(3) else { return };
+    let dir = Scratch::new("frozen");
+    let shoals = start_nodes(&etcd, &dir, &manifest("kubia", HELLO_WASM, "replicas: 3"));
+    within(Duration::from_secs(30), "one replica per node", || {
+        let counts = ready_by_node(&shoals[0]);
+        (counts.len() == 3 && counts.values().all(|c| *c == 1)).then_some(())
+    });
+    // Freeze a node that does not lead for two TTLs: its lease expires and
+    // its replica is placed elsewhere.
+    let leader = leaders(&nodes(&shoals[0]))[0].clone();
+    let frozen = (0..3).find(|n| format!("n{n}") != leader).unwrap();
+    let other = (frozen + 1) % 3;
+    let stale = shoals[frozen].worker_pids();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    signal(&shoals[frozen], libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(6));
+    within(Duration::from_secs(15), "three replicas without the frozen node", || {
+        let counts = ready_by_node(&shoals[other]);
+        let total: usize = counts.iter().filter(|(node, _)| **node != format!("n{frozen}")).map(|(_, c)| *c).sum();
+        (total == 3).then_some(())
+    });
+    signal(&shoals[frozen], libc::SIGCONT);
+    // It registers again and stops its stale replica (the scheduler may
+    // give it a new one, to spread them again); the count ends at 3.
+    within(Duration::from_secs(15), "the node ready again", || {
+        nodes(&shoals[other]).iter().all(|n| n["ready"] == true).then_some(())
+    });
+    within(Duration::from_secs(15), "its stale replica stopped", || stale.iter().all(|pid| !alive(*pid)).then_some(()));
+    within(Duration::from_secs(20), "three replicas, one per node, and three workers", || {
+        let counts = ready_by_node(&shoals[other]);
+        let workers: usize = shoals.iter().map(|s| s.worker_pids().len()).sum();
+        (counts.len() == 3 && counts.values().all(|c| *c == 1) && workers == 3).then_some(())
+    });
+}
