@@ -466,6 +466,8 @@ async fn serve(
                 bail!("cannot register node {node:?} in the cluster: {error}");
             }
             controller.join(cluster.clone());
+            gateway.join_cluster(&token);
+            cluster.route_through(gateway.clone());
             println!("shoal: node {node} joined the cluster at {}", args.etcd.as_deref().unwrap_or_default());
             Some(cluster)
         }
@@ -480,7 +482,7 @@ async fn serve(
     let reconciler = tokio::spawn(controller.clone().run(shutdown_rx.clone()));
     let mut admin = AdminState::new(store, controller, events, logs, &token);
     if let Some(cluster) = cluster {
-        admin = admin.with_cluster(cluster);
+        admin = admin.with_cluster(cluster, gateway.clone());
     }
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_server = tokio::spawn(shoal_control::admin::serve(admin_listener, admin, async move {

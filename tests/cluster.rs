@@ -5,6 +5,9 @@
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -64,6 +67,76 @@ fn within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) 
     }
 }
 
+/// The nodes whose replicas answered `requests` GETs sent to `node`'s
+/// gateway (every answer a `200` from kubia).
+fn nodes_reached(node: &Shoal, requests: usize) -> BTreeSet<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let hits = runtime.block_on(kubia_hits(node, requests));
+    let owners: BTreeMap<String, String> = node
+        .replicas()
+        .into_iter()
+        .map(|r| (r["name"].as_str().unwrap().to_owned(), r["node"].as_str().unwrap().to_owned()))
+        .collect();
+    hits.iter().map(|name| owners.get(name).cloned().unwrap_or_else(|| format!("unknown replica {name}"))).collect()
+}
+
+/// GETs sent without pause to some gateways from background threads,
+/// each with its own keep-alive client, until [`Load::finish`].
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(urls: &[String], clients_per_url: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for url in urls {
+            for _ in 0..clients_per_url {
+                let (stop, url) = (stop.clone(), url.clone());
+                threads.push(std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    runtime.block_on(async move {
+                        let client = client();
+                        let (mut ok, mut failed) = (0, Vec::new());
+                        let started = Instant::now();
+                        while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(120) {
+                            let request = hyper::Request::get(&url).body(http_body_util::Empty::new()).unwrap();
+                            match client.request(request).await {
+                                Ok(r) if r.status() == 200 => {
+                                    let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                                    ok += 1;
+                                }
+                                Ok(r) => {
+                                    let status = r.status();
+                                    let body = http_body_util::BodyExt::collect(r.into_body()).await;
+                                    let body = body.map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned());
+                                    failed.push(format!("{url}: {status} {body:?}"));
+                                }
+                                Err(error) => failed.push(format!("{url}: {error}")),
+                            }
+                        }
+                        (ok, failed)
+                    })
+                }));
+            }
+        }
+        Load { stop, threads }
+    }
+
+    /// Stops the load: (requests answered 200, the others).
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for thread in self.threads {
+            let (o, f) = thread.join().unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        (ok, failed)
+    }
+}
+
 fn leaders(nodes: &[Value]) -> Vec<String> {
     nodes.iter().filter(|n| n["leader"] == true).map(|n| n["name"].as_str().unwrap().to_owned()).collect()
 }
@@ -101,12 +174,25 @@ fn three_nodes_bootstrap_spread_replicas_and_replace_a_lost_node() {
     assert!(ok, "{err}");
     assert!(text.contains("Status:") && text.contains("Ready") && text.contains("Replicas:      2"), "{text}");
 
+    // Every gateway reaches the replicas of all three nodes (its own
+    // preferred, the others' through their nodes).
+    let all: BTreeSet<String> = ["n0", "n1", "n2"].map(str::to_owned).into();
+    for shoal in &shoals {
+        within(Duration::from_secs(10), "a gateway reaching every node", || {
+            (nodes_reached(shoal, 60) == all).then_some(())
+        });
+    }
+
     // SIGKILL a node that does not lead: its workers die with it; its two
     // replicas run on the survivors within the TTL and a few seconds.
     let leader = leaders(&nodes(&shoals[0]))[0].clone();
     let victim = (0..3).find(|n| format!("n{n}") != leader).unwrap();
     let workers = shoals[victim].worker_pids();
     assert_eq!(workers.len(), 2, "{workers:?}");
+    // Under GET load on the other two gateways, none of which fails.
+    let survivors: Vec<String> = (0..3).filter(|n| *n != victim).map(|n| shoals[n].url("/")).collect();
+    let load = Load::start(&survivors, 2);
+    std::thread::sleep(Duration::from_secs(1));
     signal(&shoals[victim], libc::SIGKILL);
     shoals[victim].wait_exit(Duration::from_secs(10)).expect("the killed node exits");
     let survivor = (victim + 1) % 3;
@@ -116,6 +202,11 @@ fn three_nodes_bootstrap_spread_replicas_and_replace_a_lost_node() {
     });
     eprintln!("replicas replaced {took:?} after SIGKILL");
     assert!(took < Duration::from_secs(10), "replaced in {took:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok, failed) = load.finish();
+    eprintln!("{ok} GETs answered 200 while a node died");
+    assert!(failed.is_empty(), "{} GETs failed: {:?}", failed.len(), &failed[..failed.len().min(10)]);
+    assert!(ok > 100, "only {ok} GETs");
     within(Duration::from_secs(5), "workers of the killed node gone", || {
         workers.iter().all(|pid| !alive(*pid)).then_some(())
     });

@@ -14,14 +14,22 @@ use tokio::sync::{Notify, watch};
 
 use crate::link::Link;
 use crate::metrics::ReplicaStats;
+use crate::peer::Peer;
+
+/// Where a replica is reached.
+pub(crate) enum Target {
+    /// On this node: the channel to its worker.
+    Local(Arc<Link>),
+    /// On another node, through that node's internal listener.
+    Remote(Arc<Peer>),
+}
 
 /// One ready replica, as the gateway sees it.
 pub struct Endpoint {
     /// The replica's name.
     pub name: String,
     stats: Arc<ReplicaStats>,
-    /// The channel to its worker.
-    pub(crate) link: Arc<Link>,
+    pub(crate) target: Target,
     /// Set when the replica stopped answering (its probes failed): requests
     /// in flight to it give up and, where safe, go to another replica.
     failed: std::sync::atomic::AtomicBool,
@@ -38,13 +46,43 @@ impl Endpoint {
     /// An endpoint that counts into `stats` (kept across its returns to the
     /// rotation).
     pub fn with_stats(name: impl Into<String>, link: Arc<Link>, stats: Arc<ReplicaStats>) -> Self {
-        Self {
-            name: name.into(),
-            stats,
-            link,
-            failed: std::sync::atomic::AtomicBool::new(false),
-            failed_notify: Notify::new(),
+        Self::at(name.into(), Target::Local(link), stats)
+    }
+
+    /// An endpoint for a replica on another node, reached through `peer`.
+    pub fn remote(name: impl Into<String>, peer: Arc<Peer>) -> Self {
+        Self::at(name.into(), Target::Remote(peer), Arc::default())
+    }
+
+    fn at(name: String, target: Target, stats: Arc<ReplicaStats>) -> Self {
+        Self { name, stats, target, failed: std::sync::atomic::AtomicBool::new(false), failed_notify: Notify::new() }
+    }
+
+    /// Whether the replica runs on another node.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.target, Target::Remote(_))
+    }
+
+    /// The node it runs on, when that is another one.
+    pub fn peer(&self) -> Option<&Arc<Peer>> {
+        match &self.target {
+            Target::Remote(peer) => Some(peer),
+            Target::Local(_) => None,
         }
+    }
+
+    /// Whether requests may be sent to it now: a remote replica whose node
+    /// could not be reached is skipped for a while.
+    fn usable(&self) -> bool {
+        self.peer().is_none_or(|peer| !peer.is_ejected())
+    }
+
+    /// What a request sent to it is expected to cost: the requests in
+    /// flight, plus one for the hop to another node (so that an idle local
+    /// replica wins over an idle remote one, and remote ones still take
+    /// their share of the load).
+    fn cost(&self) -> u64 {
+        self.in_flight() + u64::from(self.is_remote())
     }
 
     /// Marks the replica as failed: requests in flight to it stop waiting.
@@ -134,7 +172,22 @@ impl Balancer {
     /// Picks a replica by power of two choices, or `None` if none is ready.
     pub fn pick(&self) -> Option<Arc<Endpoint>> {
         let endpoints = self.endpoints.read().expect("balancer lock").clone();
-        Self::choose(&endpoints)
+        if endpoints.iter().all(|e| e.usable()) {
+            return Self::choose(&endpoints);
+        }
+        let usable: Vec<Arc<Endpoint>> = endpoints.iter().filter(|e| e.usable()).cloned().collect();
+        Self::choose(&usable)
+    }
+
+    /// Picks a replica on this node, for a request another node's gateway
+    /// forwarded here.
+    pub fn pick_local(&self) -> Option<Arc<Endpoint>> {
+        let endpoints = self.endpoints.read().expect("balancer lock").clone();
+        if endpoints.iter().all(|e| !e.is_remote()) {
+            return Self::choose(&endpoints);
+        }
+        let local: Vec<Arc<Endpoint>> = endpoints.iter().filter(|e| !e.is_remote()).cloned().collect();
+        Self::choose(&local)
     }
 
     /// Like [`Balancer::pick`], never choosing the replica named `not`.
@@ -149,7 +202,7 @@ impl Balancer {
             .read()
             .expect("balancer lock")
             .iter()
-            .filter(|e| !tried.contains(&e.name.as_str()))
+            .filter(|e| e.usable() && !tried.contains(&e.name.as_str()))
             .cloned()
             .collect();
         Self::choose(&endpoints)
@@ -164,7 +217,7 @@ impl Balancer {
                 let a = rng.random_range(0..n);
                 let b = (a + rng.random_range(1..n)) % n;
                 let (ea, eb) = (&endpoints[a], &endpoints[b]);
-                Some(if eb.in_flight() < ea.in_flight() { eb.clone() } else { ea.clone() })
+                Some(if eb.cost() < ea.cost() { eb.clone() } else { ea.clone() })
             }
         }
     }
@@ -177,6 +230,32 @@ impl Balancer {
         list.push(Arc::new(endpoint));
         self.ready.send_replace(list.len());
         *guard = list.into();
+    }
+
+    /// Makes `remote` (replica name, node) the replicas of this service on
+    /// other nodes: those no longer listed leave (requests sent to them
+    /// finish), new ones join. Local replicas are left as they are.
+    pub fn set_remote(&self, remote: &[(String, Arc<Peer>)]) {
+        let mut guard = self.endpoints.write().expect("balancer lock");
+        let same = |e: &Endpoint, (name, peer): &(String, Arc<Peer>)| {
+            e.name == *name && e.peer().is_some_and(|p| Arc::ptr_eq(p, peer))
+        };
+        let mut list: Vec<Arc<Endpoint>> =
+            guard.iter().filter(|e| !e.is_remote() || remote.iter().any(|r| same(e, r))).cloned().collect();
+        for entry in remote {
+            if !list.iter().any(|e| same(e, entry)) {
+                list.push(Arc::new(Endpoint::remote(entry.0.clone(), entry.1.clone())));
+            }
+        }
+        if list.len() != guard.len() || list.iter().zip(guard.iter()).any(|(a, b)| !Arc::ptr_eq(a, b)) {
+            self.ready.send_replace(list.len());
+            *guard = list.into();
+        }
+    }
+
+    /// How many replicas on this node are ready.
+    pub fn local_len(&self) -> usize {
+        self.endpoints.read().expect("balancer lock").iter().filter(|e| !e.is_remote()).count()
     }
 
     /// Watches the number of ready replicas.

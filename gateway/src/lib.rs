@@ -33,6 +33,7 @@ pub mod link;
 pub mod listener;
 pub mod metrics;
 mod outbound;
+pub mod peer;
 mod proxy;
 pub mod router;
 mod server;
@@ -48,6 +49,7 @@ use shoal_api::Route;
 
 pub use balancer::{Balancer, Endpoint};
 pub use outbound::{HOPS_HEADER, MAX_HOPS};
+pub use peer::{Peer, RemoteReplica};
 pub use router::Router;
 pub use server::GatewayConfig;
 
@@ -107,6 +109,17 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+impl Remote {
+    /// The remote replicas of `service`, with their peers.
+    fn of(&self, service: &str) -> Vec<(String, Arc<peer::Peer>)> {
+        self.replicas
+            .iter()
+            .filter(|r| r.service == service)
+            .filter_map(|r| Some((r.name.clone(), self.peers.get(&(r.node.clone(), r.address.clone()))?.clone())))
+            .collect()
+    }
+}
+
 /// Each service's routes and backend, by name.
 type Services = HashMap<String, (Vec<Route>, Arc<Backend>)>;
 
@@ -126,6 +139,19 @@ pub struct Gateway {
     /// The client for calls to hosts outside, made on first use unless
     /// set before.
     outside: OnceLock<Arc<outbound::Outside>>,
+    /// In a cluster: how other nodes are reached.
+    peers: OnceLock<peer::Peers>,
+    /// In a cluster: the ready replicas on other nodes, and those nodes.
+    remote: Mutex<Remote>,
+}
+
+/// The cluster's ready replicas on other nodes, as last published.
+#[derive(Default)]
+struct Remote {
+    replicas: Vec<RemoteReplica>,
+    /// One peer per (node, address), kept while it has replicas, so that
+    /// its ejection holds across updates.
+    peers: HashMap<(String, String), Arc<peer::Peer>>,
 }
 
 /// Call figures by (caller, target), with whether the target is a service.
@@ -166,10 +192,52 @@ impl Gateway {
                 backend.max_body.store(max_body, Ordering::Relaxed);
                 backend
             }
-            None => Arc::new(Backend::new(name, timeout, max_body)),
+            None => {
+                let backend = Arc::new(Backend::new(name, timeout, max_body));
+                let remote = self.remote.lock().expect("remote lock");
+                backend.replicas.set_remote(&remote.of(name));
+                backend
+            }
         };
         services.insert(name.to_owned(), (routes, backend));
         self.rebuild(&services);
+    }
+
+    /// Joins a cluster whose nodes share `secret`: requests can be sent to
+    /// replicas on other nodes, and are taken from them. Call before
+    /// serving.
+    pub fn join_cluster(&self, secret: &str) {
+        let _ = self.peers.set(peer::Peers::new(secret));
+    }
+
+    /// The cluster's secret, when in a cluster.
+    pub fn cluster_secret(&self) -> Option<&str> {
+        self.peers.get().map(|p| p.secret.as_str())
+    }
+
+    /// Makes `replicas` the ready replicas on other nodes: each service's
+    /// rotation gains the new ones and loses those no longer listed.
+    pub fn set_remote(&self, mut replicas: Vec<RemoteReplica>) {
+        replicas.sort();
+        let services = self.services.read().expect("gateway lock");
+        let mut remote = self.remote.lock().expect("remote lock");
+        if remote.replicas == replicas {
+            return;
+        }
+        let mut peers = HashMap::new();
+        for replica in &replicas {
+            let key = (replica.node.clone(), replica.address.clone());
+            let peer = remote
+                .peers
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(peer::Peer::new(&replica.node, &replica.address)));
+            peers.insert(key, peer);
+        }
+        *remote = Remote { replicas, peers };
+        for (name, (_, backend)) in services.iter() {
+            backend.replicas.set_remote(&remote.of(name));
+        }
     }
 
     /// Removes a service and its routes.
@@ -256,7 +324,7 @@ impl Gateway {
                 ServiceSnapshot {
                     name: backend.name.clone(),
                     meter: backend.meter.read(),
-                    ready: backend.replicas.len(),
+                    ready: backend.replicas.local_len(),
                     replicas,
                 }
             })
@@ -321,9 +389,9 @@ impl Gateway {
         }
     }
 
-    /// The number of ready replicas of `service`.
+    /// The number of ready replicas of `service` on this node.
     pub fn ready_replicas(&self, service: &str) -> usize {
-        self.backend(service).map_or(0, |b| b.replicas.len())
+        self.backend(service).map_or(0, |b| b.replicas.local_len())
     }
 
     pub(crate) fn router(&self) -> Arc<Router<Arc<Backend>>> {

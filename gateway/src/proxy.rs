@@ -34,9 +34,10 @@ use hyper::body::Incoming;
 
 use shoal_protocol::channel::frame::{RequestHead, Scheme};
 
-use crate::balancer::{Endpoint, InFlight};
+use crate::balancer::{Endpoint, InFlight, Target};
 use crate::client::{BoxError, LimitedBody};
 use crate::link::{LinkBody, LinkError, RequestBody};
+use crate::peer::Peer;
 use crate::{Backend, Gateway};
 
 /// The gateway's response body: a worker's streamed body, or a short message
@@ -45,6 +46,8 @@ pub enum Body {
     /// A worker's response, counted in flight (on its replica and its
     /// service) until it ends.
     Upstream(LinkBody, Option<InFlight>, Option<Demand>),
+    /// The response of a replica on another node, through that node.
+    Peer(Incoming, Option<InFlight>, Option<Demand>),
     /// A message from the gateway.
     Message(Option<Bytes>),
 }
@@ -92,6 +95,14 @@ impl HttpBody for Body {
                 }
                 polled
             }
+            Body::Peer(body, in_flight, demand) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(None | Some(Err(_))) = polled {
+                    in_flight.take();
+                    demand.take();
+                }
+                polled.map_err(|error| LinkError::Failed(format!("the node serving the replica failed: {error}")))
+            }
             Body::Message(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -99,6 +110,7 @@ impl HttpBody for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Upstream(body, ..) => body.is_end_stream(),
+            Body::Peer(body, ..) => body.is_end_stream(),
             Body::Message(bytes) => bytes.is_none(),
         }
     }
@@ -106,6 +118,7 @@ impl HttpBody for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Upstream(body, ..) => body.size_hint(),
+            Body::Peer(body, ..) => body.size_hint(),
             Body::Message(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Body::Message(None) => SizeHint::with_exact(0),
         }
@@ -226,22 +239,52 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let mut demand = Demand::begin(backend);
-        let response = self.forward(backend, req, host, client, hops, deadline).await;
+        let response = self.forward(backend, req, host, client, hops, deadline, false).await;
         demand.status = response.status().as_u16();
         let (parts, body) = response.into_parts();
         let body = match body {
             Body::Upstream(body, in_flight, _) => Body::Upstream(body, in_flight, Some(demand)),
+            Body::Peer(body, in_flight, _) => Body::Peer(body, in_flight, Some(demand)),
             message => message,
         };
         Response::from_parts(parts, body)
     }
 
-    /// A ready replica of `backend`, waiting for one when the activator is on.
+    /// Handles a request another node's gateway forwarded here, on the
+    /// internal listener, after its secret was checked: it goes to one of
+    /// this node's own replicas of the service it names, under what is
+    /// left of its deadline, and is not counted in the service's demand
+    /// (the first gateway counted it).
+    pub async fn serve_peer(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+        use crate::peer::{CLIENT_HEADER, DEADLINE_HEADER, FORWARD_HEADER, SECRET_HEADER};
+        let headers = req.headers_mut();
+        let service = headers.remove(FORWARD_HEADER);
+        let client = headers.remove(CLIENT_HEADER).and_then(|v| v.to_str().ok()?.parse::<IpAddr>().ok());
+        let left = headers.remove(DEADLINE_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        headers.remove(SECRET_HEADER);
+        let hops = match crate::outbound::hops_header(req.headers()) {
+            Ok(hops) => hops,
+            Err(response) => return response,
+        };
+        let Some(backend) = service.as_ref().and_then(|s| s.to_str().ok()).and_then(|s| self.backend(s)) else {
+            return not_taken("503 this node does not know the service\n");
+        };
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+        let cap = left.map(|ms| tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
+        self.forward(&backend, req, host, client, hops, cap, true).await
+    }
+
+    /// A ready replica of `backend`, waiting for one when the activator is
+    /// on; only one on this node for a request from a peer.
     async fn replica(
         &self,
         backend: &Backend,
         deadline: tokio::time::Instant,
+        from_peer: bool,
     ) -> Result<Arc<Endpoint>, Response<Body>> {
+        if from_peer {
+            return backend.replicas.pick_local().ok_or_else(|| not_taken("503 no ready replica on this node\n"));
+        }
         if let Some(endpoint) = backend.replicas.pick() {
             return Ok(endpoint);
         }
@@ -289,8 +332,11 @@ impl Gateway {
     }
 
     /// Sends a routed request to a replica of `backend`, under the
-    /// service's deadline or `cap` if sooner (a call's caller's). `client`
-    /// is `None` for a call from another service.
+    /// service's deadline or `cap` if sooner (a call's caller's, or what
+    /// a peer left of it). `client` is `None` for a call from another
+    /// service. A request `from_peer` was rewritten by the first gateway
+    /// and goes only to a replica on this node.
+    #[allow(clippy::too_many_arguments)]
     async fn forward<B>(
         &self,
         backend: &Backend,
@@ -299,6 +345,7 @@ impl Gateway {
         client: Option<IpAddr>,
         hops: u8,
         cap: Option<tokio::time::Instant>,
+        from_peer: bool,
     ) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
@@ -309,7 +356,7 @@ impl Gateway {
         if let Some(cap) = cap {
             deadline = deadline.min(cap);
         }
-        let endpoint = match self.replica(backend, deadline).await {
+        let endpoint = match self.replica(backend, deadline, from_peer).await {
             Ok(endpoint) => endpoint,
             Err(response) => return response,
         };
@@ -323,7 +370,7 @@ impl Gateway {
         if let Some(value) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             headers.entry(header::HOST).or_insert(value);
         }
-        if let Some(client) = client {
+        if let Some(client) = client.filter(|_| !from_peer) {
             let ip = client.to_string();
             let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(previous) => format!("{previous}, {ip}"),
@@ -390,12 +437,54 @@ impl Gateway {
                 (None, None) => break,
             };
             let mut in_flight = endpoint.track();
-            let outcome = if endpoint.is_failed() || endpoint.link.is_down() {
+            let link = match &endpoint.target {
+                Target::Local(link) => link,
+                Target::Remote(peer) => {
+                    let outcome = self.send_to_peer(peer, &backend.name, &head, body, deadline).await;
+                    match outcome {
+                        Attempt::Remote(response) => {
+                            let (mut head, body) = response.into_parts();
+                            in_flight.answered(head.status.as_u16());
+                            strip_hop_by_hop(&mut head.headers);
+                            return Response::from_parts(head, Body::Peer(body, Some(in_flight), None));
+                        }
+                        Attempt::TimedOut => {
+                            in_flight.answered(StatusCode::GATEWAY_TIMEOUT.as_u16());
+                            tracing::warn!(service = %backend.name, replica = %endpoint.name, node = %peer.node, ?timeout, "deadline exceeded");
+                            return gateway_timeout();
+                        }
+                        Attempt::Failed { connected, reason } => {
+                            in_flight.answered(StatusCode::BAD_GATEWAY.as_u16());
+                            drop(in_flight);
+                            match self.next_try(
+                                backend,
+                                &mut tried,
+                                &endpoint,
+                                &parts.method,
+                                replay.is_some(),
+                                connected,
+                                &reason,
+                                &exceeded,
+                                &broken,
+                                max_body,
+                            ) {
+                                Ok(next) => {
+                                    endpoint = next;
+                                    continue;
+                                }
+                                Err(response) => return *response,
+                            }
+                        }
+                        Attempt::Answered(_) => unreachable!("a peer answers with a Remote attempt"),
+                    }
+                }
+            };
+            let outcome = if endpoint.is_failed() || link.is_down() {
                 // Failed after it was picked: nothing was sent to it.
                 Attempt::Failed { connected: false, reason: "the replica stopped answering".to_owned() }
             } else {
                 tokio::select! {
-                result = tokio::time::timeout_at(deadline, endpoint.link.request(&head, body)) => match result {
+                result = tokio::time::timeout_at(deadline, link.request(&head, body)) => match result {
                     Ok(Ok(response)) => Attempt::Answered(response),
                     Ok(Err(LinkError::NotTaken(reason))) => Attempt::Failed { connected: false, reason },
                     Ok(Err(LinkError::Failed(reason))) => Attempt::Failed { connected: true, reason },
@@ -419,50 +508,179 @@ impl Gateway {
                 Attempt::Failed { connected, reason } => {
                     in_flight.answered(StatusCode::BAD_GATEWAY.as_u16());
                     drop(in_flight);
-                    if exceeded.load(Ordering::SeqCst) {
-                        return too_large(max_body);
-                    }
-                    if broken.load(Ordering::SeqCst) {
-                        tracing::debug!(service = %backend.name, %reason, "client sent a broken body");
-                        return message(StatusCode::BAD_REQUEST, "400 bad request body\n");
-                    }
-                    // Safe to send again: nothing reached the worker (no
-                    // connection), or the method is idempotent; and the body
-                    // is still at hand.
-                    let safe = replay.is_some() && (!connected || is_idempotent(&parts.method));
-                    tried.push(endpoint.clone());
-                    let next = if safe && tried.len() < MAX_TRIES {
-                        let names: Vec<&str> = tried.iter().map(|e| e.name.as_str()).collect();
-                        backend.replicas.pick_excluding(&names)
-                    } else {
-                        None
-                    };
-                    tracing::warn!(
-                        service = %backend.name, replica = %endpoint.name, error = %reason, retry = next.is_some(),
-                        "replica failed"
-                    );
-                    match next {
-                        Some(other) => endpoint = other,
-                        None => break,
+                    match self.next_try(
+                        backend,
+                        &mut tried,
+                        &endpoint,
+                        &parts.method,
+                        replay.is_some(),
+                        connected,
+                        &reason,
+                        &exceeded,
+                        &broken,
+                        max_body,
+                    ) {
+                        Ok(next) => endpoint = next,
+                        Err(response) => return *response,
                     }
                 }
                 Attempt::TimedOut => {
                     in_flight.answered(StatusCode::GATEWAY_TIMEOUT.as_u16());
                     tracing::warn!(service = %backend.name, replica = %endpoint.name, ?timeout, "deadline exceeded");
-                    return message(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "504 gateway timeout: the service did not answer in time\n",
-                    );
+                    return gateway_timeout();
                 }
+                Attempt::Remote(_) => unreachable!("a local replica answers with an Answered attempt"),
             }
         }
-        message(StatusCode::BAD_GATEWAY, "502 bad gateway: the replica failed\n")
+        bad_gateway()
     }
+
+    /// After a try failed: the replica to try next, or the answer to give
+    /// (`413`, `400` for the client's own fault, else `502`). Trying again
+    /// is safe when nothing reached the replica (no connection), or the
+    /// method is idempotent; and the body is still at hand (`replayable`).
+    #[allow(clippy::too_many_arguments)]
+    fn next_try(
+        &self,
+        backend: &Backend,
+        tried: &mut Vec<Arc<Endpoint>>,
+        failed: &Arc<Endpoint>,
+        method: &http::Method,
+        replayable: bool,
+        connected: bool,
+        reason: &str,
+        exceeded: &AtomicBool,
+        broken: &AtomicBool,
+        max_body: u64,
+    ) -> Result<Arc<Endpoint>, Box<Response<Body>>> {
+        if exceeded.load(Ordering::SeqCst) {
+            return Err(Box::new(too_large(max_body)));
+        }
+        if broken.load(Ordering::SeqCst) {
+            tracing::debug!(service = %backend.name, %reason, "client sent a broken body");
+            return Err(Box::new(message(StatusCode::BAD_REQUEST, "400 bad request body\n")));
+        }
+        let safe = replayable && (!connected || is_idempotent(method));
+        tried.push(failed.clone());
+        let next = if safe && tried.len() < MAX_TRIES {
+            let names: Vec<&str> = tried.iter().map(|e| e.name.as_str()).collect();
+            backend.replicas.pick_excluding(&names)
+        } else {
+            None
+        };
+        tracing::warn!(
+            service = %backend.name, replica = %failed.name, error = %reason, retry = next.is_some(),
+            "replica failed"
+        );
+        next.ok_or_else(|| Box::new(bad_gateway()))
+    }
+
+    /// Sends a request to a replica of `service` on another node, through
+    /// that node's internal listener. A node that cannot be reached is
+    /// ejected for a while.
+    async fn send_to_peer<B>(
+        &self,
+        peer: &Peer,
+        service: &str,
+        head: &RequestHead,
+        body: RequestBody<LimitedBody<B>>,
+        deadline: tokio::time::Instant,
+    ) -> Attempt
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use crate::peer::{CLIENT_HEADER, DEADLINE_HEADER, FORWARD_HEADER, NOT_TAKEN_HEADER, SECRET_HEADER};
+        use http_body_util::BodyExt as _;
+        let Some(peers) = self.peers.get() else {
+            return Attempt::Failed { connected: false, reason: "this node is not in a cluster".to_owned() };
+        };
+        let uri = match format!("http://{}{}", peer.address, head.path_and_query).parse::<http::Uri>() {
+            Ok(uri) => uri,
+            Err(error) => {
+                return Attempt::Failed {
+                    connected: false,
+                    reason: format!("bad address {:?}: {error}", peer.address),
+                };
+            }
+        };
+        let body: crate::peer::PeerBody = match body {
+            RequestBody::Full(bytes) => http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync(),
+            RequestBody::Stream(body) => body.boxed_unsync(),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        *headers = head.headers.clone();
+        if !head.authority.is_empty()
+            && !headers.contains_key(header::HOST)
+            && let Ok(value) = HeaderValue::from_str(&head.authority)
+        {
+            headers.insert(header::HOST, value);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).as_millis().max(1);
+        for (name, value) in [
+            (FORWARD_HEADER, service.to_owned()),
+            (SECRET_HEADER, peers.secret.clone()),
+            (CLIENT_HEADER, head.client.clone()),
+            (DEADLINE_HEADER, left.to_string()),
+            (crate::outbound::HOPS_HEADER, head.hops.to_string()),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+        match tokio::time::timeout_at(deadline, peers.client.request(req)).await {
+            Err(_) => Attempt::TimedOut,
+            Ok(Err(error)) => {
+                peer.eject();
+                let connected = !error.is_connect();
+                let mut reason = format!("node {} ({}): {error}", peer.node, peer.address);
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    reason.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                Attempt::Failed { connected, reason }
+            }
+            Ok(Ok(response)) if response.headers().contains_key(NOT_TAKEN_HEADER) => Attempt::Failed {
+                connected: false,
+                reason: format!("node {} has no ready replica of {service} now", peer.node),
+            },
+            Ok(Ok(response)) if response.status() == StatusCode::UNAUTHORIZED => {
+                peer.eject();
+                Attempt::Failed {
+                    connected: false,
+                    reason: format!("node {} refused this node's cluster secret", peer.node),
+                }
+            }
+            Ok(Ok(response)) => Attempt::Remote(response),
+        }
+    }
+}
+
+/// The answer to a peer when no replica here took its request: it ran
+/// nowhere, and the peer sends it elsewhere.
+fn not_taken(text: &'static str) -> Response<Body> {
+    let mut response = message(StatusCode::SERVICE_UNAVAILABLE, text);
+    response.headers_mut().insert(crate::peer::NOT_TAKEN_HEADER, HeaderValue::from_static("1"));
+    response
+}
+
+fn bad_gateway() -> Response<Body> {
+    message(StatusCode::BAD_GATEWAY, "502 bad gateway: the replica failed\n")
+}
+
+fn gateway_timeout() -> Response<Body> {
+    message(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout: the service did not answer in time\n")
 }
 
 /// How one try of a request ended.
 enum Attempt {
     Answered(Response<LinkBody>),
+    /// A replica on another node answered, through its node.
+    Remote(Response<Incoming>),
     /// The replica failed before answering; `connected` when the request
     /// may have reached it.
     Failed {

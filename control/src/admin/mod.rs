@@ -78,6 +78,9 @@ pub struct AdminState {
     /// This node's cluster, in cluster mode: the API then answers for every
     /// node.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// In cluster mode, the gateway that serves requests other nodes
+    /// forward here (the admin listener is the cluster's internal one).
+    pub peer_gateway: Option<Arc<shoal_gateway::Gateway>>,
 }
 
 impl AdminState {
@@ -98,12 +101,14 @@ impl AdminState {
             uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
             waiting_uploads: Arc::new(tokio::sync::Semaphore::new(modules::MAX_WAITING_UPLOADS)),
             cluster: None,
+            peer_gateway: None,
         }
     }
 
-    /// The API of a node in `cluster`.
-    pub fn with_cluster(self, cluster: Arc<crate::cluster::Cluster>) -> Self {
-        Self { cluster: Some(cluster), ..self }
+    /// The API of a node in `cluster`, whose listener also takes the
+    /// requests other nodes forward to `gateway`'s replicas.
+    pub fn with_cluster(self, cluster: Arc<crate::cluster::Cluster>, gateway: Arc<shoal_gateway::Gateway>) -> Self {
+        Self { cluster: Some(cluster), peer_gateway: Some(gateway), ..self }
     }
 }
 
@@ -200,17 +205,47 @@ pub async fn serve(
         http2: false,
         max_headers: 100,
     };
+    let (peer_gateway, token) = (state.peer_gateway.clone(), state.token.clone());
     let router = router(state);
     // Each connection's requests carry it, so that the token check can
-    // mark it trusted.
+    // mark it trusted. In a cluster, requests forwarded by other nodes'
+    // gateways (marked by their header) go to this node's gateway.
     let make = move |connection: &Connection| {
         let (service, connection) = (hyper_util::service::TowerToHyperService::new(router.clone()), connection.clone());
-        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(connection.clone());
-            hyper::service::Service::call(&service, request)
+        let (peer_gateway, token) = (peer_gateway.clone(), token.clone());
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| -> Answer {
+            match &peer_gateway {
+                Some(gateway) if request.headers().contains_key(shoal_gateway::peer::FORWARD_HEADER) => {
+                    Box::pin(from_peer(gateway.clone(), token.clone(), connection.clone(), request))
+                }
+                _ => {
+                    request.extensions_mut().insert(connection.clone());
+                    Box::pin(hyper::service::Service::call(&service, request))
+                }
+            }
         })
     };
     shoal_gateway::listener::serve(listener, config, make, shutdown).await
+}
+
+/// The admin listener's answer to one request.
+type Answer = std::pin::Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
+/// A request another node's gateway forwarded to a replica here: served
+/// by this node's gateway if it carries the cluster's secret.
+async fn from_peer(
+    gateway: Arc<shoal_gateway::Gateway>,
+    token: Arc<str>,
+    connection: Connection,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<Response, std::convert::Infallible> {
+    let secret = request.headers().get(shoal_gateway::peer::SECRET_HEADER).map(|v| v.as_bytes());
+    if !secret.is_some_and(|secret| constant_time_eq(secret, token.as_bytes())) {
+        let problem = "unauthorized: a forwarded request needs the cluster's secret";
+        return Ok(ApiError(StatusCode::UNAUTHORIZED, problem.into()).into_response());
+    }
+    connection.trust();
+    Ok(gateway.serve_peer(request).await.map(Body::new))
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;

@@ -110,6 +110,8 @@ pub struct Cluster {
     state: Mutex<State>,
     /// Wakes the reconciler when the placement may have changed.
     changed: Arc<Notify>,
+    /// The gateway told of the ready replicas on other nodes.
+    gateway: std::sync::OnceLock<Arc<shoal_gateway::Gateway>>,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +128,9 @@ struct State {
     unschedulable: Vec<(String, u32, String)>,
     /// The mirror's revision when the reconciler was last woken.
     seen: u64,
+    /// The mirror's revision when the gateway's remote replicas were last
+    /// set.
+    routed: u64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -138,7 +143,50 @@ impl Cluster {
     /// This node in the cluster whose desired state `kv` mirrors, through
     /// `client`. Nothing is written until [`Cluster::register`].
     pub fn new(config: ClusterConfig, client: Client, kv: Arc<EtcdKv>, changed: Arc<Notify>) -> Arc<Self> {
-        Arc::new(Cluster { config, client, kv, state: Mutex::default(), changed })
+        Arc::new(Cluster { config, client, kv, state: Mutex::default(), changed, gateway: Default::default() })
+    }
+
+    /// Keeps `gateway` told of the ready replicas on other nodes, so that
+    /// it routes to them.
+    pub fn route_through(&self, gateway: Arc<shoal_gateway::Gateway>) {
+        let _ = self.gateway.set(gateway);
+        self.sync_routes();
+    }
+
+    /// Gives the gateway the ready replicas other nodes publish (under
+    /// their leases: a node whose lease ended has none), when the mirror
+    /// changed.
+    fn sync_routes(&self) {
+        let Some(gateway) = self.gateway.get() else { return };
+        let Ok(statuses) = self.kv.list("status/") else { return };
+        if std::mem::replace(&mut self.state().routed, statuses.revision) == statuses.revision {
+            return;
+        }
+        let Ok(records) = self.kv.list("nodes/") else { return };
+        let addresses: BTreeMap<String, String> = records
+            .entries
+            .iter()
+            .filter_map(|entry| serde_json::from_slice::<NodeRecord>(&entry.value).ok())
+            .map(|record| (record.name, record.address))
+            .collect();
+        let mut remote = Vec::new();
+        for entry in &statuses.entries {
+            let node = &entry.key["status/".len()..];
+            if node == self.config.node {
+                continue;
+            }
+            let (Some(address), Ok(status)) = (addresses.get(node), serde_json::from_slice::<NodeStatus>(&entry.value))
+            else {
+                continue;
+            };
+            remote.extend(status.replicas.into_iter().filter(|r| r.ready).map(|r| shoal_gateway::RemoteReplica {
+                service: r.service,
+                name: r.name,
+                node: node.to_owned(),
+                address: address.clone(),
+            }));
+        }
+        gateway.set_remote(remote);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -504,6 +552,7 @@ impl Cluster {
                 }
                 _ = leading.tick() => {
                     self.publish().await;
+                    self.sync_routes();
                     match self.campaign().await {
                         Ok(Some(fence)) if last_pass.elapsed() >= LEADER_PERIOD => {
                             last_pass = tokio::time::Instant::now();
