@@ -459,6 +459,7 @@ async fn serve(
                 admin: admin_address.to_string(),
                 lease_ttl: args.node_lease_ttl,
                 capacity: args.capacity.unwrap_or_else(machine_memory),
+                secret: token.clone(),
             };
             let cluster = Cluster::new(config, client, kv, changed);
             if let Err(error) = cluster.register().await {

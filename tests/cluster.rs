@@ -17,24 +17,19 @@ use support::*;
 /// The lease TTL the tests run with.
 const TTL: &str = "3s";
 
-/// Three nodes `n0`, `n1`, `n2` on `etcd`, each started with `manifest`.
+/// Three nodes `n0`, `n1`, `n2` on `etcd`, then `manifest` applied
+/// through `n0` (its module is pushed to `n0` only: the others fetch it).
 fn start_nodes(etcd: &EtcdCluster, dir: &Scratch, manifest: &str) -> Vec<Shoal> {
     let file = dir.write("kubia.yaml", manifest);
-    (0..3)
+    let shoals: Vec<Shoal> = (0..3)
         .map(|n| {
             let name = format!("n{n}");
-            Shoal::start(&[
-                "--etcd",
-                &etcd.endpoints(),
-                "--node-name",
-                &name,
-                "--node-lease-ttl",
-                TTL,
-                "-f",
-                file.to_str().unwrap(),
-            ])
+            Shoal::start(&["--etcd", &etcd.endpoints(), "--node-name", &name, "--node-lease-ttl", TTL])
         })
-        .collect()
+        .collect();
+    let (ok, out, err) = shoals[0].cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(ok, "apply: {out}{err}");
+    shoals
 }
 
 /// `shoal get nodes -o json` through `node`'s API.

@@ -81,6 +81,13 @@ pub trait Share: Send + Sync {
     fn replicas_here(&self, service: &str) -> Option<u32>;
     /// The replicas this node runs, after each pass.
     fn report(&self, replicas: Vec<ReplicaInfo>);
+    /// Fetches module `digest`, stored but not on this node, into `store`
+    /// (from another node).
+    fn fetch_module<'a>(
+        &'a self,
+        digest: &'a str,
+        store: Arc<dyn Store>,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
 }
 
 /// Where a module stands.
@@ -691,6 +698,20 @@ impl Controller {
                 continue;
             };
             let Some(controller) = this.upgrade() else { return };
+            // In a cluster, a module pushed to another node is fetched
+            // from one first.
+            if let Some(share) = controller.share.get().cloned() {
+                let (store, target) = (controller.store.clone(), digest.clone());
+                let missing = tokio::task::spawn_blocking(move || {
+                    matches!(store.module_info(&target), Ok(Some(_))) && matches!(store.module_file(&target), Ok(None))
+                })
+                .await
+                .unwrap_or(false);
+                if missing && let Err(message) = share.fetch_module(&digest, controller.store.clone()).await {
+                    controller.prepared(&digest, Err(message), attempts);
+                    continue;
+                }
+            }
             let (worker, target) = (controller.clone(), digest.clone());
             let result = tokio::task::spawn_blocking(move || worker.prepare(&target))
                 .await

@@ -256,6 +256,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/modules", get(modules::list).post(modules::upload))
         .route("/v1/modules/gc", post(modules::gc))
         .route("/v1/modules/{digest}", get(modules::get).delete(modules::delete))
+        .route("/v1/modules/{digest}/content", get(modules::content))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}", get(get_service).put(apply_service).delete(delete_service))
         .route("/v1/services/{name}/scale", put(scale_service))

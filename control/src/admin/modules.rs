@@ -193,6 +193,42 @@ pub(super) async fn get(State(state): State<AdminState>, UrlPath(raw): UrlPath<S
     state.store.module_info(&digest)?.map(Json).ok_or_else(|| not_found("module", &format!("sha256:{digest}")))
 }
 
+/// The module's bytes (`application/wasm`), streamed from its file: how
+/// the nodes of a cluster get a module pushed to another node.
+pub(super) async fn content(
+    State(state): State<AdminState>,
+    UrlPath(raw): UrlPath<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use tokio::io::AsyncReadExt as _;
+    let digest = parse_digest(&raw)?;
+    let store = state.store.clone();
+    let wanted = digest.clone();
+    let path = blocking(move || store.module_file(&wanted))
+        .await?
+        .ok_or_else(|| not_found("module", &format!("sha256:{digest}")))?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot open {}: {e}", path.display())))?;
+    let size = file.metadata().await.map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?.len();
+    let chunks = futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut chunk = vec![0u8; 64 * 1024];
+        match file.read(&mut chunk).await {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok(Bytes::from(chunk)), Some(file)))
+            }
+            Err(error) => Some((Err(error), None)),
+        }
+    });
+    let mut response = axum::response::Response::new(Body::from_stream(chunks));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/wasm"));
+    headers.insert(header::CONTENT_LENGTH, size.into());
+    Ok(response)
+}
+
 #[derive(Serialize)]
 pub(super) struct Deleted {
     deleted: String,

@@ -67,6 +67,9 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// Memory this node gives replicas, in bytes (`--capacity`).
     pub capacity: u64,
+    /// The cluster's secret (the admin API's token, the same on every
+    /// node): for fetching modules from other nodes.
+    pub secret: String,
 }
 
 /// What a node records about itself when it registers (`nodes/<name>`).
@@ -90,6 +93,9 @@ pub struct NodeStatus {
     pub replicas: Vec<ReplicaInfo>,
 }
 
+/// How long fetching a module from another node may take.
+pub const MODULE_FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Why a fenced write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
@@ -112,6 +118,11 @@ pub struct Cluster {
     changed: Arc<Notify>,
     /// The gateway told of the ready replicas on other nodes.
     gateway: std::sync::OnceLock<Arc<shoal_gateway::Gateway>>,
+    /// For fetching modules from other nodes.
+    http: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
 }
 
 #[derive(Debug, Default)]
@@ -143,7 +154,100 @@ impl Cluster {
     /// This node in the cluster whose desired state `kv` mirrors, through
     /// `client`. Nothing is written until [`Cluster::register`].
     pub fn new(config: ClusterConfig, client: Client, kv: Arc<EtcdKv>, changed: Arc<Notify>) -> Arc<Self> {
-        Arc::new(Cluster { config, client, kv, state: Mutex::default(), changed, gateway: Default::default() })
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        Arc::new(Cluster { config, client, kv, state: Mutex::default(), changed, gateway: Default::default(), http })
+    }
+
+    /// The other ready nodes (holding their leases), with their addresses.
+    fn peers(&self) -> Vec<(String, String)> {
+        let Ok(statuses) = self.kv.list("status/") else { return Vec::new() };
+        let Ok(records) = self.kv.list("nodes/") else { return Vec::new() };
+        records
+            .entries
+            .iter()
+            .filter_map(|entry| serde_json::from_slice::<NodeRecord>(&entry.value).ok())
+            .filter(|record| record.name != self.config.node)
+            .filter(|record| statuses.entries.iter().any(|e| e.key["status/".len()..] == record.name))
+            .map(|record| (record.name, record.address))
+            .collect()
+    }
+
+    /// Fetches module `digest`, stored in the cluster but not on this node
+    /// (it was pushed to another), from the first ready node that has it,
+    /// into `store`.
+    pub async fn fetch_module(&self, digest: &str, store: Arc<dyn crate::store::Store>) -> Result<(), String> {
+        let peers = self.peers();
+        if peers.is_empty() {
+            return Err(format!(
+                "module sha256:{digest} is not on this node, and no other node is ready to send it; push it again"
+            ));
+        }
+        let mut problems = Vec::new();
+        for (node, address) in peers {
+            let started = std::time::Instant::now();
+            match tokio::time::timeout(MODULE_FETCH_TIMEOUT, self.fetch_from(&address, digest, store.clone())).await {
+                Ok(Ok(size)) => {
+                    tracing::info!(module = %digest, from = %node, size, elapsed = ?started.elapsed(), "module fetched from another node");
+                    return Ok(());
+                }
+                Ok(Err(problem)) => problems.push(format!("{node}: {problem}")),
+                Err(_) => problems.push(format!("{node}: not sent within {MODULE_FETCH_TIMEOUT:?}")),
+            }
+        }
+        Err(format!(
+            "module sha256:{digest} is not on this node and no node could send it ({}); push it again",
+            problems.join("; ")
+        ))
+    }
+
+    async fn fetch_from(
+        &self,
+        address: &str,
+        digest: &str,
+        store: Arc<dyn crate::store::Store>,
+    ) -> Result<u64, String> {
+        use http_body_util::BodyExt as _;
+        let request = hyper::Request::get(format!("http://{address}/v1/modules/sha256:{digest}/content"))
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.config.secret))
+            .body(http_body_util::Empty::new())
+            .map_err(|e| format!("bad address {address:?}: {e}"))?;
+        let response = self.http.request(request).await.map_err(|e| format!("{address}: {e}"))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let text = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let text = String::from_utf8_lossy(&text[..text.len().min(500)]).trim().to_owned();
+            return Err(format!("answered {status}: {text}"));
+        }
+        let begin = store.clone();
+        let mut upload = tokio::task::spawn_blocking(move || begin.begin_module())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("the transfer broke: {e}"))?;
+            if let Some(data) = frame.data_ref() {
+                if upload.size() + data.len() as u64 > crate::admin::MAX_MODULE_SIZE {
+                    return Err("sent more than the largest module".to_owned());
+                }
+                upload.write(data).map_err(|e| e.to_string())?;
+            }
+        }
+        let staged = tokio::task::spawn_blocking(move || upload.finish())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if staged.digest() != digest {
+            return Err(format!("sent a module whose sha256 is {}", staged.digest()));
+        }
+        let size = staged.size();
+        tokio::task::spawn_blocking(move || store.commit_module(staged))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(size)
     }
 
     /// Keeps `gateway` told of the ready replicas on other nodes, so that
@@ -582,6 +686,14 @@ impl Cluster {
 impl crate::reconciler::Share for Cluster {
     fn replicas_here(&self, service: &str) -> Option<u32> {
         Cluster::replicas_here(self, service)
+    }
+
+    fn fetch_module<'a>(
+        &'a self,
+        digest: &'a str,
+        store: Arc<dyn crate::store::Store>,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(Cluster::fetch_module(self, digest, store))
     }
 
     fn report(&self, replicas: Vec<ReplicaInfo>) {
