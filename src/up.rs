@@ -468,7 +468,7 @@ async fn serve(
             }
             controller.join(cluster.clone());
             gateway.join_cluster(&token);
-            cluster.route_through(gateway.clone());
+            cluster.attach(gateway.clone(), events.clone());
             println!("shoal: node {node} joined the cluster at {}", args.etcd.as_deref().unwrap_or_default());
             Some(cluster)
         }

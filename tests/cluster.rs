@@ -264,3 +264,47 @@ fn a_frozen_node_comes_back_and_stops_its_stale_replicas() {
         (counts.len() == 3 && counts.values().all(|c| *c == 1) && workers == 3).then_some(())
     });
 }
+
+#[test]
+fn requests_at_three_gateways_at_once_wake_a_service_at_zero_with_one_replica() {
+    let Some(etcd) = EtcdCluster::start(3) else { return };
+    let dir = Scratch::new("zero");
+    let spec = "autoscale:\n  min: 0\n  max: 3\n  target: 100\n  scaleToZeroGracePeriod: 2s";
+    let shoals = start_nodes(&etcd, &dir, &manifest("kubia", HELLO_WASM, spec));
+    // It starts at one replica and, without requests, goes to zero.
+    within(Duration::from_secs(30), "one replica", || {
+        (ready_by_node(&shoals[0]).values().sum::<usize>() == 1).then_some(())
+    });
+    within(Duration::from_secs(30), "zero replicas and no worker", || {
+        let workers: usize = shoals.iter().map(|s| s.worker_pids().len()).sum();
+        (ready_by_node(&shoals[0]).is_empty() && workers == 0).then_some(())
+    });
+    let started = |shoals: &[Shoal]| -> usize {
+        shoals.iter().map(|s| s.count_lines(|l| l.contains("replica/kubia-") && l.contains("Started:"))).sum()
+    };
+    let before = started(&shoals);
+
+    // Ten requests at each gateway at the same moment: every one answered.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let urls: Vec<String> = shoals.iter().map(|s| s.url("/")).collect();
+    let answers = runtime.block_on(async move {
+        let requests: Vec<_> = urls
+            .iter()
+            .flat_map(|url| std::iter::repeat_n(url.clone(), 10))
+            .map(|url| tokio::spawn(async move { get(&url, None).await }))
+            .collect();
+        let mut answers = Vec::new();
+        for request in requests {
+            answers.push(request.await.unwrap());
+        }
+        answers
+    });
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    // Exactly one replica started, on one node, for all three gateways.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(started(&shoals) - before, 1, "{}", shoals.iter().map(Shoal::dump).collect::<String>());
+    let workers: usize = shoals.iter().map(|s| s.worker_pids().len()).sum();
+    assert_eq!(workers, 1);
+}

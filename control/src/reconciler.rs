@@ -81,6 +81,10 @@ pub trait Share: Send + Sync {
     fn replicas_here(&self, service: &str) -> Option<u32>;
     /// The replicas this node runs, after each pass.
     fn report(&self, replicas: Vec<ReplicaInfo>);
+    /// A request waits for `service`, which has no ready replica anywhere:
+    /// ask the cluster's autoscaler for one. Called for every waiting
+    /// request: cheap and idempotent.
+    fn activate(&self, service: &str);
     /// Fetches module `digest`, stored but not on this node, into `store`
     /// (from another node).
     fn fetch_module<'a>(
@@ -148,7 +152,7 @@ pub struct Controller {
     /// first, one per tick.
     usage: Mutex<HashMap<String, VecDeque<UsagePoint>>>,
     /// This node's share, in a cluster; alone, every replica runs here.
-    share: std::sync::OnceLock<Arc<dyn Share>>,
+    share: Arc<std::sync::OnceLock<Arc<dyn Share>>>,
 }
 
 /// One replica's figures at one tick.
@@ -175,9 +179,15 @@ impl Controller {
         let engine = shoal_runtime::engine::compiler_engine().map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let scaler = Scaler::new(ctx.gateway.clone(), ctx.events.clone(), ctx.changed.clone());
         let activator = Arc::downgrade(&scaler);
-        ctx.gateway.on_activate(move |service| {
-            if let Some(scaler) = activator.upgrade() {
-                scaler.activate(service);
+        let share: Arc<std::sync::OnceLock<Arc<dyn Share>>> = Arc::default();
+        let cluster = share.clone();
+        // In a cluster, the leader's autoscaler decides: this node asks it.
+        ctx.gateway.on_activate(move |service| match cluster.get() {
+            Some(share) => share.activate(service),
+            None => {
+                if let Some(scaler) = activator.upgrade() {
+                    scaler.activate(service);
+                }
             }
         });
         let controller = Arc::new(Self {
@@ -200,7 +210,7 @@ impl Controller {
             announced: Mutex::new(HashMap::new()),
             scaler,
             usage: Mutex::new(HashMap::new()),
-            share: std::sync::OnceLock::new(),
+            share,
         });
         let changed = controller.waiting_changed.clone();
         tokio::spawn(Self::prepare_waiting(Arc::downgrade(&controller), changed));
@@ -282,7 +292,10 @@ impl Controller {
                 _ = ticks.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            self.scaler.tick();
+            // In a cluster, the leader's autoscaler scales.
+            if self.share.get().is_none() {
+                self.scaler.tick();
+            }
             let snapshot = self.ctx.gateway.snapshot();
             let this = self.clone();
             // Reading /proc and cgroup files blocks.

@@ -49,6 +49,13 @@ impl Scaler {
     /// Follows the stored services: starts scaling new autoscaled ones at
     /// `spec.replicas`, applies changed settings, forgets the rest.
     pub fn sync(&self, records: &[ServiceRecord]) {
+        self.sync_from(records, &|_| None);
+    }
+
+    /// Like [`Scaler::sync`], starting new autoscaled services at
+    /// `initial` where it gives a count (a new leader of a cluster goes on
+    /// from the count the placement holds).
+    pub fn sync_from(&self, records: &[ServiceRecord], initial: &dyn Fn(&str) -> Option<u32>) {
         let mut services = self.services.lock().expect("scaler lock");
         services
             .retain(|name, _| records.iter().any(|r| r.service.name == *name && r.service.spec.autoscale.is_some()));
@@ -58,7 +65,7 @@ impl Scaler {
             let name = &record.service.name;
             match services.get_mut(name) {
                 None => {
-                    let desired = spec.replicas.clamp(settings.min, settings.max);
+                    let desired = initial(name).unwrap_or(spec.replicas).clamp(settings.min, settings.max);
                     services.insert(name.clone(), Scaled::new(settings, spec.replicas, desired));
                 }
                 Some(scaled) => {
@@ -133,14 +140,29 @@ impl Scaler {
                 concurrency: reading.concurrency_since(&last),
                 requests: arrivals * TICK.as_secs_f64() / elapsed,
             };
-            scaled.window.push(sample);
-            let observed = Observed { current: scaled.desired, ready: backend.replicas.len() as u32 };
-            let decision = autoscaler::decide(&scaled.settings, &scaled.window, observed, &mut scaled.state);
-            scaled.status.panic = decision.panic;
-            scaled.status.reason = decision.reason.clone();
-            if decision.desired != scaled.desired {
-                self.change(name, scaled, decision.desired, decision.reason);
-            }
+            self.decide(name, scaled, sample, backend.replicas.len() as u32);
+        }
+    }
+
+    /// One tick from samples taken elsewhere (a cluster's leader sums
+    /// every gateway's): `samples` gives each service's sample and its
+    /// ready replicas; a service without one gets an idle sample.
+    pub fn tick_from(&self, samples: &HashMap<String, (Sample, u32)>) {
+        let mut services = self.services.lock().expect("scaler lock");
+        for (name, scaled) in services.iter_mut() {
+            let (sample, ready) = samples.get(name).copied().unwrap_or((Sample { concurrency: 0.0, requests: 0.0 }, 0));
+            self.decide(name, scaled, sample, ready);
+        }
+    }
+
+    fn decide(&self, name: &str, scaled: &mut Scaled, sample: Sample, ready: u32) {
+        scaled.window.push(sample);
+        let observed = Observed { current: scaled.desired, ready };
+        let decision = autoscaler::decide(&scaled.settings, &scaled.window, observed, &mut scaled.state);
+        scaled.status.panic = decision.panic;
+        scaled.status.reason = decision.reason.clone();
+        if decision.desired != scaled.desired {
+            self.change(name, scaled, decision.desired, decision.reason);
         }
     }
 

@@ -96,6 +96,28 @@ pub struct NodeStatus {
 /// How long fetching a module from another node may take.
 pub const MODULE_FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What a node's gateway saw of each service's demand over the last
+/// [`TICK`] (`demand/<name>`, under its lease, written every tick): the
+/// leader's autoscaler sums every node's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeDemand {
+    pub services: BTreeMap<String, ServiceDemand>,
+}
+
+/// One service's demand at one gateway over one tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDemand {
+    /// Average requests in flight (in replicas and held).
+    pub concurrency: f64,
+    /// Requests that arrived.
+    pub requests: f64,
+}
+
+/// How recent every ready node's demand must be for the leader's
+/// autoscaler to decide: without it (etcd lost its quorum, a node cannot
+/// write) the counts hold, so nothing is scaled down for want of figures.
+pub const DEMAND_FRESHNESS: Duration = Duration::from_secs(3);
+
 /// Why a fenced write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
@@ -118,6 +140,13 @@ pub struct Cluster {
     changed: Arc<Notify>,
     /// The gateway told of the ready replicas on other nodes.
     gateway: std::sync::OnceLock<Arc<shoal_gateway::Gateway>>,
+    /// The node's event log (the leader's autoscaler records its
+    /// decisions there).
+    events: std::sync::OnceLock<Arc<crate::events::EventLog>>,
+    /// This cluster itself, for the tasks it spawns.
+    me: std::sync::Weak<Cluster>,
+    /// The leader's autoscaler, while this node leads.
+    scaler: Mutex<Option<Arc<crate::scaling::Scaler>>>,
     /// For fetching modules from other nodes.
     http: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
@@ -137,11 +166,18 @@ struct State {
     replicas: Vec<ReplicaInfo>,
     /// Unschedulable replicas last reported, to log changes only.
     unschedulable: Vec<(String, u32, String)>,
-    /// The mirror's revision when the reconciler was last woken.
-    seen: u64,
     /// The mirror's revision when the gateway's remote replicas were last
     /// set.
     routed: u64,
+    /// The placement as the reconciler was last woken for it.
+    placed: Vec<(String, u64)>,
+    /// The gateway's meter readings at the last demand published.
+    readings: std::collections::HashMap<String, shoal_gateway::metrics::MeterReading>,
+    /// The leader's view of each node's demand: its key's revision and
+    /// when that last changed.
+    demand_seen: std::collections::HashMap<String, (u64, std::time::Instant)>,
+    /// Services this node asked the leader to activate, not yet seen.
+    activating: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -157,7 +193,18 @@ impl Cluster {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-        Arc::new(Cluster { config, client, kv, state: Mutex::default(), changed, gateway: Default::default(), http })
+        Arc::new_cyclic(|me| Cluster {
+            me: me.clone(),
+            config,
+            client,
+            kv,
+            state: Mutex::default(),
+            changed,
+            gateway: Default::default(),
+            events: Default::default(),
+            scaler: Mutex::default(),
+            http,
+        })
     }
 
     /// The other ready nodes (holding their leases), with their addresses.
@@ -251,10 +298,70 @@ impl Cluster {
     }
 
     /// Keeps `gateway` told of the ready replicas on other nodes, so that
-    /// it routes to them.
-    pub fn route_through(&self, gateway: Arc<shoal_gateway::Gateway>) {
+    /// it routes to them; publishes its demand for the leader's
+    /// autoscaler, whose decisions go to `events` while this node leads.
+    pub fn attach(&self, gateway: Arc<shoal_gateway::Gateway>, events: Arc<crate::events::EventLog>) {
         let _ = self.gateway.set(gateway);
+        let _ = self.events.set(events);
         self.sync_routes();
+    }
+
+    /// Publishes what this node's gateway saw of each autoscaled service
+    /// since the last tick (`demand/<name>`, under the lease).
+    async fn publish_demand(&self) {
+        let Some(gateway) = self.gateway.get() else { return };
+        let Ok(services) = self.services() else { return };
+        let snapshot = gateway.snapshot();
+        let demand = {
+            let mut state = self.state();
+            let mut demand = NodeDemand::default();
+            for service in &snapshot {
+                if !services.iter().any(|r| r.service.name == service.name && r.service.spec.autoscale.is_some()) {
+                    continue;
+                }
+                let reading = service.meter;
+                let Some(last) = state.readings.insert(service.name.clone(), reading) else { continue };
+                let elapsed = reading.at.saturating_duration_since(last.at).as_secs_f64();
+                if elapsed <= 0.0 {
+                    continue;
+                }
+                let arrivals = reading.arrivals.saturating_sub(last.arrivals) as f64;
+                demand.services.insert(
+                    service.name.clone(),
+                    ServiceDemand {
+                        concurrency: reading.concurrency_since(&last),
+                        requests: arrivals * crate::autoscaler::TICK.as_secs_f64() / elapsed,
+                    },
+                );
+            }
+            demand
+        };
+        let Some((lease, _)) = self.state().lease else { return };
+        let value = serde_json::to_vec(&demand).expect("a demand encodes");
+        if let Err(error) = self.client.put(&self.key(&format!("demand/{}", self.config.node)), &value, lease).await {
+            tracing::debug!(%error, "cannot publish the node's demand");
+        }
+    }
+
+    /// Asks the leader's autoscaler for a replica of `service`, which has
+    /// none ready anywhere (`activate/<service>`, under the lease): however
+    /// many gateways ask, the leader takes the count from 0 to 1 once.
+    pub fn activate(&self, service: &str) {
+        if self.kv.get(&format!("activate/{service}")).ok().flatten().is_some()
+            || !self.state().activating.insert(service.to_owned())
+        {
+            return;
+        }
+        let Some(this) = self.me.upgrade() else { return };
+        let service = service.to_owned();
+        tokio::spawn(async move {
+            let lease = this.state().lease.map_or(0, |(id, _)| id);
+            let key = this.key(&format!("activate/{service}"));
+            if let Err(error) = this.client.put(&key, this.config.node.as_bytes(), lease).await {
+                tracing::warn!(%service, %error, "cannot ask the cluster's leader for a replica");
+            }
+            this.state().activating.remove(&service);
+        });
     }
 
     /// Gives the gateway the ready replicas other nodes publish (under
@@ -462,6 +569,9 @@ impl Cluster {
             state.fence = None;
             tracing::warn!(node = %self.config.node, fence, "lost the cluster's leadership");
         }
+        drop(state);
+        // A later leadership starts its autoscaler from the placement.
+        self.scaler.lock().unwrap_or_else(PoisonError::into_inner).take();
         Err(FenceError::Deposed(fence))
     }
 
@@ -567,16 +677,82 @@ impl Cluster {
         Ok(reserved)
     }
 
-    /// One pass of the leader: the next placement, written (fenced) where
-    /// it changed.
+    /// The leader's autoscaler: a sample from every ready node's demand,
+    /// summed, then a decision per autoscaled service; the activations
+    /// asked for. Returns the keys of the activations it took.
+    fn autoscale(&self, services: &[ServiceRecord], placement: &Placement) -> Result<Vec<String>, StoreError> {
+        let (Some(gateway), Some(events)) = (self.gateway.get(), self.events.get()) else { return Ok(Vec::new()) };
+        let scaler = self
+            .scaler
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| {
+                crate::scaling::Scaler::new(gateway.clone(), events.clone(), Arc::new(Notify::new()))
+            })
+            .clone();
+        scaler.sync_from(services, &|name| placement.get(name).map(|counts| counts.values().sum()));
+
+        let ready_nodes: Vec<String> =
+            self.kv.list("status/")?.entries.iter().map(|e| e.key["status/".len()..].to_owned()).collect();
+        let demand = self.kv.list("demand/")?.entries;
+        let now = std::time::Instant::now();
+        let mut fresh = true;
+        let mut samples: std::collections::HashMap<String, (crate::autoscaler::Sample, u32)> = Default::default();
+        {
+            let mut state = self.state();
+            for node in &ready_nodes {
+                let entry = demand.iter().find(|e| e.key["demand/".len()..] == *node);
+                let revision = entry.map_or(0, |e| e.mod_revision);
+                let seen = state.demand_seen.entry(node.clone()).or_insert((revision, now));
+                if seen.0 != revision {
+                    *seen = (revision, now);
+                }
+                if revision == 0 || now.duration_since(seen.1) > DEMAND_FRESHNESS {
+                    fresh = false;
+                }
+                let Some(node_demand) = entry.and_then(|e| serde_json::from_slice::<NodeDemand>(&e.value).ok()) else {
+                    continue;
+                };
+                for (service, d) in node_demand.services {
+                    let sample = &mut samples.entry(service).or_default().0;
+                    sample.concurrency += d.concurrency;
+                    sample.requests += d.requests;
+                }
+            }
+            state.demand_seen.retain(|node, _| ready_nodes.contains(node));
+        }
+        for replica in self.replicas()?.into_iter().filter(|r| r.ready) {
+            samples.entry(replica.service).or_default().1 += 1;
+        }
+        let mut taken = Vec::new();
+        for entry in self.kv.list("activate/")?.entries {
+            scaler.activate(&entry.key["activate/".len()..]);
+            taken.push(entry.key);
+        }
+        if fresh {
+            scaler.tick_from(&samples);
+        } else {
+            tracing::debug!("not every node's demand is recent: the autoscaler holds its counts");
+        }
+        Ok(taken)
+    }
+
+    /// One pass of the leader: the autoscaler's counts, then the next
+    /// placement, written (fenced) where it changed.
     async fn lead(&self, fence: i64) -> Result<(), FenceError> {
         let read = || -> Result<_, StoreError> {
             let services = self.services()?;
+            let placement = self.placement()?;
+            let activations = self.autoscale(&services, &placement)?;
+            let scaler = self.scaler.lock().unwrap_or_else(PoisonError::into_inner).clone();
             let demands: Vec<Demand> = services
                 .iter()
                 .map(|record| Demand {
                     service: record.service.name.clone(),
-                    replicas: record.service.spec.replicas,
+                    replicas: scaler
+                        .as_ref()
+                        .and_then(|s| s.desired(&record.service.name))
+                        .unwrap_or(record.service.spec.replicas),
                     memory: record.service.spec.resources.memory,
                 })
                 .collect();
@@ -599,9 +775,9 @@ impl Cluster {
                     capacity: record.capacity,
                 })
                 .collect();
-            Ok((demands, nodes, self.placement()?))
+            Ok((demands, nodes, placement, activations))
         };
-        let (demands, nodes, current) = match read() {
+        let (demands, nodes, current, activations) = match read() {
             Ok(read) => read,
             Err(error) => {
                 tracing::warn!(%error, "the leader cannot read the cluster's state");
@@ -628,6 +804,9 @@ impl Cluster {
         for service in current.keys().filter(|service| !next.placement.contains_key(*service)) {
             ops.push(Op::delete(self.key(&format!("placement/{service}"))));
         }
+        for key in activations {
+            ops.push(Op::delete(self.key(&key)));
+        }
         if ops.is_empty() {
             return Ok(());
         }
@@ -648,17 +827,22 @@ impl Cluster {
         let mut leading = tokio::time::interval(CAMPAIGN_PERIOD);
         leading.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pass = tokio::time::Instant::now() - LEADER_PERIOD;
+        let mut demand = tokio::time::interval(crate::autoscaler::TICK);
+        demand.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = renewal.tick() => {
                     self.renew().await;
                     self.publish().await;
                 }
+                _ = demand.tick() => self.publish_demand().await,
                 _ = leading.tick() => {
                     self.publish().await;
                     self.sync_routes();
+                    // An activation is taken at once, not at the next pass.
+                    let asked = self.kv.list("activate/").is_ok_and(|l| !l.entries.is_empty());
                     match self.campaign().await {
-                        Ok(Some(fence)) if last_pass.elapsed() >= LEADER_PERIOD => {
+                        Ok(Some(fence)) if asked || last_pass.elapsed() >= LEADER_PERIOD => {
                             last_pass = tokio::time::Instant::now();
                             if let Err(error) = self.lead(fence).await {
                                 tracing::warn!(%error, "the leader's pass failed");
@@ -667,9 +851,13 @@ impl Cluster {
                         Ok(_) => {}
                         Err(error) => tracing::debug!(%error, "cannot campaign for the leadership"),
                     }
-                    // Wake the reconciler when the desired state (the placement among it) changed.
-                    let revision = self.kv.list("placement/").map_or(0, |listing| listing.revision);
-                    if std::mem::replace(&mut self.state().seen, revision) != revision {
+                    // Wake the reconciler when the placement changed.
+                    let placed: Vec<(String, u64)> = self
+                        .kv
+                        .list("placement/")
+                        .map(|l| l.entries.into_iter().map(|e| (e.key, e.mod_revision)).collect())
+                        .unwrap_or_default();
+                    if std::mem::replace(&mut self.state().placed, placed.clone()) != placed {
                         self.changed.notify_one();
                     }
                 }
@@ -698,5 +886,9 @@ impl crate::reconciler::Share for Cluster {
 
     fn report(&self, replicas: Vec<ReplicaInfo>) {
         Cluster::report(self, replicas);
+    }
+
+    fn activate(&self, service: &str) {
+        Cluster::activate(self, service);
     }
 }
