@@ -308,3 +308,80 @@ fn requests_at_three_gateways_at_once_wake_a_service_at_zero_with_one_replica() 
     let workers: usize = shoals.iter().map(|s| s.worker_pids().len()).sum();
     assert_eq!(workers, 1);
 }
+
+#[test]
+fn without_an_etcd_quorum_gets_keep_working_writes_fail_naming_etcd_and_nothing_is_evicted() {
+    let Some(mut etcd) = EtcdCluster::start(3) else { return };
+    let dir = Scratch::new("quorum");
+    let shoals = start_nodes(&etcd, &dir, &manifest("kubia", HELLO_WASM, "replicas: 3"));
+    within(Duration::from_secs(30), "one replica per node", || {
+        let counts = ready_by_node(&shoals[0]);
+        (counts.len() == 3 && counts.values().all(|c| *c == 1)).then_some(())
+    });
+    let workers: BTreeSet<u32> = shoals.iter().flat_map(|s| s.worker_pids()).collect();
+    assert_eq!(workers.len(), 3);
+
+    // Two of three members stop: etcd has no quorum.
+    let urls: Vec<String> = shoals.iter().map(|s| s.url("/")).collect();
+    let load = Load::start(&urls, 1);
+    etcd.stop(0);
+    etcd.stop(1);
+    let (ok, out, err) = shoals[1].cli(&["scale", "service", "kubia", "--replicas", "4"]);
+    assert!(!ok, "a scale without quorum succeeded: {out}");
+    assert!(err.contains("etcd"), "the error names etcd: {err}");
+    eprintln!("scale without quorum: {}", err.trim());
+    // Longer than two lease TTLs without etcd.
+    std::thread::sleep(Duration::from_secs(7));
+    let (answered, failed) = load.finish();
+    assert!(failed.is_empty(), "{} GETs failed: {:?}", failed.len(), &failed[..failed.len().min(10)]);
+    assert!(answered > 100, "only {answered} GETs");
+    eprintln!("{answered} GETs answered 200 without an etcd quorum");
+
+    // etcd comes back: nothing was evicted, and writes work again.
+    etcd.restart(0);
+    etcd.restart(1);
+    within(Duration::from_secs(30), "a scale once etcd is back", || {
+        shoals[1].cli(&["scale", "service", "kubia", "--replicas", "4"]).0.then_some(())
+    });
+    within(Duration::from_secs(30), "four ready replicas", || {
+        (ready_by_node(&shoals[0]).values().sum::<usize>() == 4).then_some(())
+    });
+    let now: BTreeSet<u32> = shoals.iter().flat_map(|s| s.worker_pids()).collect();
+    assert!(workers.is_subset(&now), "replicas were replaced: before {workers:?}, after {now:?}");
+    assert_eq!(now.len(), 4, "{now:?}");
+}
+
+#[test]
+fn a_rolling_update_across_three_nodes_under_load_answers_every_request() {
+    let Some(etcd) = EtcdCluster::start(3) else { return };
+    let dir = Scratch::new("cluster-rollout");
+    let shoals = start_nodes(&etcd, &dir, &manifest("faulty", FAULTY_WASM, "replicas: 6\nenv:\n  VARIANT: v1"));
+    within(Duration::from_secs(30), "replicas spread 2/2/2", || {
+        let counts = ready_by_node(&shoals[0]);
+        (counts.len() == 3 && counts.values().all(|c| *c == 2)).then_some(())
+    });
+    let old: BTreeSet<u32> = shoals.iter().flat_map(|s| s.worker_pids()).collect();
+    let urls: Vec<String> = shoals.iter().map(|s| s.url("/")).collect();
+    let load = Load::start(&urls, 2);
+    std::thread::sleep(Duration::from_secs(1));
+    let file = dir.write("kubia.yaml", manifest("faulty", FAULTY_WASM, "replicas: 6\nenv:\n  VARIANT: v2"));
+    let (ok, out, err) = shoals[2].cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    within(Duration::from_secs(60), "six new replicas and no old one", || {
+        let replicas = shoals[0].replicas();
+        let ready = replicas.iter().filter(|r| r["ready"] == true).count();
+        let now: BTreeSet<u32> = shoals.iter().flat_map(|s| s.worker_pids()).collect();
+        (ready == 6 && now.len() == 6 && now.is_disjoint(&old)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (answered, failed) = load.finish();
+    assert!(failed.is_empty(), "{} requests failed: {:?}", failed.len(), &failed[..failed.len().min(10)]);
+    eprintln!("{answered} GETs answered 200 during the rolling update");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for shoal in &shoals {
+        for _ in 0..10 {
+            let (status, body) = runtime.block_on(get(&shoal.url("/env?name=VARIANT"), None));
+            assert_eq!((status, body.as_str()), (200, "v2"));
+        }
+    }
+}
