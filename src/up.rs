@@ -128,11 +128,29 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 
 /// The prefix of Shoal's keys in etcd.
 const ETCD_PREFIX: &str = "/shoal/";
+/// How long `shoal up --etcd` waits for etcd to answer at start.
+const ETCD_WAIT: Duration = Duration::from_secs(60);
 
 /// Connects to etcd and loads the store's mirror of it.
 fn connect_etcd(endpoints: &str) -> anyhow::Result<(shoal_etcd::Client, Arc<EtcdKv>)> {
     let client = shoal_etcd::Client::new(endpoints).map_err(|e| anyhow!("--etcd: {e}"))?;
-    let kv = EtcdKv::connect(client.clone(), ETCD_PREFIX).map_err(|e| anyhow!("cannot join the cluster: {e}"))?;
+    // etcd may start after this node (a machine's boot, a whole cluster
+    // started at once): wait for it a while, saying so.
+    let started = Instant::now();
+    let mut said = None;
+    let kv = loop {
+        match EtcdKv::connect(client.clone(), ETCD_PREFIX) {
+            Ok(kv) => break kv,
+            Err(error @ StoreError::Unavailable { .. }) if started.elapsed() < ETCD_WAIT => {
+                if said.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(5)) {
+                    eprintln!("shoal: waiting for etcd ({} s at most): {error}", ETCD_WAIT.as_secs());
+                    said = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(error) => bail!("cannot join the cluster: {error}"),
+        }
+    };
     Ok((client, Arc::new(kv)))
 }
 
@@ -451,10 +469,21 @@ async fn serve(
     // node's share of the placement.
     let cluster = match etcd {
         Some((client, kv)) => {
+            let advertise = match &args.advertise {
+                Some(address) => address.clone(),
+                None if admin_address.ip().is_unspecified() => {
+                    cleanup(&agent);
+                    bail!(
+                        "--advertise is needed: the admin API listens on {admin_address}, which is not an address \
+                         other nodes can reach this one at (give --advertise HOST:PORT)"
+                    );
+                }
+                None => admin_address.to_string(),
+            };
             let config = ClusterConfig {
                 prefix: ETCD_PREFIX.to_owned(),
                 node: node.clone(),
-                advertise: args.advertise.clone().unwrap_or_else(|| admin_address.to_string()),
+                advertise,
                 gateway: gateway_address.to_string(),
                 admin: admin_address.to_string(),
                 lease_ttl: args.node_lease_ttl,

@@ -5,7 +5,7 @@ use shoal_api::objects::{Event, ModuleInfo, NodeView, ReplicaInfo, ReplicaUsage,
 use shoal_api::{Route, format_bytes};
 
 use super::ServiceView;
-use super::table::{NONE, Table, age, cpu, duration, human_size, latency, mebibytes, millicores, short_digest};
+use super::table::{NONE, Table, age, cpu, duration, human_size, latency, mebibytes, memory, millicores, short_digest};
 
 /// `NAME READY UP-TO-DATE AVAILABLE DESIRED REVISION AGE`; wide adds
 /// `ROUTES MODULE MEMORY CPU TIMEOUT ROLLOUT`; both end with `AUTOSCALE`.
@@ -168,8 +168,8 @@ pub fn nodes(nodes: &[NodeView], wide: bool, now: u64) -> Table {
             if node.leader { "leader" } else { NONE }.to_owned(),
             node.address.clone(),
             node.replicas.to_string(),
-            format_bytes(node.capacity),
-            format_bytes(node.reserved),
+            memory(node.capacity),
+            memory(node.reserved),
             node.lease_granted_unix.map_or_else(|| NONE.to_owned(), |granted| age(now, granted)),
             age(now, node.registered_unix),
         ];

@@ -122,6 +122,23 @@ pub fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Memory as manifests write it, rounded where the exact figure is long:
+/// `128Mi`, `0`, `23.5Gi` (a machine's 24,683,656 KiB).
+pub fn memory(bytes: u64) -> String {
+    let exact = shoal_api::format_bytes(bytes);
+    if exact.len() <= 6 {
+        return exact;
+    }
+    const UNITS: [&str; 5] = ["Ki", "Mi", "Gi", "Ti", "Pi"];
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
+
 /// A CPU limit as written in manifests: `500m`, `2`, or `-` for unlimited.
 pub fn cpu(millis: Option<u32>) -> String {
     match millis {
@@ -183,6 +200,14 @@ mod tests {
         table.push(vec!["kubia".into(), "3/3".into(), "5m".into()]);
         table.push(vec!["a-much-longer-name".into(), "10/10".into(), "4h20m".into()]);
         table
+    }
+
+    #[test]
+    fn memory_is_exact_when_short_and_rounded_when_long() {
+        assert_eq!(memory(128 << 20), "128Mi");
+        assert_eq!(memory(0), "0");
+        assert_eq!(memory(24_683_656 * 1024), "23.5Gi");
+        assert_eq!(memory(1_000_000_007), "953.7Mi");
     }
 
     #[test]
