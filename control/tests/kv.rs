@@ -328,3 +328,43 @@ fn etcd_unavailable_fails_writes_clearly_and_reads_go_on() {
     assert!(entry.mod_revision < after);
     kv.put("services/kubia", b"last", Expect::Revision(entry.mod_revision)).unwrap();
 }
+
+#[test]
+fn a_mirror_that_fell_behind_a_compaction_lists_again() {
+    let Some(mut cluster) = EtcdCluster::start(3) else { return };
+    // The mirror talks to member 0 only; the writer to the others.
+    let client = shoal_etcd::Client::new(&cluster.endpoint(0)).unwrap().with_timeout(Duration::from_secs(2));
+    let mirror = EtcdKv::connect(client, "/shoal/").unwrap();
+    let writer_endpoints = format!("{},{}", cluster.endpoint(1), cluster.endpoint(2));
+    let writer = shoal_etcd::Client::new(&writer_endpoints).unwrap();
+    let writer = EtcdKv::connect(writer, "/shoal/").unwrap();
+    writer.put("services/kept", b"1", Expect::Any).unwrap();
+    writer.put("services/gone", b"1", Expect::Any).unwrap();
+    let seen = |kv: &EtcdKv, key: &str, value: Option<&[u8]>| {
+        let started = std::time::Instant::now();
+        loop {
+            let now = kv.get(key).unwrap().map(|e| e.value);
+            if now.as_deref() == value {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "{key}: {now:?}, not {value:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    seen(&mirror, "services/gone", Some(b"1"));
+
+    // While the mirror's member is down, keys change and etcd compacts
+    // past every revision the mirror saw.
+    cluster.stop(0);
+    writer.put("services/kept", b"2", Expect::Any).unwrap();
+    writer.delete("services/gone", Expect::Any).unwrap();
+    let last = writer.put("services/new", b"3", Expect::Any).unwrap();
+    writer.compact(last).unwrap();
+    cluster.restart(0);
+
+    // The mirror's watch cannot resume: it lists again, and ends right.
+    seen(&mirror, "services/kept", Some(b"2"));
+    seen(&mirror, "services/gone", None);
+    seen(&mirror, "services/new", Some(b"3"));
+    assert!(mirror.list("services/").unwrap().revision >= last);
+}
