@@ -307,6 +307,14 @@ fn requests_at_three_gateways_at_once_wake_a_service_at_zero_with_one_replica() 
     assert_eq!(started(&shoals) - before, 1, "{}", shoals.iter().map(Shoal::dump).collect::<String>());
     let workers: usize = shoals.iter().map(|s| s.worker_pids().len()).sum();
     assert_eq!(workers, 1);
+    // Every node's API shows the leader's autoscaler decision.
+    for shoal in &shoals {
+        let (ok, out, err) = shoal.cli(&["get", "services", "-o", "json"]);
+        assert!(ok, "{err}");
+        let services: Vec<Value> = serde_json::from_str(&out).unwrap();
+        let status = &services[0]["status"];
+        assert_eq!((status["desired"].as_u64(), status["scale"]["desired"].as_u64()), (Some(1), Some(1)), "{out}");
+    }
 }
 
 #[test]

@@ -437,66 +437,26 @@ impl Gateway {
                 (None, None) => break,
             };
             let mut in_flight = endpoint.track();
-            let link = match &endpoint.target {
-                Target::Local(link) => link,
-                Target::Remote(peer) => {
-                    let outcome = self.send_to_peer(peer, &backend.name, &head, body, deadline).await;
-                    match outcome {
-                        Attempt::Remote(response) => {
-                            let (mut head, body) = response.into_parts();
-                            in_flight.answered(head.status.as_u16());
-                            strip_hop_by_hop(&mut head.headers);
-                            return Response::from_parts(head, Body::Peer(body, Some(in_flight), None));
-                        }
-                        Attempt::TimedOut => {
-                            in_flight.answered(StatusCode::GATEWAY_TIMEOUT.as_u16());
-                            tracing::warn!(service = %backend.name, replica = %endpoint.name, node = %peer.node, ?timeout, "deadline exceeded");
-                            return gateway_timeout();
-                        }
-                        Attempt::Failed { connected, reason } => {
-                            in_flight.answered(StatusCode::BAD_GATEWAY.as_u16());
-                            drop(in_flight);
-                            match self.next_try(
-                                backend,
-                                &mut tried,
-                                &endpoint,
-                                &parts.method,
-                                replay.is_some(),
-                                connected,
-                                &reason,
-                                &exceeded,
-                                &broken,
-                                max_body,
-                            ) {
-                                Ok(next) => {
-                                    endpoint = next;
-                                    continue;
-                                }
-                                Err(response) => return *response,
-                            }
-                        }
-                        Attempt::Answered(_) => unreachable!("a peer answers with a Remote attempt"),
-                    }
-                }
-            };
-            let outcome = if endpoint.is_failed() || link.is_down() {
+            let outcome = match &endpoint.target {
+                Target::Remote(peer) => self.send_to_peer(peer, &backend.name, &head, body, deadline).await,
                 // Failed after it was picked: nothing was sent to it.
-                Attempt::Failed { connected: false, reason: "the replica stopped answering".to_owned() }
-            } else {
-                tokio::select! {
-                result = tokio::time::timeout_at(deadline, link.request(&head, body)) => match result {
-                    Ok(Ok(response)) => Attempt::Answered(response),
-                    Ok(Err(LinkError::NotTaken(reason))) => Attempt::Failed { connected: false, reason },
-                    Ok(Err(LinkError::Failed(reason))) => Attempt::Failed { connected: true, reason },
-                    Err(_) => Attempt::TimedOut,
-                },
-                // Its probes failed: it is stuck (stopped, overloaded);
-                // the request may or may not have reached the guest.
-                () = endpoint.failed() => Attempt::Failed {
-                    connected: true,
-                    reason: "the replica stopped answering its readiness probes".to_owned(),
-                },
+                Target::Local(link) if endpoint.is_failed() || link.is_down() => {
+                    Attempt::Failed { connected: false, reason: "the replica stopped answering".to_owned() }
                 }
+                Target::Local(link) => tokio::select! {
+                    result = tokio::time::timeout_at(deadline, link.request(&head, body)) => match result {
+                        Ok(Ok(response)) => Attempt::Answered(response),
+                        Ok(Err(LinkError::NotTaken(reason))) => Attempt::Failed { connected: false, reason },
+                        Ok(Err(LinkError::Failed(reason))) => Attempt::Failed { connected: true, reason },
+                        Err(_) => Attempt::TimedOut,
+                    },
+                    // Its probes failed: it is stuck (stopped, overloaded);
+                    // the request may or may not have reached the guest.
+                    () = endpoint.failed() => Attempt::Failed {
+                        connected: true,
+                        reason: "the replica stopped answering its readiness probes".to_owned(),
+                    },
+                },
             };
             match outcome {
                 Attempt::Answered(response) => {
@@ -504,6 +464,12 @@ impl Gateway {
                     in_flight.answered(head.status.as_u16());
                     strip_hop_by_hop(&mut head.headers);
                     return Response::from_parts(head, Body::Upstream(body, Some(in_flight), None));
+                }
+                Attempt::Remote(response) => {
+                    let (mut head, body) = response.into_parts();
+                    in_flight.answered(head.status.as_u16());
+                    strip_hop_by_hop(&mut head.headers);
+                    return Response::from_parts(head, Body::Peer(body, Some(in_flight), None));
                 }
                 Attempt::Failed { connected, reason } => {
                     in_flight.answered(StatusCode::BAD_GATEWAY.as_u16());
@@ -526,10 +492,10 @@ impl Gateway {
                 }
                 Attempt::TimedOut => {
                     in_flight.answered(StatusCode::GATEWAY_TIMEOUT.as_u16());
-                    tracing::warn!(service = %backend.name, replica = %endpoint.name, ?timeout, "deadline exceeded");
+                    let node = endpoint.peer().map(|peer| peer.node.as_str());
+                    tracing::warn!(service = %backend.name, replica = %endpoint.name, ?node, ?timeout, "deadline exceeded");
                     return gateway_timeout();
                 }
-                Attempt::Remote(_) => unreachable!("a local replica answers with an Answered attempt"),
             }
         }
         bad_gateway()

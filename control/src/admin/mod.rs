@@ -368,7 +368,13 @@ fn view(state: &AdminState, record: ServiceRecord) -> ServiceView {
             let mine: Vec<&ReplicaInfo> = replicas.iter().filter(|r| r.service == record.service.name).collect();
             let ready = mine.iter().filter(|r| r.ready).count() as u32;
             let updated = mine.iter().filter(|r| r.revision == revision).count() as u32;
-            let desired = record.service.spec.replicas;
+            // The leader's autoscaler decides an autoscaled service's count.
+            let scale = match (&record.service.spec.autoscale, &state.cluster) {
+                (Some(_), Some(cluster)) => cluster.scale_status(&record.service.name),
+                _ => None,
+            };
+            let desired = scale.as_ref().map_or(record.service.spec.replicas, |s| s.desired);
+            let status = ServiceStatus { scale: scale.or(status.scale), ..status };
             let rollout = if ready == desired && updated == desired && mine.len() as u32 == desired {
                 RolloutPhase::Complete
             } else if status.rollout == RolloutPhase::Halted {

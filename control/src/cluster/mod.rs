@@ -10,6 +10,8 @@
 //! | `status/<name>` | the node, under its lease | [`NodeStatus`]: its lease, when granted, the replicas it runs |
 //! | `leader` | the leader, under its lease | the leader's name |
 //! | `placement/<service>` | the leader, fenced | the service's replica count per node |
+//! | `scale/<service>` | the leader, fenced | its autoscaler's decision for the service ([`ScaleStatus`]) |
+//! | `demand/<name>`, `activate/<service>` | a node, under its lease | its gateway's demand; a request waiting for a service at zero |
 //! | `cluster/token` | the first node | the admin API's token, the same on every node |
 //!
 //! **Membership by leases.** A node holds an etcd lease (`--node-lease-ttl`,
@@ -39,7 +41,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shoal_api::objects::{NodeView, ReplicaInfo, ServiceRecord, now_unix};
+use shoal_api::objects::{NodeView, ReplicaInfo, ScaleStatus, ServiceRecord, now_unix};
 use shoal_etcd::{Client, Compare, CompareResult, EtcdError, Op, Txn};
 use tokio::sync::{Notify, watch};
 
@@ -807,12 +809,52 @@ impl Cluster {
         for key in activations {
             ops.push(Op::delete(self.key(&key)));
         }
+        let placed = ops.len();
+        ops.extend(self.scale_ops());
         if ops.is_empty() {
             return Ok(());
         }
         self.fenced(fence, ops).await?;
-        tracing::info!(placement = ?next.placement, "placed replicas");
+        if placed > 0 {
+            tracing::info!(placement = ?next.placement, "placed replicas");
+        }
         Ok(())
+    }
+
+    /// The writes that publish the leader's autoscaler decisions
+    /// (`scale/<service>`) where they changed, so that every node's API
+    /// shows them.
+    fn scale_ops(&self) -> Vec<Op> {
+        let scaler = self.scaler.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let published = self.kv.list("scale/").map(|l| l.entries).unwrap_or_default();
+        let mut ops = Vec::new();
+        let mut kept = Vec::new();
+        for record in self.services().unwrap_or_default() {
+            let Some(status) = scaler.as_ref().and_then(|s| s.status(&record.service.name)) else { continue };
+            let key = format!("scale/{}", record.service.name);
+            kept.push(key.clone());
+            let old = published
+                .iter()
+                .find(|e| e.key == key)
+                .and_then(|e| serde_json::from_slice::<ScaleStatus>(&e.value).ok());
+            let same = old.is_some_and(|old| {
+                (old.desired, old.panic, old.changed_unix) == (status.desired, status.panic, status.changed_unix)
+            });
+            if !same {
+                ops.push(Op::put(self.key(&key), serde_json::to_vec(&status).expect("a scale status encodes"), 0));
+            }
+        }
+        for entry in published.iter().filter(|e| !kept.contains(&e.key)) {
+            ops.push(Op::delete(self.key(&entry.key)));
+        }
+        ops
+    }
+
+    /// The cluster's autoscaler decision for `service`, as the leader last
+    /// published it.
+    pub fn scale_status(&self, service: &str) -> Option<ScaleStatus> {
+        let entry = self.kv.get(&format!("scale/{service}")).ok().flatten()?;
+        serde_json::from_slice(&entry.value).ok()
     }
 
     /// Runs the node's membership and, while it leads, the scheduler,

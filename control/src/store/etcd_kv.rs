@@ -290,13 +290,7 @@ impl Kv for EtcdKv {
 
     fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
         let state = self.mirror.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let entries = state
-            .entries
-            .range(prefix.to_owned()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(_, entry)| entry.clone())
-            .collect();
-        Ok(Listing { entries, revision: state.revision })
+        Ok(super::kv::listing(&state.entries, prefix, state.revision))
     }
 
     fn watch(&self, prefix: &str, from: u64) -> Result<Watch, StoreError> {

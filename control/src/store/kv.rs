@@ -246,3 +246,13 @@ pub trait Kv: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// The entries of `entries` under `prefix`, sorted, as of `revision`.
+pub(crate) fn listing(entries: &std::collections::BTreeMap<String, Entry>, prefix: &str, revision: u64) -> Listing {
+    let entries = entries
+        .range(prefix.to_owned()..)
+        .take_while(|(key, _)| key.starts_with(prefix))
+        .map(|(_, entry)| entry.clone())
+        .collect();
+    Listing { entries, revision }
+}

@@ -90,6 +90,17 @@ impl LocalKv {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The entry at `key` and the next revision, if `expect` holds of it.
+    /// The caller holds the writer lock.
+    fn checked(&self, key: &str, expect: Expect) -> Result<(Option<Entry>, u64), StoreError> {
+        let state = self.state();
+        let current = state.entries.get(key).cloned();
+        if !expect.holds(current.as_ref()) {
+            return Err(conflict(key, expect, current.as_ref()));
+        }
+        Ok((current, state.revision + 1))
+    }
+
     /// Commits `event` (the next revision), then applies it to memory and
     /// tells the watchers. The caller holds the writer lock.
     fn write(&self, event: Event) -> Result<u64, StoreError> {
@@ -136,13 +147,7 @@ impl Kv for LocalKv {
 
     fn put(&self, key: &str, value: &[u8], expect: Expect) -> Result<u64, StoreError> {
         let _writer = self.lock_writer();
-        let (current, revision) = {
-            let state = self.state();
-            (state.entries.get(key).cloned(), state.revision + 1)
-        };
-        if !expect.holds(current.as_ref()) {
-            return Err(conflict(key, expect, current.as_ref()));
-        }
+        let (current, revision) = self.checked(key, expect)?;
         let entry = Entry {
             key: key.to_owned(),
             value: value.to_vec(),
@@ -154,13 +159,7 @@ impl Kv for LocalKv {
 
     fn delete(&self, key: &str, expect: Expect) -> Result<Option<u64>, StoreError> {
         let _writer = self.lock_writer();
-        let (current, revision) = {
-            let state = self.state();
-            (state.entries.get(key).cloned(), state.revision + 1)
-        };
-        if !expect.holds(current.as_ref()) {
-            return Err(conflict(key, expect, current.as_ref()));
-        }
+        let (current, revision) = self.checked(key, expect)?;
         if current.is_none() {
             return Ok(None);
         }
@@ -169,13 +168,7 @@ impl Kv for LocalKv {
 
     fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
         let state = self.state();
-        let entries = state
-            .entries
-            .range(prefix.to_owned()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(_, entry)| entry.clone())
-            .collect();
-        Ok(Listing { entries, revision: state.revision })
+        Ok(super::kv::listing(&state.entries, prefix, state.revision))
     }
 
     fn watch(&self, prefix: &str, from: u64) -> Result<Watch, StoreError> {
