@@ -497,7 +497,7 @@ async fn serve(
             }
             controller.join(cluster.clone());
             gateway.join_cluster(&token);
-            cluster.attach(gateway.clone(), events.clone());
+            cluster.attach(gateway.clone(), events.clone(), store.clone());
             println!("shoal: node {node} joined the cluster at {}", args.etcd.as_deref().unwrap_or_default());
             Some(cluster)
         }

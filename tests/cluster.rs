@@ -169,6 +169,15 @@ fn three_nodes_bootstrap_spread_replicas_and_replace_a_lost_node() {
     assert!(ok, "{err}");
     assert!(text.contains("Status:") && text.contains("Ready") && text.contains("Replicas:      2"), "{text}");
 
+    // A module pushed to one node is on every node within seconds, so it
+    // outlives the node it was pushed to.
+    let (ok, out, err) = shoals[1].cli(&["push", FAULTY_WASM]);
+    assert!(ok, "{err}");
+    let digest = out.split("sha256:").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    within(Duration::from_secs(15), "the pushed module on every node", || {
+        shoals.iter().all(|s| s.data.0.join(format!("modules/{digest}.wasm")).is_file()).then_some(())
+    });
+
     // Every gateway reaches the replicas of all three nodes (its own
     // preferred, the others' through their nodes).
     let all: BTreeSet<String> = ["n0", "n1", "n2"].map(str::to_owned).into();

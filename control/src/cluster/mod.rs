@@ -145,6 +145,8 @@ pub struct Cluster {
     /// The node's event log (the leader's autoscaler records its
     /// decisions there).
     events: std::sync::OnceLock<Arc<crate::events::EventLog>>,
+    /// The node's store, for fetching modules ahead of their use.
+    store: std::sync::OnceLock<Arc<dyn crate::store::Store>>,
     /// This cluster itself, for the tasks it spawns.
     me: std::sync::Weak<Cluster>,
     /// The leader's autoscaler, while this node leads.
@@ -180,6 +182,10 @@ struct State {
     demand_seen: std::collections::HashMap<String, (u64, std::time::Instant)>,
     /// Services this node asked the leader to activate, not yet seen.
     activating: std::collections::HashSet<String>,
+    /// Whether modules are being fetched ahead of their use.
+    prefetching: bool,
+    /// Modules no node could send, not to be reported again.
+    unfetched: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -204,6 +210,7 @@ impl Cluster {
             changed,
             gateway: Default::default(),
             events: Default::default(),
+            store: Default::default(),
             scaler: Mutex::default(),
             http,
         })
@@ -302,10 +309,51 @@ impl Cluster {
     /// Keeps `gateway` told of the ready replicas on other nodes, so that
     /// it routes to them; publishes its demand for the leader's
     /// autoscaler, whose decisions go to `events` while this node leads.
-    pub fn attach(&self, gateway: Arc<shoal_gateway::Gateway>, events: Arc<crate::events::EventLog>) {
+    /// Modules are fetched into `store` as soon as they are pushed to any
+    /// node.
+    pub fn attach(
+        &self,
+        gateway: Arc<shoal_gateway::Gateway>,
+        events: Arc<crate::events::EventLog>,
+        store: Arc<dyn crate::store::Store>,
+    ) {
         let _ = self.gateway.set(gateway);
         let _ = self.events.set(events);
+        let _ = self.store.set(store);
         self.sync_routes();
+    }
+
+    /// Fetches, in the background and one at a time, every stored module
+    /// whose file this node lacks: a module pushed to one node is on every
+    /// node within seconds, so it outlives the node it was pushed to.
+    fn prefetch_modules(&self) {
+        let Some(store) = self.store.get().cloned() else { return };
+        let Ok(listing) = self.kv.list(crate::store::MODULES) else { return };
+        let missing: Vec<String> = listing
+            .entries
+            .iter()
+            .map(|entry| entry.key[crate::store::MODULES.len()..].to_owned())
+            .filter(|digest| !store.has_module_file(digest))
+            .collect();
+        if missing.is_empty() || std::mem::replace(&mut self.state().prefetching, true) {
+            return;
+        }
+        let Some(this) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            for digest in missing {
+                match this.fetch_module(&digest, store.clone()).await {
+                    Ok(()) => {
+                        this.state().unfetched.remove(&digest);
+                    }
+                    Err(problem) => {
+                        if this.state().unfetched.insert(digest.clone()) {
+                            tracing::warn!(module = %digest, %problem, "cannot fetch a module pushed to another node");
+                        }
+                    }
+                }
+            }
+            this.state().prefetching = false;
+        });
     }
 
     /// Publishes what this node's gateway saw of each autoscaled service
@@ -877,7 +925,10 @@ impl Cluster {
                     self.renew().await;
                     self.publish().await;
                 }
-                _ = demand.tick() => self.publish_demand().await,
+                _ = demand.tick() => {
+                    self.publish_demand().await;
+                    self.prefetch_modules();
+                }
                 _ = leading.tick() => {
                     self.publish().await;
                     self.sync_routes();

@@ -195,6 +195,10 @@ impl Store for KvStore {
         self.blobs.verify(digest)
     }
 
+    fn has_module_file(&self, digest: &str) -> bool {
+        check_digest(digest).is_ok() && self.blobs.path(digest).is_file()
+    }
+
     fn module_info(&self, digest: &str) -> Result<Option<ModuleInfo>, StoreError> {
         check_digest(digest)?;
         self.kv.get(&format!("{MODULES}{digest}"))?.map(|entry| self.decode_info(&entry)).transpose()

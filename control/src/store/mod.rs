@@ -131,6 +131,13 @@ pub trait Store: Send + Sync + 'static {
     /// its size).
     fn module_file(&self, digest: &str) -> Result<Option<PathBuf>, StoreError>;
 
+    /// Whether this store holds the file of module `digest` (without
+    /// checking its content). In a cluster a module's record may be stored
+    /// where its file is not yet: it was pushed to another node.
+    fn has_module_file(&self, digest: &str) -> bool {
+        matches!(self.module_file(digest), Ok(Some(_)))
+    }
+
     /// The info of module `digest`, if stored.
     fn module_info(&self, digest: &str) -> Result<Option<ModuleInfo>, StoreError>;
 
