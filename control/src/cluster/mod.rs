@@ -95,6 +95,13 @@ pub struct NodeStatus {
     pub replicas: Vec<ReplicaInfo>,
 }
 
+/// How often the leader compacts etcd's history, and how many revisions
+/// it keeps: every node writes its demand each second, so without
+/// compaction etcd's keyspace would grow without bound (the Kubernetes API
+/// server compacts every 5 minutes too).
+pub const COMPACTION_PERIOD: Duration = Duration::from_secs(300);
+pub const KEEP_REVISIONS: u64 = 10_000;
+
 /// How long fetching a module from another node may take.
 pub const MODULE_FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -898,6 +905,17 @@ impl Cluster {
         ops
     }
 
+    /// Compacts etcd's history to the last [`KEEP_REVISIONS`] revisions.
+    /// A mirror whose watch is further behind lists again.
+    async fn compact(&self) {
+        let Ok(listing) = self.kv.list("leader") else { return };
+        let Some(revision) = listing.revision.checked_sub(KEEP_REVISIONS).filter(|r| *r > 0) else { return };
+        match self.client.compact(revision as i64).await {
+            Ok(()) => tracing::debug!(revision, "compacted etcd's history"),
+            Err(error) => tracing::debug!(%error, "cannot compact etcd's history"),
+        }
+    }
+
     /// The cluster's autoscaler decision for `service`, as the leader last
     /// published it.
     pub fn scale_status(&self, service: &str) -> Option<ScaleStatus> {
@@ -917,6 +935,7 @@ impl Cluster {
         let mut leading = tokio::time::interval(CAMPAIGN_PERIOD);
         leading.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pass = tokio::time::Instant::now() - LEADER_PERIOD;
+        let mut last_compaction = tokio::time::Instant::now();
         let mut demand = tokio::time::interval(crate::autoscaler::TICK);
         demand.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -939,6 +958,10 @@ impl Cluster {
                             last_pass = tokio::time::Instant::now();
                             if let Err(error) = self.lead(fence).await {
                                 tracing::warn!(%error, "the leader's pass failed");
+                            }
+                            if last_compaction.elapsed() >= COMPACTION_PERIOD {
+                                last_compaction = tokio::time::Instant::now();
+                                self.compact().await;
                             }
                         }
                         Ok(_) => {}
