@@ -187,6 +187,26 @@ fn three_nodes_bootstrap_spread_replicas_and_replace_a_lost_node() {
         });
     }
 
+    // Any node's API answers for every node: usage and output of all six.
+    let owners: BTreeMap<String, String> = shoals[0]
+        .replicas()
+        .into_iter()
+        .map(|r| (r["name"].as_str().unwrap().to_owned(), r["node"].as_str().unwrap().to_owned()))
+        .collect();
+    let (ok, out, err) = shoals[0].cli(&["top", "-o", "json"]);
+    assert!(ok, "{err}");
+    let usage: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let named: BTreeSet<&str> = usage.iter().map(|u| u["name"].as_str().unwrap()).collect();
+    assert_eq!(named, owners.keys().map(String::as_str).collect(), "{out}");
+    let (ok, out, err) = shoals[0].cli(&["logs", "kubia", "--tail", "1000"]);
+    assert!(ok, "{err}");
+    let logged: BTreeSet<String> = out
+        .lines()
+        .filter(|l| l.contains("Received request"))
+        .filter_map(|l| owners.iter().find(|(name, _)| l.contains(name.as_str())).map(|(_, node)| node.clone()))
+        .collect();
+    assert_eq!(logged, all, "{out}");
+
     // SIGKILL a node that does not lead: its workers die with it; its two
     // replicas run on the survivors within the TTL and a few seconds.
     let leader = leaders(&nodes(&shoals[0]))[0].clone();

@@ -42,6 +42,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use shoal_api::objects::{Event, ReplicaInfo, ReplicaUsage, RolloutPhase, ServiceRecord, ServiceStatus};
 
@@ -522,6 +523,43 @@ async fn scale_service(
 #[derive(Deserialize)]
 struct ReplicaQuery {
     service: Option<String>,
+    /// Only this node's (a peer asking, in a cluster).
+    #[serde(default)]
+    local: bool,
+}
+
+/// Every other node's answer to `GET path_and_query`, decoded as a list
+/// (in a cluster; nothing otherwise). A node that does not answer is
+/// left out, with a warning in the log.
+async fn from_peers<T: serde::de::DeserializeOwned>(state: &AdminState, path_and_query: &str) -> Vec<T> {
+    let Some(cluster) = &state.cluster else { return Vec::new() };
+    let mut all = Vec::new();
+    for (node, answer) in cluster.ask_peers(path_and_query).await {
+        let decoded = match answer {
+            Ok(response) => match http_body_util::BodyExt::collect(response.into_body()).await {
+                Ok(body) => serde_json::from_slice::<Vec<T>>(&body.to_bytes()).map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            },
+            Err(error) => Err(error),
+        };
+        match decoded {
+            Ok(items) => all.extend(items),
+            Err(error) => tracing::warn!(%node, path = path_and_query, %error, "a node did not answer"),
+        }
+    }
+    all
+}
+
+/// `key=value` for a query string, the value percent-encoded.
+fn query_pair(key: &str, value: &str) -> String {
+    let encoded: String = value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("{key}={encoded}")
 }
 
 async fn list_replicas(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> ApiResult<Vec<ReplicaInfo>> {
@@ -568,7 +606,13 @@ async fn top(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> 
     {
         return Err(not_found("service", service));
     }
-    Ok(Json(state.controller.top(q.service.as_deref())))
+    let mut usage = state.controller.top(q.service.as_deref());
+    if !q.local {
+        let service = q.service.as_deref().map(|s| format!("&{}", query_pair("service", s))).unwrap_or_default();
+        usage.extend(from_peers::<ReplicaUsage>(&state, &format!("/v1/top?local=true{service}")).await);
+        usage.sort_by(|a, b| (&a.service, &a.name).cmp(&(&b.service, &b.name)));
+    }
+    Ok(Json(usage))
 }
 
 async fn calls(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> ApiResult<Vec<shoal_api::CallUsage>> {
@@ -592,6 +636,9 @@ struct EventQuery {
     /// Seconds to wait for a new event.
     wait: Option<u64>,
     object: Option<String>,
+    /// Only this node's (a peer asking, in a cluster).
+    #[serde(default)]
+    local: bool,
 }
 
 async fn list_events(State(state): State<AdminState>, Query(q): Query<EventQuery>) -> ApiResult<Vec<Event>> {
@@ -603,6 +650,17 @@ async fn list_events(State(state): State<AdminState>, Query(q): Query<EventQuery
         }
         None => state.events.since(since, q.object.as_deref()),
     };
+    // Every node's events, in time order, for a list from the start (a
+    // watch's sequence numbers are this node's own).
+    let events = if q.local || q.wait.is_some() || since != 0 || state.cluster.is_none() {
+        events
+    } else {
+        let object = q.object.as_deref().map(|o| format!("&{}", query_pair("object", o))).unwrap_or_default();
+        let mut all = events;
+        all.extend(from_peers::<Event>(&state, &format!("/v1/events?local=true{object}")).await);
+        all.sort_by_key(|e| e.time_unix);
+        all
+    };
     Ok(Json(events))
 }
 
@@ -610,6 +668,9 @@ async fn list_events(State(state): State<AdminState>, Query(q): Query<EventQuery
 struct LogQuery {
     tail: Option<usize>,
     follow: Option<bool>,
+    /// Only this node's replicas (a peer asking, in a cluster).
+    #[serde(default)]
+    local: bool,
 }
 
 async fn logs(
@@ -619,14 +680,42 @@ async fn logs(
 ) -> Result<Response, ApiError> {
     let exists = state.store.service(&name)?.is_some()
         || state.controller.replicas(None).iter().any(|r| r.name == name)
-        || state.logs.knows(&name);
-    if !exists {
+        || state.logs.knows(&name)
+        || cluster_replicas(&state).is_some_and(|all| all.iter().any(|r| r.name == name));
+    if !exists && !q.local {
         return Err(not_found("service or replica", &name));
+    }
+    // In a cluster, the other nodes' replicas' output too: their answers
+    // (past lines, then followed) stream beside this node's.
+    let mut peers = Vec::new();
+    if !q.local
+        && let Some(cluster) = &state.cluster
+    {
+        let mut query = format!("local=true&follow={}", q.follow.unwrap_or(false));
+        if let Some(tail) = q.tail {
+            query.push_str(&format!("&tail={tail}"));
+        }
+        let path = format!("/v1/logs/{}?{query}", query_pair("n", &name).trim_start_matches("n="));
+        for (node, answer) in cluster.ask_peers(&path).await {
+            match answer {
+                Ok(response) => peers.push(
+                    http_body_util::BodyStream::new(response.into_body())
+                        .filter_map(|frame| async move {
+                            match frame {
+                                Ok(frame) => frame.into_data().ok().map(Ok),
+                                Err(error) => Some(Err(std::io::Error::other(error))),
+                            }
+                        })
+                        .boxed(),
+                ),
+                Err(error) => tracing::warn!(%node, %error, "a node did not send its logs"),
+            }
+        }
     }
     // Subscribe before reading the buffer so that no line falls between.
     let feed = state.logs.subscribe();
     let past: String = state.logs.lines(&name, q.tail).iter().map(|l| &**l).collect();
-    let head = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(Bytes::from(past)) });
+    let head = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(past)) });
     let body = if q.follow.unwrap_or(false) {
         let follow = futures::stream::unfold((feed, name), |(mut feed, name)| async move {
             loop {
@@ -643,9 +732,10 @@ async fn logs(
                 }
             }
         });
-        Body::from_stream(futures::StreamExt::chain(head, follow))
+        futures::StreamExt::chain(head, follow).boxed()
     } else {
-        Body::from_stream(head)
+        head.boxed()
     };
+    let body = Body::from_stream(futures::stream::select_all(std::iter::once(body).chain(peers)));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }

@@ -102,6 +102,9 @@ pub struct NodeStatus {
 pub const COMPACTION_PERIOD: Duration = Duration::from_secs(300);
 pub const KEEP_REVISIONS: u64 = 10_000;
 
+/// How long another node's admin API may take to answer a question.
+pub const PEER_ANSWER: Duration = Duration::from_secs(5);
+
 /// How long fetching a module from another node may take.
 pub const MODULE_FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -235,6 +238,32 @@ impl Cluster {
             .filter(|record| statuses.entries.iter().any(|e| e.key["status/".len()..] == record.name))
             .map(|record| (record.name, record.address))
             .collect()
+    }
+
+    /// `GET path_and_query` on every other ready node's admin API, at once:
+    /// each node's name and its answer (or why there is none). What a node
+    /// alone knows (its replicas' usage and output, its events) is served
+    /// by any node this way.
+    pub async fn ask_peers(
+        &self,
+        path_and_query: &str,
+    ) -> Vec<(String, Result<hyper::Response<hyper::body::Incoming>, String>)> {
+        let asks = self.peers().into_iter().map(|(node, address)| async move {
+            let request = hyper::Request::get(format!("http://{address}{path_and_query}"))
+                .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.config.secret))
+                .body(http_body_util::Empty::new());
+            let answer = match request {
+                Ok(request) => match tokio::time::timeout(PEER_ANSWER, self.http.request(request)).await {
+                    Ok(Ok(response)) if response.status().is_success() => Ok(response),
+                    Ok(Ok(response)) => Err(format!("answered {}", response.status())),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err(format!("no answer within {PEER_ANSWER:?}")),
+                },
+                Err(error) => Err(error.to_string()),
+            };
+            (node, answer)
+        });
+        futures::future::join_all(asks).await
     }
 
     /// Fetches module `digest`, stored in the cluster but not on this node
