@@ -109,17 +109,11 @@ pub fn age(now: u64, then: u64) -> String {
 
 /// A size for people: `812 B`, `143.2 KiB`, `2.0 MiB`.
 pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
     }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    let (value, unit) = binary_scale(bytes);
+    format!("{value:.1} {}", ["KiB", "MiB", "GiB", "TiB", "PiB"][unit])
 }
 
 /// Memory as manifests write it, rounded where the exact figure is long:
@@ -129,14 +123,20 @@ pub fn memory(bytes: u64) -> String {
     if exact.len() <= 6 {
         return exact;
     }
-    const UNITS: [&str; 5] = ["Ki", "Mi", "Gi", "Ti", "Pi"];
+    let (value, unit) = binary_scale(bytes);
+    format!("{value:.1}{}", ["Ki", "Mi", "Gi", "Ti", "Pi"][unit])
+}
+
+/// `bytes` in the largest binary unit (from KiB, 0, to PiB, 4) in which it
+/// is at least 1.
+fn binary_scale(bytes: u64) -> (f64, usize) {
     let mut value = bytes as f64 / 1024.0;
     let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
+    while value >= 1024.0 && unit < 4 {
         value /= 1024.0;
         unit += 1;
     }
-    format!("{value:.1}{}", UNITS[unit])
+    (value, unit)
 }
 
 /// A CPU limit as written in manifests: `500m`, `2`, or `-` for unlimited.
