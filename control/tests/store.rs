@@ -565,3 +565,21 @@ fn a_full_disk_fails_writes_clearly_and_the_next_write_after_freeing_space_succe
     assert_eq!(bare1(store.service("kubia").unwrap()), Some(record("kubia", 1)));
     assert_eq!(bare1(store.service("after").unwrap()), Some(record("after", 2)));
 }
+
+#[test]
+fn module_files_without_a_record_are_swept_after_their_grace() {
+    let dir = TempDir::new("sweep");
+    let store = open(&dir.store_path());
+    let kept = store.put_module(b"\0asm kept").unwrap();
+    let gone = store.put_module(b"\0asm gone").unwrap();
+    // Another node deleted `gone`: its record went, its file here stayed.
+    store.kv().delete(&format!("modules/{}", gone.digest), Expect::Any).unwrap();
+    assert!(store.has_module_file(&gone.digest));
+    // Within the grace (an upload between its file and its record) it stays.
+    assert_eq!(store.sweep_module_files(Duration::from_secs(3600)).unwrap(), Vec::<String>::new());
+    assert!(store.has_module_file(&gone.digest));
+    assert_eq!(store.sweep_module_files(Duration::ZERO).unwrap(), vec![gone.digest.clone()]);
+    assert!(!store.has_module_file(&gone.digest));
+    assert!(store.has_module_file(&kept.digest));
+    assert_eq!(store.module(&kept.digest).unwrap().unwrap(), b"\0asm kept");
+}

@@ -102,6 +102,12 @@ pub struct NodeStatus {
 pub const COMPACTION_PERIOD: Duration = Duration::from_secs(300);
 pub const KEEP_REVISIONS: u64 = 10_000;
 
+/// How often a node removes the files of modules deleted elsewhere, and
+/// how old such a file must be (an upload writes its file just before its
+/// record).
+pub const SWEEP_PERIOD: Duration = Duration::from_secs(10);
+pub const SWEEP_GRACE: Duration = Duration::from_secs(60);
+
 /// How long another node's admin API may take to answer a question.
 pub const PEER_ANSWER: Duration = Duration::from_secs(5);
 
@@ -196,6 +202,8 @@ struct State {
     prefetching: bool,
     /// Modules no node could send, not to be reported again.
     unfetched: std::collections::HashSet<String>,
+    /// When module files without a record were last swept.
+    swept: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -364,6 +372,7 @@ impl Cluster {
     /// node within seconds, so it outlives the node it was pushed to.
     fn prefetch_modules(&self) {
         let Some(store) = self.store.get().cloned() else { return };
+        self.sweep_modules(&store);
         let Ok(listing) = self.kv.list(crate::store::MODULES) else { return };
         let missing: Vec<String> = listing
             .entries
@@ -932,6 +941,28 @@ impl Cluster {
             ops.push(Op::delete(self.key(&entry.key)));
         }
         ops
+    }
+
+    /// Every [`SWEEP_PERIOD`]: removes the files of modules deleted
+    /// through another node (files without a record, older than
+    /// [`SWEEP_GRACE`]).
+    fn sweep_modules(&self, store: &Arc<dyn crate::store::Store>) {
+        {
+            let mut state = self.state();
+            if state.swept.is_some_and(|at| at.elapsed() < SWEEP_PERIOD) {
+                return;
+            }
+            state.swept = Some(std::time::Instant::now());
+        }
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || match store.sweep_module_files(SWEEP_GRACE) {
+            Ok(removed) => {
+                for digest in removed {
+                    tracing::info!(module = %digest, "removed the file of a module deleted in the cluster");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot sweep module files"),
+        });
     }
 
     /// Compacts etcd's history to the last [`KEEP_REVISIONS`] revisions.

@@ -195,6 +195,24 @@ impl Store for KvStore {
         self.blobs.verify(digest)
     }
 
+    fn sweep_module_files(&self, grace: std::time::Duration) -> Result<Vec<String>, StoreError> {
+        let known = self.kv.list(MODULES)?.entries;
+        let mut removed = Vec::new();
+        for digest in self.blobs.digests() {
+            if known.iter().any(|entry| entry.key[MODULES.len()..] == digest) {
+                continue;
+            }
+            let age = std::fs::metadata(self.blobs.path(&digest))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok());
+            if age.is_some_and(|age| age >= grace) && self.blobs.remove(&digest)? {
+                removed.push(digest);
+            }
+        }
+        Ok(removed)
+    }
+
     fn has_module_file(&self, digest: &str) -> bool {
         check_digest(digest).is_ok() && self.blobs.path(digest).is_file()
     }

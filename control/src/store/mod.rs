@@ -138,6 +138,15 @@ pub trait Store: Send + Sync + 'static {
         matches!(self.module_file(digest), Ok(Some(_)))
     }
 
+    /// Removes the module files that have no record and were last written
+    /// longer than `grace` ago (in a cluster: modules another node
+    /// deleted); returns their digests. The grace spares an upload between
+    /// its file and its record.
+    fn sweep_module_files(&self, grace: std::time::Duration) -> Result<Vec<String>, StoreError> {
+        let _ = grace;
+        Ok(Vec::new())
+    }
+
     /// The info of module `digest`, if stored.
     fn module_info(&self, digest: &str) -> Result<Option<ModuleInfo>, StoreError>;
 
