@@ -30,6 +30,7 @@ pub mod apply;
 pub mod autoscaler;
 pub mod cluster;
 pub mod events;
+pub mod history;
 pub mod logs;
 pub mod metrics;
 pub mod pods;

@@ -140,6 +140,9 @@ pub struct Controller {
     /// Since when each module has been unused, as seen by the collector.
     unused_since: Mutex<HashMap<String, Instant>>,
     statuses: Mutex<HashMap<String, ServiceStatus>>,
+    /// Each service's figures over the last 15 minutes (the dashboard's
+    /// charts).
+    history: crate::history::History,
     /// Services the gateway knows, to remove deleted ones.
     published: Mutex<HashSet<String>>,
     /// The last reported halt per service, so it is reported once.
@@ -205,6 +208,7 @@ impl Controller {
             module_retention,
             unused_since: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
+            history: crate::history::History::default(),
             published: Mutex::new(HashSet::new()),
             halted: Mutex::new(HashMap::new()),
             announced: Mutex::new(HashMap::new()),
@@ -297,6 +301,23 @@ impl Controller {
                 self.scaler.tick();
             }
             let snapshot = self.ctx.gateway.snapshot();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            {
+                let statuses = self.statuses.lock().expect("status lock");
+                self.history.record(
+                    &snapshot,
+                    |name| {
+                        statuses.get(name).map_or_else(crate::history::Status::default, |s| crate::history::Status {
+                            ready: s.ready,
+                            desired: s.desired,
+                            panic: s.scale.as_ref().is_some_and(|scale| scale.panic),
+                        })
+                    },
+                    now_ms,
+                );
+            }
             let this = self.clone();
             // Reading /proc and cgroup files blocks.
             let _ = tokio::task::spawn_blocking(move || this.record_usage(&snapshot)).await;
@@ -396,6 +417,11 @@ impl Controller {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// The points of `service` after `since_ms` (Unix ms), oldest first.
+    pub fn history(&self, service: &str, since_ms: u64) -> Vec<crate::history::Point> {
+        self.history.series(service, since_ms)
     }
 
     /// What `/metrics` reports now.

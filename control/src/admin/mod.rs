@@ -265,6 +265,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{name}", get(get_node))
         .route("/v1/top", get(top))
+        .route("/v1/history", get(history))
         .route("/v1/calls", get(calls))
         .route("/metrics", get(metrics))
         .route("/v1/events", get(list_events))
@@ -613,6 +614,25 @@ async fn top(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> 
         usage.sort_by(|a, b| (&a.service, &a.name).cmp(&(&b.service, &b.name)));
     }
     Ok(Json(usage))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    service: String,
+    /// Only points after this time (Unix milliseconds).
+    since: Option<u64>,
+}
+
+/// A service's figures, one point a second over the last 15 minutes
+/// ([`crate::history`]), oldest first.
+async fn history(
+    State(state): State<AdminState>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<Vec<crate::history::Point>> {
+    if state.store.service(&q.service)?.is_none() {
+        return Err(not_found("service", &q.service));
+    }
+    Ok(Json(state.controller.history(&q.service, q.since.unwrap_or(0))))
 }
 
 async fn calls(State(state): State<AdminState>, Query(q): Query<ReplicaQuery>) -> ApiResult<Vec<shoal_api::CallUsage>> {
