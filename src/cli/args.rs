@@ -33,6 +33,19 @@ pub enum Command {
     /// Show the live usage of running replicas: requests in flight, requests
     /// per second, p99 latency, CPU and memory (over the last 10 seconds).
     Top(TopArgs),
+    /// Print a link that logs a browser into the dashboard (once, within a
+    /// minute), and open it where a browser can be started.
+    Dashboard(DashboardArgs),
+}
+
+/// Arguments of `shoal dashboard`.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Only print the link; do not start a browser.
+    #[arg(long)]
+    pub no_open: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// How to reach the admin API; every client command takes these.

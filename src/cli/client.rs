@@ -103,6 +103,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The admin API's base URL, as given.
+    pub fn server(&self) -> String {
+        self.server.to_string()
+    }
+
     /// Checks the server URL and finds the token; does not connect yet.
     pub fn new(connect: &ConnectArgs) -> anyhow::Result<Self> {
         let server = ServerUrl::parse(&connect.server)?;

@@ -67,6 +67,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Apply(args) => apply::apply(args).await,
         Command::Push(args) => apply::push(args).await,
+        Command::Dashboard(args) => dashboard(args).await,
         Command::Get(args) => get::get(args).await,
         Command::Describe(args) => describe::describe(args).await,
         Command::Delete(args) => manage::delete(args).await,
@@ -96,6 +97,32 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// Collapses line breaks so an error is reported on one line.
 fn one_line(text: &str) -> String {
     text.split(['\n', '\r']).map(str::trim).filter(|part| !part.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// `shoal dashboard`: a one-time login link, printed, and opened with
+/// `xdg-open` where there is a display to open it on.
+async fn dashboard(args: args::DashboardArgs) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Link {
+        path: String,
+    }
+    let client = client::Client::new(&args.connect)?;
+    let link: Link = client.post("/v1/dashboard/links").await?;
+    let url = format!("{}{}", client.server(), link.path);
+    println!("{url}");
+    println!("(the link logs in once, within a minute)");
+    let display = std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if !args.no_open && display {
+        let opened = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !opened.is_ok_and(|status| status.success()) {
+            eprintln!("shoal: cannot start a browser (xdg-open); open the link yourself");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ use shoal_gateway::listener::Connection;
 
 pub use modules::{MAX_MODULE_SIZE, MAX_UPLOADS};
 
+pub mod dashboard;
+
 /// Open connections to the admin API at most.
 pub const MAX_CONNECTIONS: usize = 256;
 /// Time a client of the admin API has to send a request head, from the
@@ -82,6 +84,8 @@ pub struct AdminState {
     /// In cluster mode, the gateway that serves requests other nodes
     /// forward here (the admin listener is the cluster's internal one).
     pub peer_gateway: Option<Arc<shoal_gateway::Gateway>>,
+    /// The dashboard's sessions and one-time links.
+    pub sessions: Arc<dashboard::Sessions>,
 }
 
 impl AdminState {
@@ -103,6 +107,7 @@ impl AdminState {
             waiting_uploads: Arc::new(tokio::sync::Semaphore::new(modules::MAX_WAITING_UPLOADS)),
             cluster: None,
             peer_gateway: None,
+            sessions: Arc::default(),
         }
     }
 
@@ -253,7 +258,17 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// The admin API's routes, behind the token check.
 pub fn router(state: AdminState) -> Router {
+    // The login is open to anyone (it checks the token itself).
+    let login = Router::new()
+        .route("/login", get(dashboard::login_link).post(dashboard::login))
+        .route("/logout", post(dashboard::logout))
+        .with_state(state.clone());
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/app.js", get(dashboard::app_js))
+        .route("/assets/style.css", get(dashboard::style_css))
+        .route("/v1/stream", get(dashboard::stream))
+        .route("/v1/dashboard/links", post(dashboard::new_link))
         .route("/v1/modules", get(modules::list).post(modules::upload))
         .route("/v1/modules/gc", post(modules::gc))
         .route("/v1/modules/{digest}", get(modules::get).delete(modules::delete))
@@ -273,8 +288,9 @@ pub fn router(state: AdminState) -> Router {
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(middleware::from_fn(json_errors))
         .with_state(state)
+        .merge(login)
+        .layer(middleware::from_fn(json_errors))
 }
 
 async fn unknown_route(request: Request) -> ApiError {
@@ -291,11 +307,12 @@ async fn json_errors(request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), modules::cut(request.uri().path(), 100));
     let response = next.run(request).await;
     let status = response.status();
+    // JSON already, or a page for a browser (the dashboard's login).
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
@@ -337,8 +354,19 @@ async fn authenticate(State(state): State<AdminState>, request: Request, next: N
             }
             next.run(request).await
         }
-        Some(_) => ApiError(StatusCode::UNAUTHORIZED, "unauthorized: wrong token".into()).into_response(),
-        None => ApiError(StatusCode::UNAUTHORIZED, "unauthorized: missing bearer token".into()).into_response(),
+        Some(_) => dashboard::unauthorized(&request, "unauthorized: wrong token"),
+        // The dashboard's session cookie stands for the token; what it
+        // changes must come from the dashboard's own origin.
+        None => match dashboard::session_of(request.headers()) {
+            Some(id) if state.sessions.is_open(id) => {
+                if dashboard::is_unsafe(request.method()) && !dashboard::same_origin(request.headers()) {
+                    return ApiError(StatusCode::FORBIDDEN, "cross-site request refused".into()).into_response();
+                }
+                next.run(request).await
+            }
+            Some(_) => dashboard::unauthorized(&request, "unauthorized: the session has ended; log in again"),
+            None => dashboard::unauthorized(&request, "unauthorized: missing bearer token"),
+        },
     }
 }
 
@@ -398,8 +426,13 @@ fn view(state: &AdminState, record: ServiceRecord) -> ServiceView {
 }
 
 async fn list_services(State(state): State<AdminState>) -> ApiResult<Vec<ServiceView>> {
+    Ok(Json(service_views(&state).await?))
+}
+
+/// Every service with its status, as `GET /v1/services` answers.
+async fn service_views(state: &AdminState) -> Result<Vec<ServiceView>, ApiError> {
     let records = state.store.services()?;
-    Ok(Json(records.into_iter().map(|r| view(&state, r)).collect()))
+    Ok(records.into_iter().map(|r| view(state, r)).collect())
 }
 
 async fn get_service(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> ApiResult<ServiceView> {

@@ -1,0 +1,307 @@
+// Shoal's dashboard: plain JavaScript, no dependencies, no build step.
+// Every figure comes from the admin API the CLI uses, with the session
+// cookie standing for the token; /v1/stream pushes the services and their
+// latest figures every second.
+"use strict";
+
+const state = { services: [], latest: {}, history: {}, loaded: new Set(), connected: false };
+const view = document.getElementById("view");
+const live = document.getElementById("live");
+
+// --- helpers ---------------------------------------------------------------
+
+// Replaces the view's content with `nodes` (nulls left out).
+function show(...nodes) {
+  view.replaceChildren(...nodes.filter((node) => node !== null && node !== undefined && node !== false));
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+async function api(method, path, body) {
+  const options = { method, credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    options.headers["content-type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  if (response.status === 401) {
+    location.reload(); // the session ended: the login form
+    throw new Error("unauthorized");
+  }
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!response.ok) throw new Error((data && data.error) || response.statusText);
+  return data;
+}
+
+function fixed(value, digits = 1) {
+  return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
+}
+
+function percent(rate) {
+  return rate === null || rate === undefined ? "–" : (rate * 100).toFixed(rate > 0 && rate < 0.01 ? 2 : 1) + " %";
+}
+
+function age(unix) {
+  if (!unix) return "–";
+  const s = Math.max(0, Math.floor(Date.now() / 1000 - unix));
+  if (s < 120) return s + "s";
+  if (s < 7200) return Math.floor(s / 60) + "m";
+  if (s < 172800) return Math.floor(s / 3600) + "h";
+  return Math.floor(s / 86400) + "d";
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+// A line chart of `points` (objects with unixMs) by `key`, as SVG; panic
+// periods shaded when `shadePanic`.
+function chart(points, key, { width = 600, height = 120, label = "", shadePanic = false } = {}) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("role", "img");
+  const values = points.map((p) => p[key] ?? 0);
+  const max = Math.max(1e-9, ...values);
+  const now = Date.now();
+  const span = 15 * 60 * 1000;
+  const x = (t) => width - ((now - t) / span) * width;
+  const y = (v) => height - 4 - (v / max) * (height - 8);
+  if (shadePanic) {
+    for (const p of points.filter((p) => p.panic)) {
+      const rect = document.createElementNS(SVG, "rect");
+      rect.setAttribute("x", x(p.unixMs - 1000));
+      rect.setAttribute("y", 0);
+      rect.setAttribute("width", Math.max(1, width / 900));
+      rect.setAttribute("height", height);
+      rect.setAttribute("class", "panic");
+      svg.append(rect);
+    }
+  }
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("points", points.map((p) => `${x(p.unixMs).toFixed(1)},${y(p[key] ?? 0).toFixed(1)}`).join(" "));
+  line.setAttribute("class", "line");
+  svg.append(line);
+  const last = values.length ? values[values.length - 1] : null;
+  svg.setAttribute("aria-label", `${label}: ${last === null ? "no data" : fixed(last)} now, at most ${fixed(max)} over 15 minutes`);
+  return svg;
+}
+
+// --- live data -------------------------------------------------------------
+
+// Fetches the points of `name` after the last one known (all of them when
+// `all`), merged with those the stream brought.
+async function loadHistory(name, all = false) {
+  const known = state.history[name] || [];
+  const since = all || !known.length ? 0 : known[known.length - 1].unixMs;
+  const points = await api("GET", `/v1/history?service=${encodeURIComponent(name)}&since=${since}`);
+  const byTime = new Map(known.concat(points).map((p) => [p.unixMs, p]));
+  state.history[name] = [...byTime.values()].sort((a, b) => a.unixMs - b.unixMs).slice(-900);
+}
+
+function connect() {
+  const source = new EventSource("/v1/stream");
+  source.addEventListener("services", (event) => {
+    const data = JSON.parse(event.data);
+    state.services = data.services;
+    state.latest = data.latest;
+    // A service seen for the first time: its last 15 minutes.
+    for (const service of data.services) {
+      const name = service.record.service.name;
+      if (!state.loaded.has(name)) {
+        state.loaded.add(name);
+        loadHistory(name, true).then(refresh, () => state.loaded.delete(name));
+      }
+    }
+    for (const [name, point] of Object.entries(data.latest)) {
+      const series = state.history[name] || (state.history[name] = []);
+      if (!series.length || series[series.length - 1].unixMs < point.unixMs) series.push(point);
+      if (series.length > 900) series.shift();
+    }
+    state.connected = true;
+    live.textContent = "live";
+    live.className = "live on";
+    refresh();
+  });
+  source.onerror = () => {
+    live.textContent = "reconnecting…";
+    live.className = "live off";
+  };
+}
+
+// --- views -----------------------------------------------------------------
+
+let current = null; // { name, render }
+
+function route() {
+  const hash = location.hash || "#/";
+  const service = hash.match(/^#\/service\/(.+)$/);
+  if (service) current = servicePage(decodeURIComponent(service[1]));
+  else if (hash === "#/nodes") current = nodesPage();
+  else if (hash === "#/modules") current = modulesPage();
+  else current = servicesPage();
+  show();
+  current.render(true);
+  view.focus();
+}
+
+function refresh() {
+  if (current && current.live) current.render(false);
+}
+
+function ready(service) {
+  const s = service.status;
+  return `${s.ready}/${s.desired}`;
+}
+
+function servicesPage() {
+  return {
+    live: true,
+    render() {
+      const rows = state.services.map((service) => {
+        const name = service.record.service.name;
+        const point = state.latest[name] || (state.history[name] || []).slice(-1)[0] || {};
+        const scale = service.status.scale;
+        const autoscale = service.record.service.spec.autoscale;
+        return el("tr", { "data-service": name },
+          el("th", { scope: "row" }, el("a", { href: `#/service/${encodeURIComponent(name)}` }, name)),
+          el("td", { class: "ready" }, ready(service)),
+          el("td", {}, service.status.revision),
+          el("td", {}, autoscale ? `${autoscale.min}–${autoscale.max}${scale && scale.panic ? " (panic)" : ""}` : "off"),
+          el("td", { class: "num rps" }, fixed(point.rps)),
+          el("td", { class: "num" }, point.p99Ms == null ? "–" : fixed(point.p99Ms) + " ms"),
+          el("td", { class: "num" }, percent(point.errorRate)),
+          el("td", { class: "spark" }, chart(state.history[name] || [], "rps", { width: 180, height: 32, label: `${name} requests/s` })));
+      });
+      show(
+        el("h1", {}, "Services"),
+        state.services.length === 0 && state.connected ? el("p", {}, "No services yet: apply a manifest with shoal apply.") : null,
+        el("div", { class: "scroll" }, el("table", { class: "services" },
+          el("thead", {}, el("tr", {}, ["Name", "Ready", "Revision", "Autoscale", "Req/s", "p99", "Errors", "Last 15 min"].map((h) => el("th", { scope: "col" }, h)))),
+          el("tbody", {}, rows))));
+    },
+  };
+}
+
+function servicePage(name) {
+  let extra = { replicas: [], top: [], events: [], logs: "" };
+  let tick = 0;
+  async function load() {
+    const [replicas, top, events, logs] = await Promise.all([
+      api("GET", `/v1/replicas?service=${encodeURIComponent(name)}`),
+      api("GET", `/v1/top?service=${encodeURIComponent(name)}`),
+      api("GET", `/v1/events`),
+      fetch(`/v1/logs/${encodeURIComponent(name)}?tail=50`, { credentials: "same-origin" }).then((r) => r.ok ? r.text() : ""),
+      loadHistory(name),
+    ]);
+    const mine = (object) => object === `service/${name}` || object.startsWith(`replica/${name}-`);
+    extra = { replicas, top, events: events.filter((e) => mine(e.object)).slice(-30).reverse(), logs };
+  }
+  return {
+    live: true,
+    render(first) {
+      if (first || ++tick % 2 === 0) load().then(() => this.draw(), (error) => this.draw(error));
+      else this.draw();
+    },
+    draw(error) {
+      const service = state.services.find((s) => s.record.service.name === name);
+      if (!service) {
+        show(el("h1", {}, name), el("p", {}, state.connected ? "No such service." : "Loading…"));
+        return;
+      }
+      const points = state.history[name] || [];
+      const usage = Object.fromEntries(extra.top.map((u) => [u.name, u]));
+      const scale = service.status.scale;
+      const replicaRows = extra.replicas.map((r) => {
+        const u = usage[r.name] || {};
+        return el("tr", {},
+          el("th", { scope: "row" }, r.name), el("td", {}, r.state), el("td", {}, r.ready ? "yes" : "no"),
+          el("td", { class: "num" }, u.inFlight ?? "–"), el("td", { class: "num" }, fixed(u.rps)),
+          el("td", { class: "num" }, u.cpuMillis == null ? "–" : u.cpuMillis + "m"),
+          el("td", { class: "num" }, u.memoryBytes == null ? "–" : Math.round(u.memoryBytes / 1048576) + "Mi"),
+          el("td", { class: "num" }, r.restarts), el("td", {}, r.node), el("td", {}, age(r.startedUnix)));
+      });
+      const input = el("input", { id: "replicas", type: "number", min: "0", max: "1000", value: String(service.status.desired), "aria-label": "Replicas" });
+      show(
+        el("p", {}, el("a", { href: "#/" }, "← Services")),
+        el("h1", {}, name, " ", el("span", { class: "ready-big", id: "ready" }, ready(service))),
+        error ? el("p", { class: "error", role: "alert" }, error.message) : null,
+        el("p", {}, `Revision ${service.status.revision}, rollout ${service.status.rollout}`,
+          scale ? ` · autoscaler: ${scale.reason}${scale.panic ? " (panic)" : ""}` : ""),
+        el("section", { class: "actions", "aria-label": "Actions" },
+          el("label", { for: "replicas" }, "Replicas "), input,
+          el("button", { id: "scale", onclick: () => act(`Scale ${name} to ${input.value} replicas?`, () => api("PUT", `/v1/services/${encodeURIComponent(name)}/scale`, { replicas: Number(input.value) })) }, "Scale"),
+          el("button", { class: "danger", onclick: () => act(`Delete service ${name}? Its replicas drain and stop.`, () => api("DELETE", `/v1/services/${encodeURIComponent(name)}`).then(() => { location.hash = "#/"; })) }, "Delete")),
+        el("section", { class: "charts" },
+          el("figure", {}, el("figcaption", {}, "Requests/s (", el("span", { id: "rps" }, fixed(points.length ? points[points.length - 1].rps : null)), ")"), chart(points, "rps", { label: "requests/s", shadePanic: true })),
+          el("figure", {}, el("figcaption", {}, "p99 latency, ms"), chart(points, "p99Ms", { label: "p99 latency in ms" })),
+          el("figure", {}, el("figcaption", {}, "Replicas ready (shaded: autoscaler panic)"), chart(points, "ready", { label: "ready replicas", shadePanic: true }))),
+        el("h2", {}, "Replicas"),
+        el("div", { class: "scroll" }, el("table", { id: "replica-table" },
+          el("thead", {}, el("tr", {}, ["Name", "State", "Ready", "In flight", "Req/s", "CPU", "Memory", "Restarts", "Node", "Age"].map((h) => el("th", { scope: "col" }, h)))),
+          el("tbody", {}, replicaRows))),
+        el("h2", {}, "Events"),
+        el("ul", { class: "events", id: "events" }, extra.events.map((e) =>
+          el("li", { class: e.kind === "Warning" ? "warning" : "" }, el("time", {}, age(e.timeUnix)), ` ${e.object} ${e.reason}: ${e.message}`))),
+        el("h2", {}, "Log"),
+        el("pre", { class: "log", tabindex: "0" }, extra.logs || "(no output yet)"));
+    },
+  };
+}
+
+function nodesPage() {
+  return {
+    live: false,
+    render() {
+      api("GET", "/v1/nodes").then((nodes) => {
+        show(el("h1", {}, "Nodes"), el("div", { class: "scroll" }, el("table", {},
+          el("thead", {}, el("tr", {}, ["Name", "Status", "Role", "Address", "Replicas", "Capacity", "Reserved", "Age"].map((h) => el("th", { scope: "col" }, h)))),
+          el("tbody", {}, nodes.map((n) => el("tr", {}, el("th", { scope: "row" }, n.name), el("td", {}, n.ready ? "Ready" : "NotReady"),
+            el("td", {}, n.leader ? "leader" : ""), el("td", {}, n.address), el("td", { class: "num" }, n.replicas),
+            el("td", { class: "num" }, Math.round(n.capacity / 1048576) + "Mi"), el("td", { class: "num" }, Math.round(n.reserved / 1048576) + "Mi"),
+            el("td", {}, age(n.registeredUnix))))))));
+      }, (error) => show(el("h1", {}, "Nodes"), el("p", {}, error.message)));
+    },
+  };
+}
+
+function modulesPage() {
+  return {
+    live: false,
+    render() {
+      api("GET", "/v1/modules").then((modules) => {
+        show(el("h1", {}, "Modules"), el("div", { class: "scroll" }, el("table", {},
+          el("thead", {}, el("tr", {}, ["Digest", "Size", "Age"].map((h) => el("th", { scope: "col" }, h)))),
+          el("tbody", {}, modules.map((m) => el("tr", {}, el("td", { class: "mono" }, "sha256:" + m.digest.slice(0, 12)),
+            el("td", { class: "num" }, Math.round(m.size / 1024) + " KiB"), el("td", {}, age(m.createdUnix))))))));
+      }, (error) => show(el("h1", {}, "Modules"), el("p", {}, error.message)));
+    },
+  };
+}
+
+// --- actions ---------------------------------------------------------------
+
+function act(question, action) {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-text").textContent = question;
+  dialog.returnValue = "";
+  dialog.onclose = () => {
+    if (dialog.returnValue !== "ok") return;
+    action().then(() => refresh(), (error) => alert(error.message));
+  };
+  dialog.showModal();
+}
+
+window.addEventListener("hashchange", route);
+connect();
+route();
