@@ -149,6 +149,28 @@ async fn the_dashboard_needs_the_token_or_a_session_and_refuses_cross_site_chang
     let (status, _, body) = send("GET", &format!("{admin}/v1/history?service=nope"), &with_cookie, "").await;
     assert_eq!(status, 404, "{body}");
 
+    // The dashboard's apply: a manifest and a stored module; the errors
+    // are the CLI's, naming the field.
+    let (_, _, services) = send("GET", &format!("{admin}/v1/services"), &with_cookie, "").await;
+    let services: serde_json::Value = serde_json::from_str(&services).unwrap();
+    let digest = services[0]["record"]["moduleDigest"].as_str().unwrap().to_owned();
+    let same_origin = [with_cookie[0], json, ("origin", admin.as_str())];
+    let apply = |spec: &str| {
+        serde_json::json!({ "manifest": manifest("web", "web.wasm", spec), "moduleDigest": digest }).to_string()
+    };
+    let (status, _, body) = send("POST", &format!("{admin}/v1/services"), &same_origin, &apply("replicas: -1")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("spec.replicas"), "{body}");
+    let (status, _, body) = send(
+        "POST",
+        &format!("{admin}/v1/services"),
+        &same_origin,
+        &apply("replicas: 1\nroutes:\n  - host: web.local"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""result":"created""#), "{body}");
+
     // Logging out ends the session.
     let (status, _, _) = send("POST", &format!("{admin}/logout"), &[with_cookie[0], ("origin", &admin)], "").await;
     assert_eq!(status, 303);

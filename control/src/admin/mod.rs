@@ -273,7 +273,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/modules/gc", post(modules::gc))
         .route("/v1/modules/{digest}", get(modules::get).delete(modules::delete))
         .route("/v1/modules/{digest}/content", get(modules::content))
-        .route("/v1/services", get(list_services))
+        .route("/v1/services", get(list_services).post(apply_named_by_manifest))
         .route("/v1/services/{name}", get(get_service).put(apply_service).delete(delete_service))
         .route("/v1/services/{name}/scale", put(scale_service))
         .route("/v1/replicas", get(list_replicas))
@@ -461,17 +461,32 @@ async fn apply_service(
     UrlPath(name): UrlPath<String>,
     Json(body): Json<ApplyBody>,
 ) -> ApiResult<ApplyResponse> {
+    apply_body(state, body, Some(name)).await
+}
+
+/// `POST /v1/services`: like `PUT /v1/services/{name}`, the name taken
+/// from the manifest (the dashboard's apply, which does not parse YAML).
+async fn apply_named_by_manifest(
+    State(state): State<AdminState>,
+    Json(body): Json<ApplyBody>,
+) -> ApiResult<ApplyResponse> {
+    apply_body(state, body, None).await
+}
+
+/// Applies one manifest with its module; `url_name`, when given, must be
+/// the manifest's name.
+async fn apply_body(state: AdminState, body: ApplyBody, url_name: Option<String>) -> ApiResult<ApplyResponse> {
     let mut services =
         shoal_api::parse_manifests(&body.manifest, Path::new("/")).map_err(|e| bad_request(e.to_string()))?;
     if services.len() != 1 {
         return Err(bad_request(format!("expected one Service document, found {}", services.len())));
     }
     let service = services.remove(0);
-    if service.name != name {
-        return Err(bad_request(format!(
-            "metadata.name: {:?} does not match the name in the URL ({name:?})",
-            service.name
-        )));
+    let name = service.name.clone();
+    if let Some(url_name) = url_name
+        && url_name != name
+    {
+        return Err(bad_request(format!("metadata.name: {name:?} does not match the name in the URL ({url_name:?})")));
     }
     let others: Vec<_> =
         state.store.services()?.into_iter().filter(|r| r.service.name != name).map(|r| r.service).collect();

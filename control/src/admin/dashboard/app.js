@@ -165,9 +165,14 @@ function ready(service) {
 }
 
 function servicesPage() {
+  // Built once: the table is redrawn every second, the apply form kept
+  // (what is typed in it stays).
+  const table = el("div", { class: "scroll" });
+  const empty = el("p", { hidden: "" }, "No services yet: apply a manifest below, or with shoal apply.");
   return {
     live: true,
-    render() {
+    render(first) {
+      if (first) show(el("h1", {}, "Services"), empty, table, applyForm());
       const rows = state.services.map((service) => {
         const name = service.record.service.name;
         const point = state.latest[name] || (state.history[name] || []).slice(-1)[0] || {};
@@ -183,14 +188,53 @@ function servicesPage() {
           el("td", { class: "num" }, percent(point.errorRate)),
           el("td", { class: "spark" }, chart(state.history[name] || [], "rps", { width: 180, height: 32, label: `${name} requests/s` })));
       });
-      show(
-        el("h1", {}, "Services"),
-        state.services.length === 0 && state.connected ? el("p", {}, "No services yet: apply a manifest with shoal apply.") : null,
-        el("div", { class: "scroll" }, el("table", { class: "services" },
-          el("thead", {}, el("tr", {}, ["Name", "Ready", "Revision", "Autoscale", "Req/s", "p99", "Errors", "Last 15 min"].map((h) => el("th", { scope: "col" }, h)))),
-          el("tbody", {}, rows))));
+      empty.hidden = !(state.services.length === 0 && state.connected);
+      table.replaceChildren(el("table", { class: "services" },
+        el("thead", {}, el("tr", {}, ["Name", "Ready", "Revision", "Autoscale", "Req/s", "p99", "Errors", "Last 15 min"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, rows)));
     },
   };
+}
+
+// Apply a manifest pasted here, with its module uploaded from a file or
+// chosen among the stored ones; the server checks it as it checks the
+// CLI's (errors name the field).
+function applyForm() {
+  const manifest = el("textarea", { id: "manifest", rows: "10", spellcheck: "false",
+    placeholder: "apiVersion: shoal.dev/v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  module: kubia.wasm\n  replicas: 3" });
+  const file = el("input", { id: "module-file", type: "file", accept: ".wasm,application/wasm" });
+  const stored = el("select", { id: "module-stored" }, el("option", { value: "" }, "a stored module…"));
+  api("GET", "/v1/modules").then((modules) => {
+    modules.sort((a, b) => b.createdUnix - a.createdUnix);
+    for (const m of modules) stored.append(el("option", { value: m.digest }, `sha256:${m.digest.slice(0, 12)} (${Math.round(m.size / 1024)} KiB)`));
+  }, () => {});
+  const result = el("p", { id: "apply-result", role: "status" });
+  async function apply() {
+    let digest = stored.value;
+    if (file.files.length) {
+      const response = await fetch("/v1/modules", { method: "POST", credentials: "same-origin", headers: { "content-type": "application/wasm" }, body: file.files[0] });
+      const answer = await response.json();
+      if (!response.ok) throw new Error(answer.error);
+      digest = answer.digest;
+    }
+    if (!digest) throw new Error("Choose the service's module: a .wasm file, or a stored module.");
+    const answer = await api("POST", "/v1/services", { manifest: manifest.value, moduleDigest: digest });
+    result.className = "";
+    result.textContent = `service/${answer.service.record.service.name} ${answer.result}` + (answer.warnings.length ? ` (${answer.warnings.join("; ")})` : "");
+  }
+  const onError = (error) => {
+    result.className = "error";
+    result.textContent = error.message;
+  };
+  return el("section", { class: "apply", "aria-labelledby": "apply-title" },
+    el("h2", { id: "apply-title" }, "Apply a manifest"),
+    el("form", { onsubmit: (event) => { event.preventDefault(); act("Apply this manifest?", apply, onError); } },
+      el("label", { for: "manifest" }, "Manifest (YAML, one Service)"), manifest,
+      el("div", { class: "module" },
+        el("label", { for: "module-file" }, "Module: a .wasm file "), file,
+        el("label", { for: "module-stored" }, " or "), stored),
+      el("button", { type: "submit", id: "apply" }, "Apply")),
+    result);
 }
 
 function servicePage(name) {
@@ -291,13 +335,15 @@ function modulesPage() {
 
 // --- actions ---------------------------------------------------------------
 
-function act(question, action) {
+// Asks `question`; on confirmation runs `action`, and `onError` (an alert
+// by default) with what went wrong.
+function act(question, action, onError = (error) => alert(error.message)) {
   const dialog = document.getElementById("confirm");
   document.getElementById("confirm-text").textContent = question;
   dialog.returnValue = "";
   dialog.onclose = () => {
     if (dialog.returnValue !== "ok") return;
-    action().then(() => refresh(), (error) => alert(error.message));
+    action().then(() => refresh(), onError);
   };
   dialog.showModal();
 }
