@@ -251,6 +251,35 @@ function servicePage(name) {
     const mine = (object) => object === `service/${name}` || object.startsWith(`replica/${name}-`);
     extra = { replicas, top, events: events.filter((e) => mine(e.object)).slice(-30).reverse(), logs };
   }
+  // Built once (what is typed in the form stays); the parts below are
+  // refreshed in place.
+  const parts = {
+    ready: el("span", { class: "ready-big", id: "ready" }),
+    error: el("p", { class: "error", role: "alert", hidden: "" }),
+    summary: el("p", {}),
+    charts: el("section", { class: "charts" }),
+    replicas: el("div", { class: "scroll" }),
+    events: el("ul", { class: "events", id: "events" }),
+    log: el("pre", { class: "log", tabindex: "0" }),
+  };
+  const input = el("input", { id: "replicas", type: "number", min: "0", max: "1000", "aria-label": "Replicas" });
+  let built = false;
+  function build() {
+    built = true;
+    show(
+      el("p", {}, el("a", { href: "#/" }, "← Services")),
+      el("h1", {}, name, " ", parts.ready),
+      parts.error,
+      parts.summary,
+      el("section", { class: "actions", "aria-label": "Actions" },
+        el("label", { for: "replicas" }, "Replicas "), input,
+        el("button", { id: "scale", onclick: () => act(`Scale ${name} to ${input.value} replicas?`, () => api("PUT", `/v1/services/${encodeURIComponent(name)}/scale`, { replicas: Number(input.value) })) }, "Scale"),
+        el("button", { class: "danger", id: "delete", onclick: () => act(`Delete service ${name}? Its replicas drain and stop.`, () => api("DELETE", `/v1/services/${encodeURIComponent(name)}`).then(() => { location.hash = "#/"; })) }, "Delete")),
+      parts.charts,
+      el("h2", {}, "Replicas"), parts.replicas,
+      el("h2", {}, "Events"), parts.events,
+      el("h2", {}, "Log"), parts.log);
+  }
   return {
     live: true,
     render(first) {
@@ -260,45 +289,40 @@ function servicePage(name) {
     draw(error) {
       const service = state.services.find((s) => s.record.service.name === name);
       if (!service) {
+        built = false;
         show(el("h1", {}, name), el("p", {}, state.connected ? "No such service." : "Loading…"));
         return;
+      }
+      if (!built) {
+        input.value = String(service.status.desired);
+        build();
       }
       const points = state.history[name] || [];
       const usage = Object.fromEntries(extra.top.map((u) => [u.name, u]));
       const scale = service.status.scale;
-      const replicaRows = extra.replicas.map((r) => {
-        const u = usage[r.name] || {};
-        return el("tr", {},
-          el("th", { scope: "row" }, r.name), el("td", {}, r.state), el("td", {}, r.ready ? "yes" : "no"),
-          el("td", { class: "num" }, u.inFlight ?? "–"), el("td", { class: "num" }, fixed(u.rps)),
-          el("td", { class: "num" }, u.cpuMillis == null ? "–" : u.cpuMillis + "m"),
-          el("td", { class: "num" }, u.memoryBytes == null ? "–" : Math.round(u.memoryBytes / 1048576) + "Mi"),
-          el("td", { class: "num" }, r.restarts), el("td", {}, r.node), el("td", {}, age(r.startedUnix)));
-      });
-      const input = el("input", { id: "replicas", type: "number", min: "0", max: "1000", value: String(service.status.desired), "aria-label": "Replicas" });
-      show(
-        el("p", {}, el("a", { href: "#/" }, "← Services")),
-        el("h1", {}, name, " ", el("span", { class: "ready-big", id: "ready" }, ready(service))),
-        error ? el("p", { class: "error", role: "alert" }, error.message) : null,
-        el("p", {}, `Revision ${service.status.revision}, rollout ${service.status.rollout}`,
-          scale ? ` · autoscaler: ${scale.reason}${scale.panic ? " (panic)" : ""}` : ""),
-        el("section", { class: "actions", "aria-label": "Actions" },
-          el("label", { for: "replicas" }, "Replicas "), input,
-          el("button", { id: "scale", onclick: () => act(`Scale ${name} to ${input.value} replicas?`, () => api("PUT", `/v1/services/${encodeURIComponent(name)}/scale`, { replicas: Number(input.value) })) }, "Scale"),
-          el("button", { class: "danger", onclick: () => act(`Delete service ${name}? Its replicas drain and stop.`, () => api("DELETE", `/v1/services/${encodeURIComponent(name)}`).then(() => { location.hash = "#/"; })) }, "Delete")),
-        el("section", { class: "charts" },
-          el("figure", {}, el("figcaption", {}, "Requests/s (", el("span", { id: "rps" }, fixed(points.length ? points[points.length - 1].rps : null)), ")"), chart(points, "rps", { label: "requests/s", shadePanic: true })),
-          el("figure", {}, el("figcaption", {}, "p99 latency, ms"), chart(points, "p99Ms", { label: "p99 latency in ms" })),
-          el("figure", {}, el("figcaption", {}, "Replicas ready (shaded: autoscaler panic)"), chart(points, "ready", { label: "ready replicas", shadePanic: true }))),
-        el("h2", {}, "Replicas"),
-        el("div", { class: "scroll" }, el("table", { id: "replica-table" },
-          el("thead", {}, el("tr", {}, ["Name", "State", "Ready", "In flight", "Req/s", "CPU", "Memory", "Restarts", "Node", "Age"].map((h) => el("th", { scope: "col" }, h)))),
-          el("tbody", {}, replicaRows))),
-        el("h2", {}, "Events"),
-        el("ul", { class: "events", id: "events" }, extra.events.map((e) =>
-          el("li", { class: e.kind === "Warning" ? "warning" : "" }, el("time", {}, age(e.timeUnix)), ` ${e.object} ${e.reason}: ${e.message}`))),
-        el("h2", {}, "Log"),
-        el("pre", { class: "log", tabindex: "0" }, extra.logs || "(no output yet)"));
+      parts.ready.textContent = ready(service);
+      parts.error.hidden = !error;
+      parts.error.textContent = error ? error.message : "";
+      parts.summary.textContent = `Revision ${service.status.revision}, rollout ${service.status.rollout}` +
+        (scale ? ` · autoscaler: ${scale.reason}${scale.panic ? " (panic)" : ""}` : "");
+      parts.charts.replaceChildren(
+        el("figure", {}, el("figcaption", {}, "Requests/s (", el("span", { id: "rps" }, fixed(points.length ? points[points.length - 1].rps : null)), ")"), chart(points, "rps", { label: "requests/s", shadePanic: true })),
+        el("figure", {}, el("figcaption", {}, "p99 latency, ms"), chart(points, "p99Ms", { label: "p99 latency in ms" })),
+        el("figure", {}, el("figcaption", {}, "Replicas ready (shaded: autoscaler panic)"), chart(points, "ready", { label: "ready replicas", shadePanic: true })));
+      parts.replicas.replaceChildren(el("table", { id: "replica-table" },
+        el("thead", {}, el("tr", {}, ["Name", "State", "Ready", "In flight", "Req/s", "CPU", "Memory", "Restarts", "Node", "Age"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, extra.replicas.map((r) => {
+          const u = usage[r.name] || {};
+          return el("tr", {},
+            el("th", { scope: "row" }, r.name), el("td", {}, r.state), el("td", {}, r.ready ? "yes" : "no"),
+            el("td", { class: "num" }, u.inFlight ?? "–"), el("td", { class: "num" }, fixed(u.rps)),
+            el("td", { class: "num" }, u.cpuMillis == null ? "–" : u.cpuMillis + "m"),
+            el("td", { class: "num" }, u.memoryBytes == null ? "–" : Math.round(u.memoryBytes / 1048576) + "Mi"),
+            el("td", { class: "num" }, r.restarts), el("td", {}, r.node), el("td", {}, age(r.startedUnix)));
+        }))));
+      parts.events.replaceChildren(...extra.events.map((e) =>
+        el("li", { class: e.kind === "Warning" ? "warning" : "" }, el("time", {}, age(e.timeUnix)), ` ${e.object} ${e.reason}: ${e.message}`)));
+      parts.log.textContent = extra.logs || "(no output yet)";
     },
   };
 }
