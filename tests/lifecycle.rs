@@ -273,3 +273,38 @@ fn shoal_up_refuses_a_damaged_store_and_one_from_a_newer_shoal() {
     assert_eq!(version, 99, "the newer store was changed");
     assert!(!data.0.join("initialized").exists(), "shoal up went on after refusing the store");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_undo_goes_back_to_the_previous_revision_and_a_second_undo_comes_back() {
+    let dir = Scratch::new("undo");
+    let file = dir.write("faulty.yaml", manifest("faulty", FAULTY_WASM, "replicas: 2\nenv:\n  VARIANT: v1"));
+    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
+    shoal.wait_ready("faulty");
+    // Nothing to go back to yet.
+    let (ok, _, err) = shoal.cli(&["rollout", "undo", "faulty"]);
+    assert!(!ok);
+    assert!(err.contains("has no previous revision"), "{err}");
+    let variant = |shoal: &Shoal| {
+        let url = shoal.url("/env?name=VARIANT");
+        async move { get(&url, None).await.1 }
+    };
+    dir.write("faulty.yaml", manifest("faulty", FAULTY_WASM, "replicas: 2\nenv:\n  VARIANT: v2"));
+    assert!(shoal.cli(&["apply", "-f", file.to_str().unwrap()]).0);
+    // Scaling is not a revision: undo still goes back to v1, at 3 replicas.
+    assert!(shoal.cli(&["scale", "svc", "faulty", "--replicas", "3"]).0);
+    assert!(shoal.cli(&["rollout", "status", "faulty", "--timeout", "60s"]).0);
+    assert_eq!(variant(&shoal).await, "v2");
+    let (ok, out, err) = shoal.cli(&["rollout", "undo", "faulty"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("service/faulty rolled back (revision "), "{out}");
+    assert!(shoal.cli(&["rollout", "status", "faulty", "--timeout", "60s"]).0);
+    assert_eq!(variant(&shoal).await, "v1");
+    assert_eq!(shoal.replicas().iter().filter(|r| r["state"] != "Terminating").count(), 3);
+    let (_, events, _) = shoal.cli(&["describe", "service", "faulty"]);
+    assert!(events.contains("RolledBack"), "{events}");
+    // A second undo comes back to v2.
+    assert!(shoal.cli(&["rollout", "undo", "faulty"]).0);
+    assert!(shoal.cli(&["rollout", "status", "faulty", "--timeout", "60s"]).0);
+    assert_eq!(variant(&shoal).await, "v2");
+    assert!(shoal.stop().success());
+}

@@ -39,6 +39,18 @@ pub struct ServiceRecord {
     /// a store.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resource_version: u64,
+    /// What ran before the last change of revision, for `shoal rollout
+    /// undo` (and the dashboard's roll back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<PreviousRevision>>,
+}
+
+/// A service's previous revision: its manifest and module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousRevision {
+    pub service: Service,
+    pub module_digest: String,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -403,6 +415,7 @@ mod tests {
             created_unix: 1_700_000_000,
             updated_unix: 1_700_000_000,
             resource_version: 0,
+            previous: None,
         }
     }
 

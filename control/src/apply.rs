@@ -2,7 +2,7 @@
 //! way `kubectl apply` does. Shared by the admin API and `shoal up -f`.
 
 use shoal_api::Service;
-use shoal_api::objects::{ServiceRecord, now_unix};
+use shoal_api::objects::{PreviousRevision, ServiceRecord, now_unix};
 
 use crate::store::{Expect, Store, StoreError};
 
@@ -34,6 +34,19 @@ pub enum ApplyError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Goes back to the previous revision of service `name` (`shoal rollout
+/// undo`): its manifest and module, at the current replica count; the
+/// revision it leaves becomes the previous one, so a second undo comes
+/// back. `Ok(None)` when the service has no previous revision.
+pub fn roll_back(store: &dyn Store, name: &str) -> Result<Option<(Applied, ServiceRecord)>, ApplyError> {
+    let Some(current) = store.service(name)? else { return Ok(None) };
+    let Some(previous) = current.previous.clone() else { return Ok(None) };
+    let mut service = previous.service;
+    service.spec.replicas = current.service.spec.replicas;
+    service.resource_version = Some(current.resource_version);
+    apply(store, service, &previous.module_digest).map(Some)
 }
 
 /// How many times an apply that lost a race to another write reads the
@@ -74,14 +87,23 @@ pub fn apply(store: &dyn Store, mut service: Service, digest: &str) -> Result<(A
                 if same == service && existing.module_digest == digest {
                     return Ok((Applied::Unchanged, existing));
                 }
-                let record = ServiceRecord {
+                let mut record = ServiceRecord {
                     service: service.clone(),
                     module_digest: digest.to_owned(),
                     generation: existing.generation + 1,
                     created_unix: existing.created_unix,
                     updated_unix: now,
                     resource_version: 0,
+                    previous: existing.previous.clone(),
                 };
+                // A new revision: the one it replaces is the one to go
+                // back to.
+                if record.revision() != existing.revision() {
+                    record.previous = Some(Box::new(PreviousRevision {
+                        service: existing.service.clone(),
+                        module_digest: existing.module_digest.clone(),
+                    }));
+                }
                 (Applied::Configured, record, Expect::Revision(existing.resource_version))
             }
             None => {
@@ -92,6 +114,7 @@ pub fn apply(store: &dyn Store, mut service: Service, digest: &str) -> Result<(A
                     created_unix: now,
                     updated_unix: now,
                     resource_version: 0,
+                    previous: None,
                 };
                 (Applied::Created, record, Expect::Absent)
             }

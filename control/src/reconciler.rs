@@ -867,6 +867,18 @@ impl Controller {
                 users.join(", ")
             ));
         }
+        let mut kept: Vec<&str> = services
+            .iter()
+            .filter(|r| r.previous.as_ref().is_some_and(|p| p.module_digest == digest))
+            .map(|r| r.service.name.as_str())
+            .collect();
+        if !kept.is_empty() {
+            kept.sort_unstable();
+            return Some(format!(
+                "the previous revision of service {} runs it (shoal rollout undo goes back to it); apply another change first",
+                kept.join(", ")
+            ));
+        }
         let running = self.services_running(digest);
         if !running.is_empty() {
             return Some(format!(

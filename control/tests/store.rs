@@ -70,6 +70,7 @@ fn record(name: &str, replicas: u32) -> ServiceRecord {
         created_unix: 1_700_000_000,
         updated_unix: 1_700_000_100,
         resource_version: 0,
+        previous: None,
     }
 }
 

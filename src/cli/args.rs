@@ -229,6 +229,18 @@ pub struct RolloutArgs {
 pub enum RolloutCommand {
     /// Wait until a service's latest change is rolled out.
     Status(RolloutStatusArgs),
+    /// Go back to a service's previous revision (its manifest and module
+    /// before the last change of revision); a second undo comes back.
+    Undo(RolloutUndoArgs),
+}
+
+/// Arguments of `shoal rollout undo`.
+#[derive(Debug, Args)]
+pub struct RolloutUndoArgs {
+    /// The service's name.
+    pub name: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// Arguments of `shoal rollout status`.

@@ -75,6 +75,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Scale(args) => manage::scale(args).await,
         Command::Logs(args) => logs::logs(args).await,
         Command::Rollout(RolloutArgs { command: RolloutCommand::Status(args) }) => rollout::status(args).await,
+        Command::Rollout(RolloutArgs { command: RolloutCommand::Undo(args) }) => rollout::undo(args).await,
         Command::Top(args) => top::top(args).await,
     }
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::client::{Client, or_not_found};
 use super::connect::encode;
-use super::{RolloutStatusArgs, ServiceView, print};
+use super::{RolloutStatusArgs, RolloutUndoArgs, ServiceView, print};
 
 /// How often the service is polled.
 const POLL: Duration = Duration::from_millis(500);
@@ -56,6 +56,23 @@ pub fn progress(view: &ServiceView, old: usize) -> Progress {
         return Progress::Waiting("Waiting for rollout to finish...".to_owned());
     };
     Progress::Waiting(format!("Waiting for rollout to finish: {what}..."))
+}
+
+/// `shoal rollout undo NAME`: back to the previous revision.
+pub async fn undo(args: RolloutUndoArgs) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        service: ServiceView,
+    }
+    let client = Client::new(&args.connect)?;
+    let path = format!("/v1/services/{}/rollback", encode(&args.name));
+    let answer: Answer =
+        client.post(&path).await.map_err(|e| or_not_found(e, || format!("service {:?} not found", args.name)))?;
+    print(&format!(
+        "service/{} rolled back (revision {}, generation {})\n",
+        args.name, answer.service.status.revision, answer.service.record.generation
+    ))?;
+    Ok(())
 }
 
 pub async fn status(args: RolloutStatusArgs) -> anyhow::Result<()> {

@@ -307,6 +307,7 @@ pub(crate) mod tests {
             created_unix: NOW - 300,
             updated_unix: NOW - 300,
             resource_version: 0,
+            previous: None,
         };
         let status = ServiceStatus {
             name: name.into(),

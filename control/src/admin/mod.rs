@@ -276,6 +276,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/services", get(list_services).post(apply_named_by_manifest))
         .route("/v1/services/{name}", get(get_service).put(apply_service).delete(delete_service))
         .route("/v1/services/{name}/scale", put(scale_service))
+        .route("/v1/services/{name}/rollback", post(rollback_service))
         .route("/v1/replicas", get(list_replicas))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{name}", get(get_node))
@@ -517,6 +518,41 @@ async fn apply_body(state: AdminState, body: ApplyBody, url_name: Option<String>
         );
         state.controller.trigger();
     }
+    Ok(Json(ApplyResponse { result: applied.as_str(), service: view(&state, record), warnings }))
+}
+
+/// `POST /v1/services/{name}/rollback`: back to the previous revision
+/// (`shoal rollout undo`, the dashboard's roll back).
+async fn rollback_service(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> ApiResult<ApplyResponse> {
+    if state.store.service(&name)?.is_none() {
+        return Err(not_found("service", &name));
+    }
+    let (controller, store, target) = (state.controller.clone(), state.store.clone(), name.clone());
+    let outcome = tokio::task::spawn_blocking(move || {
+        let _modules = controller.module_lock();
+        crate::apply::roll_back(&*store, &target)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("roll back failed: {e}")))?
+    .map_err(|e| match e {
+        ApplyError::UnknownModule(digest) => bad_request(format!(
+            "the previous revision's module sha256:{digest} is no longer stored; push it again to roll back"
+        )),
+        ApplyError::Store(e) => e.into(),
+    })?;
+    let Some((applied, record)) = outcome else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("service {name:?} has no previous revision to roll back to (its revision never changed)"),
+        ));
+    };
+    state.events.normal(
+        format!("service/{name}"),
+        "RolledBack",
+        format!("back to revision {} (generation {})", record.revision(), record.generation),
+    );
+    state.controller.trigger();
+    let warnings = shoal_api::warnings(&record.service);
     Ok(Json(ApplyResponse { result: applied.as_str(), service: view(&state, record), warnings }))
 }
 

@@ -263,6 +263,7 @@ function servicePage(name) {
     log: el("pre", { class: "log", tabindex: "0" }),
   };
   const input = el("input", { id: "replicas", type: "number", min: "0", max: "1000", "aria-label": "Replicas" });
+  const rollback = el("button", { id: "rollback", hidden: "", onclick: () => act(`Roll ${name} back to its previous revision?`, () => api("POST", `/v1/services/${encodeURIComponent(name)}/rollback`)) }, "Roll back");
   let built = false;
   function build() {
     built = true;
@@ -273,6 +274,7 @@ function servicePage(name) {
       parts.summary,
       el("section", { class: "actions", "aria-label": "Actions" },
         el("label", { for: "replicas" }, "Replicas "), input,
+        rollback,
         el("button", { id: "scale", onclick: () => act(`Scale ${name} to ${input.value} replicas?`, () => api("PUT", `/v1/services/${encodeURIComponent(name)}/scale`, { replicas: Number(input.value) })) }, "Scale"),
         el("button", { class: "danger", id: "delete", onclick: () => act(`Delete service ${name}? Its replicas drain and stop.`, () => api("DELETE", `/v1/services/${encodeURIComponent(name)}`).then(() => { location.hash = "#/"; })) }, "Delete")),
       parts.charts,
@@ -301,6 +303,7 @@ function servicePage(name) {
       const usage = Object.fromEntries(extra.top.map((u) => [u.name, u]));
       const scale = service.status.scale;
       parts.ready.textContent = ready(service);
+      rollback.hidden = !service.record.previous;
       parts.error.hidden = !error;
       parts.error.textContent = error ? error.message : "";
       parts.summary.textContent = `Revision ${service.status.revision}, rollout ${service.status.rollout}` +
