@@ -64,15 +64,16 @@ function age(unix) {
 
 const SVG = "http://www.w3.org/2000/svg";
 
-// A line chart of `points` (objects with unixMs) by `key`, as SVG; panic
-// periods shaded when `shadePanic`.
-function chart(points, key, { width = 600, height = 120, label = "", shadePanic = false } = {}) {
+// A line chart of `points` (objects with unixMs) by `key`, as SVG; a
+// second, dashed line by `dashed`; panic periods shaded when `shadePanic`.
+function chart(points, key, { width = 600, height = 120, label = "", shadePanic = false, dashed = null } = {}) {
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("class", "chart");
   svg.setAttribute("role", "img");
   const values = points.map((p) => p[key] ?? 0);
-  const max = Math.max(1e-9, ...values);
+  // Headroom above the highest point, so a flat line at the top shows.
+  const max = 1.15 * Math.max(1e-9, ...values, ...(dashed ? points.map((p) => p[dashed] ?? 0) : []));
   const now = Date.now();
   const span = 15 * 60 * 1000;
   const x = (t) => width - ((now - t) / span) * width;
@@ -88,10 +89,13 @@ function chart(points, key, { width = 600, height = 120, label = "", shadePanic 
       svg.append(rect);
     }
   }
-  const line = document.createElementNS(SVG, "polyline");
-  line.setAttribute("points", points.map((p) => `${x(p.unixMs).toFixed(1)},${y(p[key] ?? 0).toFixed(1)}`).join(" "));
-  line.setAttribute("class", "line");
-  svg.append(line);
+  for (const [field, kind] of [[dashed, "line dashed"], [key, "line"]]) {
+    if (!field) continue;
+    const line = document.createElementNS(SVG, "polyline");
+    line.setAttribute("points", points.map((p) => `${x(p.unixMs).toFixed(1)},${y(p[field] ?? 0).toFixed(1)}`).join(" "));
+    line.setAttribute("class", kind);
+    svg.append(line);
+  }
   const last = values.length ? values[values.length - 1] : null;
   svg.setAttribute("aria-label", `${label}: ${last === null ? "no data" : fixed(last)} now, at most ${fixed(max)} over 15 minutes`);
   return svg;
@@ -311,7 +315,7 @@ function servicePage(name) {
       parts.charts.replaceChildren(
         el("figure", {}, el("figcaption", {}, "Requests/s (", el("span", { id: "rps" }, fixed(points.length ? points[points.length - 1].rps : null)), ")"), chart(points, "rps", { label: "requests/s", shadePanic: true })),
         el("figure", {}, el("figcaption", {}, "p99 latency, ms"), chart(points, "p99Ms", { label: "p99 latency in ms" })),
-        el("figure", {}, el("figcaption", {}, "Replicas ready (shaded: autoscaler panic)"), chart(points, "ready", { label: "ready replicas", shadePanic: true })));
+        el("figure", {}, el("figcaption", {}, "Replicas: ready, and asked for (dashed; shaded: autoscaler panic)"), chart(points, "ready", { label: "ready replicas", shadePanic: true, dashed: "desired" })));
       parts.replicas.replaceChildren(el("table", { id: "replica-table" },
         el("thead", {}, el("tr", {}, ["Name", "State", "Ready", "In flight", "Req/s", "CPU", "Memory", "Restarts", "Node", "Age"].map((h) => el("th", { scope: "col" }, h)))),
         el("tbody", {}, extra.replicas.map((r) => {
