@@ -207,6 +207,10 @@ function applyForm() {
   const manifest = el("textarea", { id: "manifest", rows: "10", spellcheck: "false",
     placeholder: "apiVersion: shoal.dev/v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  module: kubia.wasm\n  replicas: 3" });
   const file = el("input", { id: "module-file", type: "file", accept: ".wasm,application/wasm" });
+  // A manifest file fills the text area (to read, or change, before it
+  // is applied).
+  const manifestFile = el("input", { id: "manifest-file", type: "file", accept: ".yaml,.yml,text/yaml",
+    onchange: () => { if (manifestFile.files.length) manifestFile.files[0].text().then((text) => { manifest.value = text; }); } });
   const stored = el("select", { id: "module-stored" }, el("option", { value: "" }, "a stored module…"));
   api("GET", "/v1/modules").then((modules) => {
     modules.sort((a, b) => b.createdUnix - a.createdUnix);
@@ -233,7 +237,8 @@ function applyForm() {
   return el("section", { class: "apply", "aria-labelledby": "apply-title" },
     el("h2", { id: "apply-title" }, "Apply a manifest"),
     el("form", { onsubmit: (event) => { event.preventDefault(); act("Apply this manifest?", apply, onError); } },
-      el("label", { for: "manifest" }, "Manifest (YAML, one Service)"), manifest,
+      el("label", { for: "manifest" }, "Manifest (YAML, one Service), pasted or "),
+      el("label", { for: "manifest-file", class: "file" }, "from a file "), manifestFile, manifest,
       el("div", { class: "module" },
         el("label", { for: "module-file" }, "Module: a .wasm file "), file,
         el("label", { for: "module-stored" }, " or "), stored),
