@@ -260,15 +260,39 @@ pub async fn new_link(State(state): State<AdminState>) -> axum::Json<serde_json:
     axum::Json(serde_json::json!({ "path": format!("/login?code={code}"), "expiresInSeconds": LINK_TTL.as_secs() }))
 }
 
-/// `GET /v1/stream`: server-sent events, a `services` event every second
-/// with what `GET /v1/services` answers and each service's latest point
-/// of history.
-pub async fn stream(State(state): State<AdminState>) -> Response {
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    /// Also a `service` event for this service: its replicas with their
+    /// usage, its events and its log tail.
+    service: Option<String>,
+}
+
+/// `GET /v1/stream[?service=NAME]`: server-sent events, a `services` event
+/// every second with what `GET /v1/services` answers and each service's
+/// latest point of history; with `service`, a `service` event too.
+pub async fn stream(State(state): State<AdminState>, Query(q): Query<StreamQuery>) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let ticks = tokio_stream_interval(Duration::from_secs(1));
     let events = futures::StreamExt::then(ticks, move |_| {
-        let state = state.clone();
+        let (state, service) = (state.clone(), q.service.clone());
         async move {
+            let mut events = vec![services_event(&state).await];
+            if let Some(name) = service {
+                let detail = super::service_detail(&state, &name).await.to_string();
+                events.push(Ok(Event::default().event("service").data(detail)));
+            }
+            futures::stream::iter(events)
+        }
+    });
+    let events = futures::StreamExt::flatten(events);
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+async fn services_event(state: &AdminState) -> Result<axum::response::sse::Event, std::convert::Infallible> {
+    use axum::response::sse::Event;
+    {
+        {
+            let state = state.clone();
             let services = super::service_views(&state).await.unwrap_or_default();
             let latest: HashMap<String, crate::history::Point> = services
                 .iter()
@@ -278,10 +302,9 @@ pub async fn stream(State(state): State<AdminState>) -> Response {
                 })
                 .collect();
             let data = serde_json::json!({ "services": services, "latest": latest });
-            Ok::<_, std::convert::Infallible>(Event::default().event("services").data(data.to_string()))
+            Ok(Event::default().event("services").data(data.to_string()))
         }
-    });
-    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+    }
 }
 
 /// A stream that yields at once, then every `period`.

@@ -658,6 +658,26 @@ async fn list_replicas(State(state): State<AdminState>, Query(q): Query<ReplicaQ
     }
 }
 
+/// What the dashboard's service page shows besides the service itself:
+/// its replicas (every node's), their usage, its events (the last 30) and
+/// its log tail (this node's replicas', the last 50 lines each).
+async fn service_detail(state: &AdminState, name: &str) -> serde_json::Value {
+    let replicas = match cluster_replicas(state) {
+        Some(all) => all.into_iter().filter(|r| r.service == name).collect(),
+        None => state.controller.replicas(Some(name)),
+    };
+    let top_query = ReplicaQuery { service: Some(name.to_owned()), local: false };
+    let usage = top(State(state.clone()), Query(top_query)).await.map(|Json(u)| u).unwrap_or_default();
+    let events_query = EventQuery { since: None, wait: None, object: None, local: false };
+    let events = list_events(State(state.clone()), Query(events_query)).await.map(|Json(e)| e).unwrap_or_default();
+    let mine = |object: &str| object == format!("service/{name}") || object.starts_with(&format!("replica/{name}-"));
+    let mut events: Vec<Event> = events.into_iter().filter(|e| mine(&e.object)).collect();
+    events.reverse();
+    events.truncate(30);
+    let logs: String = state.logs.lines(name, Some(50)).iter().map(|l| &**l).collect();
+    serde_json::json!({ "name": name, "replicas": replicas, "top": usage, "events": events, "logs": logs })
+}
+
 /// In a cluster, every node's replicas: this node's as they are now, the
 /// others' as they last published them.
 fn cluster_replicas(state: &AdminState) -> Option<Vec<ReplicaInfo>> {

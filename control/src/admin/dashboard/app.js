@@ -148,6 +148,7 @@ function connect() {
 let current = null; // { name, render }
 
 function route() {
+  if (current && current.close) current.close();
   const hash = location.hash || "#/";
   const service = hash.match(/^#\/service\/(.+)$/);
   if (service) current = servicePage(decodeURIComponent(service[1]));
@@ -248,18 +249,13 @@ function applyForm() {
 
 function servicePage(name) {
   let extra = { replicas: [], top: [], events: [], logs: "" };
-  let tick = 0;
-  async function load() {
-    const [replicas, top, events, logs] = await Promise.all([
-      api("GET", `/v1/replicas?service=${encodeURIComponent(name)}`),
-      api("GET", `/v1/top?service=${encodeURIComponent(name)}`),
-      api("GET", `/v1/events`),
-      fetch(`/v1/logs/${encodeURIComponent(name)}?tail=50`, { credentials: "same-origin" }).then((r) => r.ok ? r.text() : ""),
-      loadHistory(name),
-    ]);
-    const mine = (object) => object === `service/${name}` || object.startsWith(`replica/${name}-`);
-    extra = { replicas, top, events: events.filter((e) => mine(e.object)).slice(-30).reverse(), logs };
-  }
+  // The page's own stream: the service's replicas, usage, events and log
+  // tail every second (the services and their charts come by the main one).
+  const source = new EventSource(`/v1/stream?service=${encodeURIComponent(name)}`);
+  source.addEventListener("service", (event) => {
+    extra = JSON.parse(event.data);
+    if (current && current.name === name) current.draw();
+  });
   // Built once (what is typed in the form stays); the parts below are
   // refreshed in place.
   const parts = {
@@ -292,10 +288,14 @@ function servicePage(name) {
       el("h2", {}, "Log"), parts.log);
   }
   return {
+    name,
     live: true,
+    close() {
+      source.close();
+    },
     render(first) {
-      if (first || ++tick % 2 === 0) load().then(() => this.draw(), (error) => this.draw(error));
-      else this.draw();
+      if (first) loadHistory(name, true).then(() => this.draw(), (error) => this.draw(error));
+      this.draw();
     },
     draw(error) {
       const service = state.services.find((s) => s.record.service.name === name);
