@@ -28,7 +28,7 @@ pub enum Command {
     Scale(ScaleArgs),
     /// Print the output of a service's replicas, or of one replica.
     Logs(LogsArgs),
-    /// Follow rollouts.
+    /// Follow rollouts, or undo the last one.
     Rollout(RolloutArgs),
     /// Show the live usage of running replicas: requests in flight, requests
     /// per second, p99 latency, CPU and memory (over the last 10 seconds).
