@@ -48,6 +48,9 @@ impl Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut command = Command::new("chromedriver");
         command.arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null());
+        // Its own process group, which the browsers it starts join: the
+        // test ends them all at once, even after a failure.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let driver = spawn_tied(command).expect("cannot start chromedriver");
         let base = format!("http://127.0.0.1:{port}");
         let started = Instant::now();
@@ -113,7 +116,9 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // SAFETY: kill on the process group of the chromedriver this test
+        // started (its id is the group's).
+        unsafe { libc::kill(-(self.driver.id() as i32), libc::SIGKILL) };
         let _ = self.driver.wait();
     }
 }
