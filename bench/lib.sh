@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Shared by bench/kubia.sh, bench/autoscale.sh and bench/calls.sh, which source it after
-# `set -euo pipefail` and `export LC_ALL=C`; not meant to be run.
+# Shared by bench/kubia.sh, bench/autoscale.sh, bench/calls.sh and
+# bench/coldstorm.sh, which source it after `set -euo pipefail` and
+# `export LC_ALL=C`; not meant to be run.
 #
 # Defines ROOT (the repository), log/die (prefixed with the sourcing script's
 # name), stop_pid, cleanup (the EXIT trap), require_positive_ints,
