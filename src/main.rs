@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 
 /// A small Kubernetes for WebAssembly HTTP microservices.
@@ -49,6 +50,14 @@ enum Command {
         /// guest's environment is not in the process listing).
         #[arg(long)]
         config: Option<String>,
+    },
+    /// Fork workers on request, without exec (started by the node agent;
+    /// not for direct use).
+    #[command(hide = true)]
+    Zygote {
+        /// Spaces: room in the command line for the workers it forks.
+        #[arg(hide = true)]
+        room: Option<String>,
     },
     /// The client commands that talk to `shoal up`'s admin API (apply, get,
     /// describe, delete, scale, logs, rollout, push).
@@ -91,6 +100,16 @@ pub struct UpArgs {
     /// replicas stop interrupting each other mid-request) or `normal`.
     #[arg(long, value_enum, value_name = "POLICY", default_value = "batch", env = "SHOAL_CPU_SCHEDULING")]
     cpu_scheduling: up::CpuScheduling,
+    /// Replicas started at once at most (1..=256); more wait their turn,
+    /// oldest request first. Default: twice the cores, at least 4.
+    #[arg(long, value_name = "N", env = "SHOAL_START_CONCURRENCY",
+          value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
+    start_concurrency: Option<usize>,
+    /// Standby workers (started ahead, waiting to become a replica) kept at
+    /// most (0..=256); the pool follows the last minute's starts.
+    #[arg(long, value_name = "N", env = "SHOAL_STANDBY_MAX", default_value_t = shoal_node::DEFAULT_STANDBY_MAX,
+          value_parser = clap::value_parser!(u16).range(0..=256).map(usize::from))]
+    standby_max: usize,
     /// A PEM file of CA certificates to trust, besides the machine's, for
     /// services' HTTPS calls to hosts outside; repeat for several.
     #[arg(long, value_name = "FILE", env = "SHOAL_OUTBOUND_CA", value_delimiter = ',')]
@@ -156,29 +175,12 @@ fn main() -> ExitCode {
         Command::Worker { name, room: _, config } => {
             let exec = shoal_runtime::worker::since_spawn();
             init_tracing("warn");
-            // What `ps -o comm` and top show: a standby waits for its
-            // configuration; once it has it, it is a worker like any other.
-            set_process_name(if name.starts_with("standby-") { c"shoal-standby" } else { c"shoal-worker" });
-            let config = match config {
-                Some(config) => Ok(config),
-                None => std::io::read_to_string(std::io::stdin())
-                    .map_err(|e| anyhow::anyhow!("cannot read the worker configuration from stdin: {e}")),
-            };
-            set_process_name(c"shoal-worker");
-            let result = config
-                .and_then(|c| serde_json::from_str(&c).map_err(|e| anyhow::anyhow!("bad worker configuration: {e}")))
-                .and_then(|config: shoal_runtime::WorkerConfig| {
-                    // `ps` shows the replica a standby became, not the standby.
-                    set_command_line(&format!("shoal worker {}", config.replica));
-                    shoal_runtime::run_worker(config, exec)
-                });
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("worker {name}: error: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            exit_code(worker(&name, config, exec))
+        }
+        Command::Zygote { room: _ } => {
+            init_tracing("warn");
+            set_process_name(c"shoal-zygote");
+            exit_code(shoal_node::zygote::serve(|name, exec| worker(name, None, exec)))
         }
         Command::Build(args) => match builder::run(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -189,6 +191,41 @@ fn main() -> ExitCode {
         },
         Command::Client(command) => cli::run(command),
     }
+}
+
+/// A worker's life, exec'd as `shoal worker` or forked by the zygote:
+/// reads its configuration (from stdin without `config`) and serves until
+/// told to stop. Returns the exit code.
+fn worker(name: &str, config: Option<String>, exec: std::time::Duration) -> i32 {
+    // Forked by the zygote, the command line is still the zygote's.
+    set_command_line(&format!("shoal worker {name}"));
+    // What `ps -o comm` and top show: a standby waits for its
+    // configuration; once it has it, it is a worker like any other.
+    set_process_name(if name.starts_with("standby-") { c"shoal-standby" } else { c"shoal-worker" });
+    let config = match config {
+        Some(config) => Ok(config),
+        None => std::io::read_to_string(std::io::stdin())
+            .map_err(|e| anyhow::anyhow!("cannot read the worker configuration from stdin: {e}")),
+    };
+    set_process_name(c"shoal-worker");
+    let result = config
+        .and_then(|c| serde_json::from_str(&c).map_err(|e| anyhow::anyhow!("bad worker configuration: {e}")))
+        .and_then(|config: shoal_runtime::WorkerConfig| {
+            // `ps` shows the replica a standby became, not the standby.
+            set_command_line(&format!("shoal worker {}", config.replica));
+            shoal_runtime::run_worker(config, exec)
+        });
+    match result {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("worker {name}: error: {error:#}");
+            1
+        }
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn init_tracing(default: &str) {

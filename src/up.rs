@@ -432,9 +432,12 @@ async fn serve(
             cache_dir: cache.dir().to_owned(),
             ready_timeout: Duration::from_secs(60),
             log: log_sink,
+            start_concurrency: args.start_concurrency.unwrap_or_else(shoal_node::default_start_concurrency),
+            standby_max: args.standby_max,
         },
         cgroups,
     ));
+    agent.warm();
     let cleanup = |agent: &NodeAgent| {
         agent.cleanup();
         let _ = std::fs::remove_dir_all(&run_dir);

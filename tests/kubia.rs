@@ -125,15 +125,18 @@ async fn shutdown_leaves_no_worker_and_no_cgroup() {
     let (status, _) = get(&shoal.url("/"), None).await;
     assert_eq!(status, 200);
     assert_eq!(shoal.worker_pids().len(), 3);
-    // The standby worker (started ahead for the next replica) too, once it
-    // has started.
+    // The standby workers (started ahead for the next replicas) too, once
+    // one has started, and the zygote that forks them all.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !shoal.all_children().into_iter().any(is_standby) {
         assert!(std::time::Instant::now() < deadline, "no standby worker: {:?}", shoal.all_children());
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let workers = shoal.all_children();
-    assert_eq!(workers.len(), 4, "3 replicas and a standby worker");
+    let standbys = workers.iter().filter(|&&p| is_standby(p)).count();
+    let zygotes = workers.iter().filter(|&&p| comm(p).as_deref() == Some("shoal-zygote")).count();
+    assert_eq!(zygotes, 1, "one zygote: {workers:?}");
+    assert_eq!(workers.len(), 3 + standbys + zygotes, "3 replicas, standby workers and the zygote: {workers:?}");
     let groups: Vec<String> = workers.iter().filter_map(|p| cgroup_of(*p, "memory")).collect();
     let pid = shoal.pid();
 

@@ -20,6 +20,8 @@ pub struct ServiceFigures {
     pub ready: u32,
     pub panic: bool,
     pub from_zero: u64,
+    /// `spec.autoscale.scaleToZeroGracePeriod`, for autoscaled services.
+    pub scale_to_zero_grace: Option<std::time::Duration>,
 }
 
 /// Everything one scrape reports.
@@ -30,6 +32,8 @@ pub struct Scrape {
     pub usage: HashMap<String, Usage>,
     /// Calls from services, by caller and target.
     pub calls: Vec<CallSnapshot>,
+    /// The node's standby pool and start gate.
+    pub starts: shoal_node::StartStatus,
 }
 
 impl prometheus_client::collector::Collector for Scrape {
@@ -80,6 +84,51 @@ impl prometheus_client::collector::Collector for Scrape {
                 let labels = service_label(s);
                 family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&figure(s).from_zero, None)?;
             }
+        }
+
+        gauge(
+            &mut encoder,
+            "shoal_autoscaler_scale_to_zero_grace_seconds",
+            "How long an autoscaled service stays idle before it scales to zero (when its min is 0)",
+            || {
+                let grace = |s: &ServiceSnapshot| figure(s).scale_to_zero_grace.map(|g| g.as_secs() as i64);
+                self.services.iter().filter_map(|s| Some((service_label(s), grace(s)?))).collect()
+            },
+        )?;
+
+        // The node's starts.
+        let node = |value: usize| vec![(Vec::new(), value as i64)];
+        let starts = &self.starts;
+        gauge(&mut encoder, "shoal_standby_workers", "Standby workers waiting to become a replica", || {
+            node(starts.standby)
+        })?;
+        gauge(
+            &mut encoder,
+            "shoal_standby_target",
+            "The standby pool's size aimed at (from the last minute's starts)",
+            || node(starts.standby_target),
+        )?;
+        gauge(&mut encoder, "shoal_standby_max", "The standby pool's largest size (--standby-max)", || {
+            node(starts.standby_max)
+        })?;
+        gauge(
+            &mut encoder,
+            "shoal_start_concurrency",
+            "Replica starts run at once at most (--start-concurrency)",
+            || node(starts.gate.limit),
+        )?;
+        gauge(&mut encoder, "shoal_starts_in_progress", "Replica starts under way (admitted, not yet ready)", || {
+            node(starts.gate.running)
+        })?;
+        gauge(&mut encoder, "shoal_starts_waiting", "Replica starts waiting for their turn", || {
+            node(starts.gate.waiting)
+        })?;
+        for (name, help, value) in [
+            ("shoal_replica_starts", "Replica starts so far", starts.starts),
+            ("shoal_replica_starts_from_standby", "Replica starts that took a standby worker", starts.from_standby),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            family.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
         }
 
         // Replicas.

@@ -73,8 +73,10 @@ pub struct PodContext {
 }
 
 impl Pod {
-    /// Starts a pod running `spec`.
-    pub fn start(ctx: PodContext, spec: ReplicaSpec, revision: String, digest: String) -> Pod {
+    /// Starts a pod running `spec`; `asked` orders its first start among
+    /// those waiting (for a service woken from zero, when its first
+    /// request arrived).
+    pub fn start(ctx: PodContext, spec: ReplicaSpec, revision: String, digest: String, asked: Instant) -> Pod {
         let status = Arc::new(Mutex::new(PodStatus {
             state: ReplicaState::Starting,
             ready: false,
@@ -87,7 +89,7 @@ impl Pod {
         }));
         let (stop, stop_rx) = watch::channel(false);
         let (gateway, service, name) = (ctx.gateway.clone(), spec.service.clone(), spec.name.clone());
-        let run = run(ctx, spec.clone(), status.clone(), stop_rx);
+        let run = run(ctx, spec.clone(), status.clone(), stop_rx, asked);
         let task = tokio::spawn(async move {
             run.await;
             // The replica is gone for good: so are its figures.
@@ -142,7 +144,13 @@ impl Pod {
     }
 }
 
-async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    ctx: PodContext,
+    spec: ReplicaSpec,
+    status: Arc<Mutex<PodStatus>>,
+    mut stop: watch::Receiver<bool>,
+    asked: Instant,
+) {
     let object = format!("replica/{}", spec.name);
     let update = |f: &dyn Fn(&mut PodStatus)| {
         f(&mut status.lock().expect("pod lock"));
@@ -150,6 +158,8 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
     };
     // Failed starts and short runs since the last long healthy run.
     let mut failures: u32 = 0;
+    // Restarts are asked for when they happen.
+    let mut asked = Some(asked);
     loop {
         if *stop.borrow() {
             return;
@@ -160,7 +170,7 @@ async fn run(ctx: PodContext, spec: ReplicaSpec, status: Arc<Mutex<PodStatus>>, 
             }
         });
         let delay;
-        match ctx.agent.start(&spec).await {
+        match ctx.agent.start(&spec, asked.take().unwrap_or_else(Instant::now)).await {
             Ok(mut replica) => {
                 let started = Instant::now();
                 let (pid, cgroup) = (replica.pid, replica.cgroup.clone());

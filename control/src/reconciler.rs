@@ -156,6 +156,22 @@ pub struct Controller {
     usage: Mutex<HashMap<String, VecDeque<UsagePoint>>>,
     /// This node's share, in a cluster; alone, every replica runs here.
     share: Arc<std::sync::OnceLock<Arc<dyn Share>>>,
+    /// The services as last read from the store, while its revision stays.
+    desired: Mutex<Option<Arc<Desired>>>,
+}
+
+/// The stored services as of one store revision, with what each pass needs
+/// of them computed once: with a thousand services, decoding them and
+/// hashing their revisions on every pass kept a core busy during a storm
+/// of cold starts.
+struct Desired {
+    /// The store's revision they were read at (or after).
+    store_revision: u64,
+    /// Sorted by name.
+    records: Vec<ServiceRecord>,
+    /// Each record's [`ServiceRecord::revision`].
+    revisions: Vec<String>,
+    names: HashSet<String>,
 }
 
 /// One replica's figures at one tick.
@@ -215,6 +231,7 @@ impl Controller {
             scaler,
             usage: Mutex::new(HashMap::new()),
             share,
+            desired: Mutex::new(None),
         });
         let changed = controller.waiting_changed.clone();
         tokio::spawn(Self::prepare_waiting(Arc::downgrade(&controller), changed));
@@ -427,6 +444,21 @@ impl Controller {
     /// What `/metrics` reports now.
     pub fn scrape(&self) -> crate::metrics::Scrape {
         let from_zero: HashMap<String, u64> = self.scaler.from_zero_counts().into_iter().collect();
+        let grace: HashMap<String, Duration> = self
+            .desired
+            .lock()
+            .expect("desired lock")
+            .as_ref()
+            .map(|desired| {
+                desired
+                    .records
+                    .iter()
+                    .filter_map(|r| {
+                        Some((r.service.name.clone(), r.service.spec.autoscale.as_ref()?.scale_to_zero_grace_period))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let figures = self
             .statuses
             .lock()
@@ -438,6 +470,7 @@ impl Controller {
                     ready: s.ready,
                     panic: s.scale.as_ref().is_some_and(|d| d.panic),
                     from_zero: from_zero.get(&s.name).copied().unwrap_or(0),
+                    scale_to_zero_grace: grace.get(&s.name).copied(),
                 };
                 (s.name.clone(), figures)
             })
@@ -447,6 +480,7 @@ impl Controller {
             figures,
             usage: self.latest_usage(),
             calls: self.ctx.gateway.call_snapshot(),
+            starts: self.ctx.agent.start_status(),
         }
     }
 
@@ -458,22 +492,31 @@ impl Controller {
 
     /// One pass.
     pub async fn reconcile(self: &Arc<Self>) {
-        let records = match self.store.services() {
-            Ok(records) => records,
+        let (desired, changed) = match self.desired() {
+            Ok(found) => found,
             Err(error) => {
                 tracing::error!(%error, "cannot read services from the store");
                 return;
             }
         };
+        let records = &desired.records;
         self.reap();
-        self.scaler.sync(&records);
-        // Routes first: every service's, before anything can take time.
-        for record in &records {
-            self.publish(record);
+        if changed {
+            self.scaler.sync(records);
+            // Routes first: every service's, before anything can take time.
+            for record in records {
+                self.publish(record);
+            }
         }
-        for record in &records {
+        // Each service's pods, by index: a pass only appends to the list.
+        let mut pods_of: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, pod) in self.pods.lock().expect("pods lock").iter().enumerate() {
+            pods_of.entry(pod.service.clone()).or_default().push(i);
+        }
+        for (record, revision) in records.iter().zip(&desired.revisions) {
             let module = self.module(&record.module_digest);
-            let status = self.reconcile_service(record, &module);
+            let pods = pods_of.get(&record.service.name).map_or(&[][..], Vec::as_slice);
+            let status = self.reconcile_service(record, revision, pods, &module);
             self.announce(&status);
             self.statuses.lock().expect("status lock").insert(record.service.name.clone(), status);
         }
@@ -483,7 +526,7 @@ impl Controller {
 
         // Services no longer desired: stop their pods; their routes stay
         // (answering 503) until the last of their pods is gone.
-        let names: HashSet<String> = records.iter().map(|r| r.service.name.clone()).collect();
+        let names = &desired.names;
         let mut draining: HashSet<String> = HashSet::new();
         for pod in self.pods.lock().expect("pods lock").iter() {
             if !names.contains(&pod.service) {
@@ -494,7 +537,7 @@ impl Controller {
             }
         }
         let mut published = self.published.lock().expect("published lock");
-        for gone in published.difference(&names).cloned().collect::<Vec<_>>() {
+        for gone in published.difference(names).cloned().collect::<Vec<_>>() {
             // Requests waiting for a replica of it get their 503 now.
             self.ctx.gateway.set_activator(&gone, 0);
             if draining.contains(&gone) {
@@ -506,6 +549,27 @@ impl Controller {
             self.announced.lock().expect("announced lock").remove(&gone);
             published.remove(&gone);
         }
+    }
+
+    /// The stored services, read again only when the store's revision
+    /// moved; and whether they were (then the pass publishes them).
+    fn desired(&self) -> Result<(Arc<Desired>, bool), StoreError> {
+        let revision = self.store.revision()?;
+        let mut cached = self.desired.lock().expect("desired lock");
+        if let Some(desired) = cached.as_ref().filter(|d| d.store_revision == revision) {
+            return Ok((desired.clone(), false));
+        }
+        // A write between the two reads is seen by the next pass: the
+        // records are at least as new as `revision`.
+        let records = self.store.services()?;
+        let desired = Arc::new(Desired {
+            store_revision: revision,
+            revisions: records.iter().map(ServiceRecord::revision).collect(),
+            names: records.iter().map(|r| r.service.name.clone()).collect(),
+            records,
+        });
+        *cached = Some(desired.clone());
+        Ok((desired, true))
     }
 
     /// Publishes a service's routes, deadline and body limit to the gateway.
@@ -541,7 +605,15 @@ impl Controller {
         self.logs.retain(|replica| alive.contains(replica));
     }
 
-    fn reconcile_service(&self, record: &ServiceRecord, module: &ModuleState) -> ServiceStatus {
+    /// One service's pass: `revision` is the record's, `indices` its pods'
+    /// places in the pod list.
+    fn reconcile_service(
+        &self,
+        record: &ServiceRecord,
+        revision: &str,
+        indices: &[usize],
+        module: &ModuleState,
+    ) -> ServiceStatus {
         let service = &record.service;
         let name = &service.name;
         let digest = &record.module_digest;
@@ -554,7 +626,7 @@ impl Controller {
             _ => 0,
         };
         self.ctx.gateway.set_activator(name, max_held);
-        let revision = record.revision();
+        let revision = revision.to_owned();
         // In a cluster, this node's share; `None` holds what runs.
         let (desired, hold) = match self.share.get().map(|share| share.replicas_here(name)) {
             None => (self.scaler.desired(name).unwrap_or(service.spec.replicas) as usize, false),
@@ -576,7 +648,7 @@ impl Controller {
         };
 
         let mut pods = self.pods.lock().expect("pods lock");
-        let live: Vec<usize> = (0..pods.len()).filter(|&i| pods[i].service == *name && !pods[i].stopping()).collect();
+        let live: Vec<usize> = indices.iter().copied().filter(|&i| !pods[i].stopping()).collect();
         let (current, old): (Vec<usize>, Vec<usize>) = live.iter().partition(|&&i| pods[i].revision == revision);
         let ready = |i: &usize| pods[*i].status().ready;
         let ready_current = current.iter().filter(|i| ready(i)).count();
@@ -653,7 +725,12 @@ impl Controller {
         for &i in &to_stop {
             pods[i].stop();
         }
+        let before = pods.len();
         if let (Ok(path), Some(instances)) = (&module, instances) {
+            // Woken from zero: its start goes in line from when the first
+            // request arrived.
+            let asked = if to_start > 0 { self.scaler.take_activation(name) } else { None };
+            let asked = asked.unwrap_or_else(Instant::now);
             for _ in 0..to_start {
                 let spec = ReplicaSpec {
                     service: name.clone(),
@@ -675,14 +752,16 @@ impl Controller {
                     allow_outbound: service.spec.allow_outbound.clone(),
                     call_response_body: service.spec.limits.call_response_body,
                 };
-                pods.push(Pod::start(self.ctx.clone(), spec, revision.clone(), digest.clone()));
+                pods.push(Pod::start(self.ctx.clone(), spec, revision.clone(), digest.clone(), asked));
             }
         }
         if message.is_none() && phase != RolloutPhase::Complete {
             message = current.iter().filter_map(|&i| pods[i].status().message).next();
         }
 
-        let live: Vec<&Pod> = pods.iter().filter(|p| p.service == *name && !p.stopping()).collect();
+        let added = before..pods.len();
+        let live: Vec<&Pod> =
+            indices.iter().copied().chain(added).map(|i| &pods[i]).filter(|p| !p.stopping()).collect();
         let ready_all = live.iter().filter(|p| p.status().ready).count() as u32;
         ServiceStatus {
             name: name.clone(),

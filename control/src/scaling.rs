@@ -39,6 +39,9 @@ struct Scaled {
     last: Option<MeterReading>,
     /// Times it went from zero to one replica.
     from_zero: u64,
+    /// When a request last woke it from zero, until its replica is asked
+    /// for ([`Scaler::take_activation`]).
+    activated: Option<std::time::Instant>,
 }
 
 impl Scaler {
@@ -56,9 +59,10 @@ impl Scaler {
     /// `initial` where it gives a count (a new leader of a cluster goes on
     /// from the count the placement holds).
     pub fn sync_from(&self, records: &[ServiceRecord], initial: &dyn Fn(&str) -> Option<u32>) {
+        let autoscaled: std::collections::HashSet<&str> =
+            records.iter().filter(|r| r.service.spec.autoscale.is_some()).map(|r| r.service.name.as_str()).collect();
         let mut services = self.services.lock().expect("scaler lock");
-        services
-            .retain(|name, _| records.iter().any(|r| r.service.name == *name && r.service.spec.autoscale.is_some()));
+        services.retain(|name, _| autoscaled.contains(name.as_str()));
         for record in records {
             let spec: &ServiceSpec = &record.service.spec;
             let Some(settings) = &spec.autoscale else { continue };
@@ -119,8 +123,15 @@ impl Scaler {
         scaled.state.note_activity();
         if scaled.desired == 0 && scaled.settings.max > 0 {
             scaled.from_zero += 1;
+            scaled.activated = Some(std::time::Instant::now());
             self.change(service, scaled, 1, "a request arrived".into());
         }
+    }
+
+    /// When a request woke `service` from zero, once: the reconciler puts
+    /// the replica's start in line from then.
+    pub fn take_activation(&self, service: &str) -> Option<std::time::Instant> {
+        self.services.lock().expect("scaler lock").get_mut(service).and_then(|s| s.activated.take())
     }
 
     /// One tick: a sample and a decision for every autoscaled service.
@@ -197,6 +208,7 @@ impl Scaled {
             },
             last: None,
             from_zero: 0,
+            activated: None,
         }
     }
 }

@@ -3,46 +3,58 @@
 //! Starting a replica, in order:
 //!
 //! 1. Create its cgroup with the manifest's limits (when cgroups are usable).
-//! 2. Open the cgroup's `cgroup.procs` files and a readiness pipe.
-//! 3. `fork`; in the child, before `exec`: set `PR_SET_PDEATHSIG` (so the
-//!    worker dies with Shoal), leave Shoal's process group (so a terminal's
-//!    Ctrl-C reaches Shoal only, which drains first), check the parent did
-//!    not already die, join the cgroup, and put the readiness pipe on fd 3.
-//! 4. `exec` the same `shoal` binary as `shoal worker`, which reads its
-//!    configuration from stdin, loads the precompiled component, binds its
-//!    channel (fds 4, 5 and 6, see `shoal_protocol::channel`) and writes
-//!    `ready` with the time each step took.
+//! 2. Open the cgroup's `cgroup.procs` files, a readiness pipe, its stdio
+//!    pipes and its channel.
+//! 3. Ask the zygote ([`crate::zygote`]) to fork it; the child, first: sets
+//!    `PR_SET_PDEATHSIG` (so the worker dies with Shoal), checks the parent
+//!    did not already die, leaves Shoal's process group (so a terminal's
+//!    Ctrl-C reaches Shoal only, which drains first), joins the cgroup, and
+//!    puts its descriptors on 0 to 6, closing every other one.
+//! 4. It then runs as `shoal worker` does: reads its configuration from
+//!    stdin, loads the precompiled component, binds its channel (fds 4, 5
+//!    and 6, see `shoal_protocol::channel`) and writes `ready` (fd 3) with
+//!    the time each step took.
 //! 5. A task per replica forwards its stdout and stderr line by line,
 //!    prefixed with the replica's name, and another waits for its exit,
 //!    removes its cgroup, and publishes the [`Exit`].
 //!
-//! Steps 1 to 4 up to `exec` are done ahead for the next replica: one
-//! standby worker (`shoal-standby` in `ps`) waits, confined in its own
-//! cgroup, for its configuration. Joining a cgroup v1 costs the kernel an RCU
-//! grace period (about 15 ms on the machines measured), more than everything
-//! else a start does; the standby pays it before a replica is needed. When a
-//! replica starts, the standby's cgroup is renamed after it (cgroup v1; v2
-//! cannot rename, and the group keeps its `standby-<n>` name) and given the
-//! replica's limits, the configuration is sent, and another standby is
-//! started in the background. Every fork happens on one long-lived thread
-//! (see `NodeAgent::on_fork_thread`).
+//! Steps 1 to 3 are done ahead for the next replicas: a pool
+//! of standby workers (`shoal-standby` in `ps`) waits, each confined in its
+//! own cgroup, for a configuration. Joining a cgroup v1 costs the kernel an
+//! RCU grace period (about 15 ms on the machines measured) when no other
+//! join happened just before, more than everything else a start does; a
+//! standby pays it before a replica is needed. When a replica starts, a
+//! standby's cgroup is renamed after it (cgroup v1; v2 cannot rename, and
+//! the group keeps its `standby-<n>` name) and given the replica's limits,
+//! and the configuration is sent. The pool's size follows demand: one
+//! standby per start in the last [`DEMAND_WINDOW`], at least one, at most
+//! [`AgentConfig::standby_max`]; it shrinks back once starts stop.
+//!
+//! Starts overlap: at most [`AgentConfig::start_concurrency`] run at once
+//! (from the gate until the worker is ready), admitted oldest asked first,
+//! and their forks run on as many long-lived threads (see
+//! [`crate::starts`]); standbys are started on the same threads when no
+//! start waits for one.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_protocol::channel::ChannelFds;
-use shoal_protocol::config::{CHANNEL_FDS, CHANNEL_FDS_ENV, READY_FD_ENV, SPAWNED_ENV, WorkerConfig, monotonic_nanos};
+use shoal_protocol::config::{WorkerConfig, monotonic_nanos};
 use shoal_protocol::ready::{Instances, ReadyReport};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 
 use crate::cgroups::{CgroupLimits, Cgroups, ReplicaCgroup};
+use crate::child::Child;
+use crate::starts::{Forkers, GateCounts, StartGate, Urgency};
+use crate::zygote::{WorkerFds, Zygote};
 
 /// Which stream a worker's output line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +83,26 @@ pub struct AgentConfig {
     pub ready_timeout: Duration,
     /// Where worker output goes.
     pub log: LogSink,
+    /// Workers started at once at most (forks under way and workers not
+    /// yet ready); the others wait their turn, oldest asked first.
+    pub start_concurrency: usize,
+    /// The most standby workers kept (0: none).
+    pub standby_max: usize,
 }
+
+/// Starts at once by default: twice the cores, at least four. A start is
+/// mostly CPU (exec, loading the component, one instantiation) with a
+/// kernel wait in it (joining the cgroup); two per core keeps the cores
+/// busy while each start still finishes quickly, in order.
+pub fn default_start_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from).saturating_mul(2).max(4)
+}
+
+/// Standby workers kept at most by default. A standby is a `shoal worker`
+/// process waiting for its configuration, about 2 MiB of its own memory
+/// (the rest is the binary's pages, shared); 16 cover a burst of 16 starts
+/// and cost about 32 MiB while the pool is full.
+pub const DEFAULT_STANDBY_MAX: usize = 16;
 
 /// What to run: one replica of a service revision.
 #[derive(Debug, Clone)]
@@ -171,6 +202,8 @@ pub struct Startup {
     /// Whether a standby process became the replica (its fork, cgroup
     /// join and exec happened before).
     pub standby: bool,
+    /// How long it waited for its turn to start (not in `total`).
+    pub queued: Duration,
     /// How its instances serve requests, as the worker said.
     pub instances: Option<Instances>,
 }
@@ -190,6 +223,7 @@ impl Startup {
             check: report.check,
             worker: report.total,
             standby: false,
+            queued: Duration::ZERO,
             instances: report.instances,
         }
     }
@@ -221,6 +255,9 @@ impl fmt::Display for Startup {
             ms(self.check),
             ms(self.other())
         )?;
+        if self.queued >= Duration::from_micros(100) {
+            write!(f, ", after waiting {} for its turn", ms(self.queued))?;
+        }
         match self.instances {
             Some(instances) => write!(f, ", instances {}", instances.as_str()),
             None => Ok(()),
@@ -250,28 +287,83 @@ pub enum StartError {
 pub struct NodeAgent {
     config: AgentConfig,
     cgroups: Option<Arc<Cgroups>>,
-    /// A worker process started ahead, for the next replica.
-    standby: Mutex<Option<Standby>>,
+    /// Admits [`AgentConfig::start_concurrency`] starts at once, oldest
+    /// asked first.
+    gate: StartGate,
+    /// The threads workers are forked on.
+    forkers: Arc<Forkers>,
+    /// Workers started ahead, for the next replicas.
+    pool: Mutex<Pool>,
     standby_seq: AtomicU64,
     /// Set by [`NodeAgent::cleanup`]: no more standby processes.
     closed: AtomicBool,
-    /// While the fork thread starts a standby.
-    refilling: AtomicBool,
-    /// Jobs for the fork thread (see [`NodeAgent::on_fork_thread`]).
-    forker: Mutex<Option<std::sync::mpsc::Sender<ForkJob>>>,
+    /// Whether the task that resizes the pool runs.
+    keeper: AtomicBool,
+    /// Forks every worker.
+    zygote: Zygote,
+}
+
+/// The standby pool: its workers, and the size it aims at.
+struct Pool {
+    standbys: VecDeque<Standby>,
+    /// Standbys being started (their fork jobs queued or running).
+    refilling: usize,
+    /// The size aimed at: the starts of the last [`DEMAND_WINDOW`], at
+    /// least one, at most [`AgentConfig::standby_max`].
+    target: usize,
+    /// When the starts of the last [`DEMAND_WINDOW`] happened.
+    recent: VecDeque<Instant>,
+    /// Starts so far, and how many found a standby.
+    starts: u64,
+    from_standby: u64,
+}
+
+/// How far back starts count as demand for standbys. A burst of starts
+/// grows the pool at once (up to its maximum); it shrinks back to one
+/// standby once this long has passed without starts.
+pub const DEMAND_WINDOW: Duration = Duration::from_secs(60);
+/// How often the pool is resized and its dead standbys replaced.
+const KEEP_PERIOD: Duration = Duration::from_secs(5);
+
+/// The standby pool and the start gate, as `shoal describe node` and
+/// `/metrics` show them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StartStatus {
+    /// Standby workers waiting now.
+    pub standby: usize,
+    /// The pool's size aimed at now (from the last minute's starts).
+    pub standby_target: usize,
+    /// The pool's largest size.
+    pub standby_max: usize,
+    /// Starts at most at once, and starts under way, and waiting.
+    pub gate: GateCounts,
+    /// Replica starts so far, and how many of them took a standby.
+    pub starts: u64,
+    pub from_standby: u64,
 }
 
 impl NodeAgent {
     /// A node agent; `cgroups` is `None` when replicas run unconfined.
     pub fn new(config: AgentConfig, cgroups: Option<Cgroups>) -> Self {
+        let concurrency = config.start_concurrency.max(1);
+        let zygote = Zygote::new(&config.exe);
         Self {
+            gate: StartGate::new(concurrency),
+            forkers: Arc::new(Forkers::new(concurrency)),
+            pool: Mutex::new(Pool {
+                standbys: VecDeque::new(),
+                refilling: 0,
+                target: config.standby_max.min(1),
+                recent: VecDeque::new(),
+                starts: 0,
+                from_standby: 0,
+            }),
             config,
             cgroups: cgroups.map(Arc::new),
-            standby: Mutex::new(None),
             standby_seq: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            refilling: AtomicBool::new(false),
-            forker: Mutex::new(None),
+            keeper: AtomicBool::new(false),
+            zygote,
         }
     }
 
@@ -291,83 +383,232 @@ impl NodeAgent {
         Usage { cpu: cpu_time(pid), memory }
     }
 
-    /// Starts a replica and waits until it is ready to serve: the standby
-    /// process when there is one (then another standby is started), a new
-    /// process otherwise.
-    pub async fn start(self: &Arc<Self>, spec: &ReplicaSpec) -> Result<Replica, StartError> {
-        let started = std::time::Instant::now();
-        let standby = self.standby.lock().expect("standby lock").take();
-        let agent = self.clone();
-        self.on_fork_thread(move || agent.refill());
-        if let Some(mut standby) = standby {
-            if standby.process.child.try_wait().ok().flatten().is_none() {
-                let cgroup = match (&self.cgroups, standby.cgroup.take()) {
-                    (Some(cgroups), Some(group)) => {
-                        let group = cgroups.rename(group, &spec.name);
-                        if let Err(error) = group.apply(spec.limits) {
-                            let _ = standby.process.child.start_kill();
-                            let _ = standby.process.child.wait().await;
-                            let _ = group.remove();
-                            return Err(StartError::Cgroup(format!(
-                                "cannot set limits on cgroup {}: {error}",
-                                group.path()
-                            )));
-                        }
-                        Some(group)
-                    }
-                    (_, group) => group,
-                };
-                let cgroup_time = started.elapsed();
-                let mut replica = self.attach(spec, standby.process, cgroup, started).await?;
-                replica.startup.cgroup = cgroup_time;
-                replica.startup.standby = true;
-                return Ok(replica);
+    /// The standby pool and the start gate now.
+    pub fn start_status(&self) -> StartStatus {
+        let pool = self.pool.lock().expect("pool lock");
+        StartStatus {
+            standby: pool.standbys.len(),
+            standby_target: pool.target,
+            standby_max: self.config.standby_max,
+            gate: self.gate.counts(),
+            starts: pool.starts,
+            from_standby: pool.from_standby,
+        }
+    }
+
+    /// Fills the standby pool to its first size and starts the task that
+    /// resizes it, so that the first replica, too, finds a standby. Called
+    /// by `shoal up` once it runs; [`NodeAgent::start`] does it otherwise.
+    pub fn warm(self: &Arc<Self>) {
+        if self.keeper.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let agent = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(KEEP_PERIOD);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(agent) = agent.upgrade() else { return };
+                if agent.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                agent.keep_pool();
             }
-            // It died while waiting: clean up and start afresh.
+        });
+    }
+
+    /// Starts a replica and waits until it is ready to serve. `asked` is
+    /// when it was asked for (for a service woken from zero, when its
+    /// first request arrived): at most [`AgentConfig::start_concurrency`]
+    /// starts run at once, and the others are admitted oldest asked first.
+    /// A standby process becomes the replica when there is one; a new
+    /// process is started otherwise.
+    pub async fn start(self: &Arc<Self>, spec: &ReplicaSpec, asked: Instant) -> Result<Replica, StartError> {
+        let reached = Instant::now();
+        self.warm();
+        let _admitted = self.gate.enter(asked).await;
+        let started = Instant::now();
+        let queued = started - reached;
+        let standby = self.take_standby();
+        if let Some(mut standby) = standby {
+            let cgroup = match (&self.cgroups, standby.cgroup.take()) {
+                (Some(cgroups), Some(group)) => {
+                    let group = cgroups.rename(group, &spec.name);
+                    if let Err(error) = group.apply(spec.limits) {
+                        let _ = standby.process.child.start_kill();
+                        let _ = standby.process.child.wait().await;
+                        let _ = group.remove();
+                        return Err(StartError::Cgroup(format!(
+                            "cannot set limits on cgroup {}: {error}",
+                            group.path()
+                        )));
+                    }
+                    Some(group)
+                }
+                (_, group) => group,
+            };
+            let cgroup_time = started.elapsed();
+            let mut replica = self.attach(spec, standby.process, cgroup, started).await?;
+            replica.startup.cgroup = cgroup_time;
+            replica.startup.standby = true;
+            replica.startup.queued = queued;
+            return Ok(replica);
+        }
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (agent, name, limits) = (self.clone(), spec.name.clone(), spec.limits);
+        self.forkers.run(
+            Urgency::Start,
+            Box::new(move || {
+                let created = Instant::now();
+                let cgroup = match &agent.cgroups {
+                    Some(cgroups) => match cgroups.create(&name, limits) {
+                        Ok(group) => Some(group),
+                        Err(error) => {
+                            let _ = sender.send(Err(StartError::Cgroup(error)));
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                let cgroup_time = created.elapsed();
+                let result = match spawn_process(&agent.zygote, &name, cgroup.as_ref()) {
+                    Ok(process) => Ok((process, cgroup, cgroup_time)),
+                    Err(error) => {
+                        if let Some(group) = cgroup {
+                            let _ = group.remove();
+                        }
+                        Err(StartError::Spawn(error))
+                    }
+                };
+                let _ = sender.send(result);
+            }),
+        );
+        let Ok(forked) = receiver.await else {
+            return Err(StartError::Spawn(std::io::Error::other("the fork thread is gone")));
+        };
+        let (process, cgroup, cgroup_time) = forked?;
+        let mut replica = self.attach(spec, process, cgroup, started).await?;
+        replica.startup.cgroup = cgroup_time;
+        replica.startup.queued = queued;
+        Ok(replica)
+    }
+
+    /// A live standby from the pool, if there is one; counts the start as
+    /// demand and tops the pool up.
+    fn take_standby(self: &Arc<Self>) -> Option<Standby> {
+        let mut dead = Vec::new();
+        let taken = {
+            let mut pool = self.pool.lock().expect("pool lock");
+            let now = Instant::now();
+            pool.recent.push_back(now);
+            pool.starts += 1;
+            pool.resize(now, self.config.standby_max);
+            let mut taken = None;
+            while let Some(mut standby) = pool.standbys.pop_front() {
+                if standby.process.child.try_wait().ok().flatten().is_none() {
+                    taken = Some(standby);
+                    pool.from_standby += 1;
+                    break;
+                }
+                dead.push(standby);
+            }
+            taken
+        };
+        // It died while waiting: its cgroup goes.
+        for mut standby in dead {
             if let Some(group) = standby.cgroup.take() {
                 let _ = group.remove();
             }
         }
-        let cgroup = match &self.cgroups {
-            Some(cgroups) => Some(cgroups.create(&spec.name, spec.limits).map_err(StartError::Cgroup)?),
-            None => None,
-        };
-        let cgroup_time = started.elapsed();
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let (config, name) = (self.config.clone(), spec.name.clone());
-        self.on_fork_thread(move || {
-            let process = spawn_process(&config, &name, cgroup.as_ref());
-            let _ = sender.send((process, cgroup));
-        });
-        let Ok((process, cgroup)) = receiver.await else {
-            return Err(StartError::Spawn(std::io::Error::other("the fork thread is gone")));
-        };
-        let process = match process {
-            Ok(process) => process,
-            Err(error) => {
-                if let Some(group) = cgroup {
-                    let _ = group.remove();
-                }
-                return Err(StartError::Spawn(error));
-            }
-        };
-        let mut replica = self.attach(spec, process, cgroup, started).await?;
-        replica.startup.cgroup = cgroup_time;
-        Ok(replica)
+        self.top_up();
+        taken
     }
 
-    /// Starts a standby process if there is none and Shoal is not shutting
-    /// down: a worker already forked, confined and exec'd, waiting for its
-    /// configuration. Joining a cgroup v1 takes the kernel an RCU grace
-    /// period (about 15 ms here), and exec a few more; a standby pays them
-    /// before a replica is needed.
-    fn refill(&self) {
-        // Only the fork thread refills, so nobody else can start one between
-        // this check and the store below.
-        if self.standby.lock().expect("standby lock").is_some() || self.closed.load(Ordering::SeqCst) {
-            return;
+    /// Every [`KEEP_PERIOD`]: the pool's size follows the last minute's
+    /// starts; standbys past it are stopped, dead ones replaced.
+    fn keep_pool(self: &Arc<Self>) {
+        let surplus: Vec<Standby> = {
+            let mut pool = self.pool.lock().expect("pool lock");
+            pool.resize(Instant::now(), self.config.standby_max);
+            let mut alive = VecDeque::new();
+            let mut gone = Vec::new();
+            for mut standby in pool.standbys.drain(..) {
+                if standby.process.child.try_wait().ok().flatten().is_none() {
+                    alive.push_back(standby);
+                } else {
+                    gone.push(standby);
+                }
+            }
+            while alive.len() > pool.target {
+                gone.extend(alive.pop_back());
+            }
+            pool.standbys = alive;
+            gone
+        };
+        if !surplus.is_empty() {
+            self.forkers.run(
+                Urgency::Spare,
+                Box::new(move || {
+                    for mut standby in surplus {
+                        stop_now(&mut standby.process.child);
+                        if let Some(group) = standby.cgroup.take() {
+                            let _ = group.remove();
+                        }
+                    }
+                }),
+            );
         }
-        self.refilling.store(true, Ordering::SeqCst);
+        self.top_up();
+    }
+
+    /// Queues the standbys the pool lacks, one fork job each, run when no
+    /// start waits for a fork thread.
+    fn top_up(self: &Arc<Self>) {
+        let wanted = {
+            let mut pool = self.pool.lock().expect("pool lock");
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let wanted = pool.target.saturating_sub(pool.standbys.len() + pool.refilling);
+            pool.refilling += wanted;
+            wanted
+        };
+        for _ in 0..wanted {
+            let agent = self.clone();
+            self.forkers.run(Urgency::Spare, Box::new(move || agent.refill()));
+        }
+    }
+
+    /// Starts one standby (on a fork thread): a worker forked and confined,
+    /// waiting for its configuration. Joining a cgroup v1 takes the kernel
+    /// an RCU grace period (about 15 ms here when no other join happened
+    /// just before); a standby pays it before a replica is needed.
+    fn refill(&self) {
+        let done = |standby: Option<Standby>| {
+            let mut pool = self.pool.lock().expect("pool lock");
+            pool.refilling -= 1;
+            let unwanted = self.closed.load(Ordering::SeqCst) || pool.standbys.len() >= pool.target;
+            match standby {
+                Some(standby) if !unwanted => pool.standbys.push_back(standby),
+                Some(mut standby) => {
+                    drop(pool);
+                    // Shoal is stopping, or the pool shrank: not needed.
+                    stop_now(&mut standby.process.child);
+                    if let Some(group) = standby.cgroup.take() {
+                        let _ = group.remove();
+                    }
+                }
+                None => {}
+            }
+        };
+        {
+            let pool = self.pool.lock().expect("pool lock");
+            if self.closed.load(Ordering::SeqCst) || pool.standbys.len() >= pool.target {
+                drop(pool);
+                return done(None);
+            }
+        }
         let number = self.standby_seq.fetch_add(1, Ordering::Relaxed);
         let name = format!("standby-{number}");
         let cgroup = match &self.cgroups {
@@ -375,60 +616,21 @@ impl NodeAgent {
                 Ok(group) => Some(group),
                 Err(error) => {
                     tracing::warn!(%error, "cannot create a standby worker's cgroup");
-                    self.refilling.store(false, Ordering::SeqCst);
-                    return;
+                    return done(None);
                 }
             },
             None => None,
         };
-        match spawn_process(&self.config, &name, cgroup.as_ref()) {
-            Ok(mut process) => {
-                let mut standby = self.standby.lock().expect("standby lock");
-                if self.closed.load(Ordering::SeqCst) {
-                    // Shoal is stopping: this one is not needed.
-                    drop(standby);
-                    stop_now(&mut process.child);
-                    if let Some(group) = cgroup {
-                        let _ = group.remove();
-                    }
-                } else {
-                    *standby = Some(Standby { process, cgroup });
-                }
-            }
+        match spawn_process(&self.zygote, &name, cgroup.as_ref()) {
+            Ok(process) => done(Some(Standby { process, cgroup })),
             Err(error) => {
                 tracing::warn!(%error, "cannot start a standby worker");
                 if let Some(group) = cgroup {
                     let _ = group.remove();
                 }
+                done(None);
             }
         }
-        self.refilling.store(false, Ordering::SeqCst);
-    }
-
-    /// Runs `job` on the agent's fork thread, started on first use. Every
-    /// worker is forked there: `PR_SET_PDEATHSIG` fires when the *thread*
-    /// that forked a process exits, so that thread must live as long as
-    /// Shoal (a tokio blocking thread exits after 10 s idle); and a fork
-    /// blocks until the child has joined its cgroup and exec'd, which must
-    /// not hold up a runtime thread.
-    fn on_fork_thread(&self, job: impl FnOnce() + Send + 'static) {
-        let mut forker = self.forker.lock().expect("forker lock");
-        let sender = forker.get_or_insert_with(|| {
-            let (sender, jobs) = std::sync::mpsc::channel::<ForkJob>();
-            let runtime = tokio::runtime::Handle::current();
-            std::thread::Builder::new()
-                .name("shoal-fork".into())
-                .spawn(move || {
-                    // tokio::process needs the runtime to watch the children.
-                    let _entered = runtime.enter();
-                    for job in jobs {
-                        job();
-                    }
-                })
-                .expect("cannot start the fork thread");
-            sender
-        });
-        let _ = sender.send(Box::new(job));
     }
 
     /// Makes a started process replica `spec`: sends its configuration,
@@ -543,21 +745,27 @@ impl NodeAgent {
         }
     }
 
-    /// Removes what the agent made outside its replicas (the instance's
-    /// cgroup parent).
+    /// Stops the standby workers and removes what the agent made outside
+    /// its replicas (the instance's cgroup parent).
     pub fn cleanup(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        // A standby being started now is stopped by the fork thread itself.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while self.refilling.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        // A standby being started now is stopped by its fork thread.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.pool.lock().expect("pool lock").refilling > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if let Some(mut standby) = self.standby.lock().expect("standby lock").take() {
+        let mut standbys: Vec<Standby> = self.pool.lock().expect("pool lock").standbys.drain(..).collect();
+        // All killed first, so that they exit together.
+        for standby in &mut standbys {
+            let _ = standby.process.child.start_kill();
+        }
+        for mut standby in standbys {
             stop_now(&mut standby.process.child);
             if let Some(group) = standby.cgroup.take() {
                 let _ = group.remove();
             }
         }
+        self.zygote.stop();
         if let Some(cgroups) = &self.cgroups {
             cgroups.remove_base();
         }
@@ -626,12 +834,9 @@ impl Killer {
     }
 }
 
-/// Work for the agent's fork thread.
-type ForkJob = Box<dyn FnOnce() + Send>;
-
 /// Kills a process that runs no replica yet and waits (at most 5 s) until
 /// it is gone, so that its cgroup can be removed.
-fn stop_now(child: &mut tokio::process::Child) {
+fn stop_now(child: &mut Child) {
     let _ = child.start_kill();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
@@ -641,7 +846,7 @@ fn stop_now(child: &mut tokio::process::Child) {
 
 /// A worker process, forked, confined and exec'd, not yet told what to run.
 struct Process {
-    child: tokio::process::Child,
+    child: Child,
     ready_read: OwnedFd,
     /// The gateway's end of its channel (the worker has its own copies).
     channel: ChannelFds,
@@ -653,90 +858,63 @@ struct Standby {
     cgroup: Option<ReplicaCgroup>,
 }
 
+impl Pool {
+    /// Forgets starts older than [`DEMAND_WINDOW`] and sets the size aimed
+    /// at: one standby per start in the window, at least one, at most
+    /// `max` (0: no standby at all).
+    fn resize(&mut self, now: Instant, max: usize) {
+        while self.recent.front().is_some_and(|&at| now.duration_since(at) > DEMAND_WINDOW) {
+            self.recent.pop_front();
+        }
+        self.target = self.recent.len().clamp(1, max.max(1)).min(max);
+    }
+}
+
 /// Spaces passed as a last argument to every worker: the room its command
 /// line (what `ps` shows) has for `shoal worker <replica name>`, which a
 /// standby learns only once it is given its configuration.
-const TITLE_ROOM: usize = 64;
+pub(crate) const TITLE_ROOM: usize = 64;
 
 /// Limits of a standby worker's cgroup until it becomes a replica (it only
 /// waits on its stdin meanwhile).
 const STANDBY_LIMITS: CgroupLimits = CgroupLimits { memory: 64 << 20, cpu_millis: None };
 
-/// Forks, confines (in `cgroup`) and execs `shoal worker <name>`, which
-/// waits for its configuration on stdin.
-fn spawn_process(config: &AgentConfig, name: &str, cgroup: Option<&ReplicaCgroup>) -> std::io::Result<Process> {
+/// Has the zygote fork `shoal worker <name>`, which joins `cgroup` first
+/// and then waits for its configuration on stdin. Blocks until the zygote
+/// answered (a fork thread calls it).
+fn spawn_process(zygote: &Zygote, name: &str, cgroup: Option<&ReplicaCgroup>) -> std::io::Result<Process> {
+    let asked = monotonic_nanos();
     let procs = cgroup.map(ReplicaCgroup::procs_files).transpose()?.unwrap_or_default();
     let (ready_read, ready_write) = pipe()?;
     let (channel, worker_channel) = ChannelFds::create(name)?;
-    let mut command = tokio::process::Command::new(&config.exe);
-    command
-        .arg("worker")
-        .arg(name)
-        // Room in the process's argument memory for the replica's name,
-        // which the worker writes there once it knows it (see `ps`).
-        .arg(" ".repeat(TITLE_ROOM))
-        .env(READY_FD_ENV, "3")
-        .env(CHANNEL_FDS_ENV, CHANNEL_FDS.map(|fd| fd.to_string()).join(","))
-        .env(SPAWNED_ENV, monotonic_nanos().to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false);
-    let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-    // fd 3: the readiness pipe; 4, 5, 6: the channel (the segment and the
-    // worker's ends of the two wake-up pipes).
-    let passed = [
-        ready_write.as_raw_fd(),
-        worker_channel.segment.as_raw_fd(),
-        worker_channel.wake_me.as_raw_fd(),
-        worker_channel.wake_peer.as_raw_fd(),
-    ];
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs in the child between fork and exec and
-    // only makes async-signal-safe system calls on descriptors opened
-    // before the fork; it allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
+    let (stdin_read, stdin_write) = pipe()?;
+    let (stdout_read, stdout_write) = pipe()?;
+    let (stderr_read, stderr_write) = pipe()?;
+    let fds = WorkerFds {
+        stdio: [&stdin_read, &stdout_write, &stderr_write],
+        ready: &ready_write,
+        channel: [
+            worker_channel.segment.as_raw_fd(),
+            worker_channel.wake_me.as_raw_fd(),
+            worker_channel.wake_peer.as_raw_fd(),
+        ],
+        procs: &procs,
+    };
+    let pid = zygote.fork(name, asked, &fds)?;
+    // Only the worker holds its ends of the pipes now.
+    drop((stdin_read, stdout_write, stderr_write, ready_write, worker_channel, procs));
+    let child = match Child::adopt(pid, stdin_write, stdout_read, stderr_read) {
+        Ok(child) => child,
+        Err(error) => {
+            // SAFETY: kill and waitpid on our own child, which nothing
+            // else reaps; the status is not needed.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
             }
-            // Its own process group, so that a terminal's Ctrl-C reaches
-            // Shoal alone, which then drains and stops its workers.
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before prctl took effect.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            for &fd in &procs_fds {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // Out of the way first (a source may sit on a target number),
-            // then onto 3, 4, 5, 6, where dup2 clears close-on-exec.
-            let mut moved = [0; 4];
-            for (to, &from) in moved.iter_mut().zip(&passed) {
-                *to = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 100);
-                if *to < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (target, &from) in (3..).zip(&moved) {
-                if libc::dup2(from, target) != target {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn()?;
-    drop(ready_write);
-    drop(procs);
-    // Only the worker holds its ends of the pipes.
-    drop(worker_channel);
+            return Err(error);
+        }
+    };
     Ok(Process { child, ready_read, channel })
 }
 

@@ -2,9 +2,8 @@
 //!
 //! Every replica gets `shoal/<instance>/<replica>` in the memory, cpu and
 //! pids controllers, with the manifest's memory limit, its cpu quota and a
-//! pids limit. The worker joins it between `fork` and `exec` (see
-//! [`ReplicaCgroup::procs_files`]), so no instruction of the worker runs
-//! unconfined. The group is removed once the worker has exited.
+//! pids limit. The worker joins it right after the zygote forked it,
+//! before it runs any worker code (see [`ReplicaCgroup::procs_files`]). The group is removed once the worker has exited.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -230,8 +229,8 @@ impl ReplicaCgroup {
     }
 
     /// The `cgroup.procs` file of each controller directory. The node agent
-    /// opens them before `fork`, and the child writes `0` (itself) to each
-    /// before `exec`.
+    /// opens them and passes them to the zygote; its child writes `0`
+    /// (itself) to each first.
     pub fn procs_files(&self) -> std::io::Result<Vec<File>> {
         let mut dirs = controller_dirs(&self.cgroup);
         dirs.sort();

@@ -1,7 +1,8 @@
 //! The node agent: runs replicas as worker processes on this machine.
 //!
-//! Each replica is a `shoal worker` process (the same binary), confined by a
-//! cgroup of its own that it joins before `exec`, killed with Shoal through
+//! Each replica is a worker process (the same binary, forked by the
+//! zygote), confined by a cgroup of its own that it joins first, killed
+//! with Shoal through
 //! `PR_SET_PDEATHSIG`, and watched until it exits; its cgroup and socket are
 //! removed then. Without cgroup access the agent still runs replicas,
 //! unconfined, and says so.
@@ -11,11 +12,20 @@
 //! - [`agent`]: starting (fork, confine, exec, readiness), stopping (SIGTERM,
 //!   grace, SIGKILL) and watching workers; forwarding their output.
 //! - [`cgroups`]: per-replica cgroups on v1 or v2 through cgroups-rs.
+//! - [`starts`]: the start gate (how many starts at once, in which order)
+//!   and the fork threads.
+//! - [`zygote`]: the process that forks every worker without `exec`, and
+//!   its side in `shoal up`; `child`: a worker it forked, watched through
+//!   a pidfd.
 
 pub mod agent;
 pub mod cgroups;
+mod child;
+pub mod starts;
+pub mod zygote;
 
 pub use agent::{
-    AgentConfig, Exit, Killer, LogSink, NodeAgent, Replica, ReplicaSpec, StartError, Startup, Stream, Usage, stdio_log,
+    AgentConfig, DEFAULT_STANDBY_MAX, Exit, Killer, LogSink, NodeAgent, Replica, ReplicaSpec, StartError, StartStatus,
+    Startup, Stream, Usage, default_start_concurrency, stdio_log,
 };
 pub use cgroups::{CgroupLimits, Cgroups};

@@ -293,6 +293,10 @@ impl Kv for EtcdKv {
         Ok(super::kv::listing(&state.entries, prefix, state.revision))
     }
 
+    fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self.mirror.revision())
+    }
+
     fn watch(&self, prefix: &str, from: u64) -> Result<Watch, StoreError> {
         let (sender, watch) = watch_channel();
         let full = format!("{}{prefix}", self.prefix);

@@ -233,6 +233,10 @@ pub trait Kv: Send + Sync + 'static {
     /// revision they were read at.
     fn list(&self, prefix: &str) -> Result<Listing, StoreError>;
 
+    /// The store's revision now: that of the last write seen. Cheap: the
+    /// reconciler asks on every pass, and lists again only when it moved.
+    fn revision(&self) -> Result<u64, StoreError>;
+
     /// Every change under `prefix` from revision `from` (inclusive) on.
     fn watch(&self, prefix: &str, from: u64) -> Result<Watch, StoreError>;
 

@@ -140,6 +140,10 @@ impl Store for KvStore {
         self.kv.list(SERVICES)?.entries.iter().map(|entry| self.decode_service(entry)).collect()
     }
 
+    fn revision(&self) -> Result<u64, StoreError> {
+        self.kv.revision()
+    }
+
     fn service(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
         self.kv.get(&format!("{SERVICES}{name}"))?.map(|entry| self.decode_service(&entry)).transpose()
     }

@@ -171,6 +171,10 @@ impl Kv for LocalKv {
         Ok(super::kv::listing(&state.entries, prefix, state.revision))
     }
 
+    fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self.state().revision)
+    }
+
     fn watch(&self, prefix: &str, from: u64) -> Result<Watch, StoreError> {
         let (sender, watch) = watch_channel();
         let mut state = self.state_mut();

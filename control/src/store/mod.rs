@@ -91,6 +91,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every service, sorted by name.
     fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
 
+    /// A number that changes whenever anything stored changes (the
+    /// revision of the last write): while it stays, [`Store::services`]
+    /// answers the same.
+    fn revision(&self) -> Result<u64, StoreError>;
+
     /// The service named `name`, if there is one.
     fn service(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError>;
 

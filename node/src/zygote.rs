@@ -1,0 +1,474 @@
+//! The zygote: a small `shoal zygote` process, started once, that forks
+//! every worker without `exec`.
+//!
+//! Forking `shoal up` itself was the dearest part of a start under a storm:
+//! the kernel copies the page tables of a large, many-threaded process, its
+//! threads then take copy-on-write faults until the child execs, and the
+//! exec'd child relocates a 50 MB binary again. The zygote is the same
+//! binary, exec'd once and single-threaded, waiting on a Unix socket (fd 3)
+//! for requests. Each request carries, as descriptors, everything the
+//! worker gets (stdin, stdout, stderr, the readiness pipe, the three of the
+//! channel, and the `cgroup.procs` files of its cgroup) and its name; the
+//! zygote forks and answers with the child's pid.
+//!
+//! The child is forked with `CLONE_PARENT`: its parent is `shoal up` (the
+//! fork thread that started the zygote), not the zygote. So `shoal up`
+//! reaps it and reads its exit status (through a pidfd), it dies with
+//! `shoal up` (`PR_SET_PDEATHSIG`, checked against a parent that died
+//! first), and a zygote that dies takes no worker with it. Before running
+//! anything else the child joins its cgroup, puts its descriptors on 0 to 6
+//! and closes every other one (the zygote's socket included), then runs
+//! the worker exactly as `shoal worker` would: read the configuration from
+//! stdin, load, check, report ready.
+//!
+//! A raw `clone` leaves glibc's cached thread id of the child's main thread
+//! at the zygote's; glibc (2.34 and later) asks the kernel for the calling
+//! thread's id where it signals itself (`raise`, `abort`), and threads the
+//! child creates get their own, so nothing the worker does relies on the
+//! stale one (`tests::a_cloned_child_aborts_itself_not_its_parent`).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_protocol::config::{CHANNEL_FDS, CHANNEL_FDS_ENV, READY_FD_ENV, monotonic_nanos};
+
+/// The descriptor the zygote's socket is on.
+const SOCKET_FD: RawFd = 3;
+/// Descriptors a request carries besides the `cgroup.procs` files: stdin,
+/// stdout, stderr, the readiness pipe and the channel's three.
+const WORKER_FDS: usize = 7;
+/// The most descriptors a request carries (a `cgroup.procs` per controller).
+const MAX_FDS: usize = WORKER_FDS + 8;
+/// The largest request or reply.
+const MAX_MESSAGE: usize = 4096;
+
+/// What `shoal up` asks the zygote for.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    /// The worker's name (a replica's, or `standby-<n>`).
+    name: String,
+    /// When the node agent asked (`CLOCK_MONOTONIC`, ns), for the start's
+    /// "exec" figure.
+    asked_ns: u64,
+}
+
+/// What the zygote answers.
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Forked { pid: u32 },
+    Failed { error: String },
+}
+
+/// What a worker gets, by the descriptor it gets it on.
+pub struct WorkerFds<'a> {
+    /// 0, 1, 2: its stdin (the configuration), stdout and stderr.
+    pub stdio: [&'a OwnedFd; 3],
+    /// 3: the readiness pipe.
+    pub ready: &'a OwnedFd,
+    /// 4, 5, 6: the channel to the gateway.
+    pub channel: [RawFd; 3],
+    /// The `cgroup.procs` files it writes itself into first.
+    pub procs: &'a [std::fs::File],
+}
+
+/// The node agent's side: the zygote process, started on first use and
+/// again if it died.
+pub struct Zygote {
+    exe: std::path::PathBuf,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    socket: OwnedFd,
+    child: tokio::process::Child,
+}
+
+impl Zygote {
+    /// A zygote running `exe zygote`, not started yet.
+    pub fn new(exe: &Path) -> Self {
+        Self { exe: exe.to_owned(), running: Mutex::new(None) }
+    }
+
+    /// Forks a worker named `name` with `fds`; returns its pid. Blocks (a
+    /// fork thread calls it); one request at a time. A zygote that died is
+    /// started again, once per call.
+    pub fn fork(&self, name: &str, asked_ns: u64, fds: &WorkerFds<'_>) -> io::Result<u32> {
+        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut raw: Vec<RawFd> = fds.stdio.iter().map(|fd| fd.as_raw_fd()).collect();
+        raw.push(fds.ready.as_raw_fd());
+        raw.extend(fds.channel);
+        raw.extend(fds.procs.iter().map(AsRawFd::as_raw_fd));
+        let request = serde_json::to_vec(&Request { name: name.to_owned(), asked_ns }).map_err(io::Error::other)?;
+        let mut last = None;
+        for _ in 0..2 {
+            if running.as_mut().is_none_or(|r| r.child.try_wait().ok().flatten().is_some()) {
+                if let Some(mut dead) = running.take() {
+                    let status = dead.child.try_wait().ok().flatten();
+                    tracing::warn!(?status, "the zygote exited; starting another");
+                }
+                *running = Some(self.start()?);
+            }
+            let zygote = running.as_ref().expect("started above");
+            match ask(&zygote.socket, &request, &raw) {
+                Ok(Reply::Forked { pid }) => return Ok(pid),
+                Ok(Reply::Failed { error }) => return Err(io::Error::other(format!("the zygote: {error}"))),
+                Err(error) => {
+                    // Broken: stop it; the next round starts another.
+                    if let Some(mut broken) = running.take() {
+                        stop(&mut broken.child);
+                    }
+                    last = Some(error);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("the zygote did not answer")))
+    }
+
+    /// Starts `shoal zygote` with its end of a socket on fd 3, dying with
+    /// Shoal, in a process group of its own.
+    fn start(&self) -> io::Result<Running> {
+        let (ours, theirs) = seqpacket_pair()?;
+        let theirs_fd = theirs.as_raw_fd();
+        let mut command = tokio::process::Command::new(&self.exe);
+        command
+            .arg("zygote")
+            // Room for the command line its children write there (see
+            // `shoal worker`).
+            .arg(" ".repeat(crate::agent::TITLE_ROOM))
+            .env(READY_FD_ENV, "3")
+            .env(CHANNEL_FDS_ENV, CHANNEL_FDS.map(|fd| fd.to_string()).join(","))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(false);
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only makes async-signal-safe system calls on a descriptor opened
+        // before the fork; it allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                if libc::dup2(theirs_fd, SOCKET_FD) != SOCKET_FD {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        drop(theirs);
+        Ok(Running { socket: ours, child })
+    }
+
+    /// Stops the zygote (Shoal is stopping).
+    pub fn stop(&self) {
+        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(mut zygote) = running.take() {
+            stop(&mut zygote.child);
+        }
+    }
+
+    /// The zygote's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        running.as_ref().and_then(|r| r.child.id())
+    }
+}
+
+/// Kills a zygote and waits (at most 5 s) until it is gone.
+fn stop(child: &mut tokio::process::Child) {
+    let _ = child.start_kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Sends one request and reads its reply.
+fn ask(socket: &OwnedFd, request: &[u8], fds: &[RawFd]) -> io::Result<Reply> {
+    send(socket.as_raw_fd(), request, fds)?;
+    let mut buf = [0u8; MAX_MESSAGE];
+    let (len, received) = receive(socket.as_raw_fd(), &mut buf)?;
+    drop(received);
+    if len == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the zygote closed its socket"));
+    }
+    serde_json::from_slice(&buf[..len]).map_err(|e| io::Error::other(format!("a bad reply from the zygote: {e}")))
+}
+
+fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills the two ints of `fds`.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socketpair succeeded: both descriptors are open and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Room for the control message of [`MAX_FDS`] descriptors, aligned.
+#[repr(C)]
+union ControlBuffer {
+    bytes: [u8; 256],
+    _align: libc::cmsghdr,
+}
+
+/// Sends `bytes` as one message, with `fds` passed along (`SCM_RIGHTS`).
+fn send(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    assert!(fds.len() <= MAX_FDS, "too many descriptors for one message");
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
+    let mut control = ControlBuffer { bytes: [0; 256] };
+    // SAFETY: msghdr is plain data; every field used is set below.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let data_len = std::mem::size_of_val(fds) as u32;
+        // SAFETY: CMSG_SPACE and CMSG_LEN compute sizes; the buffer holds
+        // CMSG_SPACE(16 fds) = 88 bytes, less than 256.
+        let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+        message.msg_control = (&raw mut control).cast();
+        message.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` bytes of `control`, enough
+        // for one header and `fds`; CMSG_FIRSTHDR returns its start.
+        unsafe {
+            let header = libc::CMSG_FIRSTHDR(&message);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(data_len) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(header).cast::<RawFd>(), fds.len());
+        }
+    }
+    loop {
+        // SAFETY: `message` points at live buffers for the whole call.
+        let sent = unsafe { libc::sendmsg(socket, &message, libc::MSG_NOSIGNAL) };
+        if sent >= 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Receives one message into `buf`: its length (0: the peer closed) and
+/// the descriptors that came with it (close-on-exec).
+fn receive(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut control = ControlBuffer { bytes: [0; 256] };
+    // SAFETY: msghdr is plain data; every field used is set below.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = (&raw mut control).cast();
+    message.msg_controllen = std::mem::size_of::<ControlBuffer>() as _;
+    let len = loop {
+        // SAFETY: `message` points at live buffers for the whole call.
+        let len = unsafe { libc::recvmsg(socket, &mut message, libc::MSG_CMSG_CLOEXEC) };
+        if len >= 0 {
+            break len as usize;
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: recvmsg filled `message.msg_control` with well-formed
+    // headers (msg_controllen says how much); the CMSG macros walk them,
+    // and each SCM_RIGHTS payload holds descriptors now open in this
+    // process, owned by nothing else.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let payload = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(header).cast::<RawFd>();
+                for i in 0..payload / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+    }
+    if message.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return Err(io::Error::other("a message to or from the zygote was cut short"));
+    }
+    Ok((len, fds))
+}
+
+/// The zygote's life (`shoal zygote`): forks a worker for each request on
+/// fd 3 until the socket closes, and runs `worker(name, since_asked)` in
+/// each child, whose return value is the child's exit code. Returns the
+/// zygote's exit code.
+pub fn serve(worker: fn(&str, Duration) -> i32) -> i32 {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    // SAFETY: `shoal up` put the zygote's socket on this descriptor for it
+    // alone.
+    let socket = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
+    let mut buf = [0u8; MAX_MESSAGE];
+    loop {
+        let (len, fds) = match receive(socket.as_raw_fd(), &mut buf) {
+            Ok((0, _)) => return 0,
+            Ok(message) => message,
+            Err(error) => {
+                eprintln!("shoal zygote: cannot read a request: {error}");
+                return 1;
+            }
+        };
+        let reply = match serde_json::from_slice::<Request>(&buf[..len]) {
+            Err(error) => Reply::Failed { error: format!("a bad request: {error}") },
+            Ok(_) if fds.len() < WORKER_FDS || fds.len() > MAX_FDS => {
+                Reply::Failed { error: format!("{} descriptors came with the request", fds.len()) }
+            }
+            Ok(request) => match raw_clone(libc::CLONE_PARENT) {
+                Ok(0) => child(parent, &request, fds, worker),
+                Ok(pid) => Reply::Forked { pid },
+                Err(error) => Reply::Failed { error: format!("cannot fork: {error}") },
+            },
+        };
+        drop(fds);
+        let bytes = serde_json::to_vec(&reply).expect("a reply serializes");
+        if let Err(error) = send(socket.as_raw_fd(), &bytes, &[]) {
+            eprintln!("shoal zygote: cannot answer: {error}");
+            return 1;
+        }
+    }
+}
+
+/// `clone(flags | SIGCHLD)` as a system call: a fork (the zygote passes
+/// `CLONE_PARENT`, so that the child is its sibling). Returns 0 in the
+/// child, the child's pid in the caller.
+fn raw_clone(flags: libc::c_int) -> io::Result<u32> {
+    // SAFETY: without CLONE_VM the child gets a copy of the address space,
+    // as with fork; the zygote is single-threaded, so no lock is held by a
+    // thread that does not exist in the child. The null stack and
+    // pointers mean "the same stack" and "no tid to store".
+    let pid = unsafe {
+        libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+    };
+    if pid < 0 { Err(io::Error::last_os_error()) } else { Ok(pid as u32) }
+}
+
+/// The forked child: dies with Shoal, joins its cgroup, takes its
+/// descriptors, closes the rest, and becomes the worker. Never returns.
+fn child(parent: libc::pid_t, request: &Request, fds: Vec<OwnedFd>, worker: fn(&str, Duration) -> i32) -> ! {
+    let fds: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+    let fail = |what: &str| -> ! {
+        let error = io::Error::last_os_error();
+        let line = format!("worker {}: cannot start: {what}: {error}\n", request.name);
+        // SAFETY: fd 2 or the stderr passed is open; a failed write is
+        // ignored (nobody else could be told).
+        unsafe {
+            libc::write(fds[2], line.as_ptr().cast(), line.len());
+            libc::_exit(1)
+        }
+    };
+    // SAFETY: plain system calls on descriptors this process owns.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            fail("PR_SET_PDEATHSIG");
+        }
+        // Shoal died before that took effect: it would never be killed.
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        if libc::setpgid(0, 0) != 0 {
+            fail("setpgid");
+        }
+        for &procs in &fds[WORKER_FDS..] {
+            if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                fail("joining its cgroup");
+            }
+        }
+        // Out of the way first (a source may sit on a target number), then
+        // onto 0 to 6, where dup2 clears close-on-exec.
+        let mut moved = [0; WORKER_FDS];
+        for (to, &from) in moved.iter_mut().zip(&fds[..WORKER_FDS]) {
+            *to = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 100);
+            if *to < 0 {
+                fail("moving its descriptors");
+            }
+        }
+        for (target, &from) in (0..).zip(&moved) {
+            if libc::dup2(from, target) != target {
+                fail("placing its descriptors");
+            }
+        }
+        // Everything else: the zygote's socket, the originals, the
+        // cgroup.procs files.
+        if libc::syscall(libc::SYS_close_range, WORKER_FDS as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint) != 0 {
+            fail("closing the zygote's descriptors");
+        }
+    }
+    let since = Duration::from_nanos(monotonic_nanos().saturating_sub(request.asked_ns));
+    let code = worker(&request.name, since);
+    std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_and_bytes_pass_through_the_socket() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let file = tempfile_with(b"passed along");
+        send(a.as_raw_fd(), b"hello", &[file.as_raw_fd()]).unwrap();
+        let mut buf = [0u8; 64];
+        let (len, fds) = receive(b.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..len], b"hello");
+        assert_eq!(fds.len(), 1);
+        let mut text = String::new();
+        use std::io::{Read as _, Seek as _};
+        let mut received = std::fs::File::from(fds.into_iter().next().unwrap());
+        received.rewind().unwrap();
+        received.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "passed along");
+        // Closed: a zero-length read.
+        drop(a);
+        assert_eq!(receive(b.as_raw_fd(), &mut buf).unwrap().0, 0);
+    }
+
+    fn tempfile_with(bytes: &[u8]) -> std::fs::File {
+        use std::io::Write as _;
+        let path = std::env::temp_dir().join(format!("shoal-zygote-test-{}", std::process::id()));
+        let mut file = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        file.write_all(bytes).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_cloned_child_aborts_itself_not_its_parent() {
+        // The same clone as the zygote's, without CLONE_PARENT so that this
+        // test can reap the child. glibc's cached thread id in the child is
+        // this thread's; abort must still signal the child.
+        let pid = match raw_clone(0) {
+            Ok(0) => std::process::abort(),
+            Ok(pid) => pid,
+            Err(error) => panic!("clone: {error}"),
+        };
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, with a valid status pointer.
+        let reaped = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        assert_eq!(reaped, pid as libc::pid_t);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT, "status {status:#x}");
+        // And this process is alive: the abort did not reach it.
+    }
+}
