@@ -461,6 +461,7 @@ async fn serve(
         gateway: gateway.clone(),
         events: events.clone(),
         changed: Arc::new(Notify::new()),
+        dirty: Arc::default(),
         node: args.node_name.clone().unwrap_or_else(hostname),
     };
     let changed = ctx.changed.clone();

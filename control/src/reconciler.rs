@@ -2,8 +2,11 @@
 //!
 //! Level-triggered and idempotent: each pass reads the whole desired state
 //! from the store and the whole actual state from the pods, and acts on the
-//! difference, so a missed trigger costs at most one period. Passes run on
-//! every change (API writes, pod readiness) and every [`PERIOD`].
+//! difference, so a missed trigger costs at most one period. Full passes
+//! run on every change of the desired state (API writes, a module
+//! prepared, the cluster) and at least every [`PERIOD`]; a change in a
+//! service's pods or autoscaled count runs a pass over just the services
+//! marked ([`crate::pods::Dirty`]), the same steps for fewer services.
 //!
 //! A pass, in order:
 //!
@@ -172,6 +175,8 @@ struct Desired {
     /// Each record's [`ServiceRecord::revision`].
     revisions: Vec<String>,
     names: HashSet<String>,
+    /// Each service's place in `records`.
+    index: HashMap<String, usize>,
 }
 
 /// One replica's figures at one tick.
@@ -196,7 +201,7 @@ impl Controller {
         module_retention: Duration,
     ) -> anyhow::Result<Arc<Self>> {
         let engine = shoal_runtime::engine::compiler_engine().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        let scaler = Scaler::new(ctx.gateway.clone(), ctx.events.clone(), ctx.changed.clone());
+        let scaler = Scaler::new(ctx.gateway.clone(), ctx.events.clone(), ctx.dirty.clone());
         let activator = Arc::downgrade(&scaler);
         let share: Arc<std::sync::OnceLock<Arc<dyn Share>>> = Arc::default();
         let cluster = share.clone();
@@ -257,13 +262,19 @@ impl Controller {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let sampler = tokio::spawn(self.clone().sample(shutdown.clone()));
         let collector = tokio::spawn(self.clone().collect_periodically(shutdown.clone()));
+        let mut full = true;
+        let mut last_full = Instant::now();
         loop {
-            self.reconcile().await;
-            tokio::select! {
-                () = self.ctx.changed.notified() => {}
-                () = tokio::time::sleep(PERIOD) => {}
-                _ = shutdown.changed() => {}
+            if full || last_full.elapsed() >= PERIOD || !self.reconcile_marked() {
+                self.reconcile().await;
+                last_full = Instant::now();
             }
+            full = tokio::select! {
+                () = self.ctx.changed.notified() => true,
+                () = self.ctx.dirty.marked() => false,
+                () = tokio::time::sleep(PERIOD.saturating_sub(last_full.elapsed())) => true,
+                _ = shutdown.changed() => true,
+            };
             if *shutdown.borrow() {
                 break;
             }
@@ -500,6 +511,8 @@ impl Controller {
             }
         };
         let records = &desired.records;
+        // This pass covers the marked services too.
+        self.ctx.dirty.take();
         self.reap();
         if changed {
             self.scaler.sync(records);
@@ -514,11 +527,8 @@ impl Controller {
             pods_of.entry(pod.service.clone()).or_default().push(i);
         }
         for (record, revision) in records.iter().zip(&desired.revisions) {
-            let module = self.module(&record.module_digest);
             let pods = pods_of.get(&record.service.name).map_or(&[][..], Vec::as_slice);
-            let status = self.reconcile_service(record, revision, pods, &module);
-            self.announce(&status);
-            self.statuses.lock().expect("status lock").insert(record.service.name.clone(), status);
+            self.pass_service(record, revision, pods);
         }
         if let Some(share) = self.share.get() {
             share.report(self.replicas(None));
@@ -551,6 +561,47 @@ impl Controller {
         }
     }
 
+    /// A pass over the services marked since the last one ([`Dirty`]):
+    /// their pods changed, or the autoscaler changed their count. Returns
+    /// false, having done nothing, when a full pass is needed instead: the
+    /// store changed, a marked service is no longer stored (its routes go
+    /// once its last pod is gone), or this node is in a cluster (which
+    /// hears of every pass).
+    fn reconcile_marked(self: &Arc<Self>) -> bool {
+        if self.share.get().is_some() {
+            return false;
+        }
+        let desired = match self.desired() {
+            Ok((desired, false)) => desired,
+            Ok((_, true)) | Err(_) => return false,
+        };
+        let marked = self.ctx.dirty.take();
+        if marked.iter().any(|name| !desired.index.contains_key(name)) {
+            return false;
+        }
+        self.reap();
+        let mut pods_of: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, pod) in self.pods.lock().expect("pods lock").iter().enumerate() {
+            if let Some(name) = marked.get(&pod.service) {
+                pods_of.entry(name.as_str()).or_default().push(i);
+            }
+        }
+        for name in &marked {
+            let i = desired.index[name];
+            let pods = pods_of.get(name.as_str()).map_or(&[][..], Vec::as_slice);
+            self.pass_service(&desired.records[i], &desired.revisions[i], pods);
+        }
+        true
+    }
+
+    /// One service's part of a pass: its module, its pods, its status.
+    fn pass_service(self: &Arc<Self>, record: &ServiceRecord, revision: &str, pods: &[usize]) {
+        let module = self.module(&record.module_digest);
+        let status = self.reconcile_service(record, revision, pods, &module);
+        self.announce(&status);
+        self.statuses.lock().expect("status lock").insert(record.service.name.clone(), status);
+    }
+
     /// The stored services, read again only when the store's revision
     /// moved; and whether they were (then the pass publishes them).
     fn desired(&self) -> Result<(Arc<Desired>, bool), StoreError> {
@@ -566,6 +617,7 @@ impl Controller {
             store_revision: revision,
             revisions: records.iter().map(ServiceRecord::revision).collect(),
             names: records.iter().map(|r| r.service.name.clone()).collect(),
+            index: records.iter().enumerate().map(|(i, r)| (r.service.name.clone(), i)).collect(),
             records,
         });
         *cached = Some(desired.clone());

@@ -12,17 +12,17 @@ use shoal_api::objects::{ScaleStatus, ServiceRecord, now_unix};
 use shoal_api::{Autoscale, ServiceSpec};
 use shoal_gateway::Gateway;
 use shoal_gateway::metrics::MeterReading;
-use tokio::sync::Notify;
 
 use crate::autoscaler::{self, Observed, Sample, ScalerState, TICK, Window};
 use crate::events::EventLog;
+use crate::pods::Dirty;
 
 /// The autoscaled services and their scalers.
 pub struct Scaler {
     gateway: Arc<Gateway>,
     events: Arc<EventLog>,
-    /// Wakes the reconciler.
-    changed: Arc<Notify>,
+    /// Wakes the reconciler for the services whose count changed.
+    dirty: Arc<Dirty>,
     services: Mutex<HashMap<String, Scaled>>,
 }
 
@@ -45,8 +45,8 @@ struct Scaled {
 }
 
 impl Scaler {
-    pub fn new(gateway: Arc<Gateway>, events: Arc<EventLog>, changed: Arc<Notify>) -> Arc<Self> {
-        Arc::new(Self { gateway, events, changed, services: Mutex::default() })
+    pub fn new(gateway: Arc<Gateway>, events: Arc<EventLog>, dirty: Arc<Dirty>) -> Arc<Self> {
+        Arc::new(Self { gateway, events, dirty, services: Mutex::default() })
     }
 
     /// Follows the stored services: starts scaling new autoscaled ones at
@@ -188,7 +188,7 @@ impl Scaler {
         self.events.normal(format!("service/{name}"), reason_word, format!("{from} → {desired} replicas: {reason}"));
         scaled.desired = desired;
         scaled.status = ScaleStatus { desired, panic: scaled.status.panic, reason, changed_unix: now_unix() };
-        self.changed.notify_one();
+        self.dirty.mark(name);
     }
 }
 

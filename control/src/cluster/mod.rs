@@ -781,9 +781,7 @@ impl Cluster {
             .scaler
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert_with(|| {
-                crate::scaling::Scaler::new(gateway.clone(), events.clone(), Arc::new(Notify::new()))
-            })
+            .get_or_insert_with(|| crate::scaling::Scaler::new(gateway.clone(), events.clone(), Arc::default()))
             .clone();
         scaler.sync_from(services, &|name| placement.get(name).map(|counts| counts.values().sum()));
 

