@@ -517,6 +517,21 @@ async fn serve(
     let mut admin = AdminState::new(store, controller, events, logs, &token);
     if let Some(cluster) = cluster {
         admin = admin.with_cluster(cluster, gateway.clone());
+    } else {
+        admin = admin.with_local_node(shoal_api::NodeView {
+            name: node.clone(),
+            address: admin_address.to_string(),
+            gateway: gateway_address.to_string(),
+            admin: admin_address.to_string(),
+            ready: true,
+            leader: true,
+            replicas: 0,
+            capacity: args.capacity.unwrap_or_else(machine_memory),
+            reserved: 0,
+            registered_unix: shoal_api::objects::now_unix(),
+            lease_granted_unix: None,
+            starts: None,
+        });
     }
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_server = tokio::spawn(shoal_control::admin::serve(admin_listener, admin, async move {

@@ -144,6 +144,21 @@ async fn two_hundred_services_at_zero_woken_at_once_all_answer_under_their_own_l
         "{metrics}"
     );
 
+    // `shoal describe` shows them too: the node its start gate and standby
+    // pool, each service its grace.
+    let (ok, out, err) = shoal.cli(&["get", "nodes", "-o", "json"]);
+    assert!(ok, "{err}");
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(nodes[0]["starts"]["standbyMax"], 16, "{out}");
+    let node = nodes[0]["name"].as_str().expect("the node's name").to_owned();
+    let (ok, out, err) = shoal.cli(&["describe", "node", &node]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Standby workers:") && out.contains("at most 16)"), "{out}");
+    assert!(out.contains("Concurrency:") && out.contains(" at once ("), "{out}");
+    let (ok, out, err) = shoal.cli(&["describe", "service", &name(7)]);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.contains("Scale to zero grace:") && l.trim_end().ends_with("10s")), "{out}");
+
     // All back to zero: no replica left, and only standby workers, each
     // in its own group.
     let deadline = Instant::now() + Duration::from_secs(120);

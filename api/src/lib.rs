@@ -98,8 +98,8 @@ pub use manifest::{
     Service, ServiceSpec, WORKER_RESERVE, parse_manifests, validate_set, warnings,
 };
 pub use objects::{
-    CallUsage, Event, EventType, ModuleInfo, NodeView, ReplicaInfo, ReplicaState, RolloutPhase, ServiceRecord,
-    ServiceStatus, format_age, now_unix,
+    CallUsage, Event, EventType, ModuleInfo, NodeStarts, NodeView, ReplicaInfo, ReplicaState, RolloutPhase,
+    ServiceRecord, ServiceStatus, format_age, now_unix,
 };
 pub use outbound::{AllowOutbound, OutboundRule};
 pub use quantity::{format_bytes, parse_cpu, parse_memory};

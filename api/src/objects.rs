@@ -191,6 +191,28 @@ pub struct NodeView {
     pub registered_unix: u64,
     /// When its current lease was granted (`None` while it has none).
     pub lease_granted_unix: Option<u64>,
+    /// How it starts replicas (the node answering only knows its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts: Option<NodeStarts>,
+}
+
+/// A node's replica starts: its start gate and its standby pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStarts {
+    /// Replicas started at once at most (`--start-concurrency`).
+    pub concurrency: u32,
+    /// Starts under way, and waiting for their turn.
+    pub in_progress: u32,
+    pub waiting: u32,
+    /// Standby workers waiting now, the pool's size aimed at (one per start
+    /// of the last minute, at least one), and its largest (`--standby-max`).
+    pub standby: u32,
+    pub standby_target: u32,
+    pub standby_max: u32,
+    /// Replicas started so far, and how many from a standby.
+    pub started: u64,
+    pub from_standby: u64,
 }
 
 /// Where a service's rollout of its current revision stands.

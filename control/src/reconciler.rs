@@ -452,6 +452,41 @@ impl Controller {
         self.history.series(service, since_ms)
     }
 
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.ctx.node
+    }
+
+    /// How this node starts replicas: its start gate and standby pool.
+    pub fn starts(&self) -> shoal_api::NodeStarts {
+        let status = self.ctx.agent.start_status();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        shoal_api::NodeStarts {
+            concurrency: count(status.gate.limit),
+            in_progress: count(status.gate.running),
+            waiting: count(status.gate.waiting),
+            standby: count(status.standby),
+            standby_target: count(status.standby_target),
+            standby_max: count(status.standby_max),
+            started: status.starts,
+            from_standby: status.from_standby,
+        }
+    }
+
+    /// The memory the replicas running here reserve: each its service's
+    /// `resources.memory`.
+    pub fn reserved_memory(&self) -> u64 {
+        let desired = self.desired.lock().expect("desired lock").clone();
+        let Some(desired) = desired else { return 0 };
+        let pods = self.pods.lock().expect("pods lock");
+        pods.iter()
+            .filter(|pod| !pod.stopping())
+            .filter_map(|pod| {
+                desired.index.get(&pod.service).map(|&i| desired.records[i].service.spec.resources.memory)
+            })
+            .sum()
+    }
+
     /// What `/metrics` reports now.
     pub fn scrape(&self) -> crate::metrics::Scrape {
         let from_zero: HashMap<String, u64> = self.scaler.from_zero_counts().into_iter().collect();

@@ -48,8 +48,9 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `shoal describe node`: the node's record, its lease, and the replicas
-/// it runs.
+/// `shoal describe node`: the node's record, its lease, how it starts
+/// replicas (the node answering only knows its own), and the replicas it
+/// runs.
 pub fn render_node(node: &NodeView, replicas: &[ReplicaInfo], now: u64) -> String {
     let mut out = String::new();
     let mut field = |key: &str, value: String| {
@@ -71,6 +72,21 @@ pub fn render_node(node: &NodeView, replicas: &[ReplicaInfo], now: u64) -> Strin
         node.lease_granted_unix.map_or_else(|| NONE.to_owned(), |granted| format!("granted {} ago", age(now, granted))),
     );
     field("Registered", format!("{} ago", age(now, node.registered_unix)));
+    if let Some(starts) = &node.starts {
+        let _ = writeln!(out, "Starts:");
+        let mut sub = |key: &str, value: String| {
+            let _ = writeln!(out, "  {:<SUB_KEY_WIDTH$}{value}", format!("{key}:"));
+        };
+        sub(
+            "Concurrency",
+            format!("{} at once ({} under way, {} waiting)", starts.concurrency, starts.in_progress, starts.waiting),
+        );
+        sub(
+            "Standby workers",
+            format!("{} (aiming at {}, at most {})", starts.standby, starts.standby_target, starts.standby_max),
+        );
+        sub("Started", format!("{} replicas, {} from a standby", starts.started, starts.from_standby));
+    }
     let here: Vec<ReplicaInfo> = replicas.iter().filter(|r| r.node == node.name).cloned().collect();
     let _ = writeln!(out, "Replicas:      {}", here.len());
     if !here.is_empty() {

@@ -86,6 +86,8 @@ pub struct AdminState {
     pub peer_gateway: Option<Arc<shoal_gateway::Gateway>>,
     /// The dashboard's sessions and one-time links.
     pub sessions: Arc<dashboard::Sessions>,
+    /// This node, for `/v1/nodes` on a single node.
+    pub local_node: Option<shoal_api::NodeView>,
 }
 
 impl AdminState {
@@ -108,6 +110,7 @@ impl AdminState {
             cluster: None,
             peer_gateway: None,
             sessions: Arc::default(),
+            local_node: None,
         }
     }
 
@@ -115,6 +118,12 @@ impl AdminState {
     /// requests other nodes forward to `gateway`'s replicas.
     pub fn with_cluster(self, cluster: Arc<crate::cluster::Cluster>, gateway: Arc<shoal_gateway::Gateway>) -> Self {
         Self { cluster: Some(cluster), peer_gateway: Some(gateway), ..self }
+    }
+
+    /// A single node's API lists this node (name, addresses, capacity; the
+    /// rest is filled in when asked).
+    pub fn with_local_node(self, node: shoal_api::NodeView) -> Self {
+        Self { local_node: Some(node), ..self }
     }
 }
 
@@ -691,13 +700,26 @@ fn cluster_replicas(state: &AdminState) -> Option<Vec<ReplicaInfo>> {
 }
 
 async fn list_nodes(State(state): State<AdminState>) -> ApiResult<Vec<shoal_api::NodeView>> {
+    let starts = Some(state.controller.starts());
     let Some(cluster) = &state.cluster else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "this Shoal is a single node, not a cluster (start it with --etcd to join one)".into(),
-        ));
+        let Some(node) = &state.local_node else {
+            return Err(ApiError(StatusCode::NOT_FOUND, "this Shoal lists no node".into()));
+        };
+        let replicas = state.controller.replicas(None);
+        let reserved = state.controller.reserved_memory();
+        return Ok(Json(vec![shoal_api::NodeView {
+            replicas: replicas.len() as u32,
+            reserved,
+            starts,
+            ..node.clone()
+        }]));
     };
-    Ok(Json(cluster.nodes()?))
+    let mut nodes = cluster.nodes()?;
+    // Only this node knows how it starts replicas.
+    for node in nodes.iter_mut().filter(|n| n.name == state.controller.node()) {
+        node.starts = starts;
+    }
+    Ok(Json(nodes))
 }
 
 async fn get_node(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> ApiResult<shoal_api::NodeView> {

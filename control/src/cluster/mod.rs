@@ -725,6 +725,7 @@ impl Cluster {
                     admin: record.admin,
                     capacity: record.capacity,
                     registered_unix: record.registered_unix,
+                    starts: None,
                 }
             })
             .collect())
