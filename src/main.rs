@@ -180,7 +180,19 @@ fn main() -> ExitCode {
         Command::Zygote { room: _ } => {
             init_tracing("warn");
             set_process_name(c"shoal-zygote");
-            exit_code(shoal_node::zygote::serve(|name, exec| worker(name, None, exec)))
+            exit_code(shoal_node::zygote::serve(
+                |name, exec| {
+                    shoal_runtime::worker::preload::after_fork();
+                    worker(name, None, exec)
+                },
+                |module| {
+                    let pool = shoal_runtime::engine::PoolSettings {
+                        max_instances: module.max_instances,
+                        instance_memory: module.instance_memory,
+                    };
+                    shoal_runtime::worker::preload::preload(pool, &module.module, &module.cache_dir)
+                },
+            ))
         }
         Command::Build(args) => match builder::run(args) {
             Ok(()) => ExitCode::SUCCESS,

@@ -55,6 +55,46 @@ async fn nothing_a_request_leaves_behind_reaches_the_next() {
     assert!(shoal.stop().success());
 }
 
+/// A worker the zygote forked after loading its module ahead (every start
+/// after the first one of a module) runs and resets its instances like
+/// one that loaded the module itself: it scans its own memory's pages, not
+/// the zygote's, when it resets.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_forked_with_its_module_preloaded_resets_like_any_other() {
+    let (mut shoal, _dir) = start_faulty("preloaded", "replicas: 1");
+    shoal.wait_for_output(|line| line.contains("Started"));
+    // Replaced until a replacement had its module preloaded: the first
+    // ones may come from standby workers forked before the preload.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while shoal.count_lines(|l| l.contains("Started") && l.contains(", module preloaded, instances reset")) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no replica started with its module preloaded");
+        if let Some(&worker) = shoal.worker_pids().first() {
+            // SAFETY: kill on a worker of the shoal this test started.
+            unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let client = client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let fresh = loop {
+        let (status, fresh) = get_with(&client, &shoal.url("/state"), None).await;
+        if status == 200 {
+            break fresh;
+        }
+        assert!(std::time::Instant::now() < deadline, "the preloaded replica never answered: {status} {fresh}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(fresh.starts_with("served=0 ") && fresh.trim_end().ends_with(" secret=none"), "{fresh}");
+    for i in 0..20 {
+        let (status, body) = get_with(&client, &shoal.url(&format!("/leak?mb=4&secret=s{i}")), None).await;
+        assert_eq!((status, body.as_str()), (200, "leaked 4 MiB\n"), "/leak number {i}");
+        let (status, state) = get_with(&client, &shoal.url("/state"), None).await;
+        assert_eq!((status, state.as_str()), (200, fresh.as_str()), "after /leak number {i}");
+    }
+    assert_eq!(counts(&shoal, 5).await, [1; 5]);
+    assert!(shoal.stop().success());
+}
+
 /// A guest whose call returns without setting a response (and without
 /// dropping the response outparam) gets `500` at once, not at its deadline,
 /// whether its instance is reset or kept as it is; the replica goes on

@@ -54,7 +54,7 @@ use tokio::sync::watch;
 use crate::cgroups::{CgroupLimits, Cgroups, ReplicaCgroup};
 use crate::child::Child;
 use crate::starts::{Forkers, GateCounts, StartGate, Urgency};
-use crate::zygote::{WorkerFds, Zygote};
+use crate::zygote::{Preload, WorkerFds, Zygote};
 
 /// Which stream a worker's output line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +206,9 @@ pub struct Startup {
     pub queued: Duration,
     /// How its instances serve requests, as the worker said.
     pub instances: Option<Instances>,
+    /// Whether its engine and module were loaded by the zygote before it
+    /// forked the worker.
+    pub preloaded: bool,
 }
 
 impl Startup {
@@ -225,6 +228,7 @@ impl Startup {
             standby: false,
             queued: Duration::ZERO,
             instances: report.instances,
+            preloaded: report.preloaded,
         }
     }
 
@@ -257,6 +261,9 @@ impl fmt::Display for Startup {
         )?;
         if self.queued >= Duration::from_micros(100) {
             write!(f, ", after waiting {} for its turn", ms(self.queued))?;
+        }
+        if self.preloaded {
+            f.write_str(", module preloaded")?;
         }
         match self.instances {
             Some(instances) => write!(f, ", instances {}", instances.as_str()),
@@ -453,6 +460,7 @@ impl NodeAgent {
             replica.startup.cgroup = cgroup_time;
             replica.startup.standby = true;
             replica.startup.queued = queued;
+            self.preload(spec);
             return Ok(replica);
         }
         let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -491,7 +499,22 @@ impl NodeAgent {
         let mut replica = self.attach(spec, process, cgroup, started).await?;
         replica.startup.cgroup = cgroup_time;
         replica.startup.queued = queued;
+        self.preload(spec);
         Ok(replica)
+    }
+
+    /// After a replica of `spec` started: has the zygote load its module
+    /// for the workers it forks next (once; when no start waits for a fork
+    /// thread).
+    fn preload(self: &Arc<Self>, spec: &ReplicaSpec) {
+        let preload = Preload {
+            module: spec.module.clone(),
+            cache_dir: self.config.cache_dir.clone(),
+            max_instances: spec.max_concurrency,
+            instance_memory: spec.instance_memory,
+        };
+        let agent = self.clone();
+        self.forkers.run(Urgency::Spare, Box::new(move || agent.zygote.preload(preload)));
     }
 
     /// A live standby from the pool, if there is one; counts the start as

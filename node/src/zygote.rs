@@ -21,12 +21,14 @@
 //! the worker exactly as `shoal worker` would: read the configuration from
 //! stdin, load, check, report ready.
 //!
-//! The zygote loads nothing of wasmtime. Its children could inherit an
-//! engine and linked components (saving ~1.5 ms of a ~3 ms start), but a
-//! raw `clone` runs no `pthread_atfork` handlers, and wasmtime reopens
-//! `/proc/self/pagemap` in one (a child would scan the zygote's pages when
-//! it resets an instance), and the child's `close_range` would close the
-//! memory images' memfds. Preloading needs both handled first.
+//! After a replica starts, the agent asks the zygote to preload its module
+//! (once per module and pool sizing): the zygote configures the engine and
+//! maps and links the component, and the workers it forks from then on
+//! find them in their copy of its memory (saving ~1.5 ms of a ~3 ms
+//! start). A raw `clone` runs no `pthread_atfork` handler, so the child
+//! does what wasmtime's would (reopen `/proc/self/pagemap`) before it uses
+//! wasmtime, and keeps the zygote's other descriptors (memory images map
+//! from them); once configured, it drops whatever it does not run.
 //!
 //! A raw `clone` leaves glibc's cached thread id of the child's main thread
 //! at the zygote's; glibc (2.34 and later) asks the kernel for the calling
@@ -56,18 +58,33 @@ const MAX_MESSAGE: usize = 4096;
 
 /// What `shoal up` asks the zygote for.
 #[derive(Debug, Serialize, Deserialize)]
-struct Request {
-    /// The worker's name (a replica's, or `standby-<n>`).
-    name: String,
-    /// When the node agent asked (`CLOCK_MONOTONIC`, ns), for the start's
-    /// "exec" figure.
-    asked_ns: u64,
+enum Request {
+    /// Fork a worker, with the descriptors that come along.
+    Fork {
+        /// The worker's name (a replica's, or `standby-<n>`).
+        name: String,
+        /// When the node agent asked (`CLOCK_MONOTONIC`, ns), for the
+        /// start's "exec" figure.
+        asked_ns: u64,
+    },
+    /// Load a module for the workers forked from now on.
+    Preload(Preload),
+}
+
+/// A module to load ahead, and the pool sizing its workers use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Preload {
+    pub module: std::path::PathBuf,
+    pub cache_dir: std::path::PathBuf,
+    pub max_instances: u32,
+    pub instance_memory: u64,
 }
 
 /// What the zygote answers.
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
     Forked { pid: u32 },
+    Preloaded,
     Failed { error: String },
 }
 
@@ -93,6 +110,8 @@ pub struct Zygote {
 struct Running {
     socket: OwnedFd,
     child: tokio::process::Child,
+    /// What it was asked to preload (once each).
+    preloaded: std::collections::HashSet<Preload>,
 }
 
 impl Zygote {
@@ -110,7 +129,8 @@ impl Zygote {
         raw.push(fds.ready.as_raw_fd());
         raw.extend(fds.channel);
         raw.extend(fds.procs.iter().map(AsRawFd::as_raw_fd));
-        let request = serde_json::to_vec(&Request { name: name.to_owned(), asked_ns }).map_err(io::Error::other)?;
+        let request =
+            serde_json::to_vec(&Request::Fork { name: name.to_owned(), asked_ns }).map_err(io::Error::other)?;
         let mut last = None;
         for _ in 0..2 {
             if running.as_mut().is_none_or(|r| r.child.try_wait().ok().flatten().is_some()) {
@@ -124,6 +144,7 @@ impl Zygote {
             match ask(&zygote.socket, &request, &raw) {
                 Ok(Reply::Forked { pid }) => return Ok(pid),
                 Ok(Reply::Failed { error }) => return Err(io::Error::other(format!("the zygote: {error}"))),
+                Ok(Reply::Preloaded) => return Err(io::Error::other("the zygote answered a fork with Preloaded")),
                 Err(error) => {
                     // Broken: stop it; the next round starts another.
                     if let Some(mut broken) = running.take() {
@@ -177,7 +198,32 @@ impl Zygote {
         }
         let child = command.spawn()?;
         drop(theirs);
-        Ok(Running { socket: ours, child })
+        Ok(Running { socket: ours, child, preloaded: std::collections::HashSet::new() })
+    }
+
+    /// Has the running zygote load `preload` for the workers it forks from
+    /// now on, unless it did already. Blocks (a fork thread calls it). A
+    /// failure is logged: workers then load the module themselves.
+    pub fn preload(&self, preload: Preload) {
+        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(zygote) = running.as_mut() else { return };
+        if !zygote.preloaded.insert(preload.clone()) {
+            return;
+        }
+        let request = serde_json::to_vec(&Request::Preload(preload.clone())).expect("a request serializes");
+        match ask(&zygote.socket, &request, &[]) {
+            Ok(Reply::Preloaded) => {}
+            Ok(Reply::Failed { error }) => {
+                tracing::debug!(module = %preload.module.display(), %error, "the zygote did not preload a module");
+            }
+            Ok(Reply::Forked { .. }) => tracing::warn!("the zygote answered a preload with Forked"),
+            Err(error) => {
+                tracing::warn!(%error, "the zygote did not answer; it is started again on the next fork");
+                if let Some(mut broken) = running.take() {
+                    stop(&mut broken.child);
+                }
+            }
+        }
     }
 
     /// Stops the zygote (Shoal is stopping).
@@ -320,14 +366,34 @@ fn receive(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
 
 /// The zygote's life (`shoal zygote`): forks a worker for each request on
 /// fd 3 until the socket closes, and runs `worker(name, since_asked)` in
-/// each child, whose return value is the child's exit code. Returns the
+/// each child, whose return value is the child's exit code; runs
+/// `preload` for each module it is asked to load ahead. Returns the
 /// zygote's exit code.
-pub fn serve(worker: fn(&str, Duration) -> i32) -> i32 {
+pub fn serve(worker: fn(&str, Duration) -> i32, preload: fn(&Preload) -> Result<(), String>) -> i32 {
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() };
     // SAFETY: `shoal up` put the zygote's socket on this descriptor for it
     // alone.
     let socket = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
+    // Descriptors 4 to 6 held open, so that nothing the zygote opens (the
+    // memory images of preloaded modules) lands on a number its children
+    // give to their channel.
+    let mut placeholders = Vec::new();
+    for fd in SOCKET_FD + 1..WORKER_FDS as RawFd {
+        // SAFETY: F_GETFD only asks whether `fd` is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            match std::fs::File::open("/dev/null").map(OwnedFd::from) {
+                // SAFETY: dup2 onto a free number from a descriptor we own.
+                Ok(null) if null.as_raw_fd() == fd || unsafe { libc::dup2(null.as_raw_fd(), fd) } == fd => {
+                    placeholders.push(null);
+                }
+                _ => {
+                    eprintln!("shoal zygote: cannot hold descriptor {fd}");
+                    return 1;
+                }
+            }
+        }
+    }
     let mut buf = [0u8; MAX_MESSAGE];
     loop {
         let (len, fds) = match receive(socket.as_raw_fd(), &mut buf) {
@@ -340,11 +406,15 @@ pub fn serve(worker: fn(&str, Duration) -> i32) -> i32 {
         };
         let reply = match serde_json::from_slice::<Request>(&buf[..len]) {
             Err(error) => Reply::Failed { error: format!("a bad request: {error}") },
-            Ok(_) if fds.len() < WORKER_FDS || fds.len() > MAX_FDS => {
+            Ok(Request::Preload(module)) => match preload(&module) {
+                Ok(()) => Reply::Preloaded,
+                Err(error) => Reply::Failed { error },
+            },
+            Ok(Request::Fork { .. }) if fds.len() < WORKER_FDS || fds.len() > MAX_FDS => {
                 Reply::Failed { error: format!("{} descriptors came with the request", fds.len()) }
             }
-            Ok(request) => match raw_clone(libc::CLONE_PARENT) {
-                Ok(0) => child(parent, &request, fds, worker),
+            Ok(Request::Fork { name, asked_ns }) => match raw_clone(libc::CLONE_PARENT) {
+                Ok(0) => child(parent, &name, asked_ns, fds, worker),
                 Ok(pid) => Reply::Forked { pid },
                 Err(error) => Reply::Failed { error: format!("cannot fork: {error}") },
             },
@@ -374,11 +444,11 @@ fn raw_clone(flags: libc::c_int) -> io::Result<u32> {
 
 /// The forked child: dies with Shoal, joins its cgroup, takes its
 /// descriptors, closes the rest, and becomes the worker. Never returns.
-fn child(parent: libc::pid_t, request: &Request, fds: Vec<OwnedFd>, worker: fn(&str, Duration) -> i32) -> ! {
+fn child(parent: libc::pid_t, name: &str, asked_ns: u64, fds: Vec<OwnedFd>, worker: fn(&str, Duration) -> i32) -> ! {
     let fds: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
     let fail = |what: &str| -> ! {
         let error = io::Error::last_os_error();
-        let line = format!("worker {}: cannot start: {what}: {error}\n", request.name);
+        let line = format!("worker {name}: cannot start: {what}: {error}\n");
         // SAFETY: fd 2 or the stderr passed is open; a failed write is
         // ignored (nobody else could be told).
         unsafe {
@@ -412,19 +482,23 @@ fn child(parent: libc::pid_t, request: &Request, fds: Vec<OwnedFd>, worker: fn(&
                 fail("moving its descriptors");
             }
         }
+        // dup2 onto 3 closed the zygote's socket there.
         for (target, &from) in (0..).zip(&moved) {
             if libc::dup2(from, target) != target {
                 fail("placing its descriptors");
             }
         }
-        // Everything else: the zygote's socket, the originals, the
-        // cgroup.procs files.
-        if libc::syscall(libc::SYS_close_range, WORKER_FDS as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint) != 0 {
-            fail("closing the zygote's descriptors");
+        // The originals (those below 7 were just replaced) and the copies.
+        // The zygote's other descriptors stay: the modules it preloaded map
+        // their memory images from them.
+        for &fd in fds.iter().chain(&moved) {
+            if fd >= WORKER_FDS as RawFd {
+                libc::close(fd);
+            }
         }
     }
-    let since = Duration::from_nanos(monotonic_nanos().saturating_sub(request.asked_ns));
-    let code = worker(&request.name, since);
+    let since = Duration::from_nanos(monotonic_nanos().saturating_sub(asked_ns));
+    let code = worker(name, since);
     std::process::exit(code)
 }
 

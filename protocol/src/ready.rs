@@ -25,6 +25,9 @@ pub struct ReadyReport {
     pub total: Duration,
     /// How its instances serve requests (`None` from a line without it).
     pub instances: Option<Instances>,
+    /// Whether the zygote had loaded its engine and module before forking
+    /// it (`engine` and `load` are then next to nothing).
+    pub preloaded: bool,
 }
 
 /// How a worker's instances serve requests.
@@ -60,8 +63,9 @@ impl ReadyReport {
     /// The line, with its newline.
     pub fn to_line(&self) -> String {
         let instances = self.instances.map(|i| format!(" instances={}", i.as_str())).unwrap_or_default();
+        let preloaded = if self.preloaded { " preloaded=1" } else { "" };
         format!(
-            "ready exec_us={} runtime_us={} engine_us={} load_us={} check_us={} total_us={}{instances}\n",
+            "ready exec_us={} runtime_us={} engine_us={} load_us={} check_us={} total_us={}{preloaded}{instances}\n",
             self.exec.as_micros(),
             self.runtime.as_micros(),
             self.engine.as_micros(),
@@ -86,6 +90,7 @@ impl ReadyReport {
             check: field("check_us"),
             total: field("total_us"),
             instances: value("instances").and_then(Instances::parse),
+            preloaded: value("preloaded") == Some("1"),
         })
     }
 }
@@ -104,6 +109,7 @@ mod tests {
             check: Duration::from_micros(150),
             total: Duration::from_micros(2_100),
             instances: Some(Instances::Reset),
+            preloaded: false,
         };
         let line = report.to_line();
         assert_eq!(
@@ -111,6 +117,9 @@ mod tests {
             "ready exec_us=15000 runtime_us=100 engine_us=700 load_us=1100 check_us=150 total_us=2100 instances=reset\n"
         );
         assert_eq!(ReadyReport::parse(&line), Some(report));
+        let preloaded = ReadyReport { preloaded: true, ..report };
+        assert!(preloaded.to_line().contains(" preloaded=1 "), "{}", preloaded.to_line());
+        assert_eq!(ReadyReport::parse(&preloaded.to_line()), Some(preloaded));
         assert_eq!(ReadyReport::parse("ready\n"), Some(ReadyReport::default()));
         assert_eq!(ReadyReport::parse("error: no\n"), None);
         assert_eq!(ReadyReport::parse("ready instances=reuse\n").unwrap().instances, Some(Instances::Reuse));

@@ -95,6 +95,22 @@ impl ComponentCache {
         self.load_bytes(engine, path, &bytes)
     }
 
+    /// Loads the component in `path` for `engine` if its artifact is in the
+    /// cache; `None` if it is not (nothing is compiled).
+    pub fn load_cached(&self, engine: &Engine, path: &Path) -> Result<Option<Component>, ModuleError> {
+        let bytes = map_file(path)?;
+        check_component(path, &bytes)?;
+        let artifact = self.artifact_for(engine, &sha256_hex(&bytes));
+        if !artifact.exists() {
+            return Ok(None);
+        }
+        // SAFETY: as in `load_digested`: written by `store` from an engine
+        // with the same compatibility hash; wasmtime checks its header.
+        let component = unsafe { Component::deserialize_file(engine, &artifact) }
+            .map_err(|source| ModuleError::Compile { path: path.to_owned(), source })?;
+        Ok(Some(component))
+    }
+
     /// The check every module passes before Shoal stores it or starts it
     /// from a manifest (`shoal up -f`, uploads through the admin API: one
     /// code path): it is a component (not a core module, not another

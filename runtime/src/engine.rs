@@ -14,7 +14,7 @@ use wasmtime::{Config, Enabled, InstanceAllocationStrategy, PoolingAllocationCon
 pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Sizing of a worker's instance pool.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSettings {
     /// Instances that may exist at once, which bounds concurrent requests.
     pub max_instances: u32,

@@ -30,6 +30,7 @@
 mod calls;
 mod output;
 mod port;
+pub mod preload;
 
 use std::io::Write;
 use std::os::fd::FromRawFd;
@@ -55,7 +56,7 @@ use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody};
 use wasmtime_wasi_http::p2::types::HostResponseOutparam;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::cache::ComponentCache;
+use crate::cache::{CacheOutcome, ComponentCache};
 use crate::engine::{EPOCH_TICK, PoolSettings, worker_engine};
 use calls::{Calls, Outbound};
 use output::{GuestOutput, OutputBuffer, Target};
@@ -271,13 +272,25 @@ pub fn run_worker(config: WorkerConfig, exec: Duration) -> anyhow::Result<()> {
 
 async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration) -> anyhow::Result<()> {
     let runtime_ready = started.elapsed();
-    let engine =
-        worker_engine(PoolSettings { max_instances: config.max_concurrency, instance_memory: config.instance_memory })
-            .map_err(|e| anyhow::anyhow!("cannot configure wasmtime: {e:#}"))?;
+    let pool = PoolSettings { max_instances: config.max_concurrency, instance_memory: config.instance_memory };
+    // What the zygote loaded before forking this process, if anything.
+    let (preloaded_engine, preloaded) = preload::take(pool, &config.module);
+    let engine = match preloaded_engine {
+        Some(engine) => engine,
+        None => worker_engine(pool).map_err(|e| anyhow::anyhow!("cannot configure wasmtime: {e:#}"))?,
+    };
     let engine_ready = started.elapsed();
-    let (component, outcome) = ComponentCache::new(&config.cache_dir).load(&engine, &config.module)?;
-    let pre = proxy_pre(&engine, &component)
-        .map_err(|e| anyhow::anyhow!("{}: cannot serve it as a wasi:http proxy: {e:#}", config.module.display()))?;
+    let was_preloaded = preloaded.is_some();
+    let (pre, outcome) = match preloaded {
+        Some(pre) => (pre, CacheOutcome::Hit),
+        None => {
+            let (component, outcome) = ComponentCache::new(&config.cache_dir).load(&engine, &config.module)?;
+            let pre = proxy_pre(&engine, &component).map_err(|e| {
+                anyhow::anyhow!("{}: cannot serve it as a wasi:http proxy: {e:#}", config.module.display())
+            })?;
+            (pre, outcome)
+        }
+    };
 
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     let mut env = config.env.clone();
@@ -325,6 +338,7 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
             check: checked - loaded,
             total,
             instances: Some(replica.instance_policy()),
+            preloaded: was_preloaded,
         }
         .to_line(),
     );

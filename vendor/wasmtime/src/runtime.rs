@@ -87,6 +87,15 @@ cfg_select! {
 }
 
 pub use bug::WasmtimeBug;
+
+/// Shoal: call in a process that a raw `clone` (no `pthread_atfork`
+/// handlers) made from one that used wasmtime, before it uses wasmtime:
+/// does what wasmtime's atfork child handlers do (reopens the process's
+/// `/proc/self/pagemap`, which instance resets scan).
+#[cfg(unix)]
+pub fn shoal_after_fork() {
+    vm::shoal_after_fork();
+}
 pub(crate) use bug::{bail_bug, bug};
 pub use code_memory::CodeMemory;
 #[cfg(feature = "debug")]

@@ -92,6 +92,8 @@ pub(crate) use interpreter_disabled as interpreter;
 
 #[cfg(feature = "component-model-async")]
 pub(crate) use sys::{component_async_tls_get, component_async_tls_set};
+#[cfg(unix)]
+pub(crate) use sys::shoal_after_fork;
 
 #[cfg(feature = "debug-builtins")]
 pub use wasmtime_jit_debug::gdb_jit_int::GdbJitImageRegistration;

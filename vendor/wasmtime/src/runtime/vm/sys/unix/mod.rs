@@ -21,6 +21,14 @@ mod pagemap;
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64", feature = "std")))]
 use crate::vm::pagemap_disabled as pagemap;
 
+/// Shoal: to call in a child that a raw `clone` made, before it uses
+/// wasmtime: does what wasmtime's `pthread_atfork` child handlers do (a raw
+/// `clone` runs none).
+pub fn shoal_after_fork() {
+    #[cfg(all(target_os = "linux", target_pointer_width = "64", feature = "std", feature = "pooling-allocator"))]
+    pagemap::shoal_after_fork();
+}
+
 #[path = "../std_tls.rs"]
 mod std_tls;
 pub use std_tls::*;

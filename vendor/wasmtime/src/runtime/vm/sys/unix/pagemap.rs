@@ -94,6 +94,25 @@ static PROCESS_PAGEMAP: std::sync::LazyLock<Option<File>> = std::sync::LazyLock:
     }
 });
 
+/// Shoal: what the `pthread_atfork` handler above does, for a child that a
+/// raw `clone` made (which runs no atfork handler): the process's pagemap
+/// descriptor is pointed at the child's own `/proc/self/pagemap`. Call it
+/// in the child before any instance is made or reset.
+#[cfg(feature = "pooling-allocator")]
+pub fn shoal_after_fork() {
+    use rustix::fd::AsRawFd;
+    let Some(pagemap) = PROCESS_PAGEMAP.as_ref() else { return };
+    // The child's own; if it cannot be opened, /dev/null, so that every
+    // later PAGEMAP_SCAN fails and resets fall back to the manual way.
+    let own = File::open("/proc/self/pagemap").or_else(|_| File::open("/dev/null"));
+    let Ok(own) = own else { std::process::abort() };
+    // SAFETY: dup2 replaces the descriptor `pagemap` owns with a copy of
+    // `own`'s, in place; both are open.
+    if unsafe { libc::dup2(own.as_raw_fd(), pagemap.as_raw_fd()) } == -1 {
+        std::process::abort();
+    }
+}
+
 #[derive(Debug)]
 pub struct PageMap(&'static File);
 
