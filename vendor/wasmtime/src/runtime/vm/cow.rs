@@ -770,9 +770,7 @@ impl MemoryImageSlot {
         if end > len {
             return false;
         }
-        memory[..start].iter().all(|b| *b == 0)
-            && &memory[start..end] == image_bytes
-            && memory[end..].iter().all(|b| *b == 0)
+        shoal_all_zero(&memory[..start]) && &memory[start..end] == image_bytes && shoal_all_zero(&memory[end..])
     }
 
     #[cfg(feature = "pooling-allocator")]
@@ -1442,4 +1440,14 @@ mod test {
         write_page(&mut memfd, 8);
         assert_pristine_after_reset(&mut memfd);
     }
+}
+
+/// Shoal: whether `bytes` are all zero, compared a page at a time against a
+/// page of zeros (`memcmp`, vectorized: a byte loop that stops at the first
+/// non-zero byte is not, and took 13 % of the machine in a storm of cold
+/// starts).
+#[cfg(feature = "pooling-allocator")]
+fn shoal_all_zero(bytes: &[u8]) -> bool {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    bytes.chunks(ZEROS.len()).all(|chunk| chunk == &ZEROS[..chunk.len()])
 }
