@@ -991,19 +991,22 @@ async fn forward(
     log: LogSink,
     last_line: Option<Arc<std::sync::Mutex<String>>>,
 ) {
+    /// Read at most at once, and the longest line kept whole.
+    const CHUNK: usize = 64 * 1024;
     let prefix = format!("{name} | ").into_bytes();
-    let mut buf = vec![0u8; 64 * 1024];
+    // Read into spare capacity: nothing zeroed, and no page of it touched
+    // before output arrives (many workers print nothing, or little).
     let mut pending: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     loop {
-        let n = match from.read(&mut buf).await {
+        pending.reserve(CHUNK);
+        match from.read_buf(&mut pending).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&buf[..n]);
+            Ok(_) => {}
+        }
         let Some(last) = pending.iter().rposition(|&b| b == b'\n') else {
             // A very long line without a newline is flushed as it is.
-            if pending.len() >= buf.len() {
+            if pending.len() >= CHUNK {
                 out.extend_from_slice(&prefix);
                 out.append(&mut pending);
                 out.push(b'\n');

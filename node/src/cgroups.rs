@@ -9,10 +9,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use cgroups_rs::cgroup::Cgroup;
-use cgroups_rs::cpu::CpuController;
-use cgroups_rs::memory::MemController;
-use cgroups_rs::pid::PidController;
-use cgroups_rs::{Hierarchy, MaxValue};
 
 /// The controllers a replica's cgroup uses.
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
@@ -52,21 +48,49 @@ pub struct CgroupLimits {
 }
 
 /// Access to the cgroup hierarchy for one `shoal up` instance.
+///
+/// cgroups-rs finds the hierarchy and creates `shoal/<instance>` once;
+/// every per-replica operation after that is a few system calls on paths
+/// found then. Going through cgroups-rs for each one re-read
+/// `/proc/self/mountinfo` and built a handle for every mounted controller
+/// per call: in a storm of 300 cold starts that was a third of `shoal up`'s
+/// CPU (ARCHITECTURE.md, "Cold starts").
 pub struct Cgroups {
     /// `shoal/<instance>`, relative to each controller's root.
     base: String,
     v2: bool,
+    /// Where each controller is mounted (all three the same on v2).
+    mounts: Mounts,
+}
+
+/// A directory per controller; on v2 the three are the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mounts {
+    memory: PathBuf,
+    cpu: PathBuf,
+    pids: PathBuf,
+}
+
+impl Mounts {
+    fn join(&self, path: &str) -> Mounts {
+        Mounts { memory: self.memory.join(path), cpu: self.cpu.join(path), pids: self.pids.join(path) }
+    }
+
+    /// The distinct directories, in a fixed order.
+    fn distinct(&self) -> Vec<&Path> {
+        let mut dirs = vec![self.memory.as_path(), self.cpu.as_path(), self.pids.as_path()];
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
 }
 
 /// One replica's cgroup.
 pub struct ReplicaCgroup {
-    cgroup: Cgroup,
+    dirs: Mounts,
+    v2: bool,
     /// `/shoal/<instance>/<replica>`, as `/proc/<pid>/cgroup` shows it.
     path: String,
-}
-
-fn hierarchy() -> Box<dyn Hierarchy> {
-    cgroups_rs::hierarchies::auto()
 }
 
 impl Cgroups {
@@ -78,7 +102,7 @@ impl Cgroups {
         if unsafe { libc::geteuid() } != 0 {
             return Err("not running as root".into());
         }
-        let hier = hierarchy();
+        let hier = cgroups_rs::hierarchies::auto();
         let v2 = hier.v2();
         let present: Vec<String> = hier.subsystems().iter().map(|s| s.controller_name()).collect();
         let missing: Vec<&str> = CONTROLLERS.iter().copied().filter(|c| !present.iter().any(|p| p == c)).collect();
@@ -89,12 +113,23 @@ impl Cgroups {
                 missing.join(", ")
             ));
         }
-        let cgroups = Cgroups { base: format!("shoal/{instance}"), v2 };
+        let base = format!("shoal/{instance}");
+        let probe =
+            Cgroup::load_with_specified_controllers(hier, &base, CONTROLLERS.iter().map(|c| (*c).to_owned()).collect());
+        let mounts = controller_mounts(&probe, &base)?;
+        let cgroups = Cgroups { base, v2, mounts };
         cgroups.remove_stale();
-        let probe = cgroups.load(&cgroups.base);
         probe.create().map_err(|e| format!("cannot create cgroup {}: {e}", cgroups.base))?;
-        if !controller_dirs(&probe).iter().all(|d| d.is_dir()) {
+        let dirs = cgroups.mounts.join(&cgroups.base);
+        if !dirs.distinct().iter().all(|d| d.is_dir()) {
             return Err(format!("cannot create cgroup {} (permission denied or read-only cgroupfs)", cgroups.base));
+        }
+        if v2 {
+            // Replica groups are made in the base: its children get the
+            // three controllers (cgroups-rs enabled them above it).
+            let control = dirs.memory.join("cgroup.subtree_control");
+            std::fs::write(&control, "+memory +cpu +pids")
+                .map_err(|e| format!("cannot enable controllers in {}: {e}", control.display()))?;
         }
         Ok(cgroups)
     }
@@ -104,8 +139,8 @@ impl Cgroups {
     /// Only empty groups can be removed, so live processes are never
     /// affected.
     fn remove_stale(&self) {
-        for root in controller_dirs(&self.load("shoal")) {
-            let Ok(entries) = std::fs::read_dir(&root) else { continue };
+        for root in self.mounts.join("shoal").distinct() {
+            let Ok(entries) = std::fs::read_dir(root) else { continue };
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("up-")).and_then(|p| p.parse::<u32>().ok())
@@ -132,26 +167,23 @@ impl Cgroups {
         self.v2
     }
 
-    fn load(&self, path: &str) -> Cgroup {
-        Cgroup::load_with_specified_controllers(
-            hierarchy(),
-            path,
-            CONTROLLERS.iter().map(|c| (*c).to_owned()).collect(),
-        )
+    fn group(&self, replica: &str) -> ReplicaCgroup {
+        let path = format!("{}/{replica}", self.base);
+        ReplicaCgroup { dirs: self.mounts.join(&path), v2: self.v2, path: format!("/{path}") }
     }
 
     /// Creates the cgroup of `replica` with `limits`.
     pub fn create(&self, replica: &str, limits: CgroupLimits) -> Result<ReplicaCgroup, String> {
-        let path = format!("{}/{replica}", self.base);
-        let cgroup = self.load(&path);
-        cgroup.create().map_err(|e| format!("cannot create cgroup {path}: {e}"))?;
-        if !controller_dirs(&cgroup).iter().all(|d| d.is_dir()) {
-            return Err(format!("cannot create cgroup {path}"));
+        let group = self.group(replica);
+        for dir in group.dirs.distinct() {
+            if let Err(error) = std::fs::create_dir(dir) {
+                let _ = group.remove();
+                return Err(format!("cannot create cgroup {}: {error}", dir.display()));
+            }
         }
-        let group = ReplicaCgroup { cgroup, path: format!("/{path}") };
         if let Err(error) = group.apply(limits) {
             let _ = group.remove();
-            return Err(format!("cannot set limits on cgroup {path}: {error}"));
+            return Err(format!("cannot set limits on cgroup {}: {error}", group.path.trim_start_matches('/')));
         }
         Ok(group)
     }
@@ -160,16 +192,13 @@ impl Cgroups {
     /// standby worker's group when the worker becomes that replica). Only
     /// cgroup v1 can rename groups; on failure the group keeps its name.
     pub fn rename(&self, group: ReplicaCgroup, replica: &str) -> ReplicaCgroup {
-        let mut dirs = controller_dirs(&group.cgroup);
-        dirs.sort();
-        dirs.dedup();
-        let mut done: Vec<(PathBuf, PathBuf)> = Vec::new();
-        for dir in dirs {
-            let to = dir.with_file_name(replica);
-            match std::fs::rename(&dir, &to) {
-                Ok(()) => done.push((dir, to)),
+        let renamed = self.group(replica);
+        let mut done: Vec<(&Path, &Path)> = Vec::new();
+        for (from, to) in group.dirs.distinct().into_iter().zip(renamed.dirs.distinct()) {
+            match std::fs::rename(from, to) {
+                Ok(()) => done.push((from, to)),
                 Err(error) => {
-                    tracing::debug!(%error, from = %dir.display(), "cannot rename a cgroup; it keeps its name");
+                    tracing::debug!(%error, from = %from.display(), "cannot rename a cgroup; it keeps its name");
                     for (from, to) in done.iter().rev() {
                         let _ = std::fs::rename(to, from);
                     }
@@ -177,49 +206,74 @@ impl Cgroups {
                 }
             }
         }
-        let path = format!("{}/{replica}", self.base);
-        ReplicaCgroup { cgroup: self.load(&path), path: format!("/{path}") }
+        renamed
     }
 
     /// The memory a replica's group uses now (v1 `memory.usage_in_bytes`,
     /// v2 `memory.current`); `path` as [`ReplicaCgroup::path`] gives it.
     pub fn memory_usage(&self, path: &str) -> Option<u64> {
-        let cgroup = self.load(path.trim_start_matches('/'));
-        let memory: &MemController = cgroup.controller_of()?;
-        let dir: &Path = cgroups_rs::Controller::path(memory);
-        ["memory.current", "memory.usage_in_bytes"]
-            .iter()
-            .find_map(|file| std::fs::read_to_string(dir.join(file)).ok())
-            .and_then(|text| text.trim().parse().ok())
+        let file = if self.v2 { "memory.current" } else { "memory.usage_in_bytes" };
+        let text = std::fs::read_to_string(self.mounts.memory.join(path.trim_start_matches('/')).join(file)).ok()?;
+        text.trim().parse().ok()
     }
 
     /// Removes `shoal/<instance>` (and `shoal` if nothing else is in it).
     /// Replica groups must have been removed first.
     pub fn remove_base(&self) {
-        let _ = self.load(&self.base).delete();
-        for dir in controller_dirs(&self.load("shoal")) {
+        for dir in self.mounts.join(&self.base).distinct() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        for dir in self.mounts.join("shoal").distinct() {
             let _ = std::fs::remove_dir(dir);
         }
     }
 }
 
-fn controller_dirs(cgroup: &Cgroup) -> Vec<PathBuf> {
-    cgroup.subsystems().iter().map(|s| s.to_controller().path().to_owned()).collect()
+/// Where the memory, cpu and pids controllers of `probe` (a group at
+/// `path`) are mounted.
+fn controller_mounts(probe: &Cgroup, path: &str) -> Result<Mounts, String> {
+    let mount = |name: &str| -> Result<PathBuf, String> {
+        let subsystem = probe
+            .subsystems()
+            .iter()
+            .find(|s| s.controller_name() == name)
+            .ok_or_else(|| format!("cgroup controller {name} not available"))?;
+        let dir = subsystem.to_controller().path();
+        // The controller's directory for `path`, less `path`.
+        dir.ancestors()
+            .nth(Path::new(path).components().count())
+            .map(Path::to_path_buf)
+            .ok_or_else(|| format!("unexpected cgroup directory {}", dir.display()))
+    };
+    Ok(Mounts { memory: mount("memory")?, cpu: mount("cpu")?, pids: mount("pids")? })
+}
+
+/// Writes `value` to a control file.
+fn write_control(dir: &Path, file: &str, value: &str) -> Result<(), String> {
+    std::fs::write(dir.join(file), value).map_err(|e| format!("cannot write {value} to {file}: {e}"))
 }
 
 impl ReplicaCgroup {
-    /// Sets the group's memory limit, cpu quota and pids limit.
-    pub fn apply(&self, limits: CgroupLimits) -> cgroups_rs::error::Result<()> {
-        let memory: &MemController = self.cgroup.controller_of().expect("memory controller is loaded");
-        memory.set_limit(i64::try_from(limits.memory).unwrap_or(i64::MAX))?;
-        if let Some(millis) = limits.cpu_millis {
-            let cpu: &CpuController = self.cgroup.controller_of().expect("cpu controller is loaded");
-            let (quota, period) = cpu_quota_and_period(millis);
-            cpu.set_cfs_quota_and_period(Some(quota as i64), Some(period))?;
+    /// Sets the group's memory limit, cpu quota (left as it is when
+    /// `cpu_millis` is `None`) and pids limit.
+    pub fn apply(&self, limits: CgroupLimits) -> Result<(), String> {
+        let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX).to_string();
+        let pids = WORKER_PIDS_MAX.to_string();
+        if self.v2 {
+            write_control(&self.dirs.memory, "memory.max", &memory)?;
+            if let Some(millis) = limits.cpu_millis {
+                let (quota, period) = cpu_quota_and_period(millis);
+                write_control(&self.dirs.cpu, "cpu.max", &format!("{quota} {period}"))?;
+            }
+        } else {
+            write_control(&self.dirs.memory, "memory.limit_in_bytes", &memory)?;
+            if let Some(millis) = limits.cpu_millis {
+                let (quota, period) = cpu_quota_and_period(millis);
+                write_control(&self.dirs.cpu, "cpu.cfs_quota_us", &quota.to_string())?;
+                write_control(&self.dirs.cpu, "cpu.cfs_period_us", &period.to_string())?;
+            }
         }
-        let pids: &PidController = self.cgroup.controller_of().expect("pids controller is loaded");
-        pids.set_pid_max(MaxValue::Value(WORKER_PIDS_MAX))?;
-        Ok(())
+        write_control(&self.dirs.pids, "pids.max", &pids)
     }
 
     /// The group's path as `/proc/<pid>/cgroup` shows it, such as
@@ -232,29 +286,19 @@ impl ReplicaCgroup {
     /// opens them and passes them to the zygote; its child writes `0`
     /// (itself) to each first.
     pub fn procs_files(&self) -> std::io::Result<Vec<File>> {
-        let mut dirs = controller_dirs(&self.cgroup);
-        dirs.sort();
-        dirs.dedup();
-        dirs.iter().map(|dir| File::options().write(true).open(dir.join("cgroup.procs"))).collect()
+        self.dirs.distinct().iter().map(|dir| File::options().write(true).open(dir.join("cgroup.procs"))).collect()
     }
 
     /// The file holding the memory limit (v1 `memory.limit_in_bytes`, v2
     /// `memory.max`).
     pub fn memory_limit_file(&self) -> Option<PathBuf> {
-        let memory: &MemController = self.cgroup.controller_of()?;
-        let dir: &Path = cgroups_rs::Controller::path(memory);
-        let v2 = dir.join("memory.max");
-        Some(if v2.exists() { v2 } else { dir.join("memory.limit_in_bytes") })
+        Some(self.dirs.memory.join(if self.v2 { "memory.max" } else { "memory.limit_in_bytes" }))
     }
 
     /// Whether the kernel OOM-killed a process of this group.
     pub fn oom_killed(&self) -> bool {
-        let Some(memory) = self.cgroup.controller_of::<MemController>() else {
-            return false;
-        };
-        let dir: &Path = cgroups_rs::Controller::path(memory);
         for (file, key) in [("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")] {
-            if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+            if let Ok(text) = std::fs::read_to_string(self.dirs.memory.join(file)) {
                 let count = text
                     .lines()
                     .filter_map(|l| l.split_once(' '))
@@ -268,9 +312,29 @@ impl ReplicaCgroup {
         false
     }
 
-    /// Removes the group; its processes must have exited.
+    /// Removes the group; its processes must have exited. The kernel may
+    /// still count a process that just exited: tried five times over
+    /// ~150 ms, as runc does.
     pub fn remove(&self) -> Result<(), String> {
-        self.cgroup.delete().map_err(|e| format!("cannot remove cgroup {}: {e}", self.path))
+        let mut delay = std::time::Duration::from_millis(10);
+        for dir in self.dirs.distinct() {
+            let mut tries = 0;
+            loop {
+                match std::fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(error) if tries == 4 => {
+                        return Err(format!("cannot remove cgroup {}: {error}", dir.display()));
+                    }
+                    Err(_) => {
+                        tries += 1;
+                        std::thread::sleep(delay);
+                        delay *= 2;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

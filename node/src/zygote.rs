@@ -168,6 +168,9 @@ impl Zygote {
             // Room for the command line its children write there (see
             // `shoal worker`).
             .arg(" ".repeat(crate::agent::TITLE_ROOM))
+            // Every symbol bound once, here, rather than lazily in each
+            // child (ld.so's lookups and a write to a shared page each).
+            .env("LD_BIND_NOW", "1")
             .env(READY_FD_ENV, "3")
             .env(CHANNEL_FDS_ENV, CHANNEL_FDS.map(|fd| fd.to_string()).join(","))
             .stdin(Stdio::null())

@@ -746,8 +746,9 @@ impl MemoryImageSlot {
     /// Shoal: whether the first `len` bytes of this slot hold exactly what
     /// [`Self::reset_in_place`] puts back (the image, zeros around it).
     ///
-    /// Reads every page once; meant to be called once per instance, right
-    /// after instantiation, to learn whether anything (a start function, a
+    /// Reads the pages written since the slot was mapped (every page where
+    /// the kernel cannot say which); meant to be called once per instance,
+    /// right after instantiation, to learn whether anything (a start function, a
     /// data segment that could not be mapped) wrote memory that a reset
     /// would lose.
     pub(crate) fn shoal_is_pristine(&self, len: usize) -> bool {
@@ -770,7 +771,22 @@ impl MemoryImageSlot {
         if end > len {
             return false;
         }
-        shoal_all_zero(&memory[..start]) && &memory[start..end] == image_bytes && shoal_all_zero(&memory[end..])
+        // Whether `range` of the memory holds what a reset puts there.
+        let pristine = |range: core::ops::Range<usize>| {
+            let zeros_before = range.start..range.end.min(start);
+            let image = range.start.max(start)..range.end.min(end);
+            let zeros_after = range.start.max(end)..range.end;
+            (zeros_before.is_empty() || shoal_all_zero(&memory[zeros_before]))
+                && (image.is_empty() || memory[image.clone()] == image_bytes[image.start - start..image.end - start])
+                && (zeros_after.is_empty() || shoal_all_zero(&memory[zeros_after]))
+        };
+        // Only the pages written since the slot was mapped can differ; the
+        // kernel says which (reading all of them would fault each one in).
+        let written = PageMap::new().and_then(|pagemap| vm::shoal_written_regions(&pagemap, memory.as_ptr(), len));
+        match written {
+            Some(regions) => regions.into_iter().all(|(offset, bytes)| pristine(offset..(offset + bytes).min(len))),
+            None => pristine(0..len),
+        }
     }
 
     #[cfg(feature = "pooling-allocator")]

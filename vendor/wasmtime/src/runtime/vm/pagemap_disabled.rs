@@ -11,6 +11,12 @@ impl PageMap {
     }
 }
 
+/// Shoal: no page tables to ask here: nothing can be said.
+#[allow(dead_code, reason = "not used on linux64")]
+pub fn shoal_written_regions(_pagemap: &PageMap, _ptr: *const u8, _len: usize) -> Option<crate::prelude::Vec<(usize, usize)>> {
+    None
+}
+
 /// Resets `ptr` for `len` bytes.
 ///
 /// Returns the number of bytse that are still resident after this returns.

@@ -138,6 +138,38 @@ impl PageMap {
     }
 }
 
+/// Shoal: the regions of `ptr` for `len` bytes that may hold something
+/// other than what was mapped there: pages written since (anonymous, present
+/// or swapped, not the zero page). A page not reported still reads as its
+/// mapping gave it (zeros, or its file's bytes). `None` when the scan could
+/// not cover the whole range (it failed, or found more regions than it can
+/// report): then nothing can be said.
+#[cfg(feature = "pooling-allocator")]
+pub fn shoal_written_regions(pagemap: &PageMap, ptr: *const u8, len: usize) -> Option<Vec<(usize, usize)>> {
+    const MAX_REGIONS: usize = 32;
+    let mut storage = [MaybeUninit::uninit(); MAX_REGIONS];
+    // The same page categories as `reset_with_pagemap`'s, without a limit.
+    let scan_arg = PageMapScanBuilder::new(ptr::slice_from_raw_parts(ptr, len))
+        .category_inverted(Categories::PFNZERO | Categories::FILE)
+        .category_mask(Categories::WRITTEN | Categories::PFNZERO | Categories::FILE)
+        .category_anyof_mask(Categories::PRESENT | Categories::SWAPPED)
+        .return_mask(Categories::empty())
+        .build(&mut storage);
+    // SAFETY: PAGEMAP_SCAN only reads this process's page tables for the
+    // range, which it does not dereference.
+    let result = unsafe { ioctl(pagemap.0, scan_arg) }.ok()?;
+    if result.walk_end().addr() < ptr.addr() + len {
+        return None;
+    }
+    Some(
+        result
+            .regions()
+            .iter()
+            .map(|region| (region.region().cast::<u8>().addr() - ptr.addr(), region.len()))
+            .collect(),
+    )
+}
+
 /// Resets `ptr` for `len` bytes.
 ///
 /// This function is a dual implementation of this function in the
