@@ -54,7 +54,7 @@ pub struct CgroupLimits {
 /// found then. Going through cgroups-rs for each one re-read
 /// `/proc/self/mountinfo` and built a handle for every mounted controller
 /// per call: in a storm of 300 cold starts that was a third of `shoal up`'s
-/// CPU (ARCHITECTURE.md, "Cold starts").
+/// CPU (ARCHITECTURE.md, the cgroups-rs decision).
 pub struct Cgroups {
     /// `shoal/<instance>`, relative to each controller's root.
     base: String,
@@ -258,22 +258,18 @@ impl ReplicaCgroup {
     /// `cpu_millis` is `None`) and pids limit.
     pub fn apply(&self, limits: CgroupLimits) -> Result<(), String> {
         let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX).to_string();
-        let pids = WORKER_PIDS_MAX.to_string();
-        if self.v2 {
-            write_control(&self.dirs.memory, "memory.max", &memory)?;
-            if let Some(millis) = limits.cpu_millis {
-                let (quota, period) = cpu_quota_and_period(millis);
+        std::fs::write(self.memory_limit_file(), &memory)
+            .map_err(|e| format!("cannot set the memory limit {memory}: {e}"))?;
+        if let Some(millis) = limits.cpu_millis {
+            let (quota, period) = cpu_quota_and_period(millis);
+            if self.v2 {
                 write_control(&self.dirs.cpu, "cpu.max", &format!("{quota} {period}"))?;
-            }
-        } else {
-            write_control(&self.dirs.memory, "memory.limit_in_bytes", &memory)?;
-            if let Some(millis) = limits.cpu_millis {
-                let (quota, period) = cpu_quota_and_period(millis);
+            } else {
                 write_control(&self.dirs.cpu, "cpu.cfs_quota_us", &quota.to_string())?;
                 write_control(&self.dirs.cpu, "cpu.cfs_period_us", &period.to_string())?;
             }
         }
-        write_control(&self.dirs.pids, "pids.max", &pids)
+        write_control(&self.dirs.pids, "pids.max", &WORKER_PIDS_MAX.to_string())
     }
 
     /// The group's path as `/proc/<pid>/cgroup` shows it, such as
@@ -291,8 +287,8 @@ impl ReplicaCgroup {
 
     /// The file holding the memory limit (v1 `memory.limit_in_bytes`, v2
     /// `memory.max`).
-    pub fn memory_limit_file(&self) -> Option<PathBuf> {
-        Some(self.dirs.memory.join(if self.v2 { "memory.max" } else { "memory.limit_in_bytes" }))
+    fn memory_limit_file(&self) -> PathBuf {
+        self.dirs.memory.join(if self.v2 { "memory.max" } else { "memory.limit_in_bytes" })
     }
 
     /// Whether the kernel OOM-killed a process of this group.
