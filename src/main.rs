@@ -30,7 +30,7 @@ struct Cli {
 enum Command {
     /// Run the gateway and a node agent for the services in the manifests
     /// (without -f: the kubia sample, 3 replicas).
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Build a service's directory into the Wasm component its manifest
     /// names: a Cargo project for wasm32-wasip2, a JavaScript project
     /// (package.json, app.js, index.js) with the JS SDK.
@@ -77,13 +77,27 @@ pub struct UpArgs {
     /// The admin API's address (the CLI talks to it; never the gateway's port).
     #[arg(long, default_value = "127.0.0.1:8081", env = "SHOAL_ADMIN_LISTEN")]
     admin_listen: SocketAddr,
+    /// Serve HTTPS too, on this address (e.g. 127.0.0.1:8443): HTTP/2 and
+    /// HTTP/1.1 over TLS 1.3 or 1.2. Certificates: --tls-cert/--tls-key as
+    /// the default, and one per host with `shoal tls add`. Without
+    /// --tls-cert, a self-signed certificate for localhost, for trying it
+    /// out (clients must skip verification: curl -k).
+    #[arg(long, value_name = "ADDR", env = "SHOAL_TLS_LISTEN")]
+    tls_listen: Option<SocketAddr>,
+    /// The default certificate chain (PEM, leaf first) HTTPS serves: to
+    /// clients that name no host, or a host without a certificate of its own.
+    #[arg(long, value_name = "FILE", env = "SHOAL_TLS_CERT", requires_all = ["tls_key", "tls_listen"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "SHOAL_TLS_KEY", requires_all = ["tls_cert", "tls_listen"])]
+    tls_key: Option<PathBuf>,
     /// Where Shoal keeps its data: the store (services, modules), the API
     /// token and the compiled-module cache.
     /// Default: $XDG_DATA_HOME/shoal or ~/.local/share/shoal.
     #[arg(long, value_name = "DIR", env = "SHOAL_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Open client connections the gateway takes at most; past it, new ones
-    /// are closed at once. Default: 10,000, or as many as the open-files
+    /// Open client connections the gateway takes at most (on each of its
+    /// listeners, plain and HTTPS); past it, new ones are closed at once. Default: 10,000, or as many as the open-files
     /// limit holds if that is fewer. A number the limit cannot hold is
     /// lowered, with a warning.
     #[arg(long, value_name = "N", env = "SHOAL_MAX_CONNECTIONS",
@@ -164,7 +178,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Up(args) => {
             init_tracing("info");
-            match up::run(args) {
+            match up::run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("error: {error:#}");

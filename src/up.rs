@@ -85,6 +85,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         loaded.extend(builtin_kubia()?);
     }
     compile(&loaded, &cache)?;
+    let default_certificate = default_certificate(&args)?;
 
     let etcd = args.etcd.as_deref().map(connect_etcd).transpose()?;
     let store: Arc<dyn Store> = match &etcd {
@@ -122,8 +123,49 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         builder.worker_threads(gateway_threads());
     }
     let runtime = builder.enable_all().build().context("cannot start the tokio runtime")?;
-    let max_connections = connection_budget(args.max_connections, open_files);
-    runtime.block_on(serve(args, store, etcd, token, cache, data_dir, max_connections))
+    let listeners = if args.tls_listen.is_some() { 2 } else { 1 };
+    let max_connections = connection_budget(args.max_connections, open_files, listeners);
+    let stores = Stores { store, etcd, token, cache, data_dir };
+    runtime.block_on(serve(args, stores, default_certificate, max_connections))
+}
+
+/// The certificate HTTPS serves by default, when `--tls-listen` is given:
+/// `--tls-cert`/`--tls-key`, checked now so that a bad file stops `shoal
+/// up` with its name; or a self-signed one for this machine's local names.
+fn default_certificate(args: &UpArgs) -> anyhow::Result<Option<Arc<shoal_gateway::tls::Certificate>>> {
+    use shoal_gateway::tls::{Certificate, now_unix};
+    let Some(address) = args.tls_listen else { return Ok(None) };
+    let certificate = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert_path), Some(key_path)) => {
+            let cert =
+                std::fs::read(cert_path).with_context(|| format!("--tls-cert: cannot read {}", cert_path.display()))?;
+            let key =
+                std::fs::read(key_path).with_context(|| format!("--tls-key: cannot read {}", key_path.display()))?;
+            let certificate = Certificate::load(&cert, &key, now_unix()).map_err(|error| {
+                anyhow!("{}", error.naming(&cert_path.display().to_string(), &key_path.display().to_string()))
+            })?;
+            if let Some(warning) = certificate.info.expiry_warning(now_unix()) {
+                eprintln!("warning: --tls-cert {}: {warning}", cert_path.display());
+            }
+            certificate.with_origin(format!("--tls-cert {}", cert_path.display()))
+        }
+        _ => {
+            let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+            if !address.ip().is_unspecified() && !address.ip().is_loopback() {
+                names.push(address.ip().to_string());
+            }
+            let (cert, key) = shoal_gateway::tls::self_signed(&names)?;
+            let certificate =
+                Certificate::load(cert.as_bytes(), key.as_bytes(), now_unix()).map_err(|e| anyhow!("{e}"))?;
+            eprintln!(
+                "WARNING: no --tls-cert: HTTPS on {address} serves a self-signed certificate for {}; clients cannot \
+                 verify it (curl -k). Give --tls-cert/--tls-key, or add certificates per host with `shoal tls add`.",
+                names.join(", ")
+            );
+            certificate.with_origin("self-signed")
+        }
+    };
+    Ok(Some(Arc::new(certificate)))
 }
 
 /// The prefix of Shoal's keys in etcd.
@@ -198,8 +240,9 @@ const RESERVED_FDS: u64 = 1024 + shoal_control::admin::MAX_CONNECTIONS as u64;
 /// [`RESERVED_FDS`] leaves; the other half is for workers (each holds its
 /// channel's three descriptors and three pipes in `shoal up`), so no number
 /// of connections to one listener starves the others or the workers.
-fn connection_budget(wanted: Option<usize>, open_files: u64) -> usize {
-    let budget = usize::try_from(open_files.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX).max(1);
+fn connection_budget(wanted: Option<usize>, open_files: u64, listeners: u64) -> usize {
+    let budget =
+        usize::try_from(open_files.saturating_sub(RESERVED_FDS) / 2 / listeners.max(1)).unwrap_or(usize::MAX).max(1);
     let Some(wanted) = wanted else {
         return budget.min(GatewayConfig::default().max_connections);
     };
@@ -392,15 +435,22 @@ fn compile(services: &[Loaded], cache: &ComponentCache) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(
-    args: UpArgs,
+/// What `shoal up` opened before its runtime started.
+struct Stores {
     store: Arc<dyn Store>,
     etcd: Option<(shoal_etcd::Client, Arc<EtcdKv>)>,
     token: String,
     cache: ComponentCache,
     data_dir: PathBuf,
+}
+
+async fn serve(
+    args: UpArgs,
+    stores: Stores,
+    default_certificate: Option<Arc<shoal_gateway::tls::Certificate>>,
     max_connections: usize,
 ) -> anyhow::Result<()> {
+    let Stores { store, etcd, token, cache, data_dir } = stores;
     // Handle SIGINT and SIGTERM from here on (before anything is printed
     // that says Shoal is up), so that a signal always means a clean stop.
     let signal = shutdown_signal()?;
@@ -443,18 +493,20 @@ async fn serve(
         let _ = std::fs::remove_dir_all(&run_dir);
     };
 
-    let (gateway_listener, admin_listener) = match bind(args.listen, args.admin_listen).await {
-        Ok(listeners) => listeners,
-        Err(error) => {
-            cleanup(&agent);
-            return Err(error);
-        }
-    };
+    let (gateway_listener, admin_listener, tls_listener) =
+        match bind(args.listen, args.admin_listen, args.tls_listen).await {
+            Ok(listeners) => listeners,
+            Err(error) => {
+                cleanup(&agent);
+                return Err(error);
+            }
+        };
     let gateway_address = gateway_listener.local_addr()?;
     let admin_address = admin_listener.local_addr()?;
 
     let gateway = Gateway::new();
     gateway.trust_outbound_cas(&args.outbound_ca)?;
+    gateway.certificates().set_default(default_certificate);
     let events = Arc::new(EventLog::printing());
     let ctx = PodContext {
         agent: agent.clone(),
@@ -539,10 +591,18 @@ async fn serve(
     }));
     let mut gateway_shutdown = shutdown_rx.clone();
     let gateway_config = GatewayConfig { max_connections, ..GatewayConfig::default() };
-    let gateway_server = tokio::spawn(gateway.clone().serve(gateway_listener, gateway_config, async move {
+    let gateway_server = tokio::spawn(gateway.clone().serve(gateway_listener, gateway_config.clone(), async move {
         let _ = gateway_shutdown.wait_for(|stop| *stop).await;
     }));
     println!("shoal: gateway listening on http://{gateway_address}");
+    let tls_server = tls_listener.map(|listener| {
+        let address = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        println!("shoal: gateway listening on https://{address}");
+        let mut tls_shutdown = shutdown_rx.clone();
+        tokio::spawn(gateway.clone().serve_tls(listener, gateway_config.clone(), async move {
+            let _ = tls_shutdown.wait_for(|stop| *stop).await;
+        }))
+    });
     println!("shoal: admin API listening on http://{admin_address} (token in {})", data_dir.join("token").display());
 
     signal.await;
@@ -550,6 +610,12 @@ async fn serve(
     let _ = shutdown_tx.send(true);
     if let Err(error) = gateway_server.await {
         tracing::warn!(%error, "gateway task failed");
+    }
+    if let Some(Err(error)) = match tls_server {
+        Some(server) => Some(server.await),
+        None => None,
+    } {
+        tracing::warn!(%error, "HTTPS gateway task failed");
     }
     let _ = reconciler.await;
     if let Some(membership) = membership {
@@ -561,15 +627,25 @@ async fn serve(
     Ok(())
 }
 
-/// Binds the gateway and the admin API, with errors that name the address.
+/// The gateway's, the admin API's and the HTTPS listener.
+type Listeners = (tokio::net::TcpListener, tokio::net::TcpListener, Option<tokio::net::TcpListener>);
+
+/// Binds the gateway, the admin API and HTTPS, with errors that name the
+/// address.
 async fn bind(
     gateway: std::net::SocketAddr,
     admin: std::net::SocketAddr,
-) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+    tls: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Listeners> {
     let g = listen(gateway).map_err(|e| anyhow!("cannot listen on {gateway}: {e}"))?;
     let a = listen(admin)
         .map_err(|e| anyhow!("cannot listen on {admin} for the admin API: {e} (choose another with --admin-listen)"))?;
-    Ok((g, a))
+    let t = tls
+        .map(|tls| {
+            listen(tls).map_err(|e| anyhow!("cannot listen on {tls} for HTTPS: {e} (choose another with --tls-listen)"))
+        })
+        .transpose()?;
+    Ok((g, a, t))
 }
 
 /// Connections the kernel completes for a listener before it accepts them.

@@ -94,13 +94,13 @@ mod validate;
 
 pub use error::ManifestError;
 pub use manifest::{
-    API_VERSION, Autoscale, InstancePolicy, Instances, KIND, Limits, PolicyReason, Resources, Route, ScaleMetric,
-    Service, ServiceSpec, WORKER_RESERVE, parse_manifests, validate_set, warnings,
+    API_VERSION, Autoscale, InstancePolicy, Instances, KIND, Limits, PolicyReason, Resources, Route, RouteTls,
+    ScaleMetric, Service, ServiceSpec, WORKER_RESERVE, parse_manifests, validate_set, warnings,
 };
 pub use objects::{
-    CallUsage, Event, EventType, ModuleInfo, NodeStarts, NodeView, ReplicaInfo, ReplicaState, RolloutPhase,
-    ServiceRecord, ServiceStatus, format_age, now_unix,
+    CallUsage, CertificateUpload, CertificateView, Event, EventType, ModuleInfo, NodeStarts, NodeView, ReplicaInfo,
+    ReplicaState, RolloutPhase, ServiceRecord, ServiceStatus, format_age, now_unix,
 };
 pub use outbound::{AllowOutbound, OutboundRule};
 pub use quantity::{format_bytes, parse_cpu, parse_memory};
-pub use validate::MAX_REPLICAS;
+pub use validate::{MAX_REPLICAS, check_host};

@@ -284,6 +284,41 @@ pub struct Route {
     pub host: Option<String>,
     /// Starts with `/`, no `?` or `#` (default `/`).
     pub path: String,
+    /// Whether plain HTTP may reach it (`tls: required` in a manifest:
+    /// plain requests are redirected to HTTPS).
+    #[serde(default, skip_serializing_if = "RouteTls::is_optional")]
+    pub tls: RouteTls,
+}
+
+impl Route {
+    /// A route served over HTTP and HTTPS alike.
+    pub fn new(host: Option<String>, path: impl Into<String>) -> Self {
+        Route { host, path: path.into(), tls: RouteTls::Optional }
+    }
+
+    /// What two routes must not share: host and path (whatever their
+    /// `tls`).
+    pub fn key(&self) -> (Option<&str>, &str) {
+        (self.host.as_deref(), &self.path)
+    }
+}
+
+/// Whether a route answers plain HTTP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteTls {
+    /// HTTP and HTTPS both reach it (the default).
+    #[default]
+    Optional,
+    /// Only HTTPS: a plain-HTTP request gets `308` to the same URL over
+    /// HTTPS.
+    Required,
+}
+
+impl RouteTls {
+    pub fn is_optional(&self) -> bool {
+        *self == RouteTls::Optional
+    }
 }
 
 impl fmt::Display for Route {
@@ -383,10 +418,10 @@ pub fn validate_set(services: &[Service]) -> Result<(), ManifestError> {
             ));
         }
     }
-    let mut owners: HashMap<&Route, &str> = HashMap::new();
+    let mut owners: HashMap<(Option<&str>, &str), &str> = HashMap::new();
     for service in services {
         for (index, route) in service.spec.routes.iter().enumerate() {
-            if let Some(owner) = owners.insert(route, &service.name) {
+            if let Some(owner) = owners.insert(route.key(), &service.name) {
                 return Err(ManifestError::new(
                     format!("spec.routes[{index}]"),
                     format!("route {route} of service {:?} is identical to a route of service {owner:?}", service.name),

@@ -110,6 +110,44 @@ pub struct ModuleInfo {
     pub created_unix: u64,
 }
 
+/// A certificate of the gateway's TLS listener, as the API shows it: never
+/// its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateView {
+    /// The host it is served for (exact, or a `*.` wildcard); `None` for
+    /// the default certificate (clients that name no host, or one without
+    /// a certificate of its own).
+    pub host: Option<String>,
+    /// The names it is valid for (subject alternative names).
+    pub names: Vec<String>,
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
+    /// Its issuer's distinguished name.
+    pub issuer: String,
+    /// Where it came from: `store` (uploaded), `--tls-cert FILE`, or
+    /// `self-signed`.
+    pub origin: String,
+    /// What to look at: expiring soon, expired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// `PUT /v1/certificates/{host}`: a PEM certificate chain and its PEM key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateUpload {
+    /// The chain, leaf first.
+    pub cert: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for CertificateUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateUpload").finish_non_exhaustive()
+    }
+}
+
 /// The lifecycle state of a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -421,7 +459,7 @@ mod tests {
                     module: PathBuf::from("/srv/hello.wasm"),
                     module_field: "hello.wasm".into(),
                     replicas: 3,
-                    routes: vec![Route { host: None, path: "/".into() }],
+                    routes: vec![Route::new(None, "/")],
                     env: BTreeMap::from([("GREETING".into(), "hi".into())]),
                     resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
                     limits: Default::default(),
@@ -454,7 +492,7 @@ mod tests {
         let base = record().revision();
         let changes: [fn(&mut ServiceRecord); 7] = [
             |r| r.service.spec.replicas = 7,
-            |r| r.service.spec.routes = vec![Route { host: Some("kubia.example.com".into()), path: "/api".into() }],
+            |r| r.service.spec.routes = vec![Route::new(Some("kubia.example.com".into()), "/api")],
             |r| r.service.spec.module = PathBuf::from("/elsewhere/hello.wasm"),
             |r| {
                 r.service.labels.insert("tier".into(), "web".into());

@@ -98,10 +98,15 @@ pub(crate) struct RawInstances {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", expecting = "a route (a mapping with host and/or path)")]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a route (a mapping with host and/or path, and tls)"
+)]
 pub(crate) struct RawRoute {
     pub host: Option<String>,
     pub path: Option<String>,
+    pub tls: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::error::{ManifestError, join, key_path};
 use crate::manifest::{
-    API_VERSION, Autoscale, Instances, KIND, Limits, Resources, Route, ScaleMetric, Service, ServiceSpec,
+    API_VERSION, Autoscale, Instances, KIND, Limits, Resources, Route, RouteTls, ScaleMetric, Service, ServiceSpec,
 };
 use crate::quantity::{format_bytes, parse_cpu, parse_memory};
 use crate::raw::{
@@ -222,7 +222,7 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
         })?),
     };
     let routes = match raw.routes {
-        None => vec![Route { host: None, path: "/".to_owned() }],
+        None => vec![Route::new(None, "/")],
         Some(routes) => self::routes(routes)?,
     };
     let env = env(raw.env.unwrap_or_default())?;
@@ -458,7 +458,7 @@ fn routes(raw: Vec<RawRoute>) -> Result<Vec<Route>> {
             "must list at least one route (omit routes to serve every path under \"/\")",
         ));
     }
-    let mut seen: HashMap<Route, usize> = HashMap::new();
+    let mut seen: HashMap<(Option<String>, String), usize> = HashMap::new();
     let mut routes = Vec::with_capacity(raw.len());
     for (index, raw) in raw.into_iter().enumerate() {
         let field = format!("spec.routes[{index}]");
@@ -471,8 +471,20 @@ fn routes(raw: Vec<RawRoute>) -> Result<Vec<Route>> {
         };
         let path = raw.path.unwrap_or_else(|| "/".to_owned());
         check_path(&path).map_err(|m| ManifestError::new(join(&field, "path"), m))?;
-        let route = Route { host, path };
-        if let Some(first) = seen.insert(route.clone(), index) {
+        let tls = match raw.tls.as_deref() {
+            None | Some("optional") => RouteTls::Optional,
+            Some("required") => RouteTls::Required,
+            Some(other) => {
+                return Err(ManifestError::new(
+                    join(&field, "tls"),
+                    format!(
+                        "{other:?} is not a TLS policy (expected \"required\": HTTPS only, or \"optional\": the default)"
+                    ),
+                ));
+            }
+        };
+        let route = Route { host, path, tls };
+        if let Some(first) = seen.insert((route.host.clone(), route.path.clone()), index) {
             return Err(ManifestError::new(
                 field,
                 format!("route {route} is listed twice (same as spec.routes[{first}])"),
@@ -481,6 +493,13 @@ fn routes(raw: Vec<RawRoute>) -> Result<Vec<Route>> {
         routes.push(route);
     }
     Ok(routes)
+}
+
+/// Validates and lowercases a host name (a route's, or a certificate's):
+/// letters, digits and `-` in dot-separated labels, or a leading `*.`
+/// wildcard.
+pub fn check_host(raw: &str) -> std::result::Result<String, String> {
+    host(raw)
 }
 
 /// Validates and lowercases a route host.

@@ -44,7 +44,12 @@ fn unknown_fields() {
     assert_error(
         &with_spec("  routes:\n    - path: /\n    - hots: a.example.com\n"),
         "spec.routes[1].hots",
-        &["unknown field, expected host or path"],
+        &["unknown field, expected one of host, path, tls"],
+    );
+    assert_error(
+        &with_spec("  routes:\n    - path: /\n      tls: always\n"),
+        "spec.routes[0].tls",
+        &["\"always\" is not a TLS policy", "\"required\""],
     );
     assert_error(
         &with_spec("").replace("  name: kubia", "  name: kubia\n  namespace: x"),

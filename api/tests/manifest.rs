@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{FULL, MI, parse, parse_one, with_spec};
-use shoal_api::{Resources, Route, Service, validate_set};
+use shoal_api::{Resources, Route, RouteTls, Service, validate_set};
 
 #[test]
 fn full_manifest() {
@@ -22,9 +22,9 @@ fn full_manifest() {
     assert_eq!(
         spec.routes,
         vec![
-            Route { host: Some("kubia.example.com".into()), path: "/api".into() },
-            Route { host: Some("*.kubia.dev".into()), path: "/".into() },
-            Route { host: None, path: "/health".into() },
+            Route::new(Some("kubia.example.com".into()), "/api"),
+            Route::new(Some("*.kubia.dev".into()), "/"),
+            Route::new(None, "/health"),
         ]
     );
     assert_eq!(
@@ -47,7 +47,7 @@ fn defaults() {
     assert_eq!(spec.module, Path::new("/srv/manifests/hello.wasm"));
     assert_eq!(spec.module_field, "hello.wasm");
     assert_eq!(spec.replicas, 1);
-    assert_eq!(spec.routes, vec![Route { host: None, path: "/".into() }]);
+    assert_eq!(spec.routes, vec![Route::new(None, "/")]);
     assert!(spec.env.is_empty());
     assert_eq!(spec.resources, Resources { memory: 128 * MI, cpu_millis: None, instance_memory: 64 * MI });
     assert_eq!(spec.timeout, Duration::from_secs(30));
@@ -106,17 +106,37 @@ fn no_documents() {
 }
 
 #[test]
+fn routes_may_require_https() {
+    let service = parse_one(&with_spec(
+        "  routes:\n    - {host: a.example.com, tls: required}\n    - {path: /open, tls: optional}\n    - path: /plain\n",
+    ));
+    let tls: Vec<RouteTls> = service.spec.routes.iter().map(|r| r.tls).collect();
+    assert_eq!(tls, [RouteTls::Required, RouteTls::Optional, RouteTls::Optional]);
+    // Only the non-default policy is written out.
+    let json = serde_json::to_value(&service.spec.routes).unwrap();
+    assert_eq!(json[0]["tls"], "required");
+    assert!(json[1].get("tls").is_none());
+    // The same host and path twice is refused whatever the policies.
+    let err = parse(&with_spec("  routes:\n    - {path: /a, tls: required}\n    - {path: /a}\n")).unwrap_err();
+    assert!(err.to_string().contains("is listed twice"), "{err}");
+}
+
+#[test]
 fn set_validation() {
     let a = parse_one(FULL);
     let mut b = parse_one(&with_spec("").replace("kubia", "other"));
-    b.spec.routes = vec![Route { host: None, path: "/x".into() }];
+    b.spec.routes = vec![Route::new(None, "/x")];
     validate_set(&[a.clone(), b.clone()]).unwrap();
 
     let err = validate_set(&[a.clone(), b.clone(), a.clone()]).unwrap_err();
     assert_eq!(err.field, "metadata.name");
     assert!(err.to_string().contains("duplicate service name \"kubia\""), "{err}");
 
-    b.spec.routes.push(Route { host: Some("kubia.example.com".into()), path: "/api".into() });
+    // Another TLS policy does not make the same host and path another
+    // route.
+    let mut https_only = Route::new(Some("kubia.example.com".into()), "/api");
+    https_only.tls = RouteTls::Required;
+    b.spec.routes.push(https_only);
     let err = validate_set(&[a, b]).unwrap_err();
     assert_eq!(
         err.to_string(),

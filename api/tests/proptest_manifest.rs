@@ -624,10 +624,10 @@ struct GenRoute {
 
 impl GenRoute {
     fn expected(&self) -> Route {
-        Route {
-            host: self.host.as_ref().map(|h| h.to_ascii_lowercase()),
-            path: self.path.clone().unwrap_or_else(|| "/".to_owned()),
-        }
+        Route::new(
+            self.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            self.path.clone().unwrap_or_else(|| "/".to_owned()),
+        )
     }
 
     fn node(&self) -> Node {
@@ -990,7 +990,7 @@ impl GenService {
 
     fn expected_routes(&self) -> Vec<Route> {
         match &self.routes {
-            None => vec![Route { host: None, path: "/".to_owned() }],
+            None => vec![Route::new(None, "/")],
             Some(routes) => routes.iter().map(GenRoute::expected).collect(),
         }
     }

@@ -34,6 +34,12 @@ pub struct Scrape {
     pub calls: Vec<CallSnapshot>,
     /// The node's standby pool and start gate.
     pub starts: shoal_node::StartStatus,
+    /// TLS handshakes by (result, version), when the gateway has a TLS
+    /// listener.
+    pub handshakes: Option<[(&'static str, &'static str, u64); 4]>,
+    /// The TLS listener's certificates: host (`None`: the default) and
+    /// expiry (Unix seconds).
+    pub certificates: Vec<(Option<String>, i64)>,
 }
 
 impl prometheus_client::collector::Collector for Scrape {
@@ -234,6 +240,33 @@ impl prometheus_client::collector::Collector for Scrape {
                 histogram(&mut family, &labels, &c.responses)?;
             }
         }
+
+        // HTTPS.
+        if let Some(handshakes) = &self.handshakes {
+            let mut family = encoder.encode_descriptor(
+                "shoal_tls_handshakes",
+                "TLS handshakes on the gateway's TLS listener, by result (ok, failed, timeout) and version",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, version, count) in handshakes {
+                let labels = vec![("result", (*result).to_owned()), ("version", (*version).to_owned())];
+                family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(count, None)?;
+            }
+        }
+        gauge(
+            &mut encoder,
+            "shoal_tls_certificate_expiry_timestamp_seconds",
+            "When each certificate of the TLS listener expires (Unix time); host=\"(default)\" is the default one",
+            || {
+                self.certificates
+                    .iter()
+                    .map(|(host, expiry)| {
+                        (vec![("host", host.clone().unwrap_or_else(|| "(default)".to_owned()))], *expiry)
+                    })
+                    .collect()
+            },
+        )?;
         Ok(())
     }
 }

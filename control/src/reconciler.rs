@@ -252,6 +252,11 @@ impl Controller {
         }
     }
 
+    /// The gateway this node's replicas are published to.
+    pub fn gateway(&self) -> &Arc<shoal_gateway::Gateway> {
+        &self.ctx.gateway
+    }
+
     /// Asks for a pass now.
     pub fn trigger(&self) {
         self.ctx.changed.notify_one();
@@ -527,6 +532,15 @@ impl Controller {
             usage: self.latest_usage(),
             calls: self.ctx.gateway.call_snapshot(),
             starts: self.ctx.agent.start_status(),
+            handshakes: self.ctx.gateway.https_port().map(|_| self.ctx.gateway.tls_stats().snapshot()),
+            certificates: self
+                .ctx
+                .gateway
+                .certificates()
+                .list()
+                .into_iter()
+                .map(|(host, certificate)| (host, certificate.info.not_after_unix))
+                .collect(),
         }
     }
 
@@ -550,6 +564,7 @@ impl Controller {
         self.ctx.dirty.take();
         self.reap();
         if changed {
+            self.sync_certificates();
             self.scaler.sync(records);
             // Routes first: every service's, before anything can take time.
             for record in records {
@@ -657,6 +672,30 @@ impl Controller {
         });
         *cached = Some(desired.clone());
         Ok((desired, true))
+    }
+
+    /// Gives the gateway's TLS listener the stored certificates per host
+    /// (it keeps serving the ones it has if the store cannot be read). A
+    /// stored certificate that no longer loads is left out, with an error
+    /// logged: its host gets the default certificate.
+    pub fn sync_certificates(&self) {
+        let records = match self.store.certificates() {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the certificates from the store");
+                return;
+            }
+        };
+        let mut hosts = Vec::with_capacity(records.len());
+        for record in records {
+            match shoal_gateway::tls::Certificate::parse(record.cert_pem.as_bytes(), record.key_pem.as_bytes()) {
+                Ok(certificate) => hosts.push((record.host, Arc::new(certificate.with_origin("store")))),
+                Err(error) => {
+                    tracing::error!(host = %record.host, %error, "a stored certificate does not load; the host gets the default")
+                }
+            }
+        }
+        self.ctx.gateway.certificates().set_hosts(hosts);
     }
 
     /// Publishes a service's routes, deadline and body limit to the gateway.

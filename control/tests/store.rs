@@ -54,7 +54,7 @@ fn record(name: &str, replicas: u32) -> ServiceRecord {
                 module: PathBuf::from("/srv/hello.wasm"),
                 module_field: "hello.wasm".into(),
                 replicas,
-                routes: vec![Route { host: Some(format!("{name}.example.com")), path: "/".into() }],
+                routes: vec![Route::new(Some(format!("{name}.example.com")), "/")],
                 env: BTreeMap::from([("GREETING".into(), "hi".into())]),
                 resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
                 limits: Default::default(),

@@ -37,6 +37,7 @@ pub mod peer;
 mod proxy;
 pub mod router;
 mod server;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,7 +132,7 @@ type ActivateHook = Box<dyn Fn(&str) + Send + Sync>;
 /// plane, read by every request.
 #[derive(Default)]
 pub struct Gateway {
-    router: RwLock<Arc<Router<Arc<Backend>>>>,
+    router: RwLock<Arc<Router<Routed>>>,
     services: RwLock<Services>,
     activate: OnceLock<ActivateHook>,
     /// Calls between services and out.
@@ -143,6 +144,20 @@ pub struct Gateway {
     peers: OnceLock<peer::Peers>,
     /// In a cluster: the ready replicas on other nodes, and those nodes.
     remote: Mutex<Remote>,
+    /// The certificates the TLS listener serves, and its handshakes.
+    certificates: Arc<tls::Certificates>,
+    tls_stats: Arc<tls::TlsStats>,
+    /// The TLS listener's port (0: none): where a plain request for a route
+    /// that requires HTTPS is redirected.
+    https_port: std::sync::atomic::AtomicU16,
+}
+
+/// What a route leads to.
+#[derive(Clone)]
+pub(crate) struct Routed {
+    pub backend: Arc<Backend>,
+    /// `tls: required`: plain HTTP is redirected.
+    pub https_only: bool,
 }
 
 /// The cluster's ready replicas on other nodes, as last published.
@@ -262,9 +277,12 @@ impl Gateway {
     }
 
     fn rebuild(&self, services: &Services) {
-        let router = Router::new(
-            services.values().flat_map(|(routes, backend)| routes.iter().map(move |r| (r.clone(), backend.clone()))),
-        );
+        let router = Router::new(services.values().flat_map(|(routes, backend)| {
+            routes.iter().map(move |r| {
+                let https_only = r.tls == shoal_api::RouteTls::Required;
+                (r.clone(), Routed { backend: backend.clone(), https_only })
+            })
+        }));
         *self.router.write().expect("gateway lock") = Arc::new(router);
     }
 
@@ -404,7 +422,23 @@ impl Gateway {
         self.backend(service).map_or(0, |b| b.replicas.local_len())
     }
 
-    pub(crate) fn router(&self) -> Arc<Router<Arc<Backend>>> {
+    pub(crate) fn router(&self) -> Arc<Router<Routed>> {
         self.router.read().expect("gateway lock").clone()
+    }
+
+    /// The certificates the TLS listener serves: the default one (set at
+    /// start) and those per host (from the store).
+    pub fn certificates(&self) -> &Arc<tls::Certificates> {
+        &self.certificates
+    }
+
+    /// The TLS listener's handshakes so far.
+    pub fn tls_stats(&self) -> &tls::TlsStats {
+        &self.tls_stats
+    }
+
+    /// The TLS listener's port, once it listens.
+    pub fn https_port(&self) -> Option<u16> {
+        Some(self.https_port.load(Ordering::Relaxed)).filter(|&port| port != 0)
     }
 }

@@ -20,6 +20,12 @@
 //! - **A graceful drain.** On shutdown: no new connections, idle ones
 //!   closed, busy ones finish their responses within
 //!   [`ServeConfig::drain_timeout`].
+//! - **TLS, where asked** ([`ServeConfig::tls`]): the handshake runs in the
+//!   connection's task, under the header timeout (a client that stalls or
+//!   trickles its ClientHello is cut like one that trickles its request
+//!   head); a client that sends anything but TLS fails its handshake and
+//!   its connection closes, touching nothing else. Each handshake's result
+//!   and version are counted.
 //!
 //! Each connection's service is made by the caller from its [`Connection`]:
 //! the client's address, and [`Connection::trust`], which a handler calls
@@ -74,6 +80,16 @@ pub struct ServeConfig {
     pub http2: bool,
     /// The most header fields in an HTTP/1.1 request; past it, `431`.
     pub max_headers: usize,
+    /// Terminate TLS (HTTPS) on this listener.
+    pub tls: Option<TlsSetup>,
+}
+
+/// What a TLS listener terminates TLS with, and where it counts
+/// handshakes.
+#[derive(Debug, Clone)]
+pub struct TlsSetup {
+    pub config: Arc<rustls::ServerConfig>,
+    pub stats: Arc<crate::tls::TlsStats>,
 }
 
 /// A client connection, as a request's handler sees it (in the request's
@@ -156,7 +172,7 @@ where
         .header_read_timeout(config.header_timeout)
         .max_headers(config.max_headers);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = if config.http2 { builder } else { builder.http1_only() };
+    let builder = Arc::new(if config.http2 { builder } else { builder.http1_only() });
     let graceful = GracefulShutdown::new();
     let registry = Arc::new(Registry { open: Mutex::new(BTreeMap::new()), started: Instant::now() });
     let mut next_id: u64 = 0;
@@ -199,13 +215,36 @@ where
         registry.open.lock().expect("registry lock").insert(id, state.clone());
         let connection = Connection { state: state.clone(), peer };
         let tracked = Tracked { inner: make(&connection), state: state.clone() };
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), tracked).into_owned());
-        let (registry, config) = (registry.clone(), config.clone());
+        let (registry, config, builder, watcher) =
+            (registry.clone(), config.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = &mut conn => result,
-                () = watchdog(&registry, &state, &config) => Ok(()),
+            let result = match &config.tls {
+                None => drive(&builder, watcher, TokioIo::new(stream), tracked, &registry, &state, &config).await,
+                Some(tls) => {
+                    let handshake = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
+                    let outcome = tokio::select! {
+                        accepted = handshake => Some(accepted),
+                        () = watchdog(&registry, &state, &config) => None,
+                    };
+                    match outcome {
+                        Some(Ok(stream)) => {
+                            let version = stream.get_ref().1.protocol_version();
+                            let version = version.unwrap_or(rustls::ProtocolVersion::TLSv1_3);
+                            tls.stats.count(crate::tls::Handshake::Done(version));
+                            drive(&builder, watcher, TokioIo::new(stream), tracked, &registry, &state, &config).await
+                        }
+                        Some(Err(error)) => {
+                            tls.stats.count(crate::tls::Handshake::Failed);
+                            tracing::debug!(listener = config.name, %peer, %error, "TLS handshake failed");
+                            Ok(())
+                        }
+                        None => {
+                            tls.stats.count(crate::tls::Handshake::TimedOut);
+                            tracing::debug!(listener = config.name, %peer, "TLS handshake not done within the header timeout");
+                            Ok(())
+                        }
+                    }
+                }
             };
             if let Err(error) = result {
                 tracing::debug!(listener = config.name, %peer, %error, "client connection ended with an error");
@@ -222,6 +261,34 @@ where
         }
     }
     Ok(())
+}
+
+/// Serves one connection (plain, or TLS once its handshake is done) until
+/// it ends or its watchdog closes it; the drain reaches it through
+/// `watcher`.
+async fn drive<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: TokioIo<I>,
+    service: Tracked<S>,
+    registry: &Registry,
+    state: &ConnState,
+    config: &ServeConfig,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = watcher.watch(builder.serve_connection(io, service).into_owned());
+    tokio::pin!(conn);
+    tokio::select! {
+        result = &mut conn => result,
+        () = watchdog(registry, state, config) => Ok(()),
+    }
 }
 
 /// Whether a new connection may open: under the cap, or once the oldest

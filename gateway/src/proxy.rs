@@ -3,13 +3,15 @@
 //! Each step, in order:
 //!
 //! 1. Route by Host (or the `:authority` of HTTP/2) and path: `404` if no
-//!    route matches.
+//!    route matches; a plain-HTTP request for a route that requires HTTPS
+//!    gets `308` to the same URL on the TLS listener.
 //! 2. Pick a ready replica. If there is none and the service's activator
 //!    is on (autoscaled services), wait for one under the request's
 //!    deadline and ask the control plane for it; past the activator's
 //!    bound, or without activator, `503`.
 //! 3. Rewrite the request for the worker: HTTP/1.1, hop-by-hop headers
-//!    removed, `X-Forwarded-For` and `X-Forwarded-Proto` set, `Host` kept.
+//!    removed, `X-Forwarded-For` and `X-Forwarded-Proto` (`https` when the
+//!    client came over TLS) set, `Host` kept.
 //! 4. Send it on a pooled connection under the service's deadline: `504`
 //!    when it passes. When the worker fails before answering (its process
 //!    died, or its probes failed while the request waited), send it to
@@ -198,9 +200,47 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Marks a request that came over TLS.
+#[derive(Clone, Copy)]
+struct Secure;
+
 impl Gateway {
+    /// The answer to a plain-HTTP request for a route that requires HTTPS:
+    /// `308` to the same URL on the TLS listener (the method and body are
+    /// kept by the client), or `503` when there is none.
+    fn to_https<B>(&self, req: &Request<B>, host: Option<&str>) -> Response<Body> {
+        let Some(port) = self.https_port() else {
+            return message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 this route requires HTTPS, and the gateway has no TLS listener (shoal up --tls-listen)\n",
+            );
+        };
+        // The host as the client named it, without its port.
+        let name = match host {
+            Some(host) if host.starts_with('[') => host.split_once(']').map_or(host, |(ip, _)| ip).to_owned() + "]",
+            Some(host) => host.rsplit_once(':').map_or(host, |(name, _)| name).to_owned(),
+            None => {
+                return message(StatusCode::BAD_REQUEST, "400 this route requires HTTPS; the request names no host\n");
+            }
+        };
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location =
+            if port == 443 { format!("https://{name}{target}") } else { format!("https://{name}:{port}{target}") };
+        let Ok(value) = HeaderValue::from_str(&location) else {
+            return message(StatusCode::BAD_REQUEST, "400 invalid Host header\n");
+        };
+        let mut response = message(StatusCode::PERMANENT_REDIRECT, format!("308 HTTPS only: {location}\n"));
+        response.headers_mut().insert(header::LOCATION, value);
+        response
+    }
+
     /// Handles one client request.
-    pub(crate) async fn proxy(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    pub(crate) async fn proxy(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        secure: bool,
+    ) -> Response<Body> {
         if let Err(problem) = check_host(&req) {
             return message(StatusCode::BAD_REQUEST, problem);
         }
@@ -210,10 +250,16 @@ impl Gateway {
             .map(|a| a.as_str().to_owned())
             .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
         let router = self.router();
-        let Some(backend) = router.route(host.as_deref(), req.uri().path()) else {
+        let Some(routed) = router.route(host.as_deref(), req.uri().path()) else {
             return message(StatusCode::NOT_FOUND, "404 no route for this host and path\n");
         };
-        let backend = backend.clone();
+        if routed.https_only && !secure {
+            return self.to_https(&req, host.as_deref());
+        }
+        let backend = routed.backend.clone();
+        if secure {
+            req.extensions_mut().insert(Secure);
+        }
         // A request that comes back to Shoal through a host outside (a
         // call that went out and came back in) still counts its hops.
         let hops = match crate::outbound::hops_header(req.headers()) {
@@ -361,6 +407,7 @@ impl Gateway {
             Err(response) => return response,
         };
 
+        let proto = if req.extensions().get::<Secure>().is_some() { "https" } else { "http" };
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
         // `x-shoal-*` is Shoal's own (it once carried readiness probes;
@@ -379,7 +426,7 @@ impl Gateway {
             if let Ok(value) = HeaderValue::from_str(&forwarded) {
                 headers.insert("x-forwarded-for", value);
             }
-            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
         }
 
         // Bodies over the service's limit: 413 before anything is sent when

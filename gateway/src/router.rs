@@ -122,7 +122,7 @@ mod tests {
     use super::*;
 
     fn route(host: Option<&str>, path: &str) -> Route {
-        Route { host: host.map(str::to_owned), path: path.to_owned() }
+        Route::new(host.map(str::to_owned), path.to_owned())
     }
 
     fn router() -> Router<&'static str> {

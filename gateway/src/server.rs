@@ -1,6 +1,7 @@
-//! The gateway's listener: the shared accept loop ([`crate::listener`])
-//! with the gateway's settings, HTTP/1.1 and h2c on one port, and the
-//! request-head size check in front of the proxy.
+//! The gateway's listeners: the shared accept loop ([`crate::listener`])
+//! with the gateway's settings, HTTP/1.1 and h2c on the plain port, HTTPS
+//! (HTTP/2 or HTTP/1.1 by ALPN) on the TLS port, and the request-head size
+//! check in front of the proxy.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::Gateway;
-use crate::listener::{Connection, ServeConfig, serve};
+use crate::listener::{Connection, ServeConfig, TlsSetup, serve};
 
 /// Settings of the gateway's server.
 #[derive(Debug, Clone)]
@@ -46,14 +47,43 @@ impl Default for GatewayConfig {
 }
 
 impl Gateway {
-    /// Serves clients on `listener` until `shutdown` completes, then drains.
+    /// Serves plain-HTTP clients on `listener` until `shutdown` completes,
+    /// then drains.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         config: GatewayConfig,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        self.serve_on(listener, config, None, shutdown).await
+    }
+
+    /// Serves HTTPS clients on `listener`, with the certificates of
+    /// [`Gateway::certificates`], until `shutdown` completes, then drains.
+    /// Plain requests for routes that require HTTPS are redirected to this
+    /// listener's port from the call on (before the future is polled).
+    pub fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        config: GatewayConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> impl Future<Output = std::io::Result<()>> {
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        self.https_port.store(port, std::sync::atomic::Ordering::Relaxed);
+        let tls =
+            TlsSetup { config: crate::tls::server_config(self.certificates.clone()), stats: self.tls_stats.clone() };
+        self.serve_on(listener, config, Some(tls), shutdown)
+    }
+
+    async fn serve_on(
+        self: Arc<Self>,
+        listener: TcpListener,
+        config: GatewayConfig,
+        tls: Option<TlsSetup>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let max_head = config.max_header_bytes;
+        let secure = tls.is_some();
         let gateway = self;
         let make = move |connection: &Connection| {
             let (gateway, peer) = (gateway.clone(), connection.peer);
@@ -66,12 +96,12 @@ impl Gateway {
                             "431 request header fields too large\n",
                         ));
                     }
-                    Ok::<_, std::convert::Infallible>(gateway.proxy(req, peer).await)
+                    Ok::<_, std::convert::Infallible>(gateway.proxy(req, peer, secure).await)
                 }
             })
         };
         let serve_config = ServeConfig {
-            name: "gateway",
+            name: if secure { "gateway (TLS)" } else { "gateway" },
             max_connections: config.max_connections,
             // Clients of the gateway are anonymous: at the cap, new
             // connections are refused rather than old ones evicted.
@@ -81,6 +111,7 @@ impl Gateway {
             drain_timeout: config.drain_timeout,
             http2: true,
             max_headers: config.max_headers,
+            tls,
         };
         serve(listener, serve_config, make, shutdown).await
     }

@@ -167,7 +167,7 @@ fn route_path() -> impl Strategy<Value = String> {
 
 fn route() -> impl Strategy<Value = Route> {
     (prop::option::weighted(0.6, prop::sample::select(ROUTE_HOSTS.to_vec())), route_path())
-        .prop_map(|(host, path)| Route { host: host.map(str::to_owned), path })
+        .prop_map(|(host, path)| Route::new(host.map(str::to_owned), path))
 }
 
 fn routes() -> impl Strategy<Value = Vec<Route>> {
@@ -323,7 +323,7 @@ proptest! {
         requests in prop::collection::vec((prop::option::of(any::<String>()), any::<String>()), 1..8),
         valid in routes(),
     ) {
-        let arbitrary: Vec<Route> = routes.into_iter().map(|(host, path)| Route { host, path }).collect();
+        let arbitrary: Vec<Route> = routes.into_iter().map(|(host, path)| Route::new(host, path)).collect();
         for table in [&arbitrary, &valid] {
             let router = router(table);
             for (host, path) in &requests {

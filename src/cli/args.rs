@@ -36,6 +36,50 @@ pub enum Command {
     /// Print a link that logs a browser into the dashboard (once, within a
     /// minute), and open it where a browser can be started.
     Dashboard(DashboardArgs),
+    /// Manage the certificates HTTPS serves per host (shoal up --tls-listen).
+    Tls(TlsArgs),
+}
+
+/// Arguments of `shoal tls`.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    #[command(subcommand)]
+    pub command: TlsCommand,
+}
+
+/// The subcommands of `shoal tls`.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Serve a certificate for a host (or a *.wildcard) over HTTPS, in place
+    /// of any it had; new connections get it at once.
+    Add(TlsAddArgs),
+    /// Stop serving a host's own certificate (its clients then get the
+    /// default one).
+    Delete(TlsDeleteArgs),
+}
+
+/// Arguments of `shoal tls add`.
+#[derive(Debug, Args)]
+pub struct TlsAddArgs {
+    /// The host, as clients name it (e.g. shop.example.com or *.example.com).
+    pub host: String,
+    /// The certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE")]
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Arguments of `shoal tls delete`.
+#[derive(Debug, Args)]
+pub struct TlsDeleteArgs {
+    /// The host.
+    pub host: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// Arguments of `shoal dashboard`.
@@ -97,6 +141,9 @@ pub enum Resource {
     /// The nodes of a cluster.
     #[value(aliases = ["node", "no"])]
     Nodes,
+    /// The certificates HTTPS serves: the default and one per host.
+    #[value(aliases = ["certs", "cert", "certificate"])]
+    Certificates,
 }
 
 /// The output format of `shoal get`.
@@ -113,11 +160,11 @@ pub enum Output {
 /// Arguments of `shoal get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// services (service, svc), replicas (replica), modules (module) or
-    /// nodes (node, no).
+    /// services (service, svc), replicas (replica), modules (module),
+    /// nodes (node, no) or certificates (certs, cert).
     pub resource: Resource,
-    /// Only this one: a service or replica name, or a module digest (or a
-    /// prefix of it).
+    /// Only this one: a service or replica name, a module digest (or a
+    /// prefix of it), or a certificate's host.
     pub name: Option<String>,
     /// Only the replicas of this service.
     #[arg(short = 's', long, value_name = "NAME")]
@@ -331,6 +378,8 @@ mod tests {
             ("replicas", Resource::Replicas),
             ("replica", Resource::Replicas),
             ("modules", Resource::Modules),
+            ("certs", Resource::Certificates),
+            ("cert", Resource::Certificates),
         ] {
             let Command::Get(args) = parse(&["shoal", "get", word]) else { panic!("not get") };
             assert_eq!(args.resource, want, "{word}");

@@ -1,4 +1,4 @@
-//! `shoal get services|replicas|modules [NAME]`: tables, `-o wide|json|yaml`
+//! `shoal get services|replicas|modules|nodes|certs [NAME]`: tables, `-o wide|json|yaml`
 //! and `--watch`.
 
 use std::collections::BTreeMap;
@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use shoal_api::CertificateView;
 use shoal_api::objects::{ModuleInfo, NodeView, ReplicaInfo, now_unix};
 
 use super::client::{Client, is_not_found, or_not_found};
@@ -60,6 +61,17 @@ impl Query {
                     items.retain(|item| item["name"] == name);
                     if items.is_empty() && strict {
                         bail!("node {name:?} not found");
+                    }
+                }
+                items
+            }
+            Resource::Certificates => {
+                let mut items: Vec<Value> = client.get("/v1/certificates").await?;
+                if let Some(name) = name {
+                    let name = name.to_ascii_lowercase();
+                    items.retain(|item| item["host"].as_str() == Some(name.as_str()));
+                    if items.is_empty() && strict {
+                        bail!("certificate for host {name:?} not found (shoal get certs lists them)");
                     }
                 }
                 items
@@ -123,6 +135,7 @@ pub fn table(resource: Resource, items: &[Value], wide: bool, now: u64) -> anyho
         Resource::Replicas => rows::replicas(&typed::<ReplicaInfo>(items)?, wide, now),
         Resource::Modules => rows::modules(&typed::<ModuleInfo>(items)?, wide, now),
         Resource::Nodes => rows::nodes(&typed::<NodeView>(items)?, wide, now),
+        Resource::Certificates => rows::certificates(&typed::<CertificateView>(items)?, wide, now),
     })
 }
 
@@ -156,12 +169,17 @@ fn render_objects(resource: Resource, items: &[Value], single: bool, yaml: bool)
         Resource::Replicas => render::<ReplicaInfo>(items, single, yaml),
         Resource::Modules => render::<ModuleInfo>(items, single, yaml),
         Resource::Nodes => render::<NodeView>(items, single, yaml),
+        Resource::Certificates => render::<CertificateView>(items, single, yaml),
     }
 }
 
 /// The key of an object: its name, or a module's digest.
 fn key(item: &Value) -> String {
-    let key = item.pointer("/record/service/name").or_else(|| item.get("name")).or_else(|| item.get("digest"));
+    let key = item
+        .pointer("/record/service/name")
+        .or_else(|| item.get("name"))
+        .or_else(|| item.get("digest"))
+        .or_else(|| item.get("host"));
     key.and_then(Value::as_str).unwrap_or_default().to_owned()
 }
 

@@ -27,6 +27,7 @@ mod manage;
 mod rollout;
 mod rows;
 mod table;
+mod tls;
 mod top;
 
 use std::process::ExitCode;
@@ -77,6 +78,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Rollout(RolloutArgs { command: RolloutCommand::Status(args) }) => rollout::status(args).await,
         Command::Rollout(RolloutArgs { command: RolloutCommand::Undo(args) }) => rollout::undo(args).await,
         Command::Top(args) => top::top(args).await,
+        Command::Tls(TlsArgs { command: TlsCommand::Add(args) }) => tls::add(args).await,
+        Command::Tls(TlsArgs { command: TlsCommand::Delete(args) }) => tls::delete(args).await,
     }
 }
 

@@ -204,6 +204,47 @@ pub fn modules(modules: &[ModuleInfo], wide: bool, now: u64) -> Table {
     table
 }
 
+/// `HOST NAMES EXPIRES ORIGIN` (wide: and `ISSUER`): the certificates
+/// HTTPS serves, the default one as `(default)`.
+pub fn certificates(certificates: &[shoal_api::CertificateView], wide: bool, now: u64) -> Table {
+    let mut columns = vec!["HOST", "NAMES", "EXPIRES", "ORIGIN"];
+    if wide {
+        columns.push("ISSUER");
+    }
+    let mut table = Table::new(columns);
+    for certificate in certificates {
+        let host = certificate.host.clone().unwrap_or_else(|| "(default)".to_owned());
+        let names = if certificate.names.is_empty() { "<none>".to_owned() } else { certificate.names.join(",") };
+        let expires = if certificate.not_after_unix == 0 && certificate.names.is_empty() {
+            "<does not load>".to_owned()
+        } else {
+            let date = shoal_gateway::tls::format_unix(certificate.not_after_unix);
+            let date = date.split('T').next().unwrap_or(&date).to_owned();
+            let left = certificate.not_after_unix - now as i64;
+            if left < 0 {
+                format!("{date} (EXPIRED {} ago)", duration_words(-left))
+            } else {
+                format!("{date} (in {})", duration_words(left))
+            }
+        };
+        let mut row = vec![host, names, expires, certificate.origin.clone()];
+        if wide {
+            row.push(certificate.issuer.clone());
+        }
+        table.push(row);
+    }
+    table
+}
+
+/// `3d`, `5h`, `40m`: the largest whole unit.
+fn duration_words(seconds: i64) -> String {
+    match seconds {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3600 => format!("{}h", s / 3600),
+        s => format!("{}m", s / 60),
+    }
+}
+
 /// `NAME SERVICE IN-FLIGHT RPS P99 CPU MEMORY`: each replica's figures
 /// over the last [`USAGE_WINDOW_SECS`], in the order given (the API's: by
 /// name).
@@ -291,7 +332,7 @@ pub(crate) mod tests {
                     module: PathBuf::from("/target/wasm32-wasip2/release/hello.wasm"),
                     module_field: "../target/wasm32-wasip2/release/hello.wasm".into(),
                     replicas: desired,
-                    routes: vec![Route { host: None, path: "/".into() }],
+                    routes: vec![Route::new(None, "/")],
                     env: BTreeMap::new(),
                     resources: Resources { memory: 64 << 20, cpu_millis: Some(500), instance_memory: 16 << 20 },
                     limits: Default::default(),
@@ -320,7 +361,7 @@ pub(crate) mod tests {
             observed_generation: 1,
             rollout: if ready == desired { RolloutPhase::Complete } else { RolloutPhase::Progressing },
             message: None,
-            routes: vec![Route { host: None, path: "/".into() }],
+            routes: vec![Route::new(None, "/")],
             scale: None,
             instances: Some(shoal_api::Instances::default().policy(false)),
         };
@@ -412,10 +453,7 @@ pub(crate) mod tests {
     #[test]
     fn services_table_wide() {
         let mut api = view("api", 1, 2);
-        api.status.routes = vec![
-            Route { host: Some("api.example.com".into()), path: "/v1".into() },
-            Route { host: None, path: "/api".into() },
-        ];
+        api.status.routes = vec![Route::new(Some("api.example.com".into()), "/v1"), Route::new(None, "/api")];
         api.status.message = Some("1 of 2 updated replicas are available".into());
         api.record.service.spec.resources.cpu_millis = None;
         assert_eq!(

@@ -15,6 +15,9 @@
 //! | `GET /v1/replicas[?service=]` | replicas |
 //! | `GET /v1/events[?since=&wait=&object=]` | events, optionally waiting for new ones |
 //! | `GET /v1/logs/{name}[?tail=&follow=]` | replica output, optionally followed |
+//! | `GET /v1/certificates` | the TLS listener's default certificate and those per host (never a key) |
+//! | `PUT /v1/certificates/{host}` | store `{cert, key}` (PEM) for a host → the certificate's view; `400` naming what is wrong |
+//! | `GET`, `DELETE /v1/certificates/{host}` | one host's certificate; delete it |
 //!
 //! Errors are `{"error": "..."}` with a 4xx or 5xx status; every error a
 //! handler can return is turned into a response in one place
@@ -28,6 +31,7 @@
 //! idle and never authenticated is closed to make room, so anonymous
 //! connections cannot lock out the CLI.
 
+mod certificates;
 mod modules;
 
 use std::future::Future;
@@ -218,6 +222,7 @@ pub async fn serve(
         idle_timeout: None,
         drain_timeout: Duration::from_secs(5),
         http2: false,
+        tls: None,
         max_headers: 100,
     };
     let (peer_gateway, token) = (state.peer_gateway.clone(), state.token.clone());
@@ -278,6 +283,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/assets/style.css", get(dashboard::style_css))
         .route("/v1/stream", get(dashboard::stream))
         .route("/v1/dashboard/links", post(dashboard::new_link))
+        .route("/v1/certificates", get(certificates::list))
+        .route("/v1/certificates/{host}", get(certificates::get).put(certificates::put).delete(certificates::delete))
         .route("/v1/modules", get(modules::list).post(modules::upload))
         .route("/v1/modules/gc", post(modules::gc))
         .route("/v1/modules/{digest}", get(modules::get).delete(modules::delete))

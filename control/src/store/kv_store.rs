@@ -7,12 +7,15 @@ use shoal_api::{ModuleInfo, ServiceRecord, now_unix};
 
 use super::kv::{Entry, Expect, Kv};
 use super::local::LocalKv;
-use super::{Blobs, ModuleUpload, StagedModule, Store, StoreError, check_digest};
+use super::{Blobs, CertificateRecord, ModuleUpload, StagedModule, Store, StoreError, check_digest};
 
 /// Where services are kept: `services/<name>` → [`ServiceRecord`] as JSON.
 pub const SERVICES: &str = "services/";
 /// Where module infos are kept: `modules/<digest>` → [`ModuleInfo`] as JSON.
 pub const MODULES: &str = "modules/";
+/// Where certificates are kept: `certificates/<host>` →
+/// [`CertificateRecord`] as JSON.
+pub const CERTIFICATES: &str = "certificates/";
 
 /// The [`Store`]: records as JSON under [`SERVICES`] and [`MODULES`] in a
 /// [`Kv`], module bytes as files ([`Blobs`]).
@@ -235,6 +238,28 @@ impl Store for KvStore {
         let removed = self.kv.delete(&format!("{MODULES}{digest}"), Expect::Any)?.is_some();
         let file = self.blobs.remove(digest)?;
         Ok(removed || file)
+    }
+
+    fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        let entries = self.kv.list(CERTIFICATES)?.entries;
+        entries
+            .iter()
+            .map(|entry| {
+                let record: CertificateRecord = self.decode(entry)?;
+                if record.host != entry.key[CERTIFICATES.len()..] {
+                    return Err(self.corrupt(format!("{:?} holds the certificate of {:?}", entry.key, record.host)));
+                }
+                Ok(record)
+            })
+            .collect()
+    }
+
+    fn put_certificate(&self, record: &CertificateRecord) -> Result<u64, StoreError> {
+        self.kv.put(&format!("{CERTIFICATES}{}", record.host), &self.encode(record)?, Expect::Any)
+    }
+
+    fn delete_certificate(&self, host: &str) -> Result<bool, StoreError> {
+        Ok(self.kv.delete(&format!("{CERTIFICATES}{host}"), Expect::Any)?.is_some())
     }
 
     fn compact(&self) -> Result<(), StoreError> {

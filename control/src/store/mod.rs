@@ -1,6 +1,6 @@
 //! Durable desired state: the [`Store`] trait and its implementations.
 //!
-//! The control plane keeps two kinds of objects:
+//! The control plane keeps three kinds of objects:
 //!
 //! * **services** ([`ServiceRecord`]), keyed by name: the applied manifest,
 //!   the digest of its module and the bookkeeping around it (generation,
@@ -9,7 +9,11 @@
 //!   their bytes, with a small [`ModuleInfo`] beside each. The bytes are
 //!   files ([`Blobs`]: `modules/<sha256>.wasm` beside the store), written
 //!   as they arrive, so that storing a module costs no memory in proportion
-//!   to its size and deleting one gives its space back at once.
+//!   to its size and deleting one gives its space back at once;
+//! * **certificates** ([`CertificateRecord`]), keyed by host: the PEM chain
+//!   and private key the gateway's TLS listener serves for that host. The
+//!   key is kept as given (as Kubernetes keeps a TLS Secret in etcd) and is
+//!   never sent by any API.
 //!
 //! # The contract
 //!
@@ -78,9 +82,31 @@ pub use blobs::{Blobs, ModuleUpload, StagedModule, is_disk_full};
 pub use error::StoreError;
 pub use etcd_kv::EtcdKv;
 pub use kv::{Entry, Event, Expect, Kv, Listing, Watch, WatchItem};
-pub use kv_store::{KvStore, MODULES, SERVICES};
+pub use kv_store::{CERTIFICATES, KvStore, MODULES, SERVICES};
 pub use local::{HISTORY, LocalKv};
 pub use redb_store::SCHEMA_VERSION;
+
+/// A host's certificate as stored: what `shoal tls add` uploaded.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CertificateRecord {
+    /// The host, lowercased, or a `*.` wildcard.
+    pub host: String,
+    /// The certificate chain, leaf first, as PEM.
+    pub cert_pem: String,
+    /// Its private key, as PEM. Never printed, never returned by an API.
+    pub key_pem: String,
+    /// When it was stored (Unix seconds).
+    pub created_unix: u64,
+}
+
+impl std::fmt::Debug for CertificateRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateRecord")
+            .field("host", &self.host)
+            .field("created_unix", &self.created_unix)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Durable desired state: services and the modules they run.
 ///
@@ -160,6 +186,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes module `digest` (info and file); `false` if there was none.
     fn delete_module(&self, digest: &str) -> Result<bool, StoreError>;
+
+    /// Every host's certificate, sorted by host.
+    fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError>;
+
+    /// Stores `record` as its host's certificate, replacing any; returns
+    /// the store's revision after the write.
+    fn put_certificate(&self, record: &CertificateRecord) -> Result<u64, StoreError>;
+
+    /// Deletes the certificate of `host`; `false` if there was none.
+    fn delete_certificate(&self, host: &str) -> Result<bool, StoreError>;
 
     /// Gives back the space deleted records took, where the backend keeps
     /// it (redb: a compaction). Module files need none: deleting one frees
