@@ -11,6 +11,10 @@
 //! slow clients must be cut off by the 10 s header read timeout, the
 //! well-behaved client must never notice, and `shoal` and its workers must
 //! all still be running at the end.
+//!
+//! The same runs twice: against the plain listener, and against the TLS
+//! listener (`--tls-listen`), each hostile input sent inside a TLS
+//! connection.
 
 mod support;
 
@@ -24,7 +28,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -597,9 +601,11 @@ impl Outcome {
     }
 }
 
+/// A connection the gateway cut: reset, or (over TLS) closed without a
+/// `close_notify`, which is how a cut TLS connection looks from here.
 fn is_reset(kind: std::io::ErrorKind) -> bool {
     use std::io::ErrorKind::*;
-    matches!(kind, ConnectionReset | ConnectionAborted | BrokenPipe)
+    matches!(kind, ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof)
 }
 
 /// The status code of an HTTP/1 response at the start of `buf`.
@@ -628,13 +634,40 @@ fn response_len(buf: &[u8]) -> Option<usize> {
     (code == 204 || code == 304 || code < 200).then_some(head)
 }
 
-async fn exchange(addr: SocketAddr, case: &Case) -> Outcome {
-    let stream = match tokio::time::timeout(READ_TIMEOUT, TcpStream::connect(addr)).await {
+/// Where the hostile clients connect: the plain listener, or the TLS one
+/// (then every input goes inside a TLS connection).
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection to `target` (TLS done, when it is TLS).
+async fn connect(target: &Target) -> Result<Box<dyn Io>, String> {
+    let tcp = TcpStream::connect(target.addr).await.map_err(|e| format!("cannot connect: {e}"))?;
+    match &target.tls {
+        None => Ok(Box::new(tcp)),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            Ok(Box::new(tls))
+        }
+    }
+}
+
+async fn exchange(target: &Target, case: &Case) -> Outcome {
+    let stream = match tokio::time::timeout(READ_TIMEOUT, connect(target)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return Outcome::bad("connect failed", format!("cannot connect: {error}")),
+        Ok(Err(error)) => return Outcome::bad("connect failed", error),
         Err(_) => return Outcome::bad("connect failed", "connect timed out"),
     };
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let payload = case.bytes.clone();
     let half_close = case.half_close;
     // Write and read at once: the gateway may answer (and close) before it
@@ -796,11 +829,11 @@ const SLOW: [Slow; 5] = [
 
 /// Runs one slow client: how long the gateway took to close it, or why it
 /// did not.
-async fn slow_client(addr: SocketAddr, slow: &Slow) -> Result<Duration, String> {
+async fn slow_client(target: Target, slow: &Slow) -> Result<Duration, String> {
     let limit = HEADER_READ_TIMEOUT + SLOW_MARGIN;
     let started = Instant::now();
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect: {e}"))?;
-    let (mut reader, mut writer) = stream.into_split();
+    let stream = connect(&target).await?;
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (sent, trickle) = (slow.sent, slow.trickle);
     let writing = tokio::spawn(async move {
         if trickle {
@@ -832,10 +865,11 @@ async fn slow_client(addr: SocketAddr, slow: &Slow) -> Result<Duration, String> 
 }
 
 /// Runs four clients of each kind at once: for each kind, the results.
-async fn slow_clients(addr: SocketAddr) -> Vec<(&'static Slow, Vec<Result<Duration, String>>)> {
+async fn slow_clients(target: Target) -> Vec<(&'static Slow, Vec<Result<Duration, String>>)> {
     let mut set = JoinSet::new();
     for i in 0..4 * SLOW.len() {
-        set.spawn(async move { (i % SLOW.len(), slow_client(addr, &SLOW[i % SLOW.len()]).await) });
+        let target = target.clone();
+        set.spawn(async move { (i % SLOW.len(), slow_client(target, &SLOW[i % SLOW.len()]).await) });
     }
     let mut by_kind: Vec<_> = SLOW.iter().map(|slow| (slow, Vec::new())).collect();
     for (kind, result) in set.join_all().await {
@@ -856,6 +890,32 @@ struct Traffic {
     problems: Mutex<Vec<String>>,
 }
 
+/// The well-behaved client's connection: a keep-alive client over plain
+/// HTTP, or one HTTPS connection (opened again if it fails).
+enum Valid {
+    Plain(Client<HttpConnector, Empty<Bytes>>, String),
+    Tls(SocketAddr, Option<support::tls::Conn>),
+}
+
+impl Valid {
+    async fn fetch(&mut self) -> Result<(u16, String), String> {
+        match self {
+            Valid::Plain(client, url) => fetch(client, url).await,
+            Valid::Tls(addr, conn) => {
+                if conn.is_none() {
+                    let config = support::tls::any_certificate(&[b"http/1.1"], None);
+                    *conn = Some(support::tls::Conn::open(*addr, config, "localhost").await?);
+                }
+                let result = conn.as_mut().expect("opened above").get("localhost", "/").await;
+                if result.is_err() {
+                    *conn = None;
+                }
+                result.map(|answer| (answer.status, answer.body))
+            }
+        }
+    }
+}
+
 async fn fetch(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Result<(u16, String), String> {
     let request = hyper::Request::get(url).body(Empty::<Bytes>::new()).unwrap();
     let exchange = async {
@@ -867,13 +927,13 @@ async fn fetch(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Resul
     tokio::time::timeout(Duration::from_secs(5), exchange).await.map_err(|_| "no answer within 5 s".to_owned())?
 }
 
-/// GETs `url` over one keep-alive client until `stop` (or the time limit).
-async fn valid_traffic(url: String, traffic: Arc<Traffic>, stop: Arc<AtomicBool>) {
-    let client = client();
+/// GETs `/` over one keep-alive connection until `stop` (or the time
+/// limit).
+async fn valid_traffic(mut valid: Valid, traffic: Arc<Traffic>, stop: Arc<AtomicBool>) {
     let began = Instant::now();
     let mut last_ok: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) && began.elapsed() < VALID_TRAFFIC_LIMIT {
-        let result = fetch(&client, &url).await;
+        let result = valid.fetch().await;
         let at = began.elapsed();
         match result {
             Ok((200, body)) if body.starts_with("You've hit ") => {
@@ -927,22 +987,37 @@ fn gateway_connections(port: u16) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_requests_are_refused_while_valid_traffic_flows() {
+    hostile_run(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_requests_over_tls_are_refused_while_valid_traffic_flows() {
+    hostile_run(true).await;
+}
+
+async fn hostile_run(over_tls: bool) {
     let test_started = Instant::now();
-    let mut shoal = Shoal::start(&[]);
+    let mut shoal = if over_tls { Shoal::start(&["--tls-listen", "127.0.0.1:0"]) } else { Shoal::start(&[]) };
     shoal.wait_ready("kubia");
-    let addr = shoal.addr;
+    let target = if over_tls {
+        Target { addr: shoal.https_addr(), tls: Some(support::tls::any_certificate(&[], None)) }
+    } else {
+        Target { addr: shoal.addr, tls: None }
+    };
+    let addr = target.addr;
     let pid = shoal.pid();
     let workers_before = shoal.worker_pids();
 
     // The well-behaved client, running throughout.
     let traffic = Arc::new(Traffic::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let valid = tokio::spawn(valid_traffic(shoal.url("/"), traffic.clone(), stop.clone()));
+    let valid = if over_tls { Valid::Tls(addr, None) } else { Valid::Plain(client(), shoal.url("/")) };
+    let valid = tokio::spawn(valid_traffic(valid, traffic.clone(), stop.clone()));
     let warmed = wait_until(Duration::from_secs(10), || traffic.ok.load(Ordering::SeqCst) >= 20).await;
     assert!(warmed, "valid traffic did not get going: {:?}", traffic.problems.lock().unwrap());
 
     // Slow clients, concurrently with the hostile batch.
-    let slow = tokio::spawn(slow_clients(addr));
+    let slow = tokio::spawn(slow_clients(target.clone()));
 
     // The hostile batch, CONCURRENCY connections at a time.
     let cases = hostile_cases(SEED);
@@ -957,8 +1032,9 @@ async fn hostile_requests_are_refused_while_valid_traffic_flows() {
     for (i, case) in cases.into_iter().enumerate() {
         pace.tick().await;
         let permit = permits.clone().acquire_owned().await.unwrap();
+        let target = target.clone();
         running.spawn(async move {
-            let outcome = exchange(addr, &case).await;
+            let outcome = exchange(&target, &case).await;
             drop(permit);
             (i, case, outcome)
         });
@@ -976,7 +1052,8 @@ async fn hostile_requests_are_refused_while_valid_traffic_flows() {
     valid.await.unwrap();
 
     let shoal_alive = alive(pid);
-    let final_get = fetch(&client(), &shoal.url("/")).await;
+    let final_get =
+        if over_tls { Valid::Tls(addr, None).fetch().await } else { fetch(&client(), &shoal.url("/")).await };
     let workers_after = shoal.worker_pids();
     // Every client is gone now: the gateway must have let go of every
     // connection (none held by a stuck task).
@@ -1001,8 +1078,9 @@ async fn hostile_requests_are_refused_while_valid_traffic_flows() {
         }
     }
     let columns: Vec<String> = columns.into_iter().collect();
+    let over = if over_tls { "over TLS" } else { "over plain TCP" };
     let mut summary =
-        format!("\n{total} hostile requests in {batch_took:.1?}, {CONCURRENCY} at a time (seed {SEED:#x})\n\n");
+        format!("\n{total} hostile requests {over} in {batch_took:.1?}, {CONCURRENCY} at a time (seed {SEED:#x})\n\n");
     summary.push_str(&format!("{:<20} {:>6}", "category", "total"));
     for column in &columns {
         summary.push_str(&format!(" {column:>w$}", w = column.len().max(3)));

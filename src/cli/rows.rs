@@ -76,15 +76,20 @@ pub fn autoscale(view: &ServiceView, now: u64) -> String {
     cell
 }
 
-/// The routes a service serves, comma-separated (`/`, `kubia.example.com/api`):
-/// the status's, or the spec's while the status has none.
+/// The routes a service serves, comma-separated (`/`, `kubia.example.com/api`,
+/// `https://shop.example.com/` for one that requires HTTPS): the status's,
+/// or the spec's while the status has none.
 pub fn routes(view: &ServiceView) -> String {
     let routes: &[Route] =
         if view.status.routes.is_empty() { &view.record.service.spec.routes } else { &view.status.routes };
     if routes.is_empty() {
         return NONE.to_owned();
     }
-    routes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    let show = |route: &Route| match route.tls {
+        shoal_api::RouteTls::Required => format!("https://{route}"),
+        shoal_api::RouteTls::Optional => route.to_string(),
+    };
+    routes.iter().map(show).collect::<Vec<_>>().join(",")
 }
 
 /// `Complete`, or `Progressing: <message>`.
@@ -462,6 +467,48 @@ pub(crate) mod tests {
              api     1/2     1            1           2         3382d9     5m    api.example.com/v1,/api   3f2a9c1b7e4d   64Mi     -      10s       Progressing: 1 of 2 updated replicas are available   -\n\
              kubia   3/3     3            3           3         3382d9     5m    /                         3f2a9c1b7e4d   64Mi     500m   10s       Complete                                             -\n"
         );
+    }
+
+    #[test]
+    fn routes_that_require_https_show_their_scheme() {
+        let mut api = view("api", 1, 1);
+        let mut secure = Route::new(Some("shop.example.com".into()), "/");
+        secure.tls = shoal_api::RouteTls::Required;
+        api.status.routes = vec![secure, Route::new(None, "/api")];
+        assert_eq!(routes(&api), "https://shop.example.com/,/api");
+    }
+
+    #[test]
+    fn certificates_table() {
+        let day = 86_400;
+        let view = |host: Option<&str>, names: &[&str], not_after: u64, origin: &str| shoal_api::CertificateView {
+            host: host.map(str::to_owned),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            not_before_unix: 0,
+            not_after_unix: not_after as i64,
+            issuer: "CN=ca".into(),
+            origin: origin.into(),
+            warnings: Vec::new(),
+        };
+        let table = certificates(
+            &[
+                view(None, &["localhost", "127.0.0.1"], NOW + 400 * day, "self-signed"),
+                view(Some("a.test"), &["a.test"], NOW - 2 * day, "store"),
+                view(Some("b.test"), &[], 0, "store"),
+            ],
+            false,
+            NOW,
+        )
+        .render();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("HOST") && lines[0].contains("NAMES") && lines[0].contains("EXPIRES"), "{table}");
+        assert!(
+            lines[1].starts_with("(default)")
+                && lines[1].contains("localhost,127.0.0.1")
+                && lines[1].contains("(in 400d)")
+        );
+        assert!(lines[2].starts_with("a.test") && lines[2].contains("(EXPIRED 2d ago)"), "{table}");
+        assert!(lines[3].contains("<does not load>"), "{table}");
     }
 
     #[test]
