@@ -893,7 +893,7 @@ struct Traffic {
 /// The well-behaved client's connection: a keep-alive client over plain
 /// HTTP, or one HTTPS connection (opened again if it fails).
 enum Valid {
-    Plain(Client<HttpConnector, Empty<Bytes>>, String),
+    Plain(Box<Client<HttpConnector, Empty<Bytes>>>, String),
     Tls(SocketAddr, Option<support::tls::Conn>),
 }
 
@@ -1011,7 +1011,7 @@ async fn hostile_run(over_tls: bool) {
     // The well-behaved client, running throughout.
     let traffic = Arc::new(Traffic::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let valid = if over_tls { Valid::Tls(addr, None) } else { Valid::Plain(client(), shoal.url("/")) };
+    let valid = if over_tls { Valid::Tls(addr, None) } else { Valid::Plain(Box::new(client()), shoal.url("/")) };
     let valid = tokio::spawn(valid_traffic(valid, traffic.clone(), stop.clone()));
     let warmed = wait_until(Duration::from_secs(10), || traffic.ok.load(Ordering::SeqCst) >= 20).await;
     assert!(warmed, "valid traffic did not get going: {:?}", traffic.problems.lock().unwrap());
