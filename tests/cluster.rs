@@ -422,3 +422,44 @@ fn a_rolling_update_across_three_nodes_under_load_answers_every_request() {
         }
     }
 }
+
+#[test]
+fn a_certificate_added_through_one_node_is_served_by_every_node() {
+    let Some(etcd) = EtcdCluster::start(1) else { return };
+    let dir = Scratch::new("cluster-tls");
+    let shoals: Vec<Shoal> = (0..2)
+        .map(|n| {
+            let name = format!("t{n}");
+            let args = ["--etcd", &etcd.endpoints(), "--node-name", &name, "--node-lease-ttl", TTL];
+            Shoal::start(&[&args[..], &["--tls-listen", "127.0.0.1:0"]].concat())
+        })
+        .collect();
+    within(Duration::from_secs(30), "two ready nodes", || {
+        let listed = nodes(&shoals[0]);
+        (listed.len() == 2 && listed.iter().all(|n| n["ready"] == true)).then_some(())
+    });
+    let ca = support::tls::TestCa::new();
+    let leaf = ca.leaf(&["shop.test"], -1, 90);
+    let (cert, key) = leaf.write(&dir, "shop");
+    let (ok, _, err) = shoals[0].cli(&["tls", "add", "shop.test", "--cert", &cert, "--key", &key]);
+    assert!(ok, "{err}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let served = |shoal: &Shoal| {
+        let config = support::tls::any_certificate(&[b"http/1.1"], None);
+        runtime.block_on(support::tls::https_get(shoal.https_addr(), config, "shop.test", "/")).map(|(_, cert)| cert)
+    };
+    // The node it was added through serves it at once; the other within
+    // a pass of its reconciler.
+    assert_eq!(served(&shoals[0]).unwrap(), leaf.der);
+    within(Duration::from_secs(20), "the other node serves the certificate", || {
+        (served(&shoals[1]).ok()? == leaf.der).then_some(())
+    });
+    let (ok, table, _) = shoals[1].cli(&["get", "certs"]);
+    assert!(ok && table.lines().any(|l| l.starts_with("shop.test")), "{table}");
+    // Deleted through the other node: gone from both.
+    let (ok, out, err) = shoals[1].cli(&["tls", "delete", "shop.test"]);
+    assert!(ok, "{out}{err}");
+    within(Duration::from_secs(20), "both nodes back on the default certificate", || {
+        shoals.iter().all(|s| served(s).is_ok_and(|cert| cert != leaf.der)).then_some(())
+    });
+}

@@ -104,7 +104,11 @@ pub(super) async fn put(
         key_pem: upload.key,
         created_unix: shoal_api::now_unix(),
     };
-    state.store.put_certificate(&record)?;
+    // Off the runtime's threads: in a cluster a write waits for etcd.
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.put_certificate(&record))
+        .await
+        .map_err(|e| ApiError::internal(format!("storing the certificate failed: {e}")))??;
     // New connections get it now; other nodes on their next pass.
     state.controller.sync_certificates();
     let view = view(Some(host.clone()), &certificate.with_origin("store"));
@@ -121,7 +125,11 @@ pub(super) async fn delete(
     UrlPath(host): UrlPath<String>,
 ) -> ApiResult<serde_json::Value> {
     let host = host.to_ascii_lowercase();
-    if !state.store.delete_certificate(&host)? {
+    let (store, key) = (state.store.clone(), host.clone());
+    let deleted = tokio::task::spawn_blocking(move || store.delete_certificate(&key))
+        .await
+        .map_err(|e| ApiError::internal(format!("deleting the certificate failed: {e}")))??;
+    if !deleted {
         return Err(not_found("certificate", &host));
     }
     state.controller.sync_certificates();
