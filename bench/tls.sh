@@ -5,8 +5,10 @@
 # loaded in the same run, rounds alternating:
 #   - over keep-alive connections: plain HTTP/1.1 and HTTPS HTTP/1.1 with wrk,
 #     and HTTP/2 over TLS with h2load when it is there (nghttp2-client);
-#   - with a new connection per request (wrk -H 'Connection: close'), plain
-#     and HTTPS: connections/s, i.e. full TLS handshakes/s for HTTPS.
+#   - with a new connection per request: plain and HTTPS with wrk -H
+#     'Connection: close' (wrk offers each connection's previous TLS session
+#     again, so those are resumed handshakes), and HTTPS with full handshakes
+#     (`openssl s_time -new`, CONNECTIONS processes) when openssl is there.
 #
 # Prints a Markdown table (requests/s, p50, p99, ratio to plain HTTP, CPU µs
 # per request of `shoal up` and its workers) and what TLS costs in CPU per
@@ -39,10 +41,14 @@ SHOAL="" SHOAL_PID="" PORT="" TLS_PORT="" ADMIN_PORT="" TOKEN=""
 SHOAL_CONFINED=true # false if shoal said cgroups are unavailable
 IDLE_BEFORE=100     # CPU idle (%) just before the measurements
 H2_SKIPPED=""       # why the HTTP/2 row is skipped, if it is
+FULL_SKIPPED=""     # why the full-handshake row is skipped, if it is
+RESUMES=unknown     # whether the gateway resumed an OpenSSL client's session: yes, no, unknown
+RESUMED_WORD=""     # what wrk's TLS handshakes are, by RESUMES: resumed, full, possibly resumed
+S_TIME_PIDS=()      # the openssl s_time processes of the current round
 TLS_SESSION=""      # what an OpenSSL client negotiates (curl -v, openssl s_client)
 
-# The rows, in round order: label, URL, load tool (wrk, wrk-close, h2load)
-# and the plain row each is compared with.
+# The rows, in round order: label, URL, load tool (wrk, wrk-close, h2load,
+# s_time) and the plain row each is compared with.
 ROWS=()
 declare -A LABEL=() URL=() TOOL=() BASE=()
 # By "row:process" (gateway, workers): CPU ticks over the measured rounds;
@@ -54,6 +60,10 @@ declare -A CPU_TICKS=() REQUESTS=() HANDSHAKES=()
 
 # stop_processes: what cleanup (lib.sh) stops on exit.
 stop_processes() {
+  local pid
+  for pid in "${S_TIME_PIDS[@]}"; do
+    stop_pid "$pid" 5 "openssl s_time"
+  done
   [[ -n $SHOAL_PID ]] || return 0
   # It drains, stops its replicas and removes their cgroups on SIGTERM.
   stop_pid "$SHOAL_PID" 30 "shoal up"
@@ -88,6 +98,10 @@ check_tools() {
       H2_SKIPPED="h2load is not installed and could not be installed (package nghttp2-client: ${APT_FAILURE:-no h2load after installing it})"
       log "skipping the HTTP/2 row: $H2_SKIPPED"
     fi
+  fi
+  if ! command -v openssl >/dev/null && ! apt_install openssl; then
+    FULL_SKIPPED="openssl is not installed and could not be installed ($APT_FAILURE)"
+    log "skipping the full-handshake row: $FULL_SKIPPED"
   fi
   if [[ $(cat /proc/sys/net/ipv4/tcp_tw_reuse 2>/dev/null || echo 2) == 0 ]]; then
     log "warning: net.ipv4.tcp_tw_reuse is 0: the new-connection rows may run out of loopback ports (TIME_WAIT)"
@@ -153,6 +167,13 @@ start_shoal() {
   if [[ -z $H2_SKIPPED ]] && ! kubia_answers "https://127.0.0.1:$TLS_PORT/" --http2; then
     log "warning: curl --http2 got no answer over HTTPS"
   fi
+  if [[ -z $FULL_SKIPPED ]]; then
+    # openssl s_time -www sends this request; check its answer once.
+    printf 'GET / HTTP/1.0\r\n\r\n' | openssl s_client -quiet -connect "127.0.0.1:$TLS_PORT" >"$TMP/http10.txt" 2>/dev/null || true
+    if ! grep -q "^You've hit " "$TMP/http10.txt" || ! head -n 1 "$TMP/http10.txt" | grep -q ' 200 '; then
+      die "GET / HTTP/1.0 over TLS (openssl s_client) did not answer 200 \"You've hit ...\""
+    fi
+  fi
   log "shoal up (pid $SHOAL_PID) is ready; both listeners answer"
   describe_tls
 }
@@ -170,6 +191,19 @@ describe_tls() {
   fi
   TLS_SESSION="${TLS_SESSION:-unknown}${details:+, $details}"
   log "TLS as an OpenSSL client negotiates it: $TLS_SESSION"
+  if command -v openssl >/dev/null; then
+    # Resumption: a session saved from one connection (stdin held open a
+    # moment so that the TLS 1.3 ticket arrives), offered on the next.
+    sleep 0.5 | openssl s_client -connect "127.0.0.1:$TLS_PORT" -sess_out "$TMP/session.pem" >/dev/null 2>&1 || true
+    if [[ -s $TMP/session.pem ]]; then
+      case $(openssl s_client -connect "127.0.0.1:$TLS_PORT" -sess_in "$TMP/session.pem" </dev/null 2>/dev/null |
+        sed -n 's/^\(New\|Reused\),.*/\1/p' | head -n 1) in
+        Reused) RESUMES=yes ;;
+        New) RESUMES=no ;;
+      esac
+    fi
+    log "the gateway resumes an OpenSSL client's TLS session: $RESUMES"
+  fi
 }
 
 # ------------------------------------------------------------ measurement --
@@ -223,6 +257,27 @@ run_load() {
       wrk -t"$THREADS" -c"$CONNECTIONS" -d"${seconds}s" --latency -H 'Connection: close' "${URL[$id]}" \
         >"$out" 2>&1 || status=$?
       ;;
+    s_time)
+      # Full handshakes: -new never offers a session. CONNECTIONS processes,
+      # each one connection at a time, each a GET / HTTP/1.0 (the gateway
+      # closes after the answer); -time counts whole seconds, so time them.
+      local i pid start
+      rm -f "$out".*
+      S_TIME_PIDS=()
+      start=$(date +%s%N)
+      for ((i = 0; i < CONNECTIONS; i++)); do
+        openssl s_time -connect "127.0.0.1:$TLS_PORT" -new -time "$seconds" -www / >"$out.$i" 2>&1 &
+        S_TIME_PIDS+=("$!")
+      done
+      for pid in "${S_TIME_PIDS[@]}"; do
+        wait "$pid" || status=$?
+      done
+      S_TIME_PIDS=()
+      {
+        echo "elapsed_ns $(($(date +%s%N) - start))"
+        cat "$out".*
+      } >"$out"
+      ;;
     h2load)
       # -m1: one request at a time per connection, CONNECTIONS in flight as with wrk.
       h2load -t"$THREADS" -c"$CONNECTIONS" -m1 -D"$seconds" --log-file="$out.log" "${URL[$id]}" \
@@ -233,6 +288,19 @@ run_load() {
     cat "$out" >&2
     die "${TOOL[$id]} failed against ${URL[$id]} (exit $status)"
   fi
+}
+
+# parse_s_time OUT: prints "connections/s - - 0 resumed connections" like
+# parse_wrk (no latency: s_time measures none; resumed: connections that
+# were resumed after all, which -new should never have).
+parse_s_time() {
+  awk '$1 == "elapsed_ns" { ns = $2 }
+    /^[0-9]+ connections in [0-9.]+s;/ { n += $1 }
+    /^[*rt123]+$/ { resumed += gsub(/r/, "") }
+    END {
+      if (ns == 0 || n == 0) exit 1
+      printf "%.2f - - 0 %d %d\n", n / (ns / 1e9), resumed, n
+    }' "$1"
 }
 
 # parse_h2load OUT: prints "requests/s p50_ms p99_ms non2xx errors requests"
@@ -274,6 +342,11 @@ measure() {
       cat "$out" >&2
       die "cannot parse h2load's output for ${LABEL[$id]}"
     }
+  elif [[ ${TOOL[$id]} == s_time ]]; then
+    result=$(parse_s_time "$out") || {
+      cut -c1-200 "$out" >&2
+      die "cannot parse openssl s_time's output for ${LABEL[$id]}"
+    }
   else
     result=$(parse_wrk "$out") || {
       cat "$out" >&2
@@ -283,7 +356,7 @@ measure() {
   fi
   REQUESTS[$id]=$((${REQUESTS[$id]:-0} + ${result##* }))
   echo "$round $result" >>"$TMP/results/$id"
-  log "round $round/$ROUNDS: ${LABEL[$id]}: $(awk '{ printf "%.0f req/s, p50 %.2f ms, p99 %.2f ms", $1, $2, $3 }' <<<"$result")"
+  log "round $round/$ROUNDS: ${LABEL[$id]}: $(awk '{ printf "%.0f req/s", $1; if ($2 != "-") printf ", p50 %s ms, p99 %s ms", $2, $3 }' <<<"$result")"
 }
 
 run_benchmark() {
@@ -308,14 +381,16 @@ run_benchmark() {
 
 # summarize ID: "median_rps p50 p99 non2xx errors" over the rounds; p50/p99
 # are those of the median round (for an even number of rounds, the slower of
-# the two middle rounds; requests/s is then their mean), as in kubia.sh.
+# the two middle rounds; requests/s is then their mean), as in kubia.sh;
+# "n/a" for a tool that measures no latency.
 summarize() {
   sort -g -k2,2 "$TMP/results/$1" | awk '
     { rps[NR] = $2; p50[NR] = $3; p99[NR] = $4; non2xx += $5; errors += $6 }
     END {
       m = int((NR + 1) / 2)
       median = (NR % 2) ? rps[m] : (rps[m] + rps[m + 1]) / 2
-      printf "%.0f %.2f %.2f %d %d\n", median, p50[m], p99[m], non2xx, errors
+      if (p50[m] == "-") printf "%.0f n/a n/a %d %d\n", median, non2xx, errors
+      else printf "%.0f %.2f %.2f %d %d\n", median, p50[m], p99[m], non2xx, errors
     }'
 }
 
@@ -336,12 +411,12 @@ thousands() { sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/' -e 'ta
 difference() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a - b }'; }
 
 print_report() {
-  local id rps p50 p99 non2xx errors base_rps ratio per_round ok failed timeout h2_cost plain_cps tls_hps errors_seen=()
+  local id rps p50 p99 non2xx errors base_rps ratio per_round ok failed timeout h2_cost cps line errors_seen=()
   echo "TLS benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'): $(machine_description);" \
     "shoal $(shoal_revision)$([[ -n $SHOAL_BIN ]] && echo " (repository; binary: $SHOAL_BIN, not built here)");" \
     "one shoal up, kubia sample ($REPLICAS replicas), plain and HTTPS listeners;" \
     "-t$THREADS -c$CONNECTIONS -d${DURATION}s per round, ${WARMUP}s warm-up per row, $ROUNDS interleaved round(s), median;" \
-    "$(wrk -v 2>&1 | awk 'NR == 1 { print "wrk " $2 }')$([[ -n $H2_SKIPPED ]] || h2load --version 2>/dev/null | awk 'NR == 1 { print ", " $0 }');" \
+    "$(wrk -v 2>&1 | awk 'NR == 1 { print "wrk " $2 }')$([[ -n $H2_SKIPPED ]] || h2load --version 2>/dev/null | awk 'NR == 1 { print ", " $0 }')$([[ -n $FULL_SKIPPED ]] || openssl version 2>/dev/null | awk '{ print ", " $1 " " $2 }');" \
     "TLS (self-signed default certificate): $TLS_SESSION; CPU ${IDLE_BEFORE}% idle just before the run"
   echo
   echo "| row | requests/s | p50 (ms) | p99 (ms) | vs plain HTTP | CPU µs/request (gateway + workers) |"
@@ -353,7 +428,11 @@ print_report() {
     echo "| ${LABEL[$id]} | $(thousands "$rps") | $p50 | $p99 | ${ratio}× |" \
       "$(cpu_us "$id") ($(cpu_us "$id" gateway) + $(cpu_us "$id" workers)) |"
     ((non2xx == 0)) || errors_seen+=("${LABEL[$id]}: $non2xx non-2xx/3xx responses over the measured rounds")
-    ((errors == 0)) || errors_seen+=("${LABEL[$id]}: $errors socket (wrk) or failed (h2load) errors over the measured rounds")
+    if ((errors > 0)) && [[ ${TOOL[$id]} == s_time ]]; then
+      errors_seen+=("${LABEL[$id]}: $errors connections resumed a session after all (s_time -new)")
+    elif ((errors > 0)); then
+      errors_seen+=("${LABEL[$id]}: $errors socket (wrk) or failed (h2load) errors over the measured rounds")
+    fi
   done
   echo
   h2_cost=""
@@ -361,13 +440,16 @@ print_report() {
   echo "TLS costs about $(difference "$(cpu_us tls)" "$(cpu_us plain)") µs of CPU per request (keep-alive):" \
     "HTTPS HTTP/1.1 $(cpu_us tls) µs minus plain HTTP/1.1 $(cpu_us plain) µs, shoal up and its workers together" \
     "(gateway alone: $(difference "$(cpu_us tls gateway)" "$(cpu_us plain gateway)") µs)$h2_cost."
-  read -r plain_cps _ <<<"$(summarize plain-new)"
-  read -r tls_hps _ <<<"$(summarize tls-new)"
-  echo "A new connection per request: plain $(thousands "$plain_cps") connections/s at $(cpu_us plain-new) µs of CPU each," \
-    "TLS $(thousands "$tls_hps") handshakes/s at $(cpu_us tls-new) µs each: a new TLS connection costs about" \
-    "$(difference "$(cpu_us tls-new)" "$(cpu_us plain-new)") µs of CPU more than a plain one" \
-    "(gateway alone: $(difference "$(cpu_us tls-new gateway)" "$(cpu_us plain-new gateway)") µs; its full handshake," \
-    "plus the request's own TLS cost above)."
+  read -r cps _ <<<"$(summarize plain-new)"
+  line="A new connection per request: plain $(thousands "$cps") connections/s at $(cpu_us plain-new) µs of CPU each"
+  for id in tls-new tls-full; do
+    [[ -n ${TOOL[$id]:-} ]] || continue
+    read -r cps _ <<<"$(summarize "$id")"
+    line+="; $([[ $id == tls-new ]] && echo "TLS, $RESUMED_WORD handshake" || echo "TLS, full handshake")"
+    line+=" $(thousands "$cps")/s at $(cpu_us "$id") µs each, about $(difference "$(cpu_us "$id")" "$(cpu_us plain-new)") µs"
+    line+=" more than a plain connection (gateway alone: $(difference "$(cpu_us "$id" gateway)" "$(cpu_us plain-new gateway)") µs)"
+  done
+  echo "$line; the request's own TLS cost above included."
   echo
   for id in "${ROWS[@]}"; do
     per_round=""
@@ -376,22 +458,31 @@ print_report() {
     done <"$TMP/results/$id"
     echo "- ${LABEL[$id]}, requests/s per round: $per_round"
   done
+  echo "- TLS handshakes shoal counted over the measured rounds (shoal_tls_handshakes_total, admin API" \
+    "/metrics; a failed one is mostly a connection the client dropped mid-handshake when its run ended):"
   for id in "${ROWS[@]}"; do
     [[ ${URL[$id]} == https:* ]] || continue
     read -r ok failed timeout <<<"${HANDSHAKES[$id]}"
-    echo "- ${LABEL[$id]}: shoal counted $(thousands "$ok") TLS handshakes ($failed failed, $timeout timed out)" \
-      "over the measured rounds, for $(thousands "${REQUESTS[$id]}") requests (shoal_tls_handshakes_total;" \
-      "failed ones are mostly connections a client dropped mid-handshake when its run ended)."
+    echo "  - ${LABEL[$id]}: $(thousands "$ok") ($failed failed, $timeout timed out)" \
+      "for $(thousands "${REQUESTS[$id]}") requests"
   done
   echo "- CPU µs/request: user + system time of shoal up (the gateway, TLS included) and of its children (the" \
     "replicas' workers and the standby; live and reaped) over the measured rounds (/proc/<pid>/stat, in clock" \
     "ticks of 1/$(getconf CLK_TCK 2>/dev/null || echo 100) s), divided by the requests the client completed in them." \
-    "The clients' own CPU (wrk's and h2load's TLS included) is not counted, but they share the machine's CPUs," \
+    "The clients' own CPU (their TLS included) is not counted, but they share the machine's CPUs," \
     "so on few cores the requests/s ratios also carry the client's TLS cost."
-  echo "- New-connection rows: wrk -H 'Connection: close', so each request opens a connection (a full TLS 1.3" \
-    "handshake for HTTPS: wrk resumes no session); wrk starts its latency clock when it writes the request, after" \
-    "the connection and handshake are up, so the handshake shows in requests/s and CPU, not in p50/p99." \
-    "Their \"vs plain HTTP\" compares with the plain new-connection row."
+  echo "- New-connection rows: each request opens a connection; their \"vs plain HTTP\" compares with the plain" \
+    "new-connection row. wrk -H 'Connection: close': wrk keeps each connection's TLS session and offers it on the" \
+    "next one (TLS 1.3 PSK); the gateway resumes an OpenSSL client's session: $RESUMES (openssl s_client -sess_in)," \
+    "so those handshakes are $RESUMED_WORD. wrk starts its latency clock when it writes the request, after the" \
+    "connection and handshake are up, so the handshake shows in requests/s and CPU, not in p50/p99."
+  if [[ -n $FULL_SKIPPED ]]; then
+    echo "- Full-handshake row skipped: $FULL_SKIPPED."
+  else
+    echo "- Full handshakes: $CONNECTIONS openssl s_time -new processes (no session offered: shoal counts every" \
+      "handshake, s_time marks none resumed), each one connection at a time with one GET / HTTP/1.0 (answered 200," \
+      "then closed); connections/s over the wall time of the round; s_time measures no latency."
+  fi
   if [[ -n $H2_SKIPPED ]]; then
     echo "- HTTP/2 over TLS row skipped: $H2_SKIPPED."
   else
@@ -426,7 +517,16 @@ main() {
   [[ -n $H2_SKIPPED ]] ||
     add_row h2 h2load "https://127.0.0.1:$TLS_PORT/" plain "HTTPS, HTTP/2, keep-alive (h2load)"
   add_row plain-new wrk-close "http://127.0.0.1:$PORT/" plain-new "plain HTTP/1.1, new connection per request (wrk)"
-  add_row tls-new wrk-close "https://127.0.0.1:$TLS_PORT/" plain-new "HTTPS, HTTP/1.1, new TLS connection per request (wrk)"
+  case $RESUMES in
+    yes) RESUMED_WORD=resumed ;;
+    no) RESUMED_WORD=full ;;
+    *) RESUMED_WORD="possibly resumed" ;;
+  esac
+  add_row tls-new wrk-close "https://127.0.0.1:$TLS_PORT/" plain-new \
+    "HTTPS, HTTP/1.1, new TLS connection per request, $RESUMED_WORD handshake (wrk)"
+  [[ -n $FULL_SKIPPED ]] ||
+    add_row tls-full s_time "https://127.0.0.1:$TLS_PORT/" plain-new \
+      "HTTPS, HTTP/1.0, new TLS connection per request, full handshake (openssl s_time)"
 
   run_benchmark
   print_report
