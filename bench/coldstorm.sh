@@ -138,15 +138,8 @@ check_tools() {
   fi
 }
 
-find_shoal() {
-  if [[ -n $SHOAL_BIN ]]; then
-    [[ -f $SHOAL_BIN && -x $SHOAL_BIN ]] || die "SHOAL_BIN=$SHOAL_BIN is not an executable file"
-    SHOAL=$(cd "$(dirname "$SHOAL_BIN")" && pwd)/$(basename "$SHOAL_BIN")
-    log "using $SHOAL (SHOAL_BIN; no build)"
-  else
-    build_shoal "shoal and the samples"
-    SHOAL=$ROOT/target/release/shoal
-  fi
+find_storm_shoal() {
+  find_shoal "shoal and the samples"
   [[ -f $HELLO_WASM ]] || die "$HELLO_WASM not found (built by cargo build --release)"
 }
 
@@ -530,7 +523,7 @@ main() {
   check_knobs
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/shoal-coldstorm.XXXXXX")
   check_tools
-  find_shoal
+  find_storm_shoal
   start_shoal
   create_services "${SIZE_LIST[0]}"
   wait_for_zero "${SIZE_LIST[0]}"

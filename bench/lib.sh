@@ -118,6 +118,20 @@ build_shoal() {
   [[ -x $ROOT/target/release/shoal ]] || die "$ROOT/target/release/shoal was not built"
 }
 
+# find_shoal WHAT: sets SHOAL to $SHOAL_BIN when given (checked, made
+# absolute), else builds WHAT with build_shoal and uses target/release/shoal.
+# shellcheck disable=SC2034 # SHOAL is the sourcing script's
+find_shoal() {
+  if [[ -n ${SHOAL_BIN:-} ]]; then
+    [[ -f $SHOAL_BIN && -x $SHOAL_BIN ]] || die "SHOAL_BIN=$SHOAL_BIN is not an executable file"
+    SHOAL=$(cd "$(dirname "$SHOAL_BIN")" && pwd)/$(basename "$SHOAL_BIN")
+    log "using $SHOAL (SHOAL_BIN; no build)"
+  else
+    build_shoal "$1"
+    SHOAL=$ROOT/target/release/shoal
+  fi
+}
+
 # note_shoal_confinement: sets SHOAL_CONFINED=false (with a warning) if
 # shoal's log, $SHOAL_LOG (default $TMP/shoal.log), says cgroups are
 # unavailable.

@@ -108,16 +108,9 @@ check_tools() {
   fi
 }
 
-# find_shoal: SHOAL_BIN, or target/release/shoal built now.
-find_shoal() {
-  if [[ -n $SHOAL_BIN ]]; then
-    [[ -f $SHOAL_BIN && -x $SHOAL_BIN ]] || die "SHOAL_BIN=$SHOAL_BIN is not an executable file"
-    SHOAL=$(cd "$(dirname "$SHOAL_BIN")" && pwd)/$(basename "$SHOAL_BIN")
-    log "using $SHOAL (SHOAL_BIN; no build)"
-  else
-    build_shoal shoal
-    SHOAL=$ROOT/target/release/shoal
-  fi
+# find_tls_shoal: find_shoal (lib.sh), and a shoal with HTTPS.
+find_tls_shoal() {
+  find_shoal shoal
   "$SHOAL" up --help 2>/dev/null | grep -q -- '--tls-listen' || die "$SHOAL has no shoal up --tls-listen"
 }
 
@@ -509,7 +502,7 @@ main() {
   check_knobs
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/shoal-bench.XXXXXX")
   check_tools
-  find_shoal
+  find_tls_shoal
   start_shoal
 
   add_row plain wrk "http://127.0.0.1:$PORT/" plain "plain HTTP/1.1, keep-alive (wrk)"
