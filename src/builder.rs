@@ -396,11 +396,20 @@ fn canonical(path: &Path) -> PathBuf {
 /// How to build a missing module named by a manifest in `manifest_dir`:
 /// `shoal build <dir>` when that directory holds a project; else, from
 /// `<crate>/target/wasm32-wasip2/<profile>/x.wasm`, the cargo command.
-pub fn build_hint(manifest_dir: &Path, module: &Path) -> String {
+pub fn build_hint(manifest: &Path, module: &Path) -> String {
+    let manifest_dir = manifest.parent().unwrap_or(Path::new(""));
     // A project `shoal build` can build, or one it will say what is wrong with.
     if matches!(detect(manifest_dir), Ok(Some(_)) | Err(_)) {
         let dir = if manifest_dir.as_os_str().is_empty() { Path::new(".") } else { manifest_dir };
-        return format!("shoal build {}", dir.display());
+        // `shoal build DIR` reads the first of MANIFEST_NAMES there: name
+        // any other manifest, or following the hint builds another module.
+        let found = MANIFEST_NAMES.iter().map(|name| dir.join(name)).find(|path| path.is_file());
+        let same = found.is_some_and(|found| found.file_name() == manifest.file_name());
+        return if same {
+            format!("shoal build {}", dir.display())
+        } else {
+            format!("shoal build {} -f {}", dir.display(), manifest.display())
+        };
     }
     cargo_hint(module)
 }
@@ -474,9 +483,10 @@ mod tests {
     #[test]
     fn detects_projects_and_hints_shoal_build() {
         let dir = temp_dir("detect");
+        std::fs::write(dir.join("service.yaml"), "").unwrap();
         assert_eq!(detect(&dir).unwrap(), None);
         assert_eq!(
-            build_hint(&dir, &dir.join("x.wasm")),
+            build_hint(&dir.join("service.yaml"), &dir.join("x.wasm")),
             "cargo build --release --target wasm32-wasip2 (in the service's crate)"
         );
 
@@ -484,7 +494,10 @@ mod tests {
         assert_eq!(detect(&dir).unwrap(), Some(Project::Js(dir.join("index.js"))));
         std::fs::write(dir.join("app.js"), "").unwrap();
         assert_eq!(detect(&dir).unwrap(), Some(Project::Js(dir.join("app.js"))), "app.js comes first");
-        assert_eq!(build_hint(&dir, &dir.join("x.wasm")), format!("shoal build {}", dir.display()));
+        assert_eq!(
+            build_hint(&dir.join("service.yaml"), &dir.join("x.wasm")),
+            format!("shoal build {}", dir.display())
+        );
 
         std::fs::write(dir.join("package.json"), r#"{"main": "src/server.js"}"#).unwrap();
         let error = detect(&dir).unwrap_err().to_string();
@@ -501,10 +514,19 @@ mod tests {
         std::fs::write(dir.join("package.json"), "{").unwrap();
         assert!(detect(&dir).unwrap_err().to_string().contains("invalid JSON"));
         // A broken project: `shoal build` is still what to run (it says what is wrong).
-        assert_eq!(build_hint(&dir, &dir.join("x.wasm")), format!("shoal build {}", dir.display()));
+        assert_eq!(
+            build_hint(&dir.join("service.yaml"), &dir.join("x.wasm")),
+            format!("shoal build {}", dir.display())
+        );
 
         std::fs::write(dir.join("Cargo.toml"), "").unwrap();
         assert_eq!(detect(&dir).unwrap(), Some(Project::Cargo(dir.join("Cargo.toml"))), "Cargo.toml wins");
+        // A manifest `shoal build DIR` would not read is named in the hint.
+        let other = dir.join("staging.yaml");
+        assert_eq!(
+            build_hint(&other, &dir.join("x.wasm")),
+            format!("shoal build {} -f {}", dir.display(), other.display())
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -71,6 +71,10 @@ pub struct UpArgs {
     /// A Service manifest (YAML); repeat for several.
     #[arg(short = 'f', long = "file", value_name = "MANIFEST")]
     files: Vec<PathBuf>,
+    /// Start without the kubia sample on the first start of a data
+    /// directory (it is applied only then, and only without -f).
+    #[arg(long, env = "SHOAL_NO_SAMPLE")]
+    no_sample: bool,
     /// The gateway's address.
     #[arg(long, default_value = "127.0.0.1:8080", env = "SHOAL_LISTEN")]
     listen: SocketAddr,

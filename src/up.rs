@@ -8,7 +8,8 @@
 //! 2. Check every `-f` manifest and compile every module it names, so that
 //!    bad input stops `shoal up` before anything starts; then apply them
 //!    (upload the module, store the service). On the first start of a data
-//!    directory without `-f`, apply the built-in kubia sample.
+//!    directory without `-f` (or `--no-sample`), apply the built-in kubia
+//!    sample.
 //! 3. Bind the gateway and the admin API, start the reconciler, which starts
 //!    the replicas of every stored service.
 //!
@@ -65,7 +66,9 @@ const INITIALIZED: &str = "initialized";
 struct Loaded {
     source: String,
     service: Service,
-    module: Vec<u8>,
+    /// The component's bytes; `None` for a module named by its digest
+    /// (`sha256:…`), which must be in the store already.
+    module: Option<Vec<u8>>,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -81,7 +84,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut loaded = load_services(&args.files)?;
     // A node joining a cluster adds nothing of its own: the cluster's
     // services are what was applied to it.
-    if args.files.is_empty() && first_start && args.etcd.is_none() {
+    if args.files.is_empty() && first_start && args.etcd.is_none() && !args.no_sample {
         loaded.extend(builtin_kubia()?);
     }
     compile(&loaded, &cache)?;
@@ -104,10 +107,22 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     all.extend(loaded.iter().map(|l| l.service.clone()));
     shoal_api::validate_set(&all).map_err(|e| anyhow!("{e}"))?;
     for Loaded { source, service, module } in loaded {
-        let info = store.put_module(&module)?;
+        let digest = match (module, service.spec.module_digest()) {
+            (Some(module), _) => store.put_module(&module)?.digest,
+            (None, Some(digest)) => match store.module_info(digest)? {
+                Some(info) => info.digest,
+                None => bail!(
+                    "{source}: spec.module: {} is not in the store of {} (shoal get modules -o wide lists the \
+                     stored ones)",
+                    service.spec.module_field,
+                    data_dir.display()
+                ),
+            },
+            (None, None) => unreachable!("a module is read unless it is named by digest"),
+        };
         let name = service.name.clone();
         let warnings = shoal_api::warnings(&service);
-        let (applied, _) = apply(&*store, service, &info.digest).map_err(|e| anyhow!("{source}: {e}"))?;
+        let (applied, _) = apply(&*store, service, &digest).map_err(|e| anyhow!("{source}: {e}"))?;
         println!("shoal: service/{name} {}", applied.as_str());
         for warning in warnings {
             eprintln!("warning: {source}: service {name:?}: {warning}");
@@ -380,7 +395,11 @@ fn builtin_kubia() -> anyhow::Result<Vec<Loaded>> {
     let services = shoal_api::parse_manifests(DEFAULT_MANIFEST, Path::new(".")).map_err(|e| anyhow!("{e}"))?;
     Ok(services
         .into_iter()
-        .map(|service| Loaded { source: "the built-in kubia manifest".into(), service, module: HELLO_WASM.to_vec() })
+        .map(|service| Loaded {
+            source: "the built-in kubia manifest".into(),
+            service,
+            module: Some(HELLO_WASM.to_vec()),
+        })
         .collect())
 }
 
@@ -392,7 +411,10 @@ fn load_services(files: &[PathBuf]) -> anyhow::Result<Vec<Loaded>> {
         let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let parsed = shoal_api::parse_manifests(&text, dir).map_err(|e| anyhow!("{}: {e}", file.display()))?;
         for service in parsed {
-            let module = read_module(file, &service)?;
+            let module = match service.spec.module_digest() {
+                Some(_) => None,
+                None => Some(read_module(file, &service)?),
+            };
             services.push(Loaded { source: file.display().to_string(), service, module });
         }
     }
@@ -412,8 +434,7 @@ fn read_module(manifest: &Path, service: &Service) -> anyhow::Result<Vec<u8>> {
                 module.display(),
                 service.name
             );
-            let dir = manifest.parent().unwrap_or(Path::new("."));
-            message.push_str(&format!("; build it with: {}", crate::builder::build_hint(dir, module)));
+            message.push_str(&format!("; build it with: {}", crate::builder::build_hint(manifest, module)));
             bail!(message)
         }
         Err(error) => bail!("{}: spec.module: cannot read {}: {error}", manifest.display(), module.display()),
@@ -426,6 +447,7 @@ fn read_module(manifest: &Path, service: &Service) -> anyhow::Result<Vec<u8>> {
 fn compile(services: &[Loaded], cache: &ComponentCache) -> anyhow::Result<()> {
     let engine = shoal_runtime::engine::compiler_engine().map_err(|e| anyhow!("cannot configure wasmtime: {e:#}"))?;
     for Loaded { source, service, module } in services {
+        let Some(module) = module else { continue };
         let started = Instant::now();
         let outcome = cache
             .check_bytes(&engine, &service.spec.module, module)

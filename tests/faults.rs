@@ -21,6 +21,17 @@ async fn a_trap_gives_500_and_the_replica_keeps_serving() {
     let (status, after) = get(&shoal.url("/"), None).await;
     assert_eq!(status, 200);
     assert_eq!(before, after, "the same replica still serves");
+    // Each trap is one summary line in the replica's log, beside the
+    // guest's own panic message; the wasm backtrace only at debug level.
+    // (The guest's output and the worker's own lines are two streams: their
+    // order may vary, so the whole log is read.)
+    let (ok, logs, _) = shoal.cli(&["logs", "faulty"]);
+    assert!(ok);
+    let summaries = logs.lines().filter(|l| l.contains("guest trapped: ") && l.contains("`unreachable`")).count();
+    assert_eq!(summaries, 3, "{logs}");
+    assert_eq!(logs.matches("faulty: /trap requested").count(), 3, "{logs}");
+    assert!(logs.lines().count() < 30, "more than a few lines per trap:\n{logs}");
+    assert!(!shoal.dump().contains("wasm backtrace"), "a backtrace at the default log level:\n{}", shoal.dump());
     assert!(shoal.stop().success());
 }
 

@@ -316,3 +316,72 @@ async fn rollout_undo_goes_back_to_the_previous_revision_and_a_second_undo_comes
     assert_eq!(variant(&shoal).await, "v2");
     assert!(shoal.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_history_lists_revisions_and_undo_goes_back_to_any_without_a_build() {
+    let dir = Scratch::new("history");
+    let spec = |variant: &str| format!("replicas: 2\nenv:\n  VARIANT: {variant}");
+    let file = dir.write("faulty.yaml", manifest("faulty", FAULTY_WASM, &spec("v1")));
+    let mut shoal = Shoal::start(&["-f", file.to_str().unwrap()]);
+    shoal.wait_ready("faulty");
+    let variant = |shoal: &Shoal| {
+        let url = shoal.url("/env?name=VARIANT");
+        async move { get(&url, None).await.1 }
+    };
+    let rolled_out = |shoal: &Shoal| assert!(shoal.cli(&["rollout", "status", "faulty", "--timeout", "60s"]).0);
+    for v in ["v2", "v3"] {
+        dir.write("faulty.yaml", manifest("faulty", FAULTY_WASM, &spec(v)));
+        assert!(shoal.cli(&["apply", "-f", file.to_str().unwrap()]).0);
+        rolled_out(&shoal);
+    }
+    assert_eq!(variant(&shoal).await, "v3");
+
+    // Three revisions, oldest first, the current one marked.
+    let (ok, history, err) = shoal.cli(&["rollout", "history", "faulty"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = history.lines().collect();
+    assert!(
+        lines[0].starts_with("REVISION") && lines[0].contains("MODULE") && lines[0].contains("CHANGE"),
+        "{history}"
+    );
+    assert_eq!(lines.len(), 4, "{history}");
+    assert!(lines[1].starts_with('1') && lines[1].contains("created"), "{history}");
+    assert!(lines[2].starts_with('2') && lines[2].ends_with("env"), "{history}");
+    assert!(lines[3].starts_with('3') && lines[3].contains("env (current)"), "{history}");
+
+    // Back to the first: its answers return; nothing was built or uploaded.
+    let digests = |shoal: &Shoal| {
+        let (_, json, _) = shoal.cli(&["get", "modules", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+        list.as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    let modules_before = digests(&shoal);
+    let (ok, out, err) = shoal.cli(&["rollout", "undo", "faulty", "--to-revision", "1"]);
+    assert!(ok && out.starts_with("service/faulty rolled back"), "{out}{err}");
+    rolled_out(&shoal);
+    assert_eq!(variant(&shoal).await, "v1");
+    assert_eq!(digests(&shoal), modules_before);
+    let (_, history, _) = shoal.cli(&["rollout", "history", "faulty"]);
+    assert!(history.lines().last().unwrap().contains("rolled back to 1 (current)"), "{history}");
+    let (ok, _, err) = shoal.cli(&["rollout", "undo", "faulty", "--to-revision", "99"]);
+    assert!(!ok && err.contains("revision 99 is not in the service's history"), "{err}");
+    let (ok, _, err) = shoal.cli(&["rollout", "undo", "faulty", "--to-revision", "4"]);
+    assert!(!ok && err.contains("revision 4 is the current one"), "{err}");
+
+    // A manifest may name a stored module by its digest: no file needed.
+    let digest = digests(&shoal)[0].clone();
+    let elsewhere = Scratch::new("history-by-digest");
+    let by_digest = elsewhere.write("faulty.yaml", manifest("faulty", &format!("sha256:{digest}"), &spec("v9")));
+    let (ok, out, err) = shoal.cli(&["apply", "-f", by_digest.to_str().unwrap()]);
+    assert!(ok && out.contains("service/faulty configured"), "{out}{err}");
+    rolled_out(&shoal);
+    assert_eq!(variant(&shoal).await, "v9");
+    let unknown =
+        elsewhere.write("unknown.yaml", manifest("faulty", &format!("sha256:{}", "0".repeat(64)), "replicas: 1"));
+    let (ok, _, err) = shoal.cli(&["apply", "-f", unknown.to_str().unwrap()]);
+    assert!(!ok && err.contains("is not in the store"), "{err}");
+    let bad = elsewhere.write("bad.yaml", manifest("faulty", "sha256:abc", "replicas: 1"));
+    let (ok, _, err) = shoal.cli(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("\"sha256:abc\" is not a module digest"), "{err}");
+    assert!(shoal.stop().success());
+}

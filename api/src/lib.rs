@@ -98,8 +98,9 @@ pub use manifest::{
     ScaleMetric, Service, ServiceSpec, WORKER_RESERVE, parse_manifests, validate_set, warnings,
 };
 pub use objects::{
-    CallUsage, CertificateUpload, CertificateView, Event, EventType, ModuleInfo, NodeStarts, NodeView, ReplicaInfo,
-    ReplicaState, RolloutPhase, ServiceRecord, ServiceStatus, format_age, now_unix,
+    CallUsage, CertificateUpload, CertificateView, Event, EventType, ModuleInfo, NodeStarts, NodeView,
+    REVISION_HISTORY, ReplicaInfo, ReplicaState, RevisionEntry, RolloutPhase, ServiceRecord, ServiceStatus, format_age,
+    now_unix,
 };
 pub use outbound::{AllowOutbound, OutboundRule};
 pub use quantity::{format_bytes, parse_cpu, parse_memory};

@@ -49,6 +49,8 @@ pub struct Service {
 pub struct ServiceSpec {
     /// The Wasm component: `manifest_dir.join(module_field)`. Not
     /// canonicalized and not checked for existence (this crate does no IO).
+    /// For a module named by its digest (`sha256:…`), the digest as written
+    /// ([`ServiceSpec::module_digest`]).
     pub module: PathBuf,
     /// `spec.module` exactly as written, for messages.
     pub module_field: String,
@@ -288,6 +290,14 @@ pub struct Route {
     /// plain requests are redirected to HTTPS).
     #[serde(default, skip_serializing_if = "RouteTls::is_optional")]
     pub tls: RouteTls,
+}
+
+impl ServiceSpec {
+    /// The digest (64 hex characters) when `spec.module` names a module
+    /// already in the store by its digest (`sha256:…`) rather than a file.
+    pub fn module_digest(&self) -> Option<&str> {
+        self.module_field.strip_prefix("sha256:")
+    }
 }
 
 impl Route {

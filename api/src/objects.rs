@@ -43,6 +43,35 @@ pub struct ServiceRecord {
     /// undo` (and the dashboard's roll back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Box<PreviousRevision>>,
+    /// The service's revisions, oldest first, the current one last; at most
+    /// [`REVISION_HISTORY`] (`shoal rollout history`, `rollout undo
+    /// --to-revision`). Empty for a service stored before histories were
+    /// kept, until its next change of revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RevisionEntry>,
+}
+
+/// Revisions a service's history keeps (Kubernetes' default
+/// `revisionHistoryLimit`).
+pub const REVISION_HISTORY: usize = 10;
+
+/// One revision of a service, as its history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionEntry {
+    /// 1, 2, 3…, in the order the revisions were rolled out; going back to
+    /// an older one makes a new number, as in Kubernetes.
+    pub number: u64,
+    /// Its [`ServiceRecord::revision`].
+    pub revision: String,
+    /// The manifest it was applied with.
+    pub service: Service,
+    pub module_digest: String,
+    /// When it was applied.
+    pub applied_unix: u64,
+    /// What changed from the revision before (`created`, `module`, `env,
+    /// timeout`, `rolled back to 2`…).
+    pub change: String,
 }
 
 /// A service's previous revision: its manifest and module.
@@ -476,6 +505,7 @@ mod tests {
             updated_unix: 1_700_000_000,
             resource_version: 0,
             previous: None,
+            history: Vec::new(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! and filling defaults. Each error names the field path.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{ManifestError, join, key_path};
@@ -215,6 +215,18 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
     if module_field.contains('\0') {
         return Err(ManifestError::new("spec.module", "must not contain NUL"));
     }
+    if let Some(digest) = module_field.strip_prefix("sha256:") {
+        let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        if digest.len() != 64 || !digest.bytes().all(hex) {
+            return Err(ManifestError::new(
+                "spec.module",
+                format!(
+                    "{module_field:?} is not a module digest (\"sha256:\" and 64 lowercase hex characters, as \
+                     shoal push prints and shoal get modules -o wide lists)"
+                ),
+            ));
+        }
+    }
     let replicas = match raw.replicas {
         None => None,
         Some(n) => Some(u32::try_from(n.0).ok().filter(|n| *n <= MAX_REPLICAS).ok_or_else(|| {
@@ -258,7 +270,11 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
         }
     };
     Ok(ServiceSpec {
-        module: manifest_dir.join(&module_field),
+        module: if module_field.starts_with("sha256:") {
+            PathBuf::from(&module_field)
+        } else {
+            manifest_dir.join(&module_field)
+        },
         module_field,
         replicas,
         routes,

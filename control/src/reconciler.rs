@@ -1079,13 +1079,16 @@ impl Controller {
         }
         let mut kept: Vec<&str> = services
             .iter()
-            .filter(|r| r.previous.as_ref().is_some_and(|p| p.module_digest == digest))
+            .filter(|r| {
+                r.previous.as_ref().is_some_and(|p| p.module_digest == digest)
+                    || r.history.iter().any(|entry| entry.module_digest == digest)
+            })
             .map(|r| r.service.name.as_str())
             .collect();
         if !kept.is_empty() {
             kept.sort_unstable();
             return Some(format!(
-                "the previous revision of service {} runs it (shoal rollout undo goes back to it); apply another change first",
+                "an earlier revision of service {} runs it (shoal rollout undo goes back to it; shoal rollout history lists them)",
                 kept.join(", ")
             ));
         }

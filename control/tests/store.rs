@@ -71,6 +71,7 @@ fn record(name: &str, replicas: u32) -> ServiceRecord {
         updated_unix: 1_700_000_100,
         resource_version: 0,
         previous: None,
+        history: Vec::new(),
     }
 }
 

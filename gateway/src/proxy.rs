@@ -454,7 +454,8 @@ impl Gateway {
         let head = RequestHead {
             stream: 0,
             end_stream: true,
-            scheme: Scheme::Http,
+            // What the guest's wasi:http request says its scheme is.
+            scheme: if proto == "https" { Scheme::Https } else { Scheme::Http },
             authority: host.unwrap_or_default(),
             method: parts.method.clone(),
             path_and_query: parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),

@@ -80,8 +80,28 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         let info = upload(&client, bytes, what).await?;
         digests.insert(path, info.digest);
     }
+    // Modules named by digest: in the store already, or said now.
     for item in &planned {
-        let digest = &digests[&module_key(&item.service.spec.module)];
+        if let Some(digest) = item.service.spec.module_digest() {
+            let found = client.get::<ModuleInfo>(&format!("/v1/modules/{digest}")).await;
+            if let Err(error) = found {
+                if super::client::is_not_found(&error) {
+                    bail!(
+                        "{}: spec.module: {} is not in the store (shoal get modules -o wide lists the stored ones; \
+                         shoal push FILE stores one)",
+                        item.file,
+                        item.service.spec.module_field
+                    );
+                }
+                return Err(error);
+            }
+        }
+    }
+    for item in &planned {
+        let digest = match item.service.spec.module_digest() {
+            Some(digest) => digest,
+            None => &digests[&module_key(&item.service.spec.module)],
+        };
         let name = &item.service.name;
         let body = serde_json::json!({ "manifest": item.document, "moduleDigest": digest });
         let applied: Applied = rejected(client.put(&format!("/v1/services/{}", encode(name)), &body).await, || {
@@ -171,7 +191,12 @@ pub fn plan_text(file: &str, text: &str, dir: &Path) -> anyhow::Result<Vec<Plann
         let where_ = if several { format!("{file}: document {}", index + 1) } else { file.to_owned() };
         let mut parsed = parse_manifests(&document, dir).map_err(|e| anyhow!("{where_}: {e}"))?;
         let service = parsed.pop().ok_or_else(|| anyhow!("{where_}: no Service"))?;
-        check_module(&where_, dir, &service)?;
+        // The manifest's path, for the build hint (stdin has none).
+        let manifest = match Path::new(file).file_name() {
+            Some(name) if file != "-" => dir.join(name),
+            _ => dir.join("service.yaml"),
+        };
+        check_module(&where_, &manifest, &service)?;
         planned.push(Planned { file: file.to_owned(), document, service });
     }
     Ok(planned)
@@ -192,8 +217,11 @@ pub fn split_documents(text: &str) -> Result<Vec<String>, serde_yaml_ng::Error> 
 }
 
 /// Checks that `spec.module` names an existing file.
-fn check_module(where_: &str, dir: &Path, service: &Service) -> anyhow::Result<()> {
+fn check_module(where_: &str, manifest: &Path, service: &Service) -> anyhow::Result<()> {
     let spec = &service.spec;
+    if spec.module_digest().is_some() {
+        return Ok(());
+    }
     let module = &spec.module;
     let problem = match std::fs::metadata(module) {
         Ok(meta) if meta.is_file() => return Ok(()),
@@ -204,7 +232,7 @@ fn check_module(where_: &str, dir: &Path, service: &Service) -> anyhow::Result<(
     if Path::new(&spec.module_field) != module.as_path() {
         message.push_str(&format!(" (looked for {})", module.display()));
     }
-    message.push_str(&format!("; build it with: {}", crate::builder::build_hint(dir, module)));
+    message.push_str(&format!("; build it with: {}", crate::builder::build_hint(manifest, module)));
     Err(anyhow!(message))
 }
 
@@ -217,6 +245,10 @@ fn module_key(path: &Path) -> PathBuf {
 fn read_modules(planned: &[Planned]) -> anyhow::Result<BTreeMap<PathBuf, Bytes>> {
     let mut modules = BTreeMap::new();
     for item in planned {
+        // A module named by its digest is already in the store.
+        if item.service.spec.module_digest().is_some() {
+            continue;
+        }
         let key = module_key(&item.service.spec.module);
         if modules.contains_key(&key) {
             continue;

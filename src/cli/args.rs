@@ -163,12 +163,18 @@ pub struct GetArgs {
     /// services (service, svc), replicas (replica), modules (module),
     /// nodes (node, no) or certificates (certs, cert).
     pub resource: Resource,
-    /// Only this one: a service or replica name, a module digest (or a
-    /// prefix of it), or a certificate's host.
+    /// Only this one: a service or replica name (for replicas, a service's
+    /// name lists its replicas), a module digest (or a prefix of it), or a
+    /// certificate's host.
     pub name: Option<String>,
     /// Only the replicas of this service.
     #[arg(short = 's', long, value_name = "NAME")]
     pub service: Option<String>,
+    /// Only services (or replicas of services) whose metadata.labels match:
+    /// `key=value`, `key!=value`, `key` (has it), `!key` (has it not),
+    /// comma-separated, all must hold (as kubectl's -l).
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    pub selector: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, value_name = "FORMAT")]
     pub output: Option<Output>,
@@ -277,13 +283,30 @@ pub enum RolloutCommand {
     /// Wait until a service's latest change is rolled out.
     Status(RolloutStatusArgs),
     /// Go back to a service's previous revision (its manifest and module
-    /// before the last change of revision); a second undo comes back.
+    /// before the last change of revision), or to any revision of its
+    /// history; a second undo comes back. Nothing is rebuilt.
     Undo(RolloutUndoArgs),
+    /// List a service's revisions (the last 10): number, revision, module,
+    /// when, and what changed.
+    History(RolloutHistoryArgs),
 }
 
 /// Arguments of `shoal rollout undo`.
 #[derive(Debug, Args)]
 pub struct RolloutUndoArgs {
+    /// The service's name.
+    pub name: String,
+    /// The revision number to go back to (shoal rollout history lists
+    /// them); default the one before the current.
+    #[arg(long, value_name = "N")]
+    pub to_revision: Option<u64>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Arguments of `shoal rollout history`.
+#[derive(Debug, Args)]
+pub struct RolloutHistoryArgs {
     /// The service's name.
     pub name: String,
     #[command(flatten)]

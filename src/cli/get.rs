@@ -24,6 +24,62 @@ struct Query {
     resource: Resource,
     name: Option<String>,
     service: Option<String>,
+    selector: Option<Selector>,
+}
+
+/// A label selector (`-l`): terms that must all hold of a service's
+/// `metadata.labels`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Selector(Vec<Term>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Term {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Absent(String),
+}
+
+impl Selector {
+    fn parse(text: &str) -> anyhow::Result<Selector> {
+        let mut terms = Vec::new();
+        for raw in text.split(',').map(str::trim) {
+            let key = |k: &str| -> anyhow::Result<String> {
+                let k = k.trim();
+                let valid = !k.is_empty()
+                    && k.len() <= 253
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+                if !valid {
+                    bail!("-l {text:?}: {k:?} is not a label key (letters, digits, \"-\", \"_\", \".\", \"/\")");
+                }
+                Ok(k.to_owned())
+            };
+            let term = if let Some((k, v)) = raw.split_once("!=") {
+                Term::NotEquals(key(k)?, v.trim().to_owned())
+            } else if let Some((k, v)) = raw.split_once("==").or_else(|| raw.split_once('=')) {
+                Term::Equals(key(k)?, v.trim().to_owned())
+            } else if let Some(k) = raw.strip_prefix('!') {
+                Term::Absent(key(k)?)
+            } else if raw.is_empty() {
+                bail!("-l {text:?}: an empty term (write key=value, key!=value, key or !key, comma-separated)");
+            } else {
+                Term::Exists(key(raw)?)
+            };
+            terms.push(term);
+        }
+        Ok(Selector(terms))
+    }
+
+    /// Whether `labels` (a JSON object of strings, or null) match.
+    fn matches(&self, labels: &Value) -> bool {
+        let get = |k: &str| labels.get(k).and_then(Value::as_str);
+        self.0.iter().all(|term| match term {
+            Term::Equals(k, v) => get(k) == Some(v.as_str()),
+            Term::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            Term::Exists(k) => get(k).is_some(),
+            Term::Absent(k) => get(k).is_none(),
+        })
+    }
 }
 
 impl Query {
@@ -33,14 +89,20 @@ impl Query {
     async fn fetch(&self, client: &Client, strict: bool) -> anyhow::Result<Vec<Value>> {
         let name = self.name.as_deref();
         let items = match self.resource {
-            Resource::Services => match name {
-                Some(name) => match client.get::<Value>(&format!("/v1/services/{}", encode(name))).await {
-                    Ok(view) => vec![view],
-                    Err(e) if is_not_found(&e) && !strict => Vec::new(),
-                    Err(e) => return Err(or_not_found(e, || format!("service {name:?} not found"))),
-                },
-                None => client.get("/v1/services").await?,
-            },
+            Resource::Services => {
+                let mut items: Vec<Value> = match name {
+                    Some(name) => match client.get::<Value>(&format!("/v1/services/{}", encode(name))).await {
+                        Ok(view) => vec![view],
+                        Err(e) if is_not_found(&e) && !strict => Vec::new(),
+                        Err(e) => return Err(or_not_found(e, || format!("service {name:?} not found"))),
+                    },
+                    None => client.get("/v1/services").await?,
+                };
+                if let Some(selector) = &self.selector {
+                    items.retain(|item| selector.matches(&item["record"]["service"]["labels"]));
+                }
+                items
+            }
             Resource::Replicas => {
                 let path = match &self.service {
                     Some(service) => format!("/v1/replicas?service={}", encode(service)),
@@ -48,10 +110,27 @@ impl Query {
                 };
                 let mut items: Vec<Value> = client.get(&path).await?;
                 if let Some(name) = name {
-                    items.retain(|item| item["name"] == name);
-                    if items.is_empty() && strict {
-                        bail!("replica {name:?} not found");
+                    // A replica by its name, or else a service's replicas
+                    // by the service's name.
+                    if items.iter().any(|item| item["name"] == name) {
+                        items.retain(|item| item["name"] == name);
+                    } else {
+                        items.retain(|item| item["service"] == name);
                     }
+                    if items.is_empty() && strict {
+                        bail!(
+                            "no replica and no service with replicas is named {name:?} (shoal get replicas lists them)"
+                        );
+                    }
+                }
+                if let Some(selector) = &self.selector {
+                    let services: Vec<Value> = client.get("/v1/services").await?;
+                    let selected: Vec<&str> = services
+                        .iter()
+                        .filter(|s| selector.matches(&s["record"]["service"]["labels"]))
+                        .filter_map(|s| s["record"]["service"]["name"].as_str())
+                        .collect();
+                    items.retain(|item| item["service"].as_str().is_some_and(|s| selected.contains(&s)));
                 }
                 items
             }
@@ -101,8 +180,12 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     if args.service.is_some() && args.resource != Resource::Replicas {
         bail!("--service only filters replicas (shoal get replicas --service NAME)");
     }
+    if args.selector.is_some() && !matches!(args.resource, Resource::Services | Resource::Replicas) {
+        bail!("-l selects services and replicas by their service's metadata.labels (shoal get services -l app=web)");
+    }
+    let selector = args.selector.as_deref().map(Selector::parse).transpose()?;
     let client = Client::new(&args.connect)?;
-    let query = Query { resource: args.resource, name: args.name, service: args.service };
+    let query = Query { resource: args.resource, name: args.name, service: args.service, selector };
     let items = query.fetch(&client, true).await?;
     match args.output {
         Some(format @ (Output::Json | Output::Yaml)) => {

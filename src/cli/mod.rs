@@ -77,6 +77,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Logs(args) => logs::logs(args).await,
         Command::Rollout(RolloutArgs { command: RolloutCommand::Status(args) }) => rollout::status(args).await,
         Command::Rollout(RolloutArgs { command: RolloutCommand::Undo(args) }) => rollout::undo(args).await,
+        Command::Rollout(RolloutArgs { command: RolloutCommand::History(args) }) => rollout::history(args).await,
         Command::Top(args) => top::top(args).await,
         Command::Tls(TlsArgs { command: TlsCommand::Add(args) }) => tls::add(args).await,
         Command::Tls(TlsArgs { command: TlsCommand::Delete(args) }) => tls::delete(args).await,

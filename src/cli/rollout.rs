@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::client::{Client, or_not_found};
 use super::connect::encode;
-use super::{RolloutStatusArgs, RolloutUndoArgs, ServiceView, print};
+use super::{RolloutHistoryArgs, RolloutStatusArgs, RolloutUndoArgs, ServiceView, print};
 
 /// How often the service is polled.
 const POLL: Duration = Duration::from_millis(500);
@@ -58,20 +58,61 @@ pub fn progress(view: &ServiceView, old: usize) -> Progress {
     Progress::Waiting(format!("Waiting for rollout to finish: {what}..."))
 }
 
-/// `shoal rollout undo NAME`: back to the previous revision.
+/// `shoal rollout undo NAME [--to-revision N]`: back to the previous
+/// revision, or to revision N of the history.
 pub async fn undo(args: RolloutUndoArgs) -> anyhow::Result<()> {
     #[derive(serde::Deserialize)]
     struct Answer {
         service: ServiceView,
     }
     let client = Client::new(&args.connect)?;
-    let path = format!("/v1/services/{}/rollback", encode(&args.name));
+    let mut path = format!("/v1/services/{}/rollback", encode(&args.name));
+    if let Some(number) = args.to_revision {
+        path.push_str(&format!("?toRevision={number}"));
+    }
     let answer: Answer =
         client.post(&path).await.map_err(|e| or_not_found(e, || format!("service {:?} not found", args.name)))?;
     print(&format!(
         "service/{} rolled back (revision {}, generation {})\n",
         args.name, answer.service.status.revision, answer.service.record.generation
     ))?;
+    Ok(())
+}
+
+/// `shoal rollout history NAME`: `REVISION HASH MODULE AGE CHANGE`, oldest
+/// first, the current one marked.
+pub async fn history(args: RolloutHistoryArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.connect)?;
+    let path = format!("/v1/services/{}", encode(&args.name));
+    let view: ServiceView =
+        client.get(&path).await.map_err(|e| or_not_found(e, || format!("service {:?} not found", args.name)))?;
+    let record = &view.record;
+    let mut table = super::table::Table::new(vec!["REVISION", "HASH", "MODULE", "AGE", "CHANGE"]);
+    let now = shoal_api::now_unix();
+    if record.history.is_empty() {
+        // Stored before histories were kept: the current revision only.
+        let module = format!("sha256:{}", &record.module_digest[..12.min(record.module_digest.len())]);
+        table.push(vec![
+            "-".into(),
+            record.revision(),
+            module,
+            super::table::age(now, record.updated_unix),
+            "(current)".into(),
+        ]);
+    }
+    let last = record.history.len().saturating_sub(1);
+    for (index, entry) in record.history.iter().enumerate() {
+        let module = format!("sha256:{}", &entry.module_digest[..12.min(entry.module_digest.len())]);
+        let change = if index == last { format!("{} (current)", entry.change) } else { entry.change.clone() };
+        table.push(vec![
+            entry.number.to_string(),
+            entry.revision.clone(),
+            module,
+            super::table::age(now, entry.applied_unix),
+            change,
+        ]);
+    }
+    print(&table.render())?;
     Ok(())
 }
 

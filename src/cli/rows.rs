@@ -354,6 +354,7 @@ pub(crate) mod tests {
             updated_unix: NOW - 300,
             resource_version: 0,
             previous: None,
+            history: Vec::new(),
         };
         let status = ServiceStatus {
             name: name.into(),

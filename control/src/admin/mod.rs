@@ -511,6 +511,13 @@ async fn apply_body(state: AdminState, body: ApplyBody, url_name: Option<String>
     all.push(service.clone());
     shoal_api::validate_set(&all).map_err(|e| bad_request(e.to_string()))?;
     let digest = modules::parse_digest(&body.module_digest)?;
+    if let Some(named) = service.spec.module_digest()
+        && named != digest
+    {
+        return Err(bad_request(format!(
+            "spec.module names module sha256:{named} but moduleDigest is sha256:{digest}; they must agree"
+        )));
+    }
     let warnings = shoal_api::warnings(&service);
     // Under the module lock (held off the runtime's threads: a gc may hold
     // it through several commits): a module is not deleted between the
@@ -523,8 +530,8 @@ async fn apply_body(state: AdminState, body: ApplyBody, url_name: Option<String>
     .await
     .map_err(|e| ApiError::internal(format!("apply failed: {e}")))?
     .map_err(|e| match e {
-        ApplyError::UnknownModule(_) => bad_request(e.to_string()),
         ApplyError::Store(e) => e.into(),
+        other => bad_request(other.to_string()),
     })?;
     if applied != crate::apply::Applied::Unchanged {
         state.events.normal(
@@ -537,23 +544,37 @@ async fn apply_body(state: AdminState, body: ApplyBody, url_name: Option<String>
     Ok(Json(ApplyResponse { result: applied.as_str(), service: view(&state, record), warnings }))
 }
 
-/// `POST /v1/services/{name}/rollback`: back to the previous revision
-/// (`shoal rollout undo`, the dashboard's roll back).
-async fn rollback_service(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> ApiResult<ApplyResponse> {
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RollbackQuery {
+    /// A revision number of the service's history; default the one before
+    /// the current.
+    to_revision: Option<u64>,
+}
+
+/// `POST /v1/services/{name}/rollback[?toRevision=N]`: back to an earlier
+/// revision (`shoal rollout undo`, the dashboard's roll back).
+async fn rollback_service(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    Query(query): Query<RollbackQuery>,
+) -> ApiResult<ApplyResponse> {
     if state.store.service(&name)?.is_none() {
         return Err(not_found("service", &name));
     }
     let (controller, store, target) = (state.controller.clone(), state.store.clone(), name.clone());
     let outcome = tokio::task::spawn_blocking(move || {
         let _modules = controller.module_lock();
-        crate::apply::roll_back(&*store, &target)
+        crate::apply::roll_back(&*store, &target, query.to_revision)
     })
     .await
     .map_err(|e| ApiError::internal(format!("roll back failed: {e}")))?
     .map_err(|e| match e {
         ApplyError::UnknownModule(digest) => bad_request(format!(
-            "the previous revision's module sha256:{digest} is no longer stored; push it again to roll back"
+            "that revision's module sha256:{digest} is no longer stored; push it again to roll back"
         )),
+        ApplyError::NoSuchRevision(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+        ApplyError::AlreadyCurrent(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
         ApplyError::Store(e) => e.into(),
     })?;
     let Some((applied, record)) = outcome else {
@@ -565,7 +586,12 @@ async fn rollback_service(State(state): State<AdminState>, UrlPath(name): UrlPat
     state.events.normal(
         format!("service/{name}"),
         "RolledBack",
-        format!("back to revision {} (generation {})", record.revision(), record.generation),
+        format!(
+            "back to revision {} (generation {}{})",
+            record.revision(),
+            record.generation,
+            record.history.last().map(|entry| format!(", history number {}", entry.number)).unwrap_or_default()
+        ),
     );
     state.controller.trigger();
     let warnings = shoal_api::warnings(&record.service);

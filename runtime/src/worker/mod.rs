@@ -764,7 +764,11 @@ fn guest_failure(error: &wasmtime::Error) -> Response<HyperOutgoingBody> {
         tracing::warn!("guest interrupted at its deadline");
         return plain(StatusCode::GATEWAY_TIMEOUT, "deadline exceeded\n");
     }
-    tracing::warn!(error = %format!("{error:?}"), "guest trapped");
+    // One line a reader of `shoal logs --tail` sees beside the guest's own
+    // panic message (which the guest printed just before); the wasm
+    // backtrace, a line per frame, at debug level (SHOAL_LOG=debug).
+    tracing::warn!("guest trapped: {}", error.root_cause());
+    tracing::debug!(error = %format!("{error:?}"), "guest trapped, with its backtrace");
     plain(StatusCode::INTERNAL_SERVER_ERROR, "the service trapped\n")
 }
 
