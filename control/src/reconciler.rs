@@ -161,6 +161,9 @@ pub struct Controller {
     share: Arc<std::sync::OnceLock<Arc<dyn Share>>>,
     /// The services as last read from the store, while its revision stays.
     desired: Mutex<Option<Arc<Desired>>>,
+    /// The certificate records the gateway was last given: a pass whose
+    /// store revision moved for anything else parses none again.
+    certificates: Mutex<Vec<crate::store::CertificateRecord>>,
 }
 
 /// The stored services as of one store revision, with what each pass needs
@@ -237,6 +240,7 @@ impl Controller {
             usage: Mutex::new(HashMap::new()),
             share,
             desired: Mutex::new(None),
+            certificates: Mutex::new(Vec::new()),
         });
         let changed = controller.waiting_changed.clone();
         tokio::spawn(Self::prepare_waiting(Arc::downgrade(&controller), changed));
@@ -674,8 +678,9 @@ impl Controller {
         Ok((desired, true))
     }
 
-    /// Gives the gateway's TLS listener the stored certificates per host
-    /// (it keeps serving the ones it has if the store cannot be read). A
+    /// Gives the gateway's TLS listener the stored certificates per host,
+    /// when they changed since the last time (it keeps serving the ones it
+    /// has if the store cannot be read). A
     /// stored certificate that no longer loads is left out, with an error
     /// logged: its host gets the default certificate.
     pub fn sync_certificates(&self) {
@@ -686,8 +691,12 @@ impl Controller {
                 return;
             }
         };
+        let mut synced = self.certificates.lock().expect("certificates lock");
+        if *synced == records {
+            return;
+        }
         let mut hosts = Vec::with_capacity(records.len());
-        for record in records {
+        for record in records.iter().cloned() {
             match shoal_gateway::tls::Certificate::parse(record.cert_pem.as_bytes(), record.key_pem.as_bytes()) {
                 Ok(certificate) => hosts.push((record.host, Arc::new(certificate.with_origin("store")))),
                 Err(error) => {
@@ -696,6 +705,7 @@ impl Controller {
             }
         }
         self.ctx.gateway.certificates().set_hosts(hosts);
+        *synced = records;
     }
 
     /// Publishes a service's routes, deadline and body limit to the gateway.

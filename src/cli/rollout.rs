@@ -102,7 +102,7 @@ pub async fn history(args: RolloutHistoryArgs) -> anyhow::Result<()> {
     }
     let last = record.history.len().saturating_sub(1);
     for (index, entry) in record.history.iter().enumerate() {
-        let module = format!("sha256:{}", &entry.module_digest[..12.min(entry.module_digest.len())]);
+        let module = super::table::short_digest(&entry.module_digest);
         let change = if index == last { format!("{} (current)", entry.change) } else { entry.change.clone() };
         table.push(vec![
             entry.number.to_string(),
