@@ -24,6 +24,7 @@ fn main() {
     }
 
     embed_sdk_js(&root);
+    embed_sdk_rust(&root);
     ensure_target();
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -56,11 +57,70 @@ fn main() {
 /// What of `sdk/js` `shoal build` needs (not `node_modules`, nor anything
 /// else a developer leaves there).
 const SDK_JS: [&str; 6] = ["build.mjs", "package.json", "package-lock.json", "README.md", "shims", "wit"];
+/// What of `sdk` (the Rust SDK) a project outside this repository builds
+/// with; its Cargo.toml is written standalone (see `standalone_manifest`).
+const SDK_RUST: [&str; 2] = ["README.md", "src"];
 
 /// Writes `$OUT_DIR/sdk_js.rs`: the JS SDK's files (`SDK_JS`, directories
 /// walked) as `&[(path, include_bytes!(…))]`, which `shoal build` writes out
 /// to its cache.
 fn embed_sdk_js(root: &Path) {
+    let sdk = root.join("sdk/js");
+    let files = walk_all(&sdk, &SDK_JS);
+    write_embedded("sdk_js.rs", &sdk, files, &[]);
+}
+
+/// Writes `$OUT_DIR/sdk_rust.rs`, as `embed_sdk_js` does, for the Rust SDK:
+/// its sources and a Cargo.toml that needs no workspace.
+fn embed_sdk_rust(root: &Path) {
+    let sdk = root.join("sdk");
+    let files = walk_all(&sdk, &SDK_RUST);
+    println!("cargo:rerun-if-changed=sdk/Cargo.toml");
+    println!("cargo:rerun-if-changed=Cargo.toml");
+    let manifest = standalone_manifest(root);
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("sdk_rust_Cargo.toml");
+    std::fs::write(&out, manifest).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
+    write_embedded("sdk_rust.rs", &sdk, files, &[("Cargo.toml", out)]);
+}
+
+/// `sdk/Cargo.toml` with each `key.workspace = true` replaced by the
+/// workspace's value and the workspace's lints dropped, so that it builds
+/// on its own.
+fn standalone_manifest(root: &Path) -> String {
+    let read =
+        |path: &Path| std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let workspace = read(&root.join("Cargo.toml"));
+    let mut inherited = std::collections::HashMap::new();
+    let mut in_package = false;
+    for line in workspace.lines() {
+        if line.starts_with('[') {
+            in_package = line.trim() == "[workspace.package]";
+        } else if in_package && let Some((key, value)) = line.split_once('=') {
+            inherited.insert(key.trim().to_owned(), value.trim().to_owned());
+        }
+    }
+    let mut manifest = String::new();
+    let mut lines = read(&root.join("sdk/Cargo.toml")).lines().map(str::to_owned).collect::<Vec<_>>().into_iter();
+    while let Some(line) = lines.next() {
+        if line.trim() == "[lints]" {
+            let next = lines.next().unwrap_or_default();
+            assert_eq!(next.trim(), "workspace = true", "sdk/Cargo.toml: [lints] other than the workspace's");
+            continue;
+        }
+        if let Some(key) = line.strip_suffix(".workspace = true") {
+            let value = inherited.get(key).unwrap_or_else(|| panic!("[workspace.package] has no {key}"));
+            manifest.push_str(&format!("{key} = {value}\n"));
+            continue;
+        }
+        assert!(!line.contains("workspace"), "sdk/Cargo.toml: cannot make {line:?} standalone");
+        manifest.push_str(&line);
+        manifest.push('\n');
+    }
+    manifest
+}
+
+/// The files under `base`'s `names`, directories walked in order.
+fn walk_all(base: &Path, names: &[&str]) -> Vec<PathBuf> {
     fn walk(path: &Path, files: &mut Vec<PathBuf>) {
         println!("cargo:rerun-if-changed={}", path.display());
         if !path.is_dir() {
@@ -77,18 +137,26 @@ fn embed_sdk_js(root: &Path) {
             walk(&entry, files);
         }
     }
-    let sdk = root.join("sdk/js");
     let mut files = Vec::new();
-    for name in SDK_JS {
-        walk(&sdk.join(name), &mut files);
+    for name in names {
+        walk(&base.join(name), &mut files);
     }
+    files
+}
+
+/// Writes `$OUT_DIR/<name>`: `&[(path under base, include_bytes!(file))]`
+/// for `files`, then for `extra` (path, file) pairs.
+fn write_embedded(name: &str, base: &Path, files: Vec<PathBuf>, extra: &[(&str, PathBuf)]) {
     let mut code = String::from("&[\n");
     for file in files {
-        let relative = file.strip_prefix(&sdk).expect("under sdk/js").to_str().expect("a UTF-8 path");
+        let relative = file.strip_prefix(base).expect("under the SDK").to_str().expect("a UTF-8 path");
+        code.push_str(&format!("    ({relative:?}, include_bytes!({:?})),\n", file.display().to_string()));
+    }
+    for (relative, file) in extra {
         code.push_str(&format!("    ({relative:?}, include_bytes!({:?})),\n", file.display().to_string()));
     }
     code.push_str("]\n");
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("sdk_js.rs");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join(name);
     std::fs::write(&out, code).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
 }
 

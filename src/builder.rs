@@ -60,6 +60,12 @@ enum Project {
 
 /// The SDK's files, embedded by build.rs: (path under `sdk/js`, contents).
 const SDK_JS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/sdk_js.rs"));
+/// The Rust SDK's files, embedded by build.rs: (path under `sdk`, contents),
+/// its Cargo.toml made standalone.
+const SDK_RUST: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/sdk_rust.rs"));
+/// The Rust SDK's crate name and version (always Shoal's).
+pub const SDK_RUST_CRATE: &str = "shoal-sdk";
+pub const SDK_RUST_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Runs `shoal build`.
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
@@ -171,11 +177,19 @@ fn outputs(dir: &Path, files: &[PathBuf], service: Option<&str>) -> anyhow::Resu
 fn build_cargo(manifest: &Path, outputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let dir = manifest.parent().unwrap_or(Path::new("."));
     ensure_wasm_target(dir)?;
-    let mut child = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
         .current_dir(dir)
         .args(["build", "--release", "--target", TARGET, "--message-format", "json-render-diagnostics"])
         .arg("--manifest-path")
-        .arg(manifest.file_name().unwrap_or(manifest.as_os_str()))
+        .arg(manifest.file_name().unwrap_or(manifest.as_os_str()));
+    if wants_registry_sdk(manifest)? {
+        // The SDK this binary embeds stands in for the crates.io release
+        // (set on the command line, this wins over a stale path a
+        // `.cargo/config.toml` may hold).
+        cargo.arg("--config").arg(sdk_rust_patch(&sdk_rust()?));
+    }
+    let mut child = cargo
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| anyhow!("cannot run cargo: {e}; building a Rust service needs a Rust toolchain"))?;
@@ -219,6 +233,82 @@ fn build_cargo(manifest: &Path, outputs: &[PathBuf]) -> anyhow::Result<Vec<PathB
         copy(source, output)?;
     }
     Ok(outputs.to_vec())
+}
+
+/// Whether the Cargo.toml at `manifest` depends on `shoal-sdk` from the
+/// registry (`shoal-sdk = "0.1.0"`, as `shoal new` writes), rather than by
+/// path or git, which `shoal build` leaves alone.
+fn wants_registry_sdk(manifest: &Path) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
+    Ok(text.lines().map(str::trim_start).any(|line| {
+        let Some(rest) = line.strip_prefix(SDK_RUST_CRATE) else { return false };
+        let rest = rest.trim_start();
+        (rest.starts_with('=') || rest.starts_with(".version"))
+            && !["path", "git", "workspace"].iter().any(|source| rest.contains(source))
+    }))
+}
+
+/// `sdk`'s path as a TOML string.
+pub fn toml_string(sdk: &Path) -> String {
+    let path = sdk.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{path}\"")
+}
+
+/// The `--config` value that makes cargo take `shoal-sdk` from the copy at
+/// `sdk`.
+fn sdk_rust_patch(sdk: &Path) -> String {
+    format!("patch.crates-io.{SDK_RUST_CRATE}.path={}", toml_string(sdk))
+}
+
+/// The Rust SDK embedded in this binary, written to the cache directory
+/// (`sdk-rust-<version>`, rewritten when its contents differ, under a file
+/// lock against concurrent builds); its path.
+pub fn sdk_rust() -> anyhow::Result<PathBuf> {
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("cannot create the cache directory {}", cache.display()))?;
+    let digest = files_digest(SDK_RUST);
+    let sdk = cache.join(format!("sdk-rust-{SDK_RUST_VERSION}"));
+    let marker = sdk.join(".shoal-digest");
+    let current = || std::fs::read_to_string(&marker).is_ok_and(|found| found == digest);
+    if current() {
+        return Ok(sdk);
+    }
+    let lock_path = cache.join("sdk-rust.lock");
+    let lock = File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    if current() {
+        return Ok(sdk);
+    }
+    if sdk.exists() {
+        std::fs::remove_dir_all(&sdk).with_context(|| format!("cannot remove the old copy {}", sdk.display()))?;
+    }
+    write_files(&sdk, SDK_RUST)?;
+    std::fs::write(&marker, &digest).with_context(|| format!("cannot write {}", marker.display()))?;
+    Ok(sdk)
+}
+
+/// A short digest of embedded files, naming their version.
+fn files_digest(files: &[(&str, &[u8])]) -> String {
+    let mut hash = Sha256::new();
+    for (path, contents) in files {
+        hash.update(path.as_bytes());
+        hash.update((contents.len() as u64).to_le_bytes());
+        hash.update(contents);
+    }
+    hash.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes embedded files under `dir`.
+fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> anyhow::Result<()> {
+    for (path, contents) in files {
+        let file = dir.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&file, contents).with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    Ok(())
 }
 
 /// Adds the wasm32-wasip2 target to the toolchain `dir` builds with, when
@@ -289,14 +379,7 @@ fn sdk_js() -> anyhow::Result<PathBuf> {
     let cache = cache_dir()?;
     std::fs::create_dir_all(&cache)
         .with_context(|| format!("cannot create the cache directory {}", cache.display()))?;
-    let mut hash = Sha256::new();
-    for (path, contents) in SDK_JS {
-        hash.update(path.as_bytes());
-        hash.update((contents.len() as u64).to_le_bytes());
-        hash.update(contents);
-    }
-    let digest: String = hash.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let sdk = cache.join(format!("sdk-js-{digest}"));
+    let sdk = cache.join(format!("sdk-js-{}", files_digest(SDK_JS)));
     let installed = sdk.join("node_modules").join(".shoal-installed");
     if installed.is_file() {
         return Ok(sdk);
@@ -311,13 +394,7 @@ fn sdk_js() -> anyhow::Result<PathBuf> {
         return Ok(sdk); // another build installed it while this one waited
     }
     require_tool("npm", "--version")?;
-    for (path, contents) in SDK_JS {
-        let file = sdk.join(path);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        std::fs::write(&file, contents).with_context(|| format!("cannot write {}", file.display()))?;
-    }
+    write_files(&sdk, SDK_JS)?;
     eprintln!(
         "installing the JavaScript SDK's dependencies (npm ci in {}; once per SDK version, ~10-40 s)",
         sdk.display()
@@ -461,6 +538,38 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// The embedded Rust SDK builds on its own, at Shoal's version, which
+    /// is what `shoal new` asks for.
+    #[test]
+    fn the_embedded_rust_sdk_is_standalone_at_shoals_version() {
+        let manifest = SDK_RUST.iter().find(|(path, _)| *path == "Cargo.toml").expect("Cargo.toml embedded");
+        let manifest = std::str::from_utf8(manifest.1).unwrap();
+        assert!(manifest.contains(&format!("\nversion = \"{SDK_RUST_VERSION}\"\n")), "{manifest}");
+        assert!(manifest.contains(&format!("name = \"{SDK_RUST_CRATE}\"")), "{manifest}");
+        assert!(!manifest.contains("workspace"), "{manifest}");
+        assert!(SDK_RUST.iter().any(|(path, _)| *path == "src/lib.rs"));
+    }
+
+    #[test]
+    fn only_a_registry_dependency_on_the_sdk_gets_the_embedded_one() {
+        let dir = temp_dir("registry-sdk");
+        let cases = [
+            ("shoal-sdk = \"0.1.0\"", true),
+            ("shoal-sdk = { version = \"0.1\", features = [] }", true),
+            ("shoal-sdk.version = \"0.1\"", true),
+            ("shoal-sdk = { path = \"../sdk\" }", false),
+            ("shoal-sdk.workspace = true", false),
+            ("shoal-sdk = { git = \"https://example.com/x\" }", false),
+            ("shoal-sdk-extra = \"1\"", false),
+        ];
+        for (line, wanted) in cases {
+            let manifest = dir.join("Cargo.toml");
+            std::fs::write(&manifest, format!("[package]\nname = \"x\"\n\n[dependencies]\n{line}\n")).unwrap();
+            assert_eq!(wants_registry_sdk(&manifest).unwrap(), wanted, "{line}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

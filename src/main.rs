@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod builder;
 mod cli;
+mod scaffold;
 mod up;
 
 use std::net::SocketAddr;
@@ -35,6 +36,10 @@ enum Command {
     /// names: a Cargo project for wasm32-wasip2, a JavaScript project
     /// (package.json, app.js, index.js) with the JS SDK.
     Build(builder::BuildArgs),
+    /// Start a service: write a directory (handler, build files,
+    /// service.yaml, README) that `shoal build` builds and `shoal apply`
+    /// deploys, outside any clone of Shoal.
+    New(scaffold::NewArgs),
     /// Run one replica (started by the node agent; not for direct use).
     #[command(hide = true)]
     Worker {
@@ -212,6 +217,13 @@ fn main() -> ExitCode {
                 },
             ))
         }
+        Command::New(args) => match scaffold::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Build(args) => match builder::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

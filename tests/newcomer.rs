@@ -1,8 +1,12 @@
-//! What a newcomer meets in their first hour (issue 20's small surprises):
+//! What a newcomer meets in their first hour: `shoal new` projects that
+//! build and deploy with nothing but the `shoal` binary and the toolchains,
 //! starting without the sample, listing a service's replicas by its name,
 //! selecting by labels, and build hints that can be followed as printed.
 
 mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use support::*;
 
@@ -80,4 +84,133 @@ fn the_build_hint_names_a_manifest_build_would_not_read() {
     assert!(!status.success());
     let hint = format!("build it with: shoal build {} -f {}", dir.0.display(), staging.display());
     assert!(err.contains(&hint), "{err:?} lacks {hint:?}");
+}
+
+/// Where a tool is on this machine's PATH.
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(tool)).find(|p| p.is_file())
+}
+
+/// A machine with only the `shoal` binary and the toolchains: a directory
+/// holding `shoal` alone, and one holding the toolchains' commands (cargo's
+/// directory, node and npm, and what they run: the C linker build scripts
+/// link with, a shell for npm's install scripts). No clone of this
+/// repository is involved: projects live in a temporary directory.
+struct Newcomer {
+    home: Scratch,
+    path: std::ffi::OsString,
+    /// The toolchain the tests were built with (it has wasm32-wasip2).
+    toolchain: String,
+}
+
+impl Newcomer {
+    fn new() -> Newcomer {
+        let home = Scratch::new("newcomer");
+        let bin = home.0.join("bin");
+        let tools = home.0.join("tools");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&tools).unwrap();
+        std::os::unix::fs::symlink(SHOAL, bin.join("shoal")).unwrap();
+        let cargo = which("cargo").expect("cargo is on PATH");
+        for tool in ["node", "npm", "cc", "sh"] {
+            if let Some(found) = which(tool) {
+                std::os::unix::fs::symlink(found, tools.join(tool)).unwrap();
+            }
+        }
+        let path = std::env::join_paths([bin, cargo.parent().unwrap().to_path_buf(), tools]).unwrap();
+        let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output().expect("rustc runs");
+        let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+        let toolchain = std::env::var("RUSTUP_TOOLCHAIN")
+            .unwrap_or_else(|_| sysroot.file_name().unwrap().to_string_lossy().into_owned());
+        Newcomer { home, path, toolchain }
+    }
+
+    /// Runs `shoal args` in `cwd` with nothing of this environment but
+    /// HOME (rustup's and npm's settings), cargo's and rustup's homes, the
+    /// toolchain and the test's cache (the JS SDK's npm install is shared
+    /// with the other tests).
+    fn shoal(&self, cwd: &Path, args: &[&str], up: Option<&Shoal>) -> (bool, String) {
+        let mut command = Command::new("shoal");
+        command.env_clear().current_dir(cwd).args(args).env("PATH", &self.path);
+        for kept in ["HOME", "CARGO_HOME", "RUSTUP_HOME"] {
+            if let Some(value) = std::env::var_os(kept) {
+                command.env(kept, value);
+            }
+        }
+        command
+            .env("RUSTUP_TOOLCHAIN", &self.toolchain)
+            .env("SHOAL_CACHE_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shoal-cache"));
+        if let Some(up) = up {
+            command.env("SHOAL_SERVER", up.server()).env("SHOAL_TOKEN", up.token());
+        }
+        // `Command` looks `shoal` up in the child's PATH.
+        let output = command.output().expect("cannot run shoal from the newcomer's PATH");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    }
+
+    /// `shoal new LANGUAGE NAME && cd NAME && shoal build && shoal apply -f
+    /// service.yaml`, then a request to /NAME: its answer.
+    async fn new_build_apply(&self, up: &Shoal, language: &str, name: &str) -> String {
+        let (ok, out) = self.shoal(&self.home.0, &["new", language, name], None);
+        assert!(ok, "{out}");
+        assert!(out.contains(&format!("cd {name}\n  shoal build\n  shoal apply -f service.yaml")), "{out}");
+        let project = self.home.0.join(name);
+        let (ok, out) = self.shoal(&project, &["build"], None);
+        assert!(ok, "shoal build failed:\n{out}");
+        let (ok, out) = self.shoal(&project, &["apply", "-f", "service.yaml"], Some(up));
+        assert!(ok && out.contains(&format!("service/{name} created")), "{out}");
+        let (ok, out) = self.shoal(&project, &["rollout", "status", name, "--timeout", "2m"], Some(up));
+        assert!(ok, "{out}");
+        let (status, body) = get(&up.url(&format!("/{name}")), None).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shoal_new_rust_builds_and_deploys_with_only_shoal_and_the_toolchain() {
+    let newcomer = Newcomer::new();
+    let mut up = Shoal::start(&[]);
+    // Beside the sample, which keeps "/".
+    let body = newcomer.new_build_apply(&up, "rust", "hello2").await;
+    assert!(body.starts_with("Hello from hello2! You've hit hello2-"), "{body}");
+    assert!(get(&up.url("/"), None).await.1.starts_with("You've hit kubia-"));
+    // Its readiness probe gated it, and the SDK came from the binary.
+    let (_, described) = newcomer.shoal(&newcomer.home.0, &["describe", "service", "hello2"], Some(&up));
+    assert!(described.contains("Readiness:     http-get /hello2/healthz"), "{described}");
+    let lock = std::fs::read_to_string(newcomer.home.0.join("hello2/Cargo.lock")).unwrap();
+    assert!(lock.contains("name = \"shoal-sdk\"\nversion = \"0.1.0\"\n"), "{lock}");
+    // Plain cargo builds it too (its .cargo/config.toml names the SDK).
+    let status = Command::new("cargo")
+        .current_dir(newcomer.home.0.join("hello2"))
+        .args(["build", "--release", "--quiet"])
+        .env("RUSTUP_TOOLCHAIN", &newcomer.toolchain)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // What shoal new refuses.
+    let (ok, out) = newcomer.shoal(&newcomer.home.0, &["new", "rust", "hello2"], None);
+    assert!(!ok && out.contains("hello2: already exists and is not an empty directory"), "{out}");
+    let (ok, out) = newcomer.shoal(&newcomer.home.0, &["new", "rust", "Hello_World"], None);
+    assert!(!ok && out.contains("\"Hello_World\" is not a valid name"), "{out}");
+    let (ok, out) = newcomer.shoal(&newcomer.home.0, &["new", "go", "x"], None);
+    assert!(!ok && out.contains("invalid value 'go'") && out.contains("rust, js"), "{out}");
+    assert!(up.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shoal_new_js_builds_and_deploys_with_only_shoal_and_node() {
+    if which("node").is_none() || which("npm").is_none() {
+        assert!(std::env::var("SHOAL_REQUIRE_NODE").as_deref() != Ok("1"), "SHOAL_REQUIRE_NODE=1 but no node/npm");
+        eprintln!("skipped: Node.js and npm are not installed");
+        return;
+    }
+    let newcomer = Newcomer::new();
+    let mut up = Shoal::start(&["--no-sample"]);
+    let body = newcomer.new_build_apply(&up, "js", "hello3").await;
+    assert!(body.starts_with("Hello from hello3! You've hit hello3-"), "{body}");
+    assert!(up.stop().success());
 }

@@ -46,6 +46,14 @@
 //!   allowOutbound:               # optional; where guests may send HTTP requests; default none
 //!     - http://kubia             # scheme://host[:port]: http, https or *; a name, an IP, *.domain or *; a port or *
 //!     - https://*.example.org:8443
+//!   readiness:                   # optional; a new replica takes requests once GET path answers 200..=399
+//!     path: /healthz             # required; path and query, starts with "/"
+//!     initialDelaySeconds: 0     # before the first probe; default 0; 0..=3600
+//!     periodSeconds: 10          # between probes; default 10; 1..=3600
+//!     timeoutSeconds: 1          # a probe's deadline; default 1; 1..=60
+//!     failureThreshold: 3        # failures in a row that count; default 3; 1..=100
+//!   liveness:                    # optional, same fields; failing failureThreshold times restarts the replica
+//!     path: /healthz
 //! ```
 //!
 //! A file may hold several documents separated by `---`. Unknown fields are
@@ -94,7 +102,7 @@ mod validate;
 
 pub use error::ManifestError;
 pub use manifest::{
-    API_VERSION, Autoscale, InstancePolicy, Instances, KIND, Limits, PolicyReason, Resources, Route, RouteTls,
+    API_VERSION, Autoscale, InstancePolicy, Instances, KIND, Limits, PolicyReason, Probe, Resources, Route, RouteTls,
     ScaleMetric, Service, ServiceSpec, WORKER_RESERVE, parse_manifests, validate_set, warnings,
 };
 pub use objects::{
@@ -104,4 +112,4 @@ pub use objects::{
 };
 pub use outbound::{AllowOutbound, OutboundRule};
 pub use quantity::{format_bytes, parse_cpu, parse_memory};
-pub use validate::{MAX_REPLICAS, check_host};
+pub use validate::{MAX_REPLICAS, check_host, check_name};

@@ -85,6 +85,46 @@ pub struct ServiceSpec {
     /// every call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_outbound: Vec<String>,
+    /// `spec.readiness`: a new replica takes requests only once this probe
+    /// passes, and leaves the rotation while it fails. `None`: ready once
+    /// started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Probe>,
+    /// `spec.liveness`: a replica whose probe fails `failureThreshold`
+    /// times in a row is restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Probe>,
+}
+
+/// An HTTP probe (`spec.readiness`, `spec.liveness`), as Kubernetes'
+/// `httpGet` probes: a `GET` of `path` sent straight to one replica; a
+/// status from 200 to 399 within `timeoutSeconds` passes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    /// Path and query, starting with `/`.
+    pub path: String,
+    /// Seconds from the replica's start to the first probe, 0..=3600
+    /// (default 0).
+    pub initial_delay_seconds: u32,
+    /// Seconds between probes, 1..=3600 (default 10).
+    pub period_seconds: u32,
+    /// Seconds a probe may take, 1..=60 (default 1).
+    pub timeout_seconds: u32,
+    /// Failures in a row that count, 1..=100 (default 3).
+    pub failure_threshold: u32,
+}
+
+impl Probe {
+    pub fn initial_delay(&self) -> Duration {
+        Duration::from_secs(self.initial_delay_seconds.into())
+    }
+    pub fn period(&self) -> Duration {
+        Duration::from_secs(self.period_seconds.into())
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds.into())
+    }
 }
 
 /// What the autoscaler measures per replica.

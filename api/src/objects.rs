@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{InstancePolicy, Instances, Limits, Resources, Route, Service};
+use crate::manifest::{InstancePolicy, Instances, Limits, Probe, Resources, Route, Service};
 
 /// A service as stored: the validated manifest plus what the control plane
 /// adds.
@@ -89,7 +89,9 @@ fn is_zero(value: &u64) -> bool {
 impl ServiceRecord {
     /// The revision: the first 6 hex characters of a sha256 over what
     /// replicas are made from: the module digest, `spec.env`,
-    /// `spec.resources`, `spec.limits` and `spec.timeout`.
+    /// `spec.resources`, `spec.limits`, `spec.instances`, `spec.timeout` and
+    /// the probes (the last three only when set, so that older records keep
+    /// their revisions).
     ///
     /// Replicas and routes are left out, so scaling or re-routing a service
     /// does not replace its replicas (as in Kubernetes, where only a change
@@ -107,6 +109,10 @@ impl ServiceRecord {
             #[serde(skip_serializing_if = "is_default")]
             instances: &'a Instances,
             timeout: Duration,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            readiness: Option<&'a Probe>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            liveness: Option<&'a Probe>,
         }
         // Services stored before `instances` existed keep their revision.
         fn is_default(instances: &&Instances) -> bool {
@@ -120,6 +126,8 @@ impl ServiceRecord {
             limits: &spec.limits,
             instances: &spec.instances,
             timeout: spec.timeout,
+            readiness: spec.readiness.as_ref(),
+            liveness: spec.liveness.as_ref(),
         };
         let json = serde_json::to_vec(&template).expect("strings, maps and integers serialize");
         let digest = Sha256::digest(&json);
@@ -496,6 +504,8 @@ mod tests {
                     timeout: Duration::from_secs(10),
                     autoscale: None,
                     allow_outbound: Vec::new(),
+                    readiness: None,
+                    liveness: None,
                 },
                 resource_version: None,
             },

@@ -37,8 +37,8 @@ pub(crate) struct RawMetadata {
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mapping with module, replicas, routes, env, resources, limits, instances, timeout, autoscale and \
-                 allowOutbound"
+    expecting = "a mapping with module, replicas, routes, env, resources, limits, instances, timeout, autoscale, \
+                 allowOutbound, readiness and liveness"
 )]
 pub(crate) struct RawSpec {
     pub module: Option<String>,
@@ -51,6 +51,23 @@ pub(crate) struct RawSpec {
     pub timeout: Option<String>,
     pub autoscale: Option<RawAutoscale>,
     pub allow_outbound: Option<Vec<String>>,
+    pub readiness: Option<RawProbe>,
+    pub liveness: Option<RawProbe>,
+}
+
+/// `spec.readiness` and `spec.liveness`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with path, initialDelaySeconds, periodSeconds, timeoutSeconds and failureThreshold"
+)]
+pub(crate) struct RawProbe {
+    pub path: Option<String>,
+    pub initial_delay_seconds: Option<WholeNumber>,
+    pub period_seconds: Option<WholeNumber>,
+    pub timeout_seconds: Option<WholeNumber>,
+    pub failure_threshold: Option<WholeNumber>,
 }
 
 /// `spec.autoscale`. Durations and percentages are read as strings (a

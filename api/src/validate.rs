@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use crate::error::{ManifestError, join, key_path};
 use crate::manifest::{
-    API_VERSION, Autoscale, Instances, KIND, Limits, Resources, Route, RouteTls, ScaleMetric, Service, ServiceSpec,
+    API_VERSION, Autoscale, Instances, KIND, Limits, Probe, Resources, Route, RouteTls, ScaleMetric, Service,
+    ServiceSpec,
 };
 use crate::quantity::{format_bytes, parse_cpu, parse_memory};
 use crate::raw::{
-    RawAutoscale, RawInstances, RawLimits, RawResources, RawRoute, RawService, RawSpec, StringMap, WholeNumber,
+    RawAutoscale, RawInstances, RawLimits, RawProbe, RawResources, RawRoute, RawService, RawSpec, StringMap,
+    WholeNumber,
 };
 
 const KI: u64 = 1024;
@@ -255,6 +257,8 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
     }
     crate::AllowOutbound::parse(&allow_outbound)
         .map_err(|(i, why)| ManifestError::new(format!("spec.allowOutbound[{i}]"), why))?;
+    let readiness = raw.readiness.map(|p| probe(p, "spec.readiness")).transpose()?;
+    let liveness = raw.liveness.map(|p| probe(p, "spec.liveness")).transpose()?;
     let replicas = match (replicas, &autoscale) {
         (None, None) => 1,
         (Some(n), None) => n,
@@ -285,7 +289,50 @@ fn spec(raw: RawSpec, manifest_dir: &Path) -> Result<ServiceSpec> {
         timeout,
         autoscale,
         allow_outbound,
+        readiness,
+        liveness,
     })
+}
+
+/// The longest probe path.
+const MAX_PROBE_PATH: usize = 1024;
+
+fn probe(raw: RawProbe, field: &str) -> Result<Probe> {
+    let path = raw.path.ok_or_else(|| required(&format!("{field}.path")))?;
+    if !path.starts_with('/') {
+        return Err(ManifestError::new(format!("{field}.path"), format!("{path:?} must start with \"/\"")));
+    }
+    if path.len() > MAX_PROBE_PATH {
+        return Err(ManifestError::new(format!("{field}.path"), format!("longer than {MAX_PROBE_PATH} bytes")));
+    }
+    // What a request line carries: visible ASCII (anything else
+    // percent-encoded), and no fragment.
+    if let Some(bad) = path.chars().find(|c| !c.is_ascii_graphic() || *c == '#') {
+        return Err(ManifestError::new(
+            format!("{field}.path"),
+            format!("{path:?} contains {bad:?} (percent-encode it; no spaces or \"#\")"),
+        ));
+    }
+    Ok(Probe {
+        path,
+        initial_delay_seconds: count(raw.initial_delay_seconds, 0, 0, 3600, &format!("{field}.initialDelaySeconds"))?,
+        period_seconds: count(raw.period_seconds, 10, 1, 3600, &format!("{field}.periodSeconds"))?,
+        timeout_seconds: count(raw.timeout_seconds, 1, 1, 60, &format!("{field}.timeoutSeconds"))?,
+        failure_threshold: count(raw.failure_threshold, 3, 1, 100, &format!("{field}.failureThreshold"))?,
+    })
+}
+
+/// Checks a service name as `metadata.name` is checked; the reason it is
+/// refused.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    if is_dns_label(name, MAX_NAME_LEN) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name (lowercase letters, digits and \"-\", not at either end, at most \
+             {MAX_NAME_LEN} characters)"
+        ))
+    }
 }
 
 /// The most `spec.allowOutbound` entries.

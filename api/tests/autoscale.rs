@@ -351,7 +351,7 @@ fn spec_lists_autoscale_among_its_fields() {
         &with_spec("  - x\n").replace("spec:\n  module: hello.wasm\n", "spec:\n"),
         "spec",
         &[
-            "expected a mapping with module, replicas, routes, env, resources, limits, instances, timeout, autoscale and allowOutbound",
+            "expected a mapping with module, replicas, routes, env, resources, limits, instances, timeout, autoscale, allowOutbound, readiness and liveness",
         ],
     );
 }

@@ -108,6 +108,8 @@ fn changes(before: &ServiceRecord, after: &ServiceRecord) -> String {
         ("limits", a.limits != b.limits),
         ("instances", a.instances != b.instances),
         ("timeout", a.timeout != b.timeout),
+        ("readiness", a.readiness != b.readiness),
+        ("liveness", a.liveness != b.liveness),
     ] {
         if differs {
             changed.push(name.to_owned());

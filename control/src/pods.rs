@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use shoal_api::Probe;
 use shoal_api::objects::{ReplicaInfo, ReplicaState, now_unix};
 use shoal_gateway::Gateway;
 use shoal_gateway::link::Link;
@@ -61,6 +62,13 @@ pub struct PodStatus {
     pub message: Option<String>,
 }
 
+/// The service's HTTP probes (`spec.readiness`, `spec.liveness`).
+#[derive(Debug, Clone, Default)]
+pub struct Probes {
+    pub readiness: Option<Probe>,
+    pub liveness: Option<Probe>,
+}
+
 /// Shared pieces every pod task uses.
 #[derive(Clone)]
 pub struct PodContext {
@@ -78,7 +86,14 @@ impl Pod {
     /// Starts a pod running `spec`; `asked` orders its first start among
     /// those waiting (for a service woken from zero, when its first
     /// request arrived).
-    pub fn start(ctx: PodContext, spec: ReplicaSpec, revision: String, digest: String, asked: Instant) -> Pod {
+    pub fn start(
+        ctx: PodContext,
+        spec: ReplicaSpec,
+        probes: Probes,
+        revision: String,
+        digest: String,
+        asked: Instant,
+    ) -> Pod {
         let status = Arc::new(Mutex::new(PodStatus {
             state: ReplicaState::Starting,
             ready: false,
@@ -91,7 +106,7 @@ impl Pod {
         }));
         let (stop, stop_rx) = watch::channel(false);
         let (gateway, service, name) = (ctx.gateway.clone(), spec.service.clone(), spec.name.clone());
-        let run = run(ctx, spec.clone(), status.clone(), stop_rx, asked);
+        let run = run(ctx, spec.clone(), probes, status.clone(), stop_rx, asked);
         let task = tokio::spawn(async move {
             run.await;
             // The replica is gone for good: so are its figures.
@@ -182,6 +197,7 @@ impl Dirty {
 async fn run(
     ctx: PodContext,
     spec: ReplicaSpec,
+    probes: Probes,
     status: Arc<Mutex<PodStatus>>,
     mut stop: watch::Receiver<bool>,
     asked: Instant,
@@ -232,52 +248,99 @@ async fn run(
                     &spec.allow_outbound,
                     spec.call_response_body,
                 ));
-                ctx.gateway.add_replica(&spec.service, &replica.name, link.clone());
-                update(&|s| {
-                    s.state = ReplicaState::Running;
-                    s.ready = true;
-                    s.ever_ready = true;
-                    s.pid = Some(pid);
-                    s.cgroup = cgroup.clone();
-                    s.started_unix = now_unix();
-                });
-                ctx.events.normal(
-                    &object,
-                    "Started",
-                    format!(
-                        "pid {pid}, cgroup {}, {}",
-                        cgroup.as_deref().unwrap_or("none (unconfined)"),
-                        replica.startup
-                    ),
-                );
-                let name = replica.name.clone();
-                let killer = replica.killer();
-                tokio::select! {
-                    () = probe(&ctx, &spec.service, &name, (&link, pid), &update, &object) => unreachable!(),
-                    () = broken(&link, &killer, &ctx.events, &object) => unreachable!(),
-                    exit = replica.wait() => {
-                        link.close(&format!("the worker {exit}"));
-                        ctx.gateway.remove_replica(&spec.service, &replica.name);
-                        (failures, delay) = after_exit(failures, Some(started.elapsed()));
-                        let reason = if exit == Exit::OomKilled { "OOMKilled" } else { "Exited" };
+                'serving: {
+                    if let Some(readiness) = &probes.readiness {
+                        // Not in rotation until the service says it is ready.
                         update(&|s| {
-                            s.ready = false;
-                            s.pid = None;
-                            s.restarts += 1;
-                            s.message = Some(format!("last exit: {exit}"));
+                            s.pid = Some(pid);
+                            s.cgroup = cgroup.clone();
                         });
-                        if *stop.borrow() {
+                        let gate = tokio::select! {
+                            result = first_ready(&link, readiness, &ctx.events, &object) => Gate::Probed(result),
+                            exit = replica.wait() => Gate::Exited(exit),
+                            () = stopped(&mut stop) => Gate::Stop,
+                        };
+                        let why = match gate {
+                            Gate::Probed(Ok(())) => None,
+                            Gate::Probed(Err(why)) => {
+                                // Never ready: a failed start, so a rollout
+                                // halts on it with this reason.
+                                let exit = ctx.agent.stop(&mut replica, GRACE).await;
+                                link.close(&format!("the worker {exit}"));
+                                Some(why)
+                            }
+                            Gate::Exited(exit) => {
+                                link.close(&format!("the worker {exit}"));
+                                Some(format!("the worker {exit} before its readiness probe passed"))
+                            }
+                            Gate::Stop => {
+                                let exit = ctx.agent.stop(&mut replica, GRACE).await;
+                                link.close(&format!("the worker {exit}"));
+                                ctx.events.normal(&object, "Stopped", format!("worker {exit}"));
+                                return;
+                            }
+                        };
+                        if let Some(why) = why {
+                            (failures, delay) = after_exit(failures, None);
+                            update(&|s| {
+                                s.pid = None;
+                                s.restarts += 1;
+                                s.message = Some(why.clone());
+                            });
+                            ctx.events.warning(&object, "FailedStart", format!("{why}; restarting {}", when(delay)));
+                            break 'serving;
+                        }
+                    }
+                    ctx.gateway.add_replica(&spec.service, &replica.name, link.clone());
+                    update(&|s| {
+                        s.state = ReplicaState::Running;
+                        s.ready = true;
+                        s.ever_ready = true;
+                        s.pid = Some(pid);
+                        s.cgroup = cgroup.clone();
+                        s.started_unix = now_unix();
+                    });
+                    ctx.events.normal(
+                        &object,
+                        "Started",
+                        format!(
+                            "pid {pid}, cgroup {}, {}",
+                            cgroup.as_deref().unwrap_or("none (unconfined)"),
+                            replica.startup
+                        ),
+                    );
+                    let name = replica.name.clone();
+                    let killer = replica.killer();
+                    let rotation = Rotation::new(&ctx, &spec.service, &name, &link, &update, &object);
+                    tokio::select! {
+                        () = probe(&rotation, (&link, pid)) => unreachable!(),
+                        () = readiness(&rotation, &link, probes.readiness.as_ref()) => unreachable!(),
+                        () = liveness(&link, probes.liveness.as_ref(), &killer, &ctx.events, &object) => unreachable!(),
+                        () = broken(&link, &killer, &ctx.events, &object) => unreachable!(),
+                        exit = replica.wait() => {
+                            link.close(&format!("the worker {exit}"));
+                            ctx.gateway.remove_replica(&spec.service, &replica.name);
+                            (failures, delay) = after_exit(failures, Some(started.elapsed()));
+                            let reason = if exit == Exit::OomKilled { "OOMKilled" } else { "Exited" };
+                            update(&|s| {
+                                s.ready = false;
+                                s.pid = None;
+                                s.restarts += 1;
+                                s.message = Some(format!("last exit: {exit}"));
+                            });
+                            if *stop.borrow() {
+                                return;
+                            }
+                            ctx.events.warning(&object, reason, format!("worker {exit}; restarting {}", when(delay)));
+                        }
+                        () = stopped(&mut stop) => {
+                            ctx.gateway.remove_replica(&spec.service, &replica.name);
+                            tokio::time::sleep(DEREGISTER_DELAY).await;
+                            let exit = ctx.agent.stop(&mut replica, GRACE).await;
+                            link.close(&format!("the worker {exit}"));
+                            ctx.events.normal(&object, "Stopped", format!("worker {exit}"));
                             return;
                         }
-                        ctx.events.warning(&object, reason, format!("worker {exit}; restarting {}", when(delay)));
-                    }
-                    () = stopped(&mut stop) => {
-                        ctx.gateway.remove_replica(&spec.service, &replica.name);
-                        tokio::time::sleep(DEREGISTER_DELAY).await;
-                        let exit = ctx.agent.stop(&mut replica, GRACE).await;
-                        link.close(&format!("the worker {exit}"));
-                        ctx.events.normal(&object, "Stopped", format!("worker {exit}"));
-                        return;
                     }
                 }
             }
@@ -348,52 +411,172 @@ const PROBE_FAILURES: u32 = 2;
 /// slow one keeps its requests until then.
 const PROBE_STUCK: u32 = 4;
 
-/// Probes a running worker forever: after [`PROBE_FAILURES`] failed probes
-/// in a row it leaves the gateway's rotation (its process may be alive but
-/// stuck or stopped) and returns to it on the next success. Requests
-/// already waiting on it are given up (sent to another replica where that
-/// is safe, else `502`) only when it is stuck: its process is stopped, or
-/// [`PROBE_STUCK`] probes failed; a replica that is only slow finishes them.
-async fn probe(
-    ctx: &PodContext,
-    service: &str,
-    replica: &str,
-    (link, pid): (&Arc<Link>, u32),
-    update: &StatusUpdate<'_>,
-    object: &str,
-) {
+/// Whether a running replica is in the gateway's rotation: it is while its
+/// worker answers on its channel and its readiness probe (if it has one)
+/// passes. Each of the two takes it out; it returns when both are well.
+struct Rotation<'a> {
+    ctx: &'a PodContext,
+    service: &'a str,
+    replica: &'a str,
+    link: &'a Arc<Link>,
+    update: &'a StatusUpdate<'a>,
+    object: &'a str,
+    /// (channel failing, readiness failing).
+    down: Mutex<(bool, bool)>,
+}
+
+impl<'a> Rotation<'a> {
+    fn new(
+        ctx: &'a PodContext,
+        service: &'a str,
+        replica: &'a str,
+        link: &'a Arc<Link>,
+        update: &'a StatusUpdate<'a>,
+        object: &'a str,
+    ) -> Self {
+        Rotation { ctx, service, replica, link, update, object, down: Mutex::new((false, false)) }
+    }
+
+    /// Records whether the channel (`channel: true`) or the readiness
+    /// probe is failing, taking the replica out of rotation or back in
+    /// when that changes; `why` says what happened, for the event.
+    fn set(&self, channel: bool, failing: bool, why: &str) {
+        let mut down = self.down.lock().expect("rotation lock");
+        let was_in = !down.0 && !down.1;
+        if channel {
+            down.0 = failing;
+        } else {
+            down.1 = failing;
+        }
+        let now_in = !down.0 && !down.1;
+        drop(down);
+        if was_in && !now_in {
+            self.ctx.gateway.remove_replica(self.service, self.replica);
+            (self.update)(&|s| s.ready = false);
+            self.ctx.events.warning(self.object, "Unready", format!("{why}; out of rotation"));
+        } else if !was_in && now_in {
+            self.ctx.gateway.add_replica(self.service, self.replica, self.link.clone());
+            (self.update)(&|s| s.ready = true);
+            self.ctx.events.normal(self.object, "Ready", format!("{why}; back in rotation"));
+        }
+    }
+
+    fn in_rotation(&self) -> bool {
+        let down = self.down.lock().expect("rotation lock");
+        !down.0 && !down.1
+    }
+}
+
+/// Probes a running worker's channel forever: after [`PROBE_FAILURES`]
+/// failed probes in a row it leaves the gateway's rotation (its process may
+/// be alive but stuck or stopped) and returns to it on the next success.
+/// Requests already waiting on it are given up (sent to another replica
+/// where that is safe, else `502`) only when it is stuck: its process is
+/// stopped, or [`PROBE_STUCK`] probes failed; a replica that is only slow
+/// finishes them.
+async fn probe(rotation: &Rotation<'_>, (link, pid): (&Arc<Link>, u32)) {
     let mut failures = 0;
-    let mut in_rotation = true;
     let mut given_up = false;
     loop {
         tokio::time::sleep(PROBE_PERIOD).await;
-        let ok = link.probe(PROBE_TIMEOUT).await;
-        if ok {
+        if link.probe(PROBE_TIMEOUT).await {
+            if failures >= PROBE_FAILURES {
+                rotation.set(true, false, "the worker answers again");
+            }
             failures = 0;
             given_up = false;
-            if !in_rotation {
-                in_rotation = true;
-                ctx.gateway.add_replica(service, replica, link.clone());
-                update(&|s| s.ready = true);
-                ctx.events.normal(object, "Ready", "readiness probe succeeded; back in rotation");
-            }
         } else {
             failures += 1;
-            if failures >= PROBE_FAILURES && in_rotation {
-                in_rotation = false;
-                ctx.gateway.remove_replica(service, replica);
-                update(&|s| s.ready = false);
-                ctx.events.warning(
-                    object,
-                    "Unready",
-                    format!("{PROBE_FAILURES} readiness probes failed; out of rotation"),
-                );
+            if failures == PROBE_FAILURES {
+                rotation.set(true, true, &format!("the worker did not answer {PROBE_FAILURES} probes"));
             }
-            if !in_rotation && !given_up && (failures >= PROBE_STUCK || is_stopped(pid)) {
+            if !rotation.in_rotation() && !given_up && (failures >= PROBE_STUCK || is_stopped(pid)) {
                 given_up = true;
-                ctx.gateway.fail_replica(service, replica);
+                rotation.ctx.gateway.fail_replica(rotation.service, rotation.replica);
             }
         }
+    }
+}
+
+/// How a new replica's wait for its first passing readiness probe ended.
+enum Gate {
+    Probed(Result<(), String>),
+    Exited(Exit),
+    Stop,
+}
+
+/// Probes a new replica until its readiness probe passes (`Ok`), or has
+/// failed `failureThreshold` times in a row: the reason, naming the last
+/// failure. Each failure is a `Unhealthy` event, as in Kubernetes.
+async fn first_ready(link: &Arc<Link>, probe: &Probe, events: &EventLog, object: &str) -> Result<(), String> {
+    tokio::time::sleep(probe.initial_delay()).await;
+    let mut failures = 0;
+    loop {
+        match link.http_probe(&probe.path, probe.timeout()).await {
+            Ok(_) => return Ok(()),
+            Err(why) => {
+                failures += 1;
+                events.warning(object, "Unhealthy", format!("readiness probe failed: {why}"));
+                if failures >= probe.failure_threshold {
+                    return Err(format!("readiness probe failed {failures} times in a row: {why}"));
+                }
+            }
+        }
+        tokio::time::sleep(probe.period()).await;
+    }
+}
+
+/// Keeps probing a ready replica's readiness forever: `failureThreshold`
+/// failures in a row take it out of rotation, one pass brings it back (as
+/// Kubernetes' `successThreshold: 1`). Without a probe, waits forever.
+async fn readiness(rotation: &Rotation<'_>, link: &Arc<Link>, probe: Option<&Probe>) {
+    let Some(probe) = probe else { return std::future::pending().await };
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(probe.period()).await;
+        match link.http_probe(&probe.path, probe.timeout()).await {
+            Ok(_) => {
+                if failures >= probe.failure_threshold {
+                    rotation.set(false, false, "readiness probe passed");
+                }
+                failures = 0;
+            }
+            Err(why) => {
+                failures += 1;
+                rotation.ctx.events.warning(rotation.object, "Unhealthy", format!("readiness probe failed: {why}"));
+                if failures == probe.failure_threshold {
+                    rotation.set(false, true, &format!("readiness probe failed {failures} times in a row: {why}"));
+                }
+            }
+        }
+    }
+}
+
+/// Probes a ready replica's liveness forever: `failureThreshold` failures
+/// in a row kill its worker, which the pod then restarts (an `Unhealthy`
+/// event says why). Without a probe, waits forever.
+async fn liveness(link: &Arc<Link>, probe: Option<&Probe>, killer: &Killer, events: &EventLog, object: &str) {
+    let Some(probe) = probe else { return std::future::pending().await };
+    tokio::time::sleep(probe.initial_delay()).await;
+    let mut failures = 0;
+    loop {
+        match link.http_probe(&probe.path, probe.timeout()).await {
+            Ok(_) => failures = 0,
+            Err(why) => {
+                failures += 1;
+                if failures >= probe.failure_threshold {
+                    events.warning(
+                        object,
+                        "Unhealthy",
+                        format!("liveness probe failed {failures} times in a row: {why}; restarting the replica"),
+                    );
+                    killer.kill();
+                    return std::future::pending().await;
+                }
+                events.warning(object, "Unhealthy", format!("liveness probe failed: {why}"));
+            }
+        }
+        tokio::time::sleep(probe.period()).await;
     }
 }
 

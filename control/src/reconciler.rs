@@ -52,7 +52,7 @@ use tokio::sync::watch;
 
 use crate::autoscaler::TICK;
 use crate::logs::LogBook;
-use crate::pods::{GRACE, Pod, PodContext};
+use crate::pods::{GRACE, Pod, PodContext, Probes};
 use crate::scaling::Scaler;
 use crate::store::{Store, StoreError};
 
@@ -893,7 +893,9 @@ impl Controller {
                     allow_outbound: service.spec.allow_outbound.clone(),
                     call_response_body: service.spec.limits.call_response_body,
                 };
-                pods.push(Pod::start(self.ctx.clone(), spec, revision.clone(), digest.clone(), asked));
+                let probes =
+                    Probes { readiness: service.spec.readiness.clone(), liveness: service.spec.liveness.clone() };
+                pods.push(Pod::start(self.ctx.clone(), spec, probes, revision.clone(), digest.clone(), asked));
             }
         }
         if message.is_none() && phase != RolloutPhase::Complete {

@@ -62,6 +62,8 @@ fn record(name: &str, replicas: u32) -> ServiceRecord {
                 timeout: Duration::from_millis(1500),
                 autoscale: None,
                 allow_outbound: Vec::new(),
+                readiness: None,
+                liveness: None,
             },
             resource_version: None,
         },

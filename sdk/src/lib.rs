@@ -12,6 +12,10 @@
 //!
 //! ## Example
 //!
+//! `shoal new rust hello` writes a project like this one; `shoal build`
+//! builds it (the SDK comes embedded in the `shoal` binary, whose version
+//! it always has) and `shoal apply -f service.yaml` deploys it.
+//!
 //! `Cargo.toml`:
 //!
 //! ```toml
@@ -21,7 +25,7 @@
 //! edition = "2024"
 //!
 //! [dependencies]
-//! shoal-sdk = { path = "../sdk" }
+//! shoal-sdk = "0.1.0"
 //! ```
 //!
 //! `src/main.rs`:

@@ -174,6 +174,16 @@ pub fn render(view: &ServiceView, replicas: &[ReplicaInfo], calls: &[CallUsage],
         (None, None) => "decided once the module is prepared".to_owned(),
     };
     field(&mut out, "Instances:", &[instances]);
+    // As kubectl describe shows a pod's probes.
+    for (key, probe) in [("Readiness:", &spec.readiness), ("Liveness:", &spec.liveness)] {
+        if let Some(p) = probe {
+            let text = format!(
+                "http-get {} delay={}s timeout={}s period={}s #failure={}",
+                p.path, p.initial_delay_seconds, p.timeout_seconds, p.period_seconds, p.failure_threshold
+            );
+            field(&mut out, key, &[text]);
+        }
+    }
     if let Some(settings) = &spec.autoscale {
         autoscale(&mut out, settings, status.scale.as_ref(), now);
     }

@@ -345,6 +345,8 @@ pub(crate) mod tests {
                     timeout: Duration::from_secs(10),
                     autoscale: None,
                     allow_outbound: Vec::new(),
+                    readiness: None,
+                    liveness: None,
                 },
                 resource_version: None,
             },

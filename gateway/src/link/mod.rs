@@ -423,6 +423,64 @@ impl Link {
         }
     }
 
+    /// An HTTP probe (`spec.readiness`, `spec.liveness`): `GET path` sent
+    /// to this replica alone, as Kubernetes' `httpGet` probes are. Passes
+    /// on a status from 200 to 399 within `timeout`; else the reason, as
+    /// events show it (the status and the start of the body, or what
+    /// went wrong).
+    pub async fn http_probe(self: &Arc<Self>, path: &str, timeout: Duration) -> Result<http::StatusCode, String> {
+        /// How much of a failing answer's body the reason quotes.
+        const QUOTED: usize = 120;
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::USER_AGENT, http::HeaderValue::from_static("shoal-probe"));
+        let head = RequestHead {
+            stream: 0,
+            end_stream: true,
+            scheme: frame::Scheme::Http,
+            authority: "localhost".to_owned(),
+            method: http::Method::GET,
+            path_and_query: path.to_owned(),
+            client: String::new(),
+            hops: 0,
+            deadline_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1),
+            connect_ms: 0,
+            headers,
+        };
+        let exchange = async {
+            let response = self
+                .request::<http_body_util::Empty<Bytes>>(&head, RequestBody::Full(Bytes::new()))
+                .await
+                .map_err(|error| error.to_string())?;
+            let status = response.status();
+            // Read what is needed: nothing of a pass, the start of a failure.
+            let mut quoted = Vec::new();
+            if !(200..400).contains(&status.as_u16()) {
+                let mut body = response.into_body();
+                while quoted.len() < QUOTED {
+                    match http_body_util::BodyExt::frame(&mut body).await {
+                        Some(Ok(frame)) => quoted.extend(frame.into_data().unwrap_or_default()),
+                        _ => break,
+                    }
+                }
+            }
+            Ok::<_, String>((status, quoted))
+        };
+        let (status, quoted) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| format!("GET {path}: no answer within {timeout:?}"))?
+            .map_err(|why| format!("GET {path}: {why}"))?;
+        if (200..400).contains(&status.as_u16()) {
+            return Ok(status);
+        }
+        let text = String::from_utf8_lossy(&quoted[..quoted.len().min(QUOTED)]);
+        let text = text.trim();
+        Err(if text.is_empty() {
+            format!("GET {path} answered {status}")
+        } else {
+            format!("GET {path} answered {status}: {text:?}")
+        })
+    }
+
     /// Asks the worker whether it answers, within `timeout`.
     pub async fn probe(&self, timeout: Duration) -> bool {
         if self.is_down() {

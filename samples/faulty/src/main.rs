@@ -48,6 +48,8 @@
 //! - `GET /wasi` answers the host state a guest can read through WASI:
 //!   `seed=<wasi:random insecure-seed, hex> clock_ns=<monotonic-clock now>`
 //!   (a new instance gets a new seed and a clock that starts near zero).
+//! - `GET /healthz` answers the status in `$HEALTHZ` (default 200), for
+//!   probe tests.
 //! - Anything else answers `You've hit <HOSTNAME>` like `hello`.
 //!
 //! Every request is logged to stdout as `faulty: <method> <path>`.
@@ -71,6 +73,7 @@ fn handle(req: Request) -> Response {
         ("GET", "/alloc") => alloc(&req),
         ("GET", "/hostalloc") => host_alloc(&req),
         ("GET", "/env") => env(&req),
+        ("GET", "/healthz") => healthz(),
         (_, "/sleep") => sleep(&req),
         (_, path) if path.starts_with("/inspect") => inspect(&req),
         ("GET", "/count") => count(),
@@ -174,6 +177,11 @@ fn sleep(req: &Request) -> Response {
     };
     std::thread::sleep(std::time::Duration::from_millis(ms));
     Response::ok(format!("slept {ms} ms\n"))
+}
+
+fn healthz() -> Response {
+    let status = shoal_sdk::env("HEALTHZ").and_then(|v| v.parse().ok()).unwrap_or(200);
+    Response::text(status, format!("healthz says {status}\n"))
 }
 
 fn env(req: &Request) -> Response {
