@@ -214,3 +214,67 @@ async fn shoal_new_js_builds_and_deploys_with_only_shoal_and_node() {
     assert!(body.starts_with("Hello from hello3! You've hit hello3-"), "{body}");
     assert!(up.stop().success());
 }
+
+/// Runs `shoal args` against `up` with its stderr on a terminal (a pty):
+/// (success, what the terminal showed).
+fn on_a_terminal(up: &Shoal, args: &[&str]) -> (bool, String) {
+    use std::io::Read as _;
+    use std::os::fd::FromRawFd as _;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two new descriptors into the integers given.
+    let opened =
+        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both are open descriptors of our own, each owned once.
+    let (mut master, slave) = unsafe { (std::fs::File::from_raw_fd(master), std::fs::File::from_raw_fd(slave)) };
+    let mut child = Command::new(SHOAL)
+        .args(args)
+        .args(["--server", &up.server(), "--token", &up.token()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(slave)
+        .spawn()
+        .expect("cannot run shoal");
+    let status = child.wait().unwrap();
+    // The child and its copy of the slave are gone: reading ends (EIO).
+    let mut shown = Vec::new();
+    let _ = master.read_to_end(&mut shown);
+    (status.success(), String::from_utf8_lossy(&shown).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_work_says_what_it_is_doing() {
+    /// Functions in the slow fixture: seconds of compiling here.
+    const SLOW: usize = 3_000;
+    let dir = Scratch::new("long-work");
+    dir.write("slow.wasm", slow_component(SLOW));
+    let file = dir.write("slow.yaml", manifest("slow", "slow.wasm", "routes:\n  - host: slow.local"));
+    let shoal = Shoal::start(&["--no-sample", "-f", file.to_str().unwrap()]);
+    // Restarted with an empty compile cache, Shoal compiles the module
+    // again: describe and rollout status say so meanwhile.
+    let data = shoal.stop_keep_data();
+    std::fs::remove_dir_all(data.0.join("cache")).unwrap();
+    let mut shoal = Shoal::start_in(data, &[], |_| {});
+    let described = shoal.eventually(&["describe", "service", "slow"], |out| out.contains("preparing module sha256:"));
+    assert!(described.contains("(compiling it, ") && described.contains(" MB"), "{described}");
+    let (ok, out, err) = shoal.cli(&["rollout", "status", "slow", "--timeout", "2m"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("(preparing module sha256:"), "{out}");
+    // Then the module's events: when it started, and how long it took.
+    let described = shoal.eventually(&["describe", "service", "slow"], |out| out.contains("Prepared"));
+    assert!(described.contains("Preparing") && described.contains("MB): checking and compiling it"), "{described}");
+    assert!(described.contains("prepared in ") && described.contains("s (compiled)"), "{described}");
+    shoal.wait_ready("slow");
+
+    // An upload the server takes seconds to check shows a status line on
+    // a terminal, and nothing off one.
+    let other = dir.write("slow2.wasm", slow_component(SLOW + 1));
+    let (ok, shown) = on_a_terminal(&shoal, &["push", other.to_str().unwrap()]);
+    assert!(ok, "{shown}");
+    assert!(shown.contains("uploading ") && shown.contains("the server checks and compiles it"), "{shown:?}");
+    assert!(shown.contains(": done in "), "{shown:?}");
+    let third = dir.write("slow3.wasm", slow_component(SLOW + 2));
+    let (ok, _, err) = shoal.cli(&["push", third.to_str().unwrap()]);
+    assert!(ok && !err.contains("uploading"), "{err}");
+    assert!(shoal.stop().success());
+}

@@ -100,8 +100,9 @@ pub trait Share: Send + Sync {
 /// Where a module stands.
 #[derive(Debug, Clone)]
 enum ModuleState {
-    /// Being prepared in the background.
-    Preparing,
+    /// Being prepared in the background (or waiting for its turn) since
+    /// `since`; `size` bytes (0: unknown).
+    Preparing { since: Instant, size: u64 },
     /// Prepared: the file workers load, and whether the component is
     /// marked as serving many requests per instance
     /// ([`shoal_runtime::marker`]).
@@ -761,7 +762,7 @@ impl Controller {
         // Autoscaled services hold requests while they have no replica (as
         // many as one replica takes on), unless no replica can start.
         let max_held = match (&service.spec.autoscale, module) {
-            (Some(_), ModuleState::Ready { .. } | ModuleState::Preparing) => {
+            (Some(_), ModuleState::Ready { .. } | ModuleState::Preparing { .. }) => {
                 u64::from(service.spec.admitted_concurrency()) + u64::from(service.spec.limits.queue)
             }
             _ => 0,
@@ -777,7 +778,7 @@ impl Controller {
         let mut phase = RolloutPhase::Progressing;
         let mut message = match module {
             ModuleState::Ready { .. } => None,
-            ModuleState::Preparing => Some(format!("preparing module sha256:{} (compiling it)", short(digest))),
+            ModuleState::Preparing { since, size } => Some(preparing_message(digest, *size, since.elapsed())),
             ModuleState::Failed { message, .. } => {
                 phase = RolloutPhase::Halted;
                 Some(format!("module sha256:{} cannot be prepared: {message}", short(digest)))
@@ -935,15 +936,17 @@ impl Controller {
         if !due {
             return modules[digest].clone();
         }
-        let attempts = match modules.insert(digest.to_owned(), ModuleState::Preparing) {
+        let size = self.store.module_info(digest).ok().flatten().map(|m| m.size);
+        let preparing = ModuleState::Preparing { since: Instant::now(), size: size.unwrap_or(0) };
+        let attempts = match modules.insert(digest.to_owned(), preparing.clone()) {
             Some(ModuleState::Failed { attempts, .. }) => attempts,
             _ => 0,
         };
         drop(modules);
-        let size = self.store.module_info(digest).ok().flatten().map_or(u64::MAX, |m| m.size);
-        self.waiting.lock().expect("waiting lock").push(std::cmp::Reverse((size, digest.to_owned(), attempts)));
+        let order = size.unwrap_or(u64::MAX);
+        self.waiting.lock().expect("waiting lock").push(std::cmp::Reverse((order, digest.to_owned(), attempts)));
         self.waiting_changed.notify_one();
-        ModuleState::Preparing
+        preparing
     }
 
     /// Prepares the waiting modules, smallest first, one at a time, for as
@@ -974,10 +977,45 @@ impl Controller {
                 }
             }
             let (worker, target) = (controller.clone(), digest.clone());
-            let result = tokio::task::spawn_blocking(move || worker.prepare(&target))
-                .await
-                .unwrap_or_else(|e| Err(format!("module preparation failed: {e}")));
-            controller.prepared(&digest, result, attempts);
+            let started = Instant::now();
+            let mut preparation = tokio::task::spawn_blocking(move || worker.prepare(&target));
+            // Long work says so: an event once it has taken a while, and
+            // another when it ends (quick ones, the usual case with the
+            // compile cache, stay quiet).
+            let object = format!("module/sha256:{digest}");
+            let size = controller.store.module_info(&digest).ok().flatten().map_or(0, |m| m.size);
+            let result = match tokio::time::timeout(PREPARATION_REPORTED, &mut preparation).await {
+                Ok(result) => result,
+                Err(_) => {
+                    controller.ctx.events.normal(
+                        &object,
+                        "Preparing",
+                        format!("preparing module sha256:{} ({}): checking and compiling it", short(&digest), mb(size)),
+                    );
+                    preparation.await
+                }
+            };
+            let result = result.unwrap_or_else(|e| Err(format!("module preparation failed: {e}")));
+            let took = started.elapsed();
+            if took >= PREPARATION_REPORTED
+                && let Ok((_, _, outcome)) = &result
+            {
+                let how = match outcome {
+                    CacheOutcome::Compiled => "compiled",
+                    CacheOutcome::Hit => "from the compile cache",
+                };
+                controller.ctx.events.normal(
+                    &object,
+                    "Prepared",
+                    format!(
+                        "module sha256:{} ({}) prepared in {:.1}s ({how})",
+                        short(&digest),
+                        mb(size),
+                        took.as_secs_f64()
+                    ),
+                );
+            }
+            controller.prepared(&digest, result.map(|(path, reuses, _)| (path, reuses)), attempts);
         }
     }
 
@@ -1011,7 +1049,7 @@ impl Controller {
     /// digest, compiled into the cache and linked as a `wasi:http` proxy.
     /// Returns the file and whether the component is marked as serving
     /// many requests per instance.
-    fn prepare(&self, digest: &str) -> Result<(PathBuf, bool), String> {
+    fn prepare(&self, digest: &str) -> Result<(PathBuf, bool, CacheOutcome), String> {
         let started = Instant::now();
         let path = match self.store.module_file(digest) {
             Ok(Some(path)) => path,
@@ -1027,7 +1065,7 @@ impl Controller {
         })?;
         let reuses = shoal_runtime::marker::supports_reuse(&bytes);
         tracing::info!(module = %short(digest), ?outcome, reuses, elapsed = ?started.elapsed(), "module prepared");
-        Ok((path, reuses))
+        Ok((path, reuses, outcome))
     }
 
     /// The check a module passes before it is stored: a component that
@@ -1111,7 +1149,7 @@ impl Controller {
                 running.join(", ")
             ));
         }
-        if matches!(self.modules.lock().expect("modules lock").get(digest), Some(ModuleState::Preparing)) {
+        if matches!(self.modules.lock().expect("modules lock").get(digest), Some(ModuleState::Preparing { .. })) {
             return Some("it is being prepared (compiled) now; try again once that is done".to_owned());
         }
         None
@@ -1206,6 +1244,24 @@ impl Controller {
 }
 
 /// The first 12 characters of a digest, as `shoal get modules` shows it.
+/// How long a module's preparation runs before events report it.
+const PREPARATION_REPORTED: Duration = Duration::from_secs(1);
+
+/// A size in megabytes, for messages.
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// What a service whose module is being prepared says meanwhile: the
+/// module, its size, and for how long (in steps of 5 s, so that a status
+/// line changes only that often).
+fn preparing_message(digest: &str, size: u64, elapsed: Duration) -> String {
+    let size = if size == 0 { String::new() } else { format!(", {}", mb(size)) };
+    let seconds = elapsed.as_secs() / 5 * 5;
+    let time = if seconds == 0 { String::new() } else { format!(", for {seconds}s") };
+    format!("preparing module sha256:{} (compiling it{size}{time})", short(digest))
+}
+
 fn short(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
 }

@@ -14,7 +14,7 @@ use shoal_api::{Service, parse_manifests, validate_set};
 use super::client::{ApiError, Client, rejected};
 use super::connect::{encode, io_reason};
 use super::table::human_size;
-use super::{ApplyArgs, PushArgs, print};
+use super::{ApplyArgs, PushArgs, print, progress};
 
 /// One service to apply: where it came from, its document, what it says.
 #[derive(Debug)]
@@ -45,8 +45,11 @@ const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 async fn upload(client: &Client, bytes: Bytes, what: impl Fn() -> String) -> anyhow::Result<ModuleInfo> {
     let started = std::time::Instant::now();
     let mut told = false;
+    // The server checks a module before it answers: it compiles it, which
+    // takes seconds for a large one (a JavaScript service's ~13 MB).
+    let step = format!("uploading {} ({}; the server checks and compiles it)", what(), human_size(bytes.len() as u64));
     loop {
-        match client.post_wasm::<ModuleInfo>("/v1/modules", bytes.clone()).await {
+        match progress::show(&step, client.post_wasm::<ModuleInfo>("/v1/modules", bytes.clone())).await {
             Ok(info) => return Ok(info),
             Err(error) => match error.downcast_ref::<ApiError>() {
                 Some(ApiError::Status { status, .. }) if status.as_u16() == 429 && started.elapsed() < UPLOAD_WAIT => {

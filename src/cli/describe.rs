@@ -41,7 +41,10 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     let mut events: Vec<Event> = client.get(&events_of(format!("service/{name}"))).await?;
     let replica_events: Vec<Event> = client.get(&events_of(format!("replica/{name}"))).await?;
     events.extend(replica_events);
-    let events = of_service(name, events, view.record.created_unix);
+    // Its module's preparation (reported when it takes a while).
+    let module = format!("module/sha256:{}", view.record.module_digest);
+    events.extend(client.get::<Vec<Event>>(&events_of(module.clone())).await.unwrap_or_default());
+    let events = of_service(name, &module, events, view.record.created_unix);
     // An older `shoal up` has no calls to report.
     let calls: Vec<CallUsage> = client.get(&format!("/v1/calls?service={}", encode(name))).await.unwrap_or_default();
     print(&render(&view, &replicas, &calls, &events, now_unix()))?;
@@ -97,15 +100,18 @@ pub fn render_node(node: &NodeView, replicas: &[ReplicaInfo], now: u64) -> Strin
     out
 }
 
-/// The events of service `name` and of its replicas since it was created
-/// (`created_unix`; not those of an earlier service of the same name),
-/// oldest first, once each. (`replica/kubia-…` filters also match service
-/// `kubia-v2`'s replicas; those are left out here.)
-pub fn of_service(name: &str, mut events: Vec<Event>, created_unix: u64) -> Vec<Event> {
+/// The events of service `name`, of its replicas and of its `module`
+/// object since it was created (`created_unix`; not those of an earlier
+/// service of the same name), oldest first, once each. (`replica/kubia-…`
+/// filters also match service `kubia-v2`'s replicas; those are left out
+/// here.)
+pub fn of_service(name: &str, module: &str, mut events: Vec<Event>, created_unix: u64) -> Vec<Event> {
     let service = format!("service/{name}");
     events.retain(|event| {
         event.time_unix >= created_unix
-            && (event.object == service || event.object.strip_prefix("replica/").and_then(service_of) == Some(name))
+            && (event.object == service
+                || event.object == module
+                || event.object.strip_prefix("replica/").and_then(service_of) == Some(name))
     });
     events.sort_by_key(|event| event.seq);
     events.dedup_by_key(|event| event.seq);
@@ -292,8 +298,11 @@ mod tests {
             event(4, "replica/kubia-v2-4493e0-aaaaa", "Started"),
             event(3, "replica/kubia-3382d9-x58q4", "Started"),
         ];
-        let kept: Vec<u64> = of_service("kubia", events, NOW - 300).iter().map(|e| e.seq).collect();
-        assert_eq!(kept, [1, 3]);
+        let mut events = events;
+        events.push(event(5, "module/sha256:ab", "Prepared"));
+        events.push(event(6, "module/sha256:cd", "Prepared"));
+        let kept: Vec<u64> = of_service("kubia", "module/sha256:ab", events, NOW - 300).iter().map(|e| e.seq).collect();
+        assert_eq!(kept, [1, 3, 5]);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! * `apply`: `apply` and `push` (manifest files, documents, modules);
 //! * `get`, `describe`, `logs`, `rollout`, `manage` (`delete`, `scale`,
 //!   `gc`), `top`;
-//! * `table` and `rows`: pure formatting (aligned tables, ages, sizes).
+//! * `table` and `rows`: pure formatting (aligned tables, ages, sizes);
+//! * `progress`: status lines for steps over 2 s on a terminal.
 //!
 //! Every error ends the command with exit status 1 and one line
 //! `error: <reason>` on stderr.
@@ -24,6 +25,7 @@ mod describe;
 mod get;
 mod logs;
 mod manage;
+mod progress;
 mod rollout;
 mod rows;
 mod table;

@@ -42,6 +42,14 @@ pub fn progress(view: &ServiceView, old: usize) -> Progress {
         RolloutPhase::Progressing => {}
     }
     let (desired, updated, available) = (status.desired, status.updated, status.available);
+    let reason = status.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
+    // What holds new replicas back (a module being prepared, say) comes
+    // first: the counts alone would not change for as long.
+    if let (Some(reason), true) = (reason, updated < desired && available >= updated) {
+        return Progress::Waiting(format!(
+            "Waiting for rollout to finish: {updated} out of {desired} new replicas have been updated ({reason})..."
+        ));
+    }
     let what = if updated < desired {
         format!("{updated} out of {desired} new replicas have been updated")
     } else if old > 0 {
@@ -185,6 +193,17 @@ mod tests {
         }
         v.status.message = Some("starting kubia-4493e0-x2k4p".into());
         assert_eq!(progress(&v, 0), waiting("Waiting for rollout to finish: starting kubia-4493e0-x2k4p..."));
+        // While the module is prepared, the line says so, not that old
+        // replicas are pending.
+        (v.status.updated, v.status.available) = (0, 0);
+        v.status.message = Some("preparing module sha256:8a1c2e3f4a5b (compiling it, 13.2 MB, for 10s)".into());
+        assert_eq!(
+            progress(&v, 3),
+            waiting(
+                "Waiting for rollout to finish: 0 out of 3 new replicas have been updated \
+                 (preparing module sha256:8a1c2e3f4a5b (compiling it, 13.2 MB, for 10s))..."
+            )
+        );
 
         v.status.rollout = RolloutPhase::Complete;
         assert_eq!(progress(&v, 1), Progress::Done);
