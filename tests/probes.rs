@@ -119,3 +119,26 @@ async fn a_replica_whose_liveness_fails_is_restarted_with_an_event_and_a_healthy
     assert_eq!(get(&shoal.url("/env?name=VARIANT"), Some("well.test")).await.1, "w");
     assert!(shoal.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ready_replica_whose_readiness_starts_failing_leaves_the_rotation_without_a_restart() {
+    // One reused instance per replica, so faulty counts its probes and
+    // fails from the fourth on.
+    let probes = "readiness: {path: /healthz, periodSeconds: 1, failureThreshold: 2}\n\
+                  instances: {maxRequests: 100000, maxIdle: 1h}\nlimits: {concurrency: 1}\n\
+                  env: {HEALTHZ_FAILS_AFTER: \"3\"}";
+    let (mut shoal, _dir) = start_faulty("unready", &format!("replicas: 1\n{probes}"));
+    let (status, _) = get(&shoal.url("/env?name=HEALTHZ_FAILS_AFTER"), None).await;
+    assert_eq!(status, 200);
+    let described = shoal.eventually(&["describe", "service", "faulty"], |out| out.contains("Unready"));
+    assert!(
+        described.contains(r#"readiness probe failed 2 times in a row: GET /healthz answered 500 Internal Server Error: "healthz says 500"; out of rotation"#),
+        "{described}"
+    );
+    // Out of rotation, not restarted: its service has no ready replica.
+    let replicas = shoal.replicas();
+    assert_eq!(replicas.len(), 1);
+    assert_eq!((replicas[0]["ready"].as_bool(), replicas[0]["restarts"].as_u64()), (Some(false), Some(0)));
+    assert_eq!(get(&shoal.url("/env?name=HEALTHZ_FAILS_AFTER"), None).await.0, 503);
+    assert!(shoal.stop().success());
+}

@@ -49,7 +49,8 @@
 //!   `seed=<wasi:random insecure-seed, hex> clock_ns=<monotonic-clock now>`
 //!   (a new instance gets a new seed and a clock that starts near zero).
 //! - `GET /healthz` answers the status in `$HEALTHZ` (default 200), for
-//!   probe tests.
+//!   probe tests; 500 once this instance answered `$HEALTHZ_FAILS_AFTER`
+//!   of them (with reused instances: a replica that falls ill).
 //! - Anything else answers `You've hit <HOSTNAME>` like `hello`.
 //!
 //! Every request is logged to stdout as `faulty: <method> <path>`.
@@ -179,8 +180,13 @@ fn sleep(req: &Request) -> Response {
     Response::ok(format!("slept {ms} ms\n"))
 }
 
+/// `/healthz` calls this instance answered.
+static PROBED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn healthz() -> Response {
-    let status = shoal_sdk::env("HEALTHZ").and_then(|v| v.parse().ok()).unwrap_or(200);
+    let probed = PROBED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let sick = shoal_sdk::env("HEALTHZ_FAILS_AFTER").and_then(|v| v.parse::<u32>().ok()).is_some_and(|n| probed > n);
+    let status = if sick { 500 } else { shoal_sdk::env("HEALTHZ").and_then(|v| v.parse().ok()).unwrap_or(200) };
     Response::text(status, format!("healthz says {status}\n"))
 }
 
