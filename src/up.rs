@@ -497,6 +497,7 @@ async fn serve(
             stdio(replica, stream, chunk);
         })
     };
+    let attach_dir = attach_dir(&data_dir);
     let agent = Arc::new(NodeAgent::new(
         AgentConfig {
             exe: std::env::current_exe().context("cannot find the shoal executable")?,
@@ -506,6 +507,8 @@ async fn serve(
             log: log_sink,
             start_concurrency: args.start_concurrency.unwrap_or_else(shoal_node::default_start_concurrency),
             standby_max: args.standby_max,
+            attach_dir,
+            orphan_grace: Duration::ZERO,
         },
         cgroups,
     ));
@@ -702,4 +705,34 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
         }
     })
+}
+
+/// Where workers listen for a `shoal up` that did not start them to attach
+/// (`<data dir>/workers/<pid>.sock`, the directory 0700); `None`, with a
+/// warning, when it cannot be made or its sockets' paths would be too long.
+fn attach_dir(data_dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    /// Room in a Unix socket path (`sun_path` less its NUL) and what
+    /// `/<pid>.sock` takes at most.
+    const ROOM: usize = 107;
+    const NAME: usize = "/4194304.sock".len();
+    let dir = data_dir.join("workers");
+    let length = dir.as_os_str().len() + NAME;
+    if length > ROOM {
+        eprintln!(
+            "warning: {} is too long a path for worker sockets ({length} > {ROOM} bytes): another shoal up \
+             cannot take over running workers from this one",
+            dir.display()
+        );
+        return None;
+    }
+    let made = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)));
+    match made {
+        Ok(()) => Some(dir),
+        Err(error) => {
+            eprintln!("warning: cannot create {} ({error}): workers cannot be attached to", dir.display());
+            None
+        }
+    }
 }

@@ -311,7 +311,15 @@ async fn run(
                     );
                     let name = replica.name.clone();
                     let killer = replica.killer();
-                    let rotation = Rotation::new(&ctx, &spec.service, &name, &link, &update, &object);
+                    let rotation = Rotation {
+                        ctx: &ctx,
+                        service: &spec.service,
+                        replica: &name,
+                        link: &link,
+                        update: &update,
+                        object: &object,
+                        down: Mutex::new((false, false)),
+                    };
                     tokio::select! {
                         () = probe(&rotation, (&link, pid)) => unreachable!(),
                         () = readiness(&rotation, &link, probes.readiness.as_ref()) => unreachable!(),
@@ -425,18 +433,7 @@ struct Rotation<'a> {
     down: Mutex<(bool, bool)>,
 }
 
-impl<'a> Rotation<'a> {
-    fn new(
-        ctx: &'a PodContext,
-        service: &'a str,
-        replica: &'a str,
-        link: &'a Arc<Link>,
-        update: &'a StatusUpdate<'a>,
-        object: &'a str,
-    ) -> Self {
-        Rotation { ctx, service, replica, link, update, object, down: Mutex::new((false, false)) }
-    }
-
+impl Rotation<'_> {
     /// Records whether the channel (`channel: true`) or the readiness
     /// probe is failing, taking the replica out of rotation or back in
     /// when that changes; `why` says what happened, for the event.

@@ -88,6 +88,12 @@ pub struct AgentConfig {
     pub start_concurrency: usize,
     /// The most standby workers kept (0: none).
     pub standby_max: usize,
+    /// Where each worker listens for a `shoal up` that did not start it to
+    /// attach (`<pid>.sock`); `None`: workers cannot be attached to.
+    pub attach_dir: Option<PathBuf>,
+    /// How long a worker whose gateways are all gone waits to be attached
+    /// before it exits.
+    pub orphan_grace: Duration,
 }
 
 /// Starts at once by default: twice the cores, at least four. A start is
@@ -666,6 +672,7 @@ impl NodeAgent {
         started: std::time::Instant,
     ) -> Result<Replica, StartError> {
         let Process { mut child, ready_read, channel } = process;
+        let pid = child.id().unwrap_or_default();
         let worker = WorkerConfig {
             service: spec.service.clone(),
             replica: spec.name.clone(),
@@ -679,6 +686,8 @@ impl NodeAgent {
             drain_timeout_ms: spec.drain_timeout.as_millis() as u64,
             instance_requests: spec.instance_requests,
             instance_idle_ms: spec.instance_idle.as_millis() as u64,
+            attach: self.config.attach_dir.as_ref().map(|dir| dir.join(format!("{pid}.sock"))),
+            orphan_grace_ms: self.config.orphan_grace.as_millis() as u64,
         };
         let config_json = serde_json::to_vec(&worker).expect("worker config serializes");
         // The worker reads its configuration to the end of its stdin. A
@@ -686,7 +695,6 @@ impl NodeAgent {
         if let Some(mut stdin) = child.stdin.take() {
             let _ = tokio::time::timeout(self.config.ready_timeout, stdin.write_all(&config_json)).await;
         }
-        let pid = child.id().unwrap_or_default();
         let name: Arc<str> = spec.name.as_str().into();
         let last_error = Arc::new(std::sync::Mutex::new(String::new()));
         if let Some(out) = child.stdout.take() {

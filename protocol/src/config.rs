@@ -64,7 +64,33 @@ pub struct WorkerConfig {
     /// How long an idle instance is kept for reuse, in milliseconds.
     #[serde(default)]
     pub instance_idle_ms: u64,
+    /// Where the worker listens for a `shoal up` that did not start it (a
+    /// successor, or one started after a crash) to attach a new channel:
+    /// a Unix socket path. `None`: no such socket.
+    #[serde(default)]
+    pub attach: Option<PathBuf>,
+    /// How long the worker waits for an attach once every gateway that
+    /// had a channel to it is gone, in milliseconds; then it exits. (0: at
+    /// once.)
+    #[serde(default)]
+    pub orphan_grace_ms: u64,
 }
+
+/// What a worker answers an attach with (JSON), with the gateway's three
+/// descriptors of the new channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerIdentity {
+    pub service: String,
+    pub replica: String,
+    pub module: PathBuf,
+    pub pid: u32,
+    /// When it became ready (seconds since the epoch).
+    pub ready_unix: u64,
+}
+
+/// The request an attach starts with.
+pub const ATTACH_REQUEST: &[u8] = b"SHOAL-ATTACH 1";
 
 fn one() -> u32 {
     1

@@ -12,9 +12,11 @@
 //!   long each start step took.
 //! - [`channel`]: the shared-memory channel between the gateway and one
 //!   replica: the segment layout, the two rings, the frames, the wake-ups.
+//! - [`fdpass`]: messages with descriptors over Unix sockets.
 
 pub mod channel;
 pub mod config;
+pub mod fdpass;
 pub mod ready;
 
 pub use config::WorkerConfig;

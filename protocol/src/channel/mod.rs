@@ -411,6 +411,15 @@ impl Channel {
     /// and takes the wake-ups. Once the peer has closed its end, never
     /// returns: a peer that is gone is noticed by its exit.
     pub async fn woken(&self) -> std::io::Result<()> {
+        if self.woken_or_closed().await? {
+            return Ok(());
+        }
+        std::future::pending().await
+    }
+
+    /// Like [`Channel::woken`], but says when every copy of the peer's end
+    /// is closed: `false` (a worker whose gateways are all gone).
+    pub async fn woken_or_closed(&self) -> std::io::Result<bool> {
         let mut bytes = [0u8; 64];
         loop {
             let mut guard = self.wake_me.readable().await?;
@@ -418,7 +427,7 @@ impl Channel {
             // non-blocking pipe we hold.
             let n = unsafe { libc::read(self.wake_me.get_ref().as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len()) };
             match n {
-                0 => return std::future::pending().await,
+                0 => return Ok(false),
                 n if n > 0 => {
                     // Fewer bytes than asked for: none are left, so forget
                     // the readiness without a second `read` that would only
@@ -427,7 +436,7 @@ impl Channel {
                     if (n as usize) < bytes.len() {
                         guard.clear_ready();
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
                 _ => {}
             }

@@ -5,7 +5,7 @@
 //! it out; this process opens no socket. What went wrong with a call is
 //! logged here, in the replica's log.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Scheme as UriScheme;
@@ -27,14 +27,29 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(100);
 
 /// What every instance of a replica shares for its calls.
 pub(crate) struct Calls {
-    /// The channel, once open (the start check runs before it is).
-    pub port: OnceLock<Arc<Port>>,
+    /// The channel calls go out on: the newest (the start check runs
+    /// before there is one; after a handover, the successor's).
+    port: std::sync::Mutex<Option<Arc<Port>>>,
     slots: Arc<Semaphore>,
 }
 
 impl Calls {
     pub(crate) fn new() -> Calls {
-        Calls { port: OnceLock::new(), slots: Arc::new(Semaphore::new(MAX_CALLS)) }
+        Calls { port: std::sync::Mutex::new(None), slots: Arc::new(Semaphore::new(MAX_CALLS)) }
+    }
+
+    /// Sends calls on `port` from now on.
+    pub(crate) fn use_port(&self, port: Arc<Port>) {
+        *self.port.lock().expect("calls lock") = Some(port);
+    }
+
+    /// Sends calls on no port until the next [`Calls::use_port`], if
+    /// `port` is the one in use.
+    pub(crate) fn forget_port(&self, port: &Arc<Port>) {
+        let mut current = self.port.lock().expect("calls lock");
+        if current.as_ref().is_some_and(|p| Arc::ptr_eq(p, port)) {
+            *current = None;
+        }
     }
 }
 
@@ -93,8 +108,8 @@ async fn send(
         tracing::warn!("call to {url} refused: {MAX_CALLS} calls of this replica are in flight");
         return Err(Error::ConnectionLimitReached);
     };
-    let Some(channel) = calls.port.get() else {
-        return Err(Error::InternalError(Some("the replica is not serving yet".to_owned())));
+    let Some(channel) = calls.port.lock().expect("calls lock").clone() else {
+        return Err(Error::InternalError(Some("the replica has no channel to a gateway now".to_owned())));
     };
     let options = options.unwrap_or_default();
     let head = RequestHead {

@@ -27,6 +27,7 @@
 //!    channel: its head with the body that is ready, then the rest within
 //!    the gateway's window.
 
+pub mod attach;
 mod calls;
 mod output;
 mod port;
@@ -42,7 +43,7 @@ use anyhow::Context as _;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use shoal_protocol::channel::{Channel, ChannelFds, Side};
-use shoal_protocol::config::CHANNEL_FDS_ENV;
+use shoal_protocol::config::{CHANNEL_FDS_ENV, WorkerIdentity};
 use shoal_protocol::ready::{Instances, ReadyReport};
 use tokio::sync::{Semaphore, oneshot};
 use wasmtime::component::{Linker, Resource, ResourceTable};
@@ -326,7 +327,16 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
     let checked = started.elapsed();
 
     let port = Port::new(open_channel()?);
-    let _ = replica.calls.port.set(port.clone());
+    replica.calls.use_port(port.clone());
+    // Listening before it says it is ready: whoever sees it ready may
+    // attach.
+    let attach = match &config.attach {
+        Some(path) => Some(
+            attach::AttachSocket::bind(path)
+                .with_context(|| format!("cannot listen for attaches on {}", path.display()))?,
+        ),
+        None => None,
+    };
     let total = started.elapsed();
     tracing::info!(replica = %config.replica, cache = ?outcome, elapsed = ?total, "ready");
     notify_ready(
@@ -342,49 +352,117 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
         }
         .to_line(),
     );
+    let identity = WorkerIdentity {
+        service: config.service.clone(),
+        replica: config.replica.clone(),
+        module: config.module.clone(),
+        pid: std::process::id(),
+        ready_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    };
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let handler = {
-        let (replica, port) = (replica.clone(), port.clone());
-        move |incoming: Incoming| {
+    // One session per gateway with a channel to this worker: the one that
+    // started it, then any that attached (a successor in a handover, one
+    // started after a crash). Each driver ends when its gateway is gone.
+    let mut ports: Vec<Arc<Port>> = Vec::new();
+    let mut sessions = tokio::task::JoinSet::new();
+    let start_session = |port: Arc<Port>, sessions: &mut tokio::task::JoinSet<_>| {
+        let handler = {
             let (replica, port) = (replica.clone(), port.clone());
-            async move {
-                let Incoming { request, stream, origin } = incoming;
-                let response = replica.respond(request, &stream, origin).await;
-                port.respond(&stream, response).await;
+            move |incoming: Incoming| {
+                let (replica, port) = (replica.clone(), port.clone());
+                async move {
+                    let Incoming { request, stream, origin } = incoming;
+                    let response = replica.respond(request, &stream, origin).await;
+                    port.respond(&stream, response).await;
+                }
             }
-        }
+        };
+        let driver = port.clone().run(handler);
+        sessions.spawn(async move { (port, driver.await) });
     };
-    let driver = port.clone().run(handler);
-    tokio::pin!(driver);
+    start_session(port.clone(), &mut sessions);
+    ports.push(port);
+    let grace = Duration::from_millis(config.orphan_grace_ms);
+    // Set while no gateway has a channel: the worker exits at this time.
+    let mut orphaned: Option<tokio::time::Instant> = None;
+    let accept = async |attach: &Option<attach::AttachSocket>| match attach {
+        Some(socket) => socket.accept().await,
+        None => std::future::pending().await,
+    };
     loop {
+        let until_orphan_exit = async {
+            match orphaned {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = sweep.tick() => replica.sweep(),
-            ended = &mut driver => {
+            Some(ended) = sessions.join_next() => {
+                let (port, result) = ended.map_err(|e| anyhow::anyhow!("a channel's driver failed: {e}"))?;
+                if let Err(error) = result {
+                    stdout.flush();
+                    stderr.flush();
+                    return Err(anyhow::anyhow!("the channel to the gateway failed: {error}"));
+                }
+                // That gateway is gone: its requests end here.
+                port.close();
+                replica.calls.forget_port(&port);
+                ports.retain(|p| !Arc::ptr_eq(p, &port));
+                if let Some(newest) = ports.last() {
+                    replica.calls.use_port(newest.clone());
+                } else {
+                    tracing::info!(replica = %config.replica, ?grace, "no gateway left; waiting to be attached");
+                    orphaned = Some(tokio::time::Instant::now() + grace);
+                }
+            }
+            connection = accept(&attach) => {
+                let connection = connection.context("cannot accept on the attach socket")?;
+                let who = identity.clone();
+                match tokio::task::spawn_blocking(move || attach::exchange(connection, &who)).await {
+                    Ok(Ok(channel)) => {
+                        let port = Port::new(channel);
+                        start_session(port.clone(), &mut sessions);
+                        replica.calls.use_port(port.clone());
+                        ports.push(port);
+                        orphaned = None;
+                        tracing::info!(replica = %config.replica, sessions = ports.len(), "attached");
+                    }
+                    Ok(Err(error)) => tracing::warn!(replica = %config.replica, %error, "an attach failed"),
+                    Err(error) => tracing::warn!(replica = %config.replica, %error, "an attach failed"),
+                }
+            }
+            () = until_orphan_exit => {
+                tracing::warn!(replica = %config.replica, ?grace, "no gateway attached within the grace; exiting");
                 stdout.flush();
                 stderr.flush();
-                return Err(anyhow::anyhow!("the channel to the gateway failed: {}", match ended {
-                    Ok(()) => "it ended".to_owned(),
-                    Err(error) => error.to_string(),
-                }));
+                return Ok(());
             }
             _ = sigterm.recv() => break,
         }
     }
 
     // Drain: new requests are refused; the ones in flight finish (the
-    // driver keeps running for their bodies and windows).
-    port.drain();
+    // drivers keep running for their bodies and windows).
+    for port in &ports {
+        port.drain();
+    }
     let drain = Duration::from_millis(config.drain_timeout_ms);
+    let all_idle = async {
+        for port in &ports {
+            port.idle().await;
+        }
+    };
     tokio::select! {
-        () = port.idle() => {}
+        () = all_idle => {}
         () = tokio::time::sleep(drain) => {
             tracing::warn!(replica = %config.replica, ?drain, "drain timed out; ending the requests in flight");
         }
-        _ = &mut driver => {}
     }
+    drop(attach);
     stdout.flush();
     stderr.flush();
     Ok(())

@@ -37,6 +37,8 @@ pub(crate) struct Port {
     idle: Notify,
     /// Set on SIGTERM: new requests are refused.
     draining: AtomicBool,
+    /// The gateway closed its end: nothing more is sent.
+    closed: AtomicBool,
     /// The next call's id (without [`frame::CALL_BIT`]).
     next_call: AtomicU32,
 }
@@ -96,6 +98,7 @@ impl Port {
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             draining: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             next_call: AtomicU32::new(0),
         })
     }
@@ -103,6 +106,17 @@ impl Port {
     /// Refuses new requests from now on.
     pub(crate) fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The gateway is gone: every stream is cancelled (guests stopped,
+    /// writers woken), and nothing more is sent.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let streams: Vec<Arc<Stream>> = self.streams.lock().expect("port lock").values().cloned().collect();
+        for stream in streams {
+            stream.cancel(None);
+        }
+        self.space.notify_waiters();
     }
 
     /// Completes once no request is in flight.
@@ -117,7 +131,8 @@ impl Port {
     }
 
     /// The driver: reads every frame the gateway writes and hands each
-    /// request to `handle`, until the channel fails.
+    /// request to `handle`, until the channel fails (an error) or every
+    /// copy of the gateway's end is closed (`Ok`).
     pub(crate) async fn run<F, Fut>(self: Arc<Self>, handle: F) -> std::io::Result<()>
     where
         F: Fn(Incoming) -> Fut,
@@ -140,7 +155,9 @@ impl Port {
             if !self.channel.inbound().consumer_sleeps() {
                 continue;
             }
-            self.channel.woken().await?;
+            if !self.channel.woken_or_closed().await? {
+                return Ok(());
+            }
             self.channel.inbound().consumer_awake();
         }
     }
@@ -255,6 +272,9 @@ impl Port {
     async fn send(&self, parts: &[&[u8]]) -> Result<(), ()> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(());
+            }
             {
                 let _writer = self.writer.lock().expect("port lock");
                 match self.channel.send(parts) {
