@@ -112,6 +112,12 @@ pub struct UpArgs {
     #[arg(long, value_name = "N", env = "SHOAL_MAX_CONNECTIONS",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     max_connections: Option<usize>,
+    /// How long workers keep running after this `shoal up` is gone without
+    /// a successor (killed, crashed): a `shoal up` started on the same data
+    /// directory within it takes them over, serving on; after it they exit.
+    #[arg(long, value_name = "DURATION", default_value = "30s", env = "SHOAL_ORPHAN_GRACE",
+          value_parser = parse_duration)]
+    orphan_grace: std::time::Duration,
     /// How long a module that no service and no replica uses is kept before
     /// it is deleted ("90s", "1h"); `shoal gc` deletes them at once.
     #[arg(long, value_name = "DURATION", default_value = "1h", env = "SHOAL_MODULE_RETENTION",

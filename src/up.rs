@@ -508,7 +508,7 @@ async fn serve(
             start_concurrency: args.start_concurrency.unwrap_or_else(shoal_node::default_start_concurrency),
             standby_max: args.standby_max,
             attach_dir,
-            orphan_grace: Duration::ZERO,
+            orphan_grace: args.orphan_grace,
         },
         cgroups,
     ));
@@ -586,6 +586,13 @@ async fn serve(
     };
     let membership = cluster.clone().map(|cluster| tokio::spawn(cluster.run(shutdown_rx.clone())));
 
+    // Workers an earlier `shoal up` on this data directory left running
+    // (it was killed, or crashed) serve on, as this one's replicas.
+    let adopted = agent.adopt().await;
+    if !adopted.is_empty() {
+        println!("shoal: took over {} running worker(s) of an earlier shoal up", adopted.len());
+        controller.take_over(adopted);
+    }
     // One pass before serving, so that every stored service's routes are
     // published: requests that arrive before its replicas are ready get
     // 503 (no ready replica), never 404.

@@ -84,7 +84,7 @@ async fn a_second_gateway_attaches_to_a_running_worker_and_both_are_served() {
     // Attach as a second gateway would: new output pipes, a new channel.
     let ((out_read, out_write), (_err_read, err_write)) = (pipe(), pipe());
     let (identity, fds) =
-        shoal_runtime::worker::attach::attach(&socket, &out_write, &err_write).expect("the worker takes the attach");
+        shoal_protocol::attach::attach(&socket, &out_write, &err_write).expect("the worker takes the attach");
     drop((out_write, err_write));
     assert_eq!((identity.replica.as_str(), identity.service.as_str(), identity.pid), (replica.as_str(), "kubia", pid));
     let link = Link::open("attached", fds).expect("the new channel opens");
@@ -126,4 +126,138 @@ async fn a_second_gateway_attaches_to_a_running_worker_and_both_are_served() {
     assert_eq!(get(&shoal.url("/"), None).await.0, 200);
     assert!(shoal.stop().success());
     assert!(!socket.exists(), "the worker left its socket behind");
+}
+
+/// GETs `url` from `clients` tasks until told to stop: (answered 200,
+/// failed), counted over the whole run, and whether the last `tail`
+/// requests of every client were all answered.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, u64, bool)>>,
+}
+
+impl Load {
+    fn start(url: String, clients: usize, tail: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, url) = (stop.clone(), url.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0, 0);
+                    let mut recent = std::collections::VecDeque::new();
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        // A new client each time: a connection refused
+                        // counts, as a client would see it.
+                        let request = hyper::Request::get(&url).body(http_body_util::Empty::<Bytes>::new()).unwrap();
+                        let answer = tokio::time::timeout(Duration::from_secs(10), client().request(request)).await;
+                        let good = match answer {
+                            Ok(Ok(response)) => {
+                                let status = response.status();
+                                response.into_body().collect().await.is_ok() && status == 200
+                            }
+                            _ => false,
+                        };
+                        if good {
+                            ok += 1
+                        } else {
+                            failed += 1
+                        }
+                        recent.push_back(good);
+                        if recent.len() > tail {
+                            recent.pop_front();
+                        }
+                        if !good {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    (ok, failed, recent.iter().all(|good| *good))
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    async fn finish(self) -> (u64, u64, bool) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut total = (0, 0, true);
+        for task in self.tasks {
+            let (ok, failed, tail_ok) = task.await.unwrap();
+            total = (total.0 + ok, total.1 + failed, total.2 && tail_ok);
+        }
+        total
+    }
+}
+
+/// The pids of `shoal`'s replicas, from its API, sorted.
+fn replica_pids(shoal: &Shoal) -> Vec<u64> {
+    let mut pids: Vec<u64> = shoal.replicas().iter().filter_map(|r| r["pid"].as_u64()).collect();
+    pids.sort();
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workers_of_a_killed_shoal_up_are_taken_over_by_the_next_one() {
+    let dir = Scratch::new("takeover");
+    let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, "replicas: 2"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut first = Shoal::start(&["--listen", &listen, "--orphan-grace", "30s", "-f", file.to_str().unwrap()]);
+    first.wait_ready("kubia");
+    let pids = replica_pids(&first);
+    assert_eq!(pids.len(), 2);
+    let load = Load::start(format!("http://{listen}/"), 4, 50);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // kill -9, and a new shoal up on the same data directory.
+    // SAFETY: our own child.
+    unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+    first.wait_exit(Duration::from_secs(10)).expect("shoal survived SIGKILL");
+    let data = std::mem::replace(&mut first.data, Scratch::new("moved"));
+    let killed = std::time::Instant::now();
+    let mut second = Shoal::start_in(data, &["--listen", &listen, "--orphan-grace", "30s"], |_| {});
+    second.wait_for_output(|l| l.contains("took over 2 running worker(s) of an earlier shoal up"));
+    second.wait_ready("kubia");
+    eprintln!("serving again {:?} after the kill", killed.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, failed, tail_ok) = load.finish().await;
+    eprintln!("{ok} requests answered, {failed} failed while no gateway listened");
+    assert!(tail_ok, "requests still failed after the new shoal up took over");
+    assert!(ok > 100, "{ok}");
+
+    // The same workers, not new ones: same pids, no restart, each adopted.
+    assert_eq!(replica_pids(&second), pids);
+    assert!(second.replicas().iter().all(|r| r["restarts"] == 0 && r["ready"] == true));
+    let (_, described, _) = second.cli(&["describe", "service", "kubia"]);
+    assert_eq!(described.matches("taken over from an earlier shoal up").count(), 2, "{described}");
+    // They serve, and the service can still be changed.
+    assert!(get(&second.url("/"), None).await.1.starts_with("You've hit kubia-"));
+    assert!(second.cli(&["scale", "service", "kubia", "--replicas", "3"]).0);
+    second.eventually(&["get", "services"], |out| out.lines().any(|l| l.starts_with("kubia") && l.contains(" 3/3 ")));
+    // A clean stop stops them too.
+    assert!(second.stop().success());
+    for pid in pids {
+        assert!(!alive(pid as u32), "worker {pid} outlived a clean stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_successor_the_workers_exit_after_the_grace() {
+    let dir = Scratch::new("orphans");
+    let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, "replicas: 2"));
+    let mut shoal = Shoal::start(&["--orphan-grace", "2s", "-f", file.to_str().unwrap()]);
+    shoal.wait_ready("kubia");
+    let pids = replica_pids(&shoal);
+    // SAFETY: our own child.
+    unsafe { libc::kill(shoal.pid() as i32, libc::SIGKILL) };
+    shoal.wait_exit(Duration::from_secs(10)).expect("shoal survived SIGKILL");
+    let killed = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pids.iter().all(|pid| alive(*pid as u32)), "workers exited before their grace");
+    while pids.iter().any(|pid| alive(*pid as u32)) {
+        assert!(killed.elapsed() < Duration::from_secs(15), "workers outlived their grace");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("workers gone {:?} after the kill (grace 2 s)", killed.elapsed());
+    let sockets = std::fs::read_dir(shoal.data.0.join("workers")).unwrap().count();
+    assert_eq!(sockets, 0, "workers left their sockets behind");
 }

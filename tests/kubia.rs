@@ -223,9 +223,11 @@ async fn without_cgroup_access_replicas_run_unconfined_with_one_warning() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn workers_die_with_a_killed_shoal_and_its_cgroups_are_reclaimed() {
+async fn workers_exit_after_a_killed_shoal_and_its_cgroups_are_reclaimed() {
     let (_dir, file) = write_kubia(1);
-    let mut shoal = Shoal::start(&["-f", &file]);
+    // Without a successor, workers wait --orphan-grace to be taken over,
+    // then exit.
+    let mut shoal = Shoal::start(&["--orphan-grace", "1s", "-f", &file]);
     shoal.wait_ready("kubia");
     assert_eq!(shoal.worker_pids().len(), 1);
     let workers = shoal.all_children();
@@ -235,7 +237,7 @@ async fn workers_die_with_a_killed_shoal_and_its_cgroups_are_reclaimed() {
     shoal.wait_exit(std::time::Duration::from_secs(10)).expect("shoal survived SIGKILL");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while workers.iter().any(|w| alive(*w)) {
-        assert!(std::time::Instant::now() < deadline, "workers outlived their shoal (PDEATHSIG)");
+        assert!(std::time::Instant::now() < deadline, "workers outlived their shoal by more than the grace");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     if let Some(reason) = cgroups_unavailable() {

@@ -94,6 +94,30 @@ impl Pod {
         digest: String,
         asked: Instant,
     ) -> Pod {
+        Pod::spawn(ctx, spec, probes, (revision, digest), asked, None)
+    }
+
+    /// A pod for a worker taken over from another `shoal up` (`replica`,
+    /// running `spec`): it serves at once, and is restarted like any other
+    /// when it ends.
+    pub fn adopt(
+        ctx: PodContext,
+        spec: ReplicaSpec,
+        probes: Probes,
+        (revision, digest): (String, String),
+        replica: shoal_node::Replica,
+    ) -> Pod {
+        Pod::spawn(ctx, spec, probes, (revision, digest), Instant::now(), Some(replica))
+    }
+
+    fn spawn(
+        ctx: PodContext,
+        spec: ReplicaSpec,
+        probes: Probes,
+        (revision, digest): (String, String),
+        asked: Instant,
+        adopted: Option<shoal_node::Replica>,
+    ) -> Pod {
         let status = Arc::new(Mutex::new(PodStatus {
             state: ReplicaState::Starting,
             ready: false,
@@ -106,7 +130,7 @@ impl Pod {
         }));
         let (stop, stop_rx) = watch::channel(false);
         let (gateway, service, name) = (ctx.gateway.clone(), spec.service.clone(), spec.name.clone());
-        let run = run(ctx, spec.clone(), probes, status.clone(), stop_rx, asked);
+        let run = run(ctx, spec.clone(), probes, status.clone(), stop_rx, (asked, adopted));
         let task = tokio::spawn(async move {
             run.await;
             // The replica is gone for good: so are its figures.
@@ -200,7 +224,7 @@ async fn run(
     probes: Probes,
     status: Arc<Mutex<PodStatus>>,
     mut stop: watch::Receiver<bool>,
-    asked: Instant,
+    (asked, mut adopted): (Instant, Option<shoal_node::Replica>),
 ) {
     let object = format!("replica/{}", spec.name);
     let update = |f: &dyn Fn(&mut PodStatus)| {
@@ -221,7 +245,12 @@ async fn run(
             }
         });
         let delay;
-        match ctx.agent.start(&spec, asked.take().unwrap_or_else(Instant::now)).await {
+        let was_adopted = adopted.is_some();
+        let started = match adopted.take() {
+            Some(replica) => Ok(replica),
+            None => ctx.agent.start(&spec, asked.take().unwrap_or_else(Instant::now)).await,
+        };
+        match started {
             Ok(mut replica) => {
                 let started = Instant::now();
                 let (pid, cgroup) = (replica.pid, replica.cgroup.clone());
@@ -300,15 +329,14 @@ async fn run(
                         s.cgroup = cgroup.clone();
                         s.started_unix = now_unix();
                     });
-                    ctx.events.normal(
-                        &object,
-                        "Started",
-                        format!(
-                            "pid {pid}, cgroup {}, {}",
-                            cgroup.as_deref().unwrap_or("none (unconfined)"),
-                            replica.startup
-                        ),
-                    );
+                    let cgroup_shown = cgroup.as_deref().unwrap_or("none (unconfined)");
+                    if was_adopted {
+                        let what = format!("pid {pid}, cgroup {cgroup_shown}, taken over from an earlier shoal up");
+                        ctx.events.normal(&object, "Adopted", what);
+                    } else {
+                        let what = format!("pid {pid}, cgroup {cgroup_shown}, {}", replica.startup);
+                        ctx.events.normal(&object, "Started", what);
+                    }
                     let name = replica.name.clone();
                     let killer = replica.killer();
                     let rotation = Rotation {

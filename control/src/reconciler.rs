@@ -45,7 +45,7 @@ use shoal_api::objects::{
 };
 use shoal_gateway::ServiceSnapshot;
 use shoal_gateway::metrics::ReplicaSnapshot;
-use shoal_node::{CgroupLimits, ReplicaSpec, Usage};
+use shoal_node::{Adopted, CgroupLimits, ReplicaSpec, Usage};
 use shoal_runtime::engine::Engine;
 use shoal_runtime::{CacheOutcome, ComponentCache, ModuleError};
 use tokio::sync::watch;
@@ -129,6 +129,10 @@ pub struct Controller {
     engine: Engine,
     data_dir: PathBuf,
     pods: Mutex<Vec<Pod>>,
+    /// Workers taken over from an earlier `shoal up`, until a pass makes
+    /// them pods (those of a current revision, once its module is ready)
+    /// or stops them.
+    adopted: Mutex<Vec<Adopted>>,
     /// Each module's preparation, by digest.
     modules: Mutex<HashMap<String, ModuleState>>,
     /// Modules waiting to be prepared, smallest first: (size, digest,
@@ -226,6 +230,7 @@ impl Controller {
             engine,
             data_dir,
             pods: Mutex::new(Vec::new()),
+            adopted: Mutex::new(Vec::new()),
             modules: Mutex::new(HashMap::new()),
             waiting: Mutex::new(std::collections::BinaryHeap::new()),
             waiting_changed: Arc::new(tokio::sync::Notify::new()),
@@ -588,6 +593,7 @@ impl Controller {
         if let Some(share) = self.share.get() {
             share.report(self.replicas(None));
         }
+        self.stop_unadopted(&desired);
 
         // Services no longer desired: stop their pods; their routes stay
         // (answering 503) until the last of their pods is gone.
@@ -649,9 +655,70 @@ impl Controller {
         true
     }
 
+    /// Takes charge of workers an earlier `shoal up` left running: each of
+    /// a service's current revision becomes one of its pods once the
+    /// module is ready; the others are stopped.
+    pub fn take_over(&self, workers: Vec<Adopted>) {
+        self.adopted.lock().expect("adopted lock").extend(workers);
+    }
+
+    /// The pods made now of taken-over workers of `record`'s service
+    /// running `revision` (its module ready); their indices.
+    fn adopt(&self, record: &ServiceRecord, revision: &str, module: &ModuleState) -> Vec<usize> {
+        let ModuleState::Ready { path, reuses } = module else { return Vec::new() };
+        let name = &record.service.name;
+        let mut waiting = self.adopted.lock().expect("adopted lock");
+        if !waiting.iter().any(|a| a.identity.service == *name) {
+            return Vec::new();
+        }
+        let (mine, others): (Vec<Adopted>, Vec<Adopted>) = std::mem::take(&mut *waiting)
+            .into_iter()
+            .partition(|a| a.identity.service == *name && revision_of(&a.identity.replica) == Some(revision));
+        *waiting = others;
+        drop(waiting);
+        let instances = record.service.spec.instances.policy(*reuses);
+        let mut pods = self.pods.lock().expect("pods lock");
+        let mut added = Vec::new();
+        for Adopted { identity, replica } in mine {
+            let spec = replica_spec(&record.service, identity.replica.clone(), path, instances);
+            let pair = (revision.to_owned(), record.module_digest.clone());
+            added.push(pods.len());
+            pods.push(Pod::adopt(self.ctx.clone(), spec, probes(&record.service), pair, replica));
+        }
+        added
+    }
+
+    /// Stops the taken-over workers no pass will make pods of: of services
+    /// not stored, of revisions not current, of modules that failed.
+    fn stop_unadopted(&self, desired: &Desired) {
+        let mut waiting = self.adopted.lock().expect("adopted lock");
+        let modules = self.modules.lock().expect("modules lock");
+        let (keep, stop): (Vec<Adopted>, Vec<Adopted>) = std::mem::take(&mut *waiting).into_iter().partition(|a| {
+            desired.index.get(&a.identity.service).is_some_and(|&i| {
+                revision_of(&a.identity.replica) == Some(desired.revisions[i].as_str())
+                    && !matches!(modules.get(&desired.records[i].module_digest), Some(ModuleState::Failed { .. }))
+            })
+        });
+        *waiting = keep;
+        drop((waiting, modules));
+        for Adopted { identity, mut replica } in stop {
+            let agent = self.ctx.agent.clone();
+            tracing::info!(replica = %identity.replica, "stopping a taken-over worker no service wants");
+            tokio::spawn(async move { agent.stop(&mut replica, GRACE).await });
+        }
+    }
+
     /// One service's part of a pass: its module, its pods, its status.
     fn pass_service(self: &Arc<Self>, record: &ServiceRecord, revision: &str, pods: &[usize]) {
         let module = self.module(&record.module_digest);
+        let adopted = self.adopt(record, revision, &module);
+        let with_adopted: Vec<usize>;
+        let pods = if adopted.is_empty() {
+            pods
+        } else {
+            with_adopted = pods.iter().copied().chain(adopted).collect();
+            &with_adopted
+        };
         let status = self.reconcile_service(record, revision, pods, &module);
         self.announce(&status);
         self.statuses.lock().expect("status lock").insert(record.service.name.clone(), status);
@@ -874,29 +941,8 @@ impl Controller {
             let asked = if to_start > 0 { self.scaler.take_activation(name) } else { None };
             let asked = asked.unwrap_or_else(Instant::now);
             for _ in 0..to_start {
-                let spec = ReplicaSpec {
-                    service: name.clone(),
-                    name: replica_name(name, &revision),
-                    module: path.clone(),
-                    env: service.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                    limits: CgroupLimits {
-                        memory: service.spec.resources.memory,
-                        cpu_millis: service.spec.resources.cpu_millis,
-                    },
-                    instance_memory: service.spec.resources.instance_memory,
-                    timeout: service.spec.timeout,
-                    // Never more instances than the replica's memory holds.
-                    max_concurrency: service.spec.admitted_concurrency(),
-                    queue: service.spec.limits.queue,
-                    drain_timeout: GRACE,
-                    instance_requests: instances.max_requests,
-                    instance_idle: instances.max_idle,
-                    allow_outbound: service.spec.allow_outbound.clone(),
-                    call_response_body: service.spec.limits.call_response_body,
-                };
-                let probes =
-                    Probes { readiness: service.spec.readiness.clone(), liveness: service.spec.liveness.clone() };
-                pods.push(Pod::start(self.ctx.clone(), spec, probes, revision.clone(), digest.clone(), asked));
+                let spec = replica_spec(service, replica_name(name, &revision), path, instances);
+                pods.push(Pod::start(self.ctx.clone(), spec, probes(service), revision.clone(), digest.clone(), asked));
             }
         }
         if message.is_none() && phase != RolloutPhase::Complete {
@@ -1267,6 +1313,44 @@ fn short(digest: &str) -> &str {
 }
 
 /// `<service>-<revision>-<5 random characters>`, like a Kubernetes pod name.
+/// What a replica of `service` named `name` runs: its module at `path`,
+/// its limits, and how it uses instances.
+fn replica_spec(
+    service: &shoal_api::Service,
+    name: String,
+    path: &std::path::Path,
+    instances: shoal_api::InstancePolicy,
+) -> ReplicaSpec {
+    ReplicaSpec {
+        service: service.name.clone(),
+        name,
+        module: path.to_path_buf(),
+        env: service.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        limits: CgroupLimits { memory: service.spec.resources.memory, cpu_millis: service.spec.resources.cpu_millis },
+        instance_memory: service.spec.resources.instance_memory,
+        timeout: service.spec.timeout,
+        // Never more instances than the replica's memory holds.
+        max_concurrency: service.spec.admitted_concurrency(),
+        queue: service.spec.limits.queue,
+        drain_timeout: GRACE,
+        instance_requests: instances.max_requests,
+        instance_idle: instances.max_idle,
+        allow_outbound: service.spec.allow_outbound.clone(),
+        call_response_body: service.spec.limits.call_response_body,
+    }
+}
+
+fn probes(service: &shoal_api::Service) -> Probes {
+    Probes { readiness: service.spec.readiness.clone(), liveness: service.spec.liveness.clone() }
+}
+
+/// The revision in a replica's name (`<service>-<revision>-<suffix>`).
+fn revision_of(replica: &str) -> Option<&str> {
+    let mut parts = replica.rsplitn(3, '-');
+    let (_suffix, revision, _service) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(revision)
+}
+
 pub fn replica_name(service: &str, revision: &str) -> String {
     use rand::Rng as _;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";

@@ -243,11 +243,15 @@ fn the_contract_in_a_redb_file() {
 #[test]
 fn the_contract_on_etcd() {
     let Some(cluster) = EtcdCluster::start(1) else { return };
-    let client = shoal_etcd::Client::new(&cluster.endpoints()).unwrap();
     for (name, check) in CONTRACT {
         eprintln!("etcd: {name}");
-        // Each check in a prefix of its own, as if in its own etcd.
-        let kv = EtcdKv::connect(client.clone(), &format!("/test/{name}/")).unwrap();
+        // Each check in a prefix of its own, as if in its own etcd, with a
+        // client of its own: an `EtcdKv` runs its requests on a runtime of
+        // its own, and a pooled connection made on the previous check's
+        // runtime died with it ("dispatch task is gone"), which a shared
+        // client could pick up. (A `shoal up` has one `EtcdKv` for its life.)
+        let client = shoal_etcd::Client::new(&cluster.endpoints()).unwrap();
+        let kv = EtcdKv::connect(client, &format!("/test/{name}/")).unwrap();
         check(&kv);
     }
 }

@@ -5,9 +5,8 @@
 //! 1. Create its cgroup with the manifest's limits (when cgroups are usable).
 //! 2. Open the cgroup's `cgroup.procs` files, a readiness pipe, its stdio
 //!    pipes and its channel.
-//! 3. Ask the zygote ([`crate::zygote`]) to fork it; the child, first: sets
-//!    `PR_SET_PDEATHSIG` (so the worker dies with Shoal), checks the parent
-//!    did not already die, leaves Shoal's process group (so a terminal's
+//! 3. Ask the zygote ([`crate::zygote`]) to fork it; the child, first:
+//!    leaves Shoal's process group (so a terminal's
 //!    Ctrl-C reaches Shoal only, which drains first), joins the cgroup, and
 //!    puts its descriptors on 0 to 6, closing every other one.
 //! 4. It then runs as `shoal worker` does: reads its configuration from
@@ -45,6 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use shoal_protocol::attach::WorkerIdentity;
 use shoal_protocol::channel::ChannelFds;
 use shoal_protocol::config::{WorkerConfig, monotonic_nanos};
 use shoal_protocol::ready::{Instances, ReadyReport};
@@ -154,16 +154,30 @@ pub enum Exit {
     Signal(i32),
     /// The kernel's OOM killer killed it (its cgroup recorded an OOM kill).
     OomKilled,
+    /// A worker taken over from another `shoal up` ended: not our child,
+    /// so how is not known.
+    Ended,
 }
 
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Exit::Ended => {
+                f.write_str("ended (taken over from another shoal up, so its exit status is not ours to read)")
+            }
             Exit::Code(code) => write!(f, "exit code {code}"),
             Exit::Signal(signal) => write!(f, "killed by signal {signal}"),
             Exit::OomKilled => f.write_str("OOMKilled"),
         }
     }
+}
+
+/// A worker taken over from another `shoal up`: who it says it is, and
+/// the replica it now is here.
+#[derive(Debug)]
+pub struct Adopted {
+    pub identity: WorkerIdentity,
+    pub replica: Replica,
 }
 
 /// A started replica.
@@ -760,6 +774,97 @@ impl NodeAgent {
                 Err(StartError::Timeout(self.config.ready_timeout))
             }
         }
+    }
+
+    /// Takes over the workers another `shoal up` left running (it died, or
+    /// hands over): attaches to each that listens in
+    /// [`AgentConfig::attach_dir`], taking its output, and watches it.
+    /// Sockets whose worker is gone are removed. Must run within a tokio
+    /// runtime.
+    pub async fn adopt(&self) -> Vec<Adopted> {
+        let Some(dir) = self.config.attach_dir.clone() else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+        let sockets: Vec<PathBuf> = entries
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|e| e == "sock"))
+            .collect();
+        let mut adopted = Vec::new();
+        for socket in sockets {
+            let attached = tokio::task::spawn_blocking({
+                let socket = socket.clone();
+                move || -> std::io::Result<_> {
+                    let (out_read, out_write) = pipe()?;
+                    let (err_read, err_write) = pipe()?;
+                    let (identity, fds) = shoal_protocol::attach::attach(&socket, &out_write, &err_write)?;
+                    Ok((identity, fds, out_read, err_read))
+                }
+            })
+            .await;
+            match attached {
+                Ok(Ok((identity, fds, out_read, err_read))) => match self.adopted(&identity, fds, out_read, err_read) {
+                    Ok(replica) => adopted.push(Adopted { identity, replica }),
+                    Err(error) => tracing::warn!(%error, replica = %identity.replica, "cannot take over a worker"),
+                },
+                Ok(Err(error))
+                    if matches!(error.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) =>
+                {
+                    // Its worker is gone.
+                    let _ = std::fs::remove_file(&socket);
+                }
+                Ok(Err(error)) => tracing::warn!(%error, socket = %socket.display(), "cannot attach to a worker"),
+                Err(error) => tracing::warn!(%error, "cannot attach to a worker"),
+            }
+        }
+        adopted
+    }
+
+    /// A [`Replica`] of a worker just attached to.
+    fn adopted(
+        &self,
+        identity: &WorkerIdentity,
+        channel: ChannelFds,
+        out_read: OwnedFd,
+        err_read: OwnedFd,
+    ) -> std::io::Result<Replica> {
+        let name: Arc<str> = identity.replica.as_str().into();
+        let receiver = |fd: OwnedFd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd);
+        let (out, err) = (receiver(out_read)?, receiver(err_read)?);
+        widen_pipe(out.as_raw_fd());
+        tokio::spawn(forward(out, name.clone(), Stream::Stdout, self.config.log.clone(), None));
+        tokio::spawn(forward(err, name, Stream::Stderr, self.config.log.clone(), None));
+        let cgroup = self.cgroups.as_ref().and_then(|cgroups| cgroups.of_process(identity.pid));
+        let cgroup_path = cgroup.as_ref().map(|c| c.path().to_owned());
+        let ended = crate::child::watch(identity.pid)?;
+        let (exit_tx, exit_rx) = watch::channel(None);
+        tokio::spawn(async move {
+            use std::os::unix::process::ExitStatusExt as _;
+            let mut exit = match ended.await {
+                Some(status) => match (status.code(), status.signal()) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, Some(signal)) => Exit::Signal(signal),
+                    (None, None) => Exit::Ended,
+                },
+                None => Exit::Ended,
+            };
+            if let Some(cgroup) = cgroup {
+                if cgroup.oom_killed() {
+                    exit = Exit::OomKilled;
+                }
+                if let Err(error) = cgroup.remove() {
+                    tracing::warn!(%error, "cgroup left behind");
+                }
+            }
+            let _ = exit_tx.send(Some(exit));
+        });
+        Ok(Replica {
+            name: identity.replica.clone(),
+            pid: identity.pid,
+            channel: Some(channel),
+            cgroup: cgroup_path,
+            startup: Startup::default(),
+            exit: exit_rx,
+        })
     }
 
     /// Stops a replica: SIGTERM, then SIGKILL after `grace`. Returns once it

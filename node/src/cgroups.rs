@@ -172,6 +172,24 @@ impl Cgroups {
         ReplicaCgroup { dirs: self.mounts.join(&path), v2: self.v2, path: format!("/{path}") }
     }
 
+    /// The group a running process is in (a worker taken over from another
+    /// `shoal up`), from `/proc/<pid>/cgroup`; `None` unless it is one of
+    /// Shoal's (`/shoal/…`).
+    pub fn of_process(&self, pid: u32) -> Option<ReplicaCgroup> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = text.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let wanted = if self.v2 { controllers.is_empty() } else { controllers.split(',').any(|c| c == "memory") };
+            wanted.then_some(path)
+        })?;
+        path.starts_with("/shoal/").then(|| ReplicaCgroup {
+            dirs: self.mounts.join(path.trim_start_matches('/')),
+            v2: self.v2,
+            path: path.to_owned(),
+        })
+    }
+
     /// Creates the cgroup of `replica` with `limits`.
     pub fn create(&self, replica: &str, limits: CgroupLimits) -> Result<ReplicaCgroup, String> {
         let group = self.group(replica);

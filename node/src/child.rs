@@ -96,6 +96,29 @@ impl Child {
     }
 }
 
+/// Waits until process `pid`, which need not be a child of this process (a
+/// worker taken over from another `shoal up`), has ended: its exit status
+/// when it is our child, `None` when it is not (only its parent can read
+/// that). Must run within a tokio runtime.
+pub fn watch(pid: u32) -> io::Result<impl std::future::Future<Output = Option<ExitStatus>>> {
+    // SAFETY: pidfd_open takes a pid and flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, libc::O_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open returned a new descriptor, ours alone.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the OwnedFd stays open, and the same, while the AsyncFd owns it.
+    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }?;
+    Ok(async move {
+        // A pidfd turns readable once its process has exited.
+        if let Ok(mut ready) = pidfd.readable().await {
+            ready.retain_ready();
+        }
+        reap(pidfd.get_ref(), libc::WNOHANG).ok().flatten()
+    })
+}
+
 /// `waitid` on a pidfd: the exit status once the process has ended.
 fn reap(pidfd: &OwnedFd, flags: libc::c_int) -> io::Result<Option<ExitStatus>> {
     loop {

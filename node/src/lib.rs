@@ -1,10 +1,10 @@
 //! The node agent: runs replicas as worker processes on this machine.
 //!
 //! Each replica is a worker process (the same binary, forked by the
-//! zygote), confined by a cgroup of its own that it joins first, killed
-//! with Shoal through
-//! `PR_SET_PDEATHSIG`, and watched until it exits; its cgroup and socket are
-//! removed then. Without cgroup access the agent still runs replicas,
+//! zygote), confined by a cgroup of its own that it joins first, and
+//! watched until it exits; its cgroup and socket are removed then. A worker
+//! outlives a `shoal up` that died for a grace, and the next one takes it
+//! over ([`NodeAgent::adopt`]). Without cgroup access the agent still runs replicas,
 //! unconfined, and says so.
 //!
 //! # Layout
@@ -25,7 +25,7 @@ pub mod starts;
 pub mod zygote;
 
 pub use agent::{
-    AgentConfig, DEFAULT_STANDBY_MAX, Exit, Killer, LogSink, NodeAgent, Replica, ReplicaSpec, StartError, StartStatus,
-    Startup, Stream, Usage, default_start_concurrency, stdio_log,
+    Adopted, AgentConfig, DEFAULT_STANDBY_MAX, Exit, Killer, LogSink, NodeAgent, Replica, ReplicaSpec, StartError,
+    StartStatus, Startup, Stream, Usage, default_start_concurrency, stdio_log,
 };
 pub use cgroups::{CgroupLimits, Cgroups};

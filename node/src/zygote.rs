@@ -13,9 +13,9 @@
 //!
 //! The child is forked with `CLONE_PARENT`: its parent is `shoal up` (the
 //! fork thread that started the zygote), not the zygote. So `shoal up`
-//! reaps it and reads its exit status (through a pidfd), it dies with
-//! `shoal up` (`PR_SET_PDEATHSIG`, checked against a parent that died
-//! first), and a zygote that dies takes no worker with it. Before running
+//! reaps it and reads its exit status (through a pidfd), and a zygote that
+//! dies takes no worker with it. A worker does not die with `shoal up`
+//! (no `PR_SET_PDEATHSIG`): it outlives it for a grace, to be taken over. Before running
 //! anything else the child joins its cgroup, puts its descriptors on 0 to 6
 //! and closes every other one (the zygote's socket included), then runs
 //! the worker exactly as `shoal worker` would: read the configuration from
@@ -282,8 +282,6 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// `preload` for each module it is asked to load ahead. Returns the
 /// zygote's exit code.
 pub fn serve(worker: fn(&str, Duration) -> i32, preload: fn(&Preload) -> Result<(), String>) -> i32 {
-    // SAFETY: getppid has no preconditions.
-    let parent = unsafe { libc::getppid() };
     // SAFETY: `shoal up` put the zygote's socket on this descriptor for it
     // alone.
     let socket = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
@@ -326,7 +324,7 @@ pub fn serve(worker: fn(&str, Duration) -> i32, preload: fn(&Preload) -> Result<
                 Reply::Failed { error: format!("{} descriptors came with the request", fds.len()) }
             }
             Ok(Request::Fork { name, asked_ns }) => match raw_clone(libc::CLONE_PARENT) {
-                Ok(0) => child(parent, &name, asked_ns, fds, worker),
+                Ok(0) => child(&name, asked_ns, fds, worker),
                 Ok(pid) => Reply::Forked { pid },
                 Err(error) => Reply::Failed { error: format!("cannot fork: {error}") },
             },
@@ -354,9 +352,9 @@ fn raw_clone(flags: libc::c_int) -> io::Result<u32> {
     if pid < 0 { Err(io::Error::last_os_error()) } else { Ok(pid as u32) }
 }
 
-/// The forked child: dies with Shoal, joins its cgroup, takes its
-/// descriptors, closes the rest, and becomes the worker. Never returns.
-fn child(parent: libc::pid_t, name: &str, asked_ns: u64, fds: Vec<OwnedFd>, worker: fn(&str, Duration) -> i32) -> ! {
+/// The forked child: leaves Shoal's process group, joins its cgroup, takes
+/// its descriptors, closes the rest, and becomes the worker. Never returns.
+fn child(name: &str, asked_ns: u64, fds: Vec<OwnedFd>, worker: fn(&str, Duration) -> i32) -> ! {
     let fds: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
     let fail = |what: &str| -> ! {
         let error = io::Error::last_os_error();
@@ -370,13 +368,10 @@ fn child(parent: libc::pid_t, name: &str, asked_ns: u64, fds: Vec<OwnedFd>, work
     };
     // SAFETY: plain system calls on descriptors this process owns.
     unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            fail("PR_SET_PDEATHSIG");
-        }
-        // Shoal died before that took effect: it would never be killed.
-        if libc::getppid() != parent {
-            libc::_exit(1);
-        }
+        // No PR_SET_PDEATHSIG: a worker outlives the `shoal up` that
+        // started it for a grace, to be taken over (it exits once no
+        // gateway has a channel to it and none attached within the grace;
+        // a standby, once its stdin closes).
         if libc::setpgid(0, 0) != 0 {
             fail("setpgid");
         }

@@ -76,22 +76,6 @@ pub struct WorkerConfig {
     pub orphan_grace_ms: u64,
 }
 
-/// What a worker answers an attach with (JSON), with the gateway's three
-/// descriptors of the new channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerIdentity {
-    pub service: String,
-    pub replica: String,
-    pub module: PathBuf,
-    pub pid: u32,
-    /// When it became ready (seconds since the epoch).
-    pub ready_unix: u64,
-}
-
-/// The request an attach starts with.
-pub const ATTACH_REQUEST: &[u8] = b"SHOAL-ATTACH 1";
-
 fn one() -> u32 {
     1
 }

@@ -13,7 +13,9 @@
 //! - [`channel`]: the shared-memory channel between the gateway and one
 //!   replica: the segment layout, the two rings, the frames, the wake-ups.
 //! - [`fdpass`]: messages with descriptors over Unix sockets.
+//! - [`attach`]: a `shoal up` attaching to a worker it did not start.
 
+pub mod attach;
 pub mod channel;
 pub mod config;
 pub mod fdpass;

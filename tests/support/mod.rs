@@ -114,9 +114,14 @@ impl Shoal {
         std::fs::set_permissions(&data.0, std::fs::Permissions::from_mode(0o777)).unwrap();
         let mut command = Command::new(SHOAL);
         customize(&mut command);
+        command.arg("up");
+        // A test may choose the gateway's address (to find it again after
+        // a restart).
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .arg("up")
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data.0)
             .args(args)
             .stdin(Stdio::null())

@@ -11,17 +11,12 @@
 
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use shoal_protocol::attach::{self, ATTACH_REQUEST, WorkerIdentity};
 use shoal_protocol::channel::{Channel, ChannelFds, Side};
-use shoal_protocol::config::{ATTACH_REQUEST, WorkerIdentity};
 use shoal_protocol::fdpass;
 use tokio::io::unix::AsyncFd;
-
-/// How long one attach exchange may take.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The listening socket; its file is removed when dropped.
 pub(crate) struct AttachSocket {
@@ -32,20 +27,7 @@ pub(crate) struct AttachSocket {
 impl AttachSocket {
     /// Listens on `path` (a stale file there is replaced), mode 0600.
     pub(crate) fn bind(path: &Path) -> io::Result<AttachSocket> {
-        let bytes = path.as_os_str().as_bytes();
-        // SAFETY: sockaddr_un is plain data.
-        let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        if bytes.len() >= address.sun_path.len() {
-            return Err(io::Error::other(format!(
-                "{}: longer than a Unix socket path may be ({} bytes)",
-                path.display(),
-                address.sun_path.len() - 1
-            )));
-        }
-        address.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (to, from) in address.sun_path.iter_mut().zip(bytes) {
-            *to = *from as libc::c_char;
-        }
+        let address = attach::socket_address(path)?;
         let _ = std::fs::remove_file(path);
         // SAFETY: plain socket creation.
         let fd =
@@ -110,20 +92,8 @@ impl Drop for AttachSocket {
 /// new pipes. Returns the worker's end of the new channel.
 pub(crate) fn exchange(connection: OwnedFd, identity: &WorkerIdentity) -> io::Result<Channel> {
     let socket = connection.as_raw_fd();
-    let timeout = libc::timeval { tv_sec: EXCHANGE_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
-    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: sets a timeval option on our own socket.
-        unsafe {
-            libc::setsockopt(
-                socket,
-                libc::SOL_SOCKET,
-                option,
-                (&raw const timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-    }
-    let peer = peer_uid(socket)?;
+    attach::set_timeouts(socket);
+    let peer = attach::peer_uid(socket)?;
     // SAFETY: getuid has no preconditions.
     let me = unsafe { libc::getuid() };
     if peer != me && peer != 0 {
@@ -148,69 +118,4 @@ pub(crate) fn exchange(connection: OwnedFd, identity: &WorkerIdentity) -> io::Re
         }
     }
     Channel::open(worker, Side::Worker).map_err(io::Error::other)
-}
-
-fn peer_uid(socket: libc::c_int) -> io::Result<libc::uid_t> {
-    // SAFETY: ucred is plain data.
-    let mut credentials: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED fills a ucred of `length` bytes.
-    let got = unsafe {
-        libc::getsockopt(socket, libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut credentials).cast(), &mut length)
-    };
-    if got != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(credentials.uid)
-}
-
-/// The client's side (`shoal up` attaching to a worker it did not start):
-/// connects to `path`, hands over the write ends of the new output pipes,
-/// and returns the worker's identity and the gateway's end of the new
-/// channel.
-pub fn attach(path: &Path, stdout: &OwnedFd, stderr: &OwnedFd) -> io::Result<(WorkerIdentity, ChannelFds)> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain data.
-    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= address.sun_path.len() {
-        return Err(io::Error::other(format!("{}: too long for a Unix socket path", path.display())));
-    }
-    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (to, from) in address.sun_path.iter_mut().zip(bytes) {
-        *to = *from as libc::c_char;
-    }
-    // SAFETY: plain socket creation.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: `address` is a valid sockaddr_un of `length` bytes.
-    if unsafe { libc::connect(socket.as_raw_fd(), (&raw const address).cast(), length) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let timeout = libc::timeval { tv_sec: EXCHANGE_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
-    // SAFETY: sets a timeval option on our own socket.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    fdpass::send(socket.as_raw_fd(), ATTACH_REQUEST, &[stdout.as_raw_fd(), stderr.as_raw_fd()])?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let (len, mut fds) = fdpass::receive(socket.as_raw_fd(), &mut buf)?;
-    if len == 0 || fds.len() != 3 {
-        return Err(io::Error::other(format!("{}: the worker refused the attach", path.display())));
-    }
-    let identity: WorkerIdentity = serde_json::from_slice(&buf[..len]).map_err(io::Error::other)?;
-    let wake_peer = fds.pop().expect("three");
-    let wake_me = fds.pop().expect("three");
-    let segment = fds.pop().expect("three");
-    Ok((identity, ChannelFds { segment, wake_me, wake_peer }))
 }

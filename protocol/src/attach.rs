@@ -1,0 +1,114 @@
+//! Attaching to a running worker: how a `shoal up` that did not start a
+//! worker (its successor in a handover, or one started after a crash)
+//! gets a channel to it. The worker's side is in `shoal-runtime`
+//! (`worker::attach`); this is the client, and what both share.
+
+use std::io;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::ChannelFds;
+use crate::fdpass;
+
+/// How long one attach exchange may take, on either side.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a worker answers an attach with (JSON), with the gateway's three
+/// descriptors of the new channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerIdentity {
+    pub service: String,
+    pub replica: String,
+    pub module: PathBuf,
+    pub pid: u32,
+    /// When it became ready (seconds since the epoch).
+    pub ready_unix: u64,
+}
+
+/// The request an attach starts with.
+pub const ATTACH_REQUEST: &[u8] = b"SHOAL-ATTACH 1";
+
+/// `path` as a Unix socket address, or an error that says it is too long.
+pub fn socket_address(path: &Path) -> io::Result<libc::sockaddr_un> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= address.sun_path.len() {
+        return Err(io::Error::other(format!(
+            "{}: longer than a Unix socket path may be ({} bytes)",
+            path.display(),
+            address.sun_path.len() - 1
+        )));
+    }
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (to, from) in address.sun_path.iter_mut().zip(bytes) {
+        *to = *from as libc::c_char;
+    }
+    Ok(address)
+}
+
+/// Bounds blocking sends and receives on `socket` by [`EXCHANGE_TIMEOUT`].
+pub fn set_timeouts(socket: libc::c_int) {
+    let timeout = libc::timeval { tv_sec: EXCHANGE_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
+    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: sets a timeval option on a socket the caller holds.
+        unsafe {
+            libc::setsockopt(
+                socket,
+                libc::SOL_SOCKET,
+                option,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+    }
+}
+
+/// The user id of the process at the other end of `socket`.
+pub fn peer_uid(socket: libc::c_int) -> io::Result<libc::uid_t> {
+    // SAFETY: ucred is plain data.
+    let mut credentials: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of `length` bytes.
+    let got = unsafe {
+        libc::getsockopt(socket, libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut credentials).cast(), &mut length)
+    };
+    if got != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(credentials.uid)
+}
+
+/// The client's side (`shoal up` attaching to a worker it did not start):
+/// connects to `path`, hands over the write ends of the new output pipes,
+/// and returns the worker's identity and the gateway's end of the new
+/// channel.
+pub fn attach(path: &Path, stdout: &OwnedFd, stderr: &OwnedFd) -> io::Result<(WorkerIdentity, ChannelFds)> {
+    let address = socket_address(path)?;
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `address` is a valid sockaddr_un of `length` bytes.
+    if unsafe { libc::connect(socket.as_raw_fd(), (&raw const address).cast(), length) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    set_timeouts(socket.as_raw_fd());
+    fdpass::send(socket.as_raw_fd(), ATTACH_REQUEST, &[stdout.as_raw_fd(), stderr.as_raw_fd()])?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (len, fds) = fdpass::receive(socket.as_raw_fd(), &mut buf)?;
+    let Ok([segment, wake_me, wake_peer]) = <[OwnedFd; 3]>::try_from(fds) else {
+        return Err(io::Error::other(format!("{}: the worker refused the attach", path.display())));
+    };
+    let identity: WorkerIdentity = serde_json::from_slice(&buf[..len]).map_err(io::Error::other)?;
+    Ok((identity, ChannelFds { segment, wake_me, wake_peer }))
+}
