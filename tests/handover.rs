@@ -22,24 +22,6 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
-/// A `SOCK_SEQPACKET` connection to `path`.
-fn seqpacket_to(path: &std::path::Path) -> OwnedFd {
-    use std::os::unix::ffi::OsStrExt as _;
-    // SAFETY: plain socket creation; sockaddr_un is plain data, filled
-    // below within its size.
-    unsafe {
-        let fd = OwnedFd::from_raw_fd(libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0));
-        let mut address: libc::sockaddr_un = std::mem::zeroed();
-        address.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (to, from) in address.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
-            *to = *from as libc::c_char;
-        }
-        let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        assert_eq!(libc::connect(fd.as_raw_fd(), (&raw const address).cast(), length), 0);
-        fd
-    }
-}
-
 /// `GET path` over `link`: (status, body).
 async fn get_over(link: &std::sync::Arc<Link>, path: &str) -> (u16, String) {
     let head = RequestHead {
@@ -117,7 +99,7 @@ async fn a_second_gateway_attaches_to_a_running_worker_and_both_are_served() {
     let (status, _) = get(&shoal.url("/"), None).await;
     assert_eq!(status, 200);
     // Something that is not an attach is answered with nothing.
-    let stranger = seqpacket_to(&socket);
+    let stranger = shoal_protocol::attach::connect(&socket).unwrap();
     shoal_protocol::fdpass::send(stranger.as_raw_fd(), b"GET / HTTP/1.1", &[]).unwrap();
     let mut buf = [0u8; 64];
     let (len, fds) = shoal_protocol::fdpass::receive(stranger.as_raw_fd(), &mut buf).unwrap();

@@ -52,6 +52,30 @@ pub fn socket_address(path: &Path) -> io::Result<libc::sockaddr_un> {
     Ok(address)
 }
 
+/// A new `SOCK_SEQPACKET` Unix socket, close-on-exec, with `flags` added
+/// (`SOCK_NONBLOCK`, say).
+pub fn seqpacket(flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | flags, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A blocking `SOCK_SEQPACKET` connection to the socket at `path`.
+pub fn connect(path: &Path) -> io::Result<OwnedFd> {
+    let address = socket_address(path)?;
+    let socket = seqpacket(0)?;
+    let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `address` is a valid sockaddr_un of `length` bytes.
+    if unsafe { libc::connect(socket.as_raw_fd(), (&raw const address).cast(), length) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
 /// Bounds blocking sends and receives on `socket` by [`EXCHANGE_TIMEOUT`].
 pub fn set_timeouts(socket: libc::c_int) {
     let timeout = libc::timeval { tv_sec: EXCHANGE_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
@@ -89,19 +113,7 @@ pub fn peer_uid(socket: libc::c_int) -> io::Result<libc::uid_t> {
 /// and returns the worker's identity and the gateway's end of the new
 /// channel.
 pub fn attach(path: &Path, stdout: &OwnedFd, stderr: &OwnedFd) -> io::Result<(WorkerIdentity, ChannelFds)> {
-    let address = socket_address(path)?;
-    // SAFETY: plain socket creation.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: `address` is a valid sockaddr_un of `length` bytes.
-    if unsafe { libc::connect(socket.as_raw_fd(), (&raw const address).cast(), length) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let socket = connect(path)?;
     set_timeouts(socket.as_raw_fd());
     fdpass::send(socket.as_raw_fd(), ATTACH_REQUEST, &[stdout.as_raw_fd(), stderr.as_raw_fd()])?;
     let mut buf = vec![0u8; 64 * 1024];

@@ -29,14 +29,7 @@ impl AttachSocket {
     pub(crate) fn bind(path: &Path) -> io::Result<AttachSocket> {
         let address = attach::socket_address(path)?;
         let _ = std::fs::remove_file(path);
-        // SAFETY: plain socket creation.
-        let fd =
-            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: socket returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = attach::seqpacket(libc::SOCK_NONBLOCK)?;
         let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
         // SAFETY: `address` is a valid sockaddr_un of `length` bytes.
         if unsafe { libc::bind(fd.as_raw_fd(), (&raw const address).cast(), length) } != 0 {
