@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod builder;
 mod cli;
+mod handover;
 mod scaffold;
 mod up;
 

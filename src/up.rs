@@ -39,6 +39,7 @@ use shoal_runtime::ComponentCache;
 use tokio::sync::{Notify, watch};
 
 use crate::UpArgs;
+use crate::handover::{Caller, Inheritance, Role, Shared};
 
 /// The kubia sample, built from `samples/hello` by `build.rs`.
 const HELLO_WASM: &[u8] = include_bytes!(env!("SHOAL_HELLO_WASM"));
@@ -90,6 +91,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     compile(&loaded, &cache)?;
     let default_certificate = default_certificate(&args)?;
 
+    // A shoal up running on this data directory hands over to this one:
+    // after it let go of the store, before this one opens it.
+    let inheritance = if args.etcd.is_none() { crate::handover::take_over(&data_dir)? } else { None };
     let etcd = args.etcd.as_deref().map(connect_etcd).transpose()?;
     let store: Arc<dyn Store> = match &etcd {
         Some((client, kv)) => {
@@ -140,7 +144,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let runtime = builder.enable_all().build().context("cannot start the tokio runtime")?;
     let listeners = if args.tls_listen.is_some() { 2 } else { 1 };
     let max_connections = connection_budget(args.max_connections, open_files, listeners);
-    let stores = Stores { store, etcd, token, cache, data_dir };
+    let stores = Stores { store, etcd, token, cache, data_dir, inheritance };
     runtime.block_on(serve(args, stores, default_certificate, max_connections))
 }
 
@@ -464,6 +468,8 @@ struct Stores {
     token: String,
     cache: ComponentCache,
     data_dir: PathBuf,
+    /// What the `shoal up` that handed over to this one passed on.
+    inheritance: Option<Inheritance>,
 }
 
 async fn serve(
@@ -472,7 +478,7 @@ async fn serve(
     default_certificate: Option<Arc<shoal_gateway::tls::Certificate>>,
     max_connections: usize,
 ) -> anyhow::Result<()> {
-    let Stores { store, etcd, token, cache, data_dir } = stores;
+    let Stores { store, etcd, token, cache, data_dir, mut inheritance } = stores;
     // Handle SIGINT and SIGTERM from here on (before anything is printed
     // that says Shoal is up), so that a signal always means a clean stop.
     let signal = shutdown_signal()?;
@@ -519,7 +525,7 @@ async fn serve(
     };
 
     let (gateway_listener, admin_listener, tls_listener) =
-        match bind(args.listen, args.admin_listen, args.tls_listen).await {
+        match bind(args.listen, args.admin_listen, args.tls_listen, inheritance.as_mut()) {
             Ok(listeners) => listeners,
             Err(error) => {
                 cleanup(&agent);
@@ -528,6 +534,8 @@ async fn serve(
         };
     let gateway_address = gateway_listener.local_addr()?;
     let admin_address = admin_listener.local_addr()?;
+    // Copies of the listening sockets, for a successor.
+    let shared = share(&gateway_listener, &admin_listener, tls_listener.as_ref())?;
 
     let gateway = Gateway::new();
     gateway.trust_outbound_cas(&args.outbound_ca)?;
@@ -544,7 +552,11 @@ async fn serve(
     let changed = ctx.changed.clone();
     let node = ctx.node.clone();
     let controller = Controller::new(store.clone(), ctx, logs.clone(), cache, data_dir.clone(), args.module_retention)?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The admin API, the control plane and the gateway stop apart in a
+    // handover; together otherwise.
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let (control_stop, shutdown_rx) = watch::channel(false);
+    let (gateway_stop, gateway_stop_rx) = watch::channel(false);
 
     // In a cluster: register (a lease, this node's record), then run this
     // node's share of the placement.
@@ -584,11 +596,15 @@ async fn serve(
         }
         None => None,
     };
+    let cluster_mode = cluster.is_some();
     let membership = cluster.clone().map(|cluster| tokio::spawn(cluster.run(shutdown_rx.clone())));
 
     // Workers an earlier `shoal up` on this data directory left running
     // (it was killed, or crashed) serve on, as this one's replicas.
     let adopted = agent.adopt().await;
+    if let Some(inheritance) = &mut inheritance {
+        controller.inherit(std::mem::take(&mut inheritance.succession));
+    }
     if !adopted.is_empty() {
         println!("shoal: took over {} running worker(s) of an earlier shoal up", adopted.len());
         controller.take_over(adopted);
@@ -597,8 +613,23 @@ async fn serve(
     // published: requests that arrive before its replicas are ready get
     // 503 (no ready replica), never 404.
     controller.reconcile().await;
-    let reconciler = tokio::spawn(controller.clone().run(shutdown_rx.clone()));
-    let mut admin = AdminState::new(store, controller, events, logs, &token);
+    let mut reconciler = Some(tokio::spawn(controller.clone().run(shutdown_rx.clone())));
+    if inheritance.is_some() {
+        // Serve once the predecessor's replicas are in this gateway's
+        // rotation too, so that no request finds none.
+        let started = Instant::now();
+        while controller.taking_over() && started.elapsed() < TAKEOVER_WAIT {
+            controller.trigger();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if controller.taking_over() {
+            eprintln!(
+                "warning: some workers taken over are not in rotation after {} s; serving anyway",
+                TAKEOVER_WAIT.as_secs()
+            );
+        }
+    }
+    let mut admin = AdminState::new(store.clone(), controller.clone(), events, logs, &token);
     if let Some(cluster) = cluster {
         admin = admin.with_cluster(cluster, gateway.clone());
     } else {
@@ -617,11 +648,11 @@ async fn serve(
             starts: None,
         });
     }
-    let mut admin_shutdown = shutdown_rx.clone();
-    let admin_server = tokio::spawn(shoal_control::admin::serve(admin_listener, admin, async move {
+    let mut admin_shutdown = admin_stop_rx;
+    let mut admin_server = Some(tokio::spawn(shoal_control::admin::serve(admin_listener, admin, async move {
         let _ = admin_shutdown.wait_for(|stop| *stop).await;
-    }));
-    let mut gateway_shutdown = shutdown_rx.clone();
+    })));
+    let mut gateway_shutdown = gateway_stop_rx.clone();
     let gateway_config = GatewayConfig { max_connections, ..GatewayConfig::default() };
     let gateway_server = tokio::spawn(gateway.clone().serve(gateway_listener, gateway_config.clone(), async move {
         let _ = gateway_shutdown.wait_for(|stop| *stop).await;
@@ -630,16 +661,78 @@ async fn serve(
     let tls_server = tls_listener.map(|listener| {
         let address = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
         println!("shoal: gateway listening on https://{address}");
-        let mut tls_shutdown = shutdown_rx.clone();
+        let mut tls_shutdown = gateway_stop_rx.clone();
         tokio::spawn(gateway.clone().serve_tls(listener, gateway_config.clone(), async move {
             let _ = tls_shutdown.wait_for(|stop| *stop).await;
         }))
     });
     println!("shoal: admin API listening on http://{admin_address} (token in {})", data_dir.join("token").display());
+    if let Some(inheritance) = inheritance {
+        let predecessor = inheritance.predecessor;
+        match inheritance.serving() {
+            Ok(()) => println!("shoal: took over from pid {predecessor}, which drains and exits"),
+            Err(error) => eprintln!("warning: cannot tell pid {predecessor} that this shoal up serves: {error}"),
+        }
+    }
+    let desk = crate::handover::open_desk(&data_dir);
 
-    signal.await;
-    println!("shoal: shutting down");
-    let _ = shutdown_tx.send(true);
+    tokio::pin!(signal);
+    let successor = loop {
+        let caller = async {
+            match &desk {
+                Some(desk) => desk.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let caller = tokio::select! {
+            () = &mut signal => break None,
+            caller = caller => caller,
+        };
+        if cluster_mode {
+            caller.refuse(
+                "this node is in a cluster (--etcd), where a handover is not supported yet: stop this shoal up, \
+                 then start the new one (the cluster places the replicas elsewhere meanwhile)",
+            );
+            continue;
+        }
+        let pid = caller.pid;
+        println!("shoal: handing over to a new shoal up (pid {pid}, version {})", caller.version);
+        // No more changes: the admin API drains, the pods let go of their
+        // workers (serving on here until the drain), the store closes.
+        let _ = admin_stop.send(true);
+        if let Some(server) = admin_server.take() {
+            let _ = server.await;
+        }
+        controller.release_on_stop();
+        let _ = control_stop.send(true);
+        if let Some(reconciler) = reconciler.take() {
+            let _ = reconciler.await;
+        }
+        let succession = controller.succession();
+        store.release();
+        let offered: Vec<(Shared, std::os::fd::RawFd)> =
+            shared.iter().map(|(s, fd)| (s.clone(), std::os::fd::AsRawFd::as_raw_fd(fd))).collect();
+        match offer(caller, offered, succession).await {
+            Ok(()) => break Some(pid),
+            Err(error) => eprintln!(
+                "ERROR: the new shoal up (pid {pid}) failed to take over: {error}. This one goes on serving its \
+                 running replicas, without a control plane (no restarts, no scaling, no admin API): start a new \
+                 shoal up on {} to take over.",
+                data_dir.display()
+            ),
+        }
+    };
+    drop(desk);
+    match successor {
+        Some(pid) => {
+            println!("shoal: pid {pid} serves; draining");
+            gateway.hand_off(loopback(gateway_address));
+        }
+        None => println!("shoal: shutting down"),
+    }
+    let _ = gateway_stop.send(true);
+    let _ = control_stop.send(true);
+    let _ = admin_stop.send(true);
     if let Err(error) = gateway_server.await {
         tracing::warn!(%error, "gateway task failed");
     }
@@ -649,34 +742,105 @@ async fn serve(
     } {
         tracing::warn!(%error, "HTTPS gateway task failed");
     }
-    let _ = reconciler.await;
+    if let Some(reconciler) = reconciler {
+        let _ = reconciler.await;
+    }
     if let Some(membership) = membership {
         let _ = membership.await;
     }
-    let _ = admin_server.await;
+    if let Some(admin_server) = admin_server {
+        let _ = admin_server.await;
+    }
     cleanup(&agent);
-    println!("shoal: stopped");
+    match successor {
+        Some(pid) => println!("shoal: handed over to pid {pid}; stopped (its workers serve on)"),
+        None => println!("shoal: stopped"),
+    }
     Ok(())
+}
+
+/// How long a successor waits for the workers it took over to enter its
+/// rotation before it serves anyway.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
+
+/// Offers the listening sockets and the state to `caller`, and waits until
+/// it serves.
+async fn offer(
+    caller: Caller,
+    offered: Vec<(Shared, std::os::fd::RawFd)>,
+    succession: shoal_control::reconciler::Succession,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || caller.offer(&offered, &succession))
+        .await
+        .map_err(|e| anyhow!("the handover task failed: {e}"))?
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// Where this process reaches a gateway listening on `address`: the
+/// loopback address of its family when it listens on all of them.
+fn loopback(address: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, address.port())
+}
+
+/// A copy of each listening socket, with what it is for, to offer a
+/// successor.
+fn share(
+    gateway: &tokio::net::TcpListener,
+    admin: &tokio::net::TcpListener,
+    tls: Option<&tokio::net::TcpListener>,
+) -> anyhow::Result<Vec<(Shared, std::os::fd::OwnedFd)>> {
+    use std::os::fd::AsFd as _;
+    let mut shared = Vec::new();
+    for (role, listener) in [(Role::Gateway, Some(gateway)), (Role::Admin, Some(admin)), (Role::Tls, tls)] {
+        let Some(listener) = listener else { continue };
+        let fd = listener.as_fd().try_clone_to_owned().context("cannot copy a listening socket")?;
+        shared.push((Shared { role, address: listener.local_addr()? }, fd));
+    }
+    Ok(shared)
 }
 
 /// The gateway's, the admin API's and the HTTPS listener.
 type Listeners = (tokio::net::TcpListener, tokio::net::TcpListener, Option<tokio::net::TcpListener>);
 
 /// Binds the gateway, the admin API and HTTPS, with errors that name the
-/// address.
-async fn bind(
+/// address; or takes the predecessor's listening sockets for them.
+fn bind(
     gateway: std::net::SocketAddr,
     admin: std::net::SocketAddr,
     tls: Option<std::net::SocketAddr>,
+    mut inherited: Option<&mut Inheritance>,
 ) -> anyhow::Result<Listeners> {
-    let g = listen(gateway).map_err(|e| anyhow!("cannot listen on {gateway}: {e}"))?;
-    let a = listen(admin)
-        .map_err(|e| anyhow!("cannot listen on {admin} for the admin API: {e} (choose another with --admin-listen)"))?;
-    let t = tls
-        .map(|tls| {
-            listen(tls).map_err(|e| anyhow!("cannot listen on {tls} for HTTPS: {e} (choose another with --tls-listen)"))
-        })
-        .transpose()?;
+    let mut take =
+        |role: Role, wanted: Option<std::net::SocketAddr>| -> anyhow::Result<Option<tokio::net::TcpListener>> {
+            let Some(listener) = inherited.as_mut().and_then(|i| i.listener(role, wanted)) else { return Ok(None) };
+            listener.set_nonblocking(true).context("cannot use an inherited listening socket")?;
+            Ok(Some(tokio::net::TcpListener::from_std(listener).context("cannot use an inherited listening socket")?))
+        };
+    let g = match take(Role::Gateway, Some(gateway))? {
+        Some(listener) => listener,
+        None => listen(gateway).map_err(|e| anyhow!("cannot listen on {gateway}: {e}"))?,
+    };
+    let a = match take(Role::Admin, Some(admin))? {
+        Some(listener) => listener,
+        None => listen(admin).map_err(|e| {
+            anyhow!("cannot listen on {admin} for the admin API: {e} (choose another with --admin-listen)")
+        })?,
+    };
+    let t = match take(Role::Tls, tls)? {
+        Some(listener) => Some(listener),
+        None => tls
+            .map(|tls| {
+                listen(tls)
+                    .map_err(|e| anyhow!("cannot listen on {tls} for HTTPS: {e} (choose another with --tls-listen)"))
+            })
+            .transpose()?,
+    };
     Ok((g, a, t))
 }
 

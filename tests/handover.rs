@@ -110,39 +110,65 @@ async fn a_second_gateway_attaches_to_a_running_worker_and_both_are_served() {
     assert!(!socket.exists(), "the worker left its socket behind");
 }
 
-/// GETs `url` from `clients` tasks until told to stop: (answered 200,
-/// failed), counted over the whole run, and whether the last `tail`
-/// requests of every client were all answered.
+/// What a [`Load`] saw.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    ok: u64,
+    failed: u64,
+    /// Of the failed: connections refused (or not completed).
+    refused: u64,
+    /// Whether the last `tail` requests of every client were answered.
+    tail_ok: bool,
+}
+
+/// GETs `url` from `clients` tasks until told to stop, counting over the
+/// whole run. Odd clients open a connection per request (a refused
+/// connection counts, as a client would see it); even ones keep theirs
+/// alive between requests, as browsers and proxies do.
 struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<(u64, u64, bool)>>,
+    tasks: Vec<tokio::task::JoinHandle<Seen>>,
 }
 
 impl Load {
     fn start(url: String, clients: usize, tail: usize) -> Load {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks = (0..clients)
-            .map(|_| {
+            .map(|n| {
                 let (stop, url) = (stop.clone(), url.clone());
                 tokio::spawn(async move {
-                    let (mut ok, mut failed) = (0, 0);
+                    let mut seen = Seen::default();
+                    let kept = client();
                     let mut recent = std::collections::VecDeque::new();
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        // A new client each time: a connection refused
-                        // counts, as a client would see it.
                         let request = hyper::Request::get(&url).body(http_body_util::Empty::<Bytes>::new()).unwrap();
-                        let answer = tokio::time::timeout(Duration::from_secs(10), client().request(request)).await;
+                        let sent = if n % 2 == 0 { kept.request(request) } else { client().request(request) };
+                        let answer = tokio::time::timeout(Duration::from_secs(10), sent).await;
                         let good = match answer {
                             Ok(Ok(response)) => {
                                 let status = response.status();
-                                response.into_body().collect().await.is_ok() && status == 200
+                                let good = response.into_body().collect().await.is_ok() && status == 200;
+                                if !good {
+                                    eprintln!("load: status {status}");
+                                }
+                                good
                             }
-                            _ => false,
+                            Ok(Err(error)) => {
+                                if error.is_connect() {
+                                    seen.refused += 1;
+                                }
+                                eprintln!("load: {error:?}");
+                                false
+                            }
+                            Err(_) => {
+                                eprintln!("load: no answer within 10 s");
+                                false
+                            }
                         };
                         if good {
-                            ok += 1
+                            seen.ok += 1
                         } else {
-                            failed += 1
+                            seen.failed += 1
                         }
                         recent.push_back(good);
                         if recent.len() > tail {
@@ -152,19 +178,23 @@ impl Load {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
-                    (ok, failed, recent.iter().all(|good| *good))
+                    seen.tail_ok = recent.iter().all(|good| *good);
+                    seen
                 })
             })
             .collect();
         Load { stop, tasks }
     }
 
-    async fn finish(self) -> (u64, u64, bool) {
+    async fn finish(self) -> Seen {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let mut total = (0, 0, true);
+        let mut total = Seen { tail_ok: true, ..Seen::default() };
         for task in self.tasks {
-            let (ok, failed, tail_ok) = task.await.unwrap();
-            total = (total.0 + ok, total.1 + failed, total.2 && tail_ok);
+            let seen = task.await.unwrap();
+            total.ok += seen.ok;
+            total.failed += seen.failed;
+            total.refused += seen.refused;
+            total.tail_ok &= seen.tail_ok;
         }
         total
     }
@@ -201,8 +231,8 @@ async fn the_workers_of_a_killed_shoal_up_are_taken_over_by_the_next_one() {
     second.wait_ready("kubia");
     eprintln!("serving again {:?} after the kill", killed.elapsed());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (ok, failed, tail_ok) = load.finish().await;
-    eprintln!("{ok} requests answered, {failed} failed while no gateway listened");
+    let Seen { ok, failed, refused, tail_ok } = load.finish().await;
+    eprintln!("{ok} requests answered, {failed} failed ({refused} refused) while no gateway listened");
     assert!(tail_ok, "requests still failed after the new shoal up took over");
     assert!(ok > 100, "{ok}");
 
@@ -242,4 +272,54 @@ async fn without_a_successor_the_workers_exit_after_the_grace() {
     eprintln!("workers gone {:?} after the kill (grace 2 s)", killed.elapsed());
     let sockets = std::fs::read_dir(shoal.data.0.join("workers")).unwrap().count();
     assert_eq!(sockets, 0, "workers left their sockets behind");
+}
+
+/// Starts a `shoal up` on `current`'s data directory, which hands over to
+/// it; waits until it serves and `current` has exited. Returns the new one.
+fn hand_over(current: &mut Shoal, args: &[&str]) -> Shoal {
+    let data = std::mem::replace(&mut current.data, Scratch::new("moved"));
+    let next = Shoal::start_in(data, args, |_| {});
+    let old = current.pid();
+    next.wait_for_output(|l| l.contains(&format!("took over from pid {old}")));
+    let status = current.wait_exit(Duration::from_secs(30)).expect("the old shoal up did not exit after handing over");
+    assert!(status.success(), "{status}");
+    current.wait_for_output(|l| l.contains("handed over to pid"));
+    next
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shoal_up_hands_over_five_times_under_load_without_a_failed_request() {
+    let dir = Scratch::new("handover");
+    let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, "replicas: 2"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut current = Shoal::start(&["--listen", &listen, "-f", file.to_str().unwrap()]);
+    current.wait_ready("kubia");
+    let pids = replica_pids(&current);
+    assert_eq!(pids.len(), 2);
+    let load = Load::start(format!("http://{listen}/"), 4, 50);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for round in 1..=5 {
+        let started = std::time::Instant::now();
+        let next = hand_over(&mut current, &["--listen", &listen]);
+        eprintln!("handover {round} took {:?}", started.elapsed());
+        assert_eq!(replica_pids(&next), pids, "handover {round} changed the workers");
+        current = next;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let seen = load.finish().await;
+    eprintln!("{seen:?} over 5 handovers");
+    assert_eq!((seen.failed, seen.refused), (0, 0), "requests failed across the handovers");
+    assert!(seen.ok > 100, "{seen:?}");
+    // The same two replicas, never restarted, still managed: they can be
+    // scaled, and a clean stop stops them.
+    let replicas = current.replicas();
+    assert_eq!(replicas.len(), 2);
+    assert!(replicas.iter().all(|r| r["restarts"] == 0 && r["ready"] == true), "{replicas:?}");
+    assert!(current.cli(&["scale", "service", "kubia", "--replicas", "3"]).0);
+    current.eventually(&["get", "services"], |out| out.lines().any(|l| l.starts_with("kubia") && l.contains(" 3/3 ")));
+    assert!(current.stop().success());
+    for pid in pids {
+        assert!(!alive(pid as u32), "worker {pid} outlived a clean stop");
+    }
 }

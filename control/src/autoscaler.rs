@@ -38,7 +38,7 @@ use shoal_api::{Autoscale, ScaleMetric};
 pub const TICK: Duration = Duration::from_secs(1);
 
 /// A service's load over one tick.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     /// Average requests in flight (in replicas and held by the gateway).
     pub concurrency: f64,
@@ -61,7 +61,7 @@ impl Sample {
 
 /// The last samples of one service, newest last, as many as the stable
 /// window holds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     tick: Duration,
     capacity: usize,
@@ -113,7 +113,7 @@ fn ticks(span: Duration, tick: Duration) -> usize {
 }
 
 /// What the autoscaler remembers between decisions of one service.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ScalerState {
     /// Decisions made so far (the autoscaler's clock).
     tick: u64,

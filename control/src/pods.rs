@@ -42,8 +42,13 @@ pub struct Pod {
     pub revision: String,
     /// The sha256 of the module it runs.
     pub digest: String,
+    /// Whether it was made of a worker taken over from another `shoal up`.
+    pub adopted: bool,
     status: Arc<Mutex<PodStatus>>,
     stop: watch::Sender<bool>,
+    /// Set with `stop` by [`Pod::release`]: the task ends without stopping
+    /// its worker, which stays in the gateway's rotation.
+    released: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -105,9 +110,11 @@ impl Pod {
         spec: ReplicaSpec,
         probes: Probes,
         (revision, digest): (String, String),
-        replica: shoal_node::Replica,
+        (replica, restarts): (shoal_node::Replica, u32),
     ) -> Pod {
-        Pod::spawn(ctx, spec, probes, (revision, digest), Instant::now(), Some(replica))
+        let pod = Pod::spawn(ctx, spec, probes, (revision, digest), Instant::now(), Some(replica));
+        pod.status.lock().expect("pod lock").restarts = restarts;
+        pod
     }
 
     fn spawn(
@@ -128,15 +135,29 @@ impl Pod {
             started_unix: now_unix(),
             message: None,
         }));
+        let adopted_worker = adopted.is_some();
         let (stop, stop_rx) = watch::channel(false);
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (gateway, service, name) = (ctx.gateway.clone(), spec.service.clone(), spec.name.clone());
-        let run = run(ctx, spec.clone(), probes, status.clone(), stop_rx, (asked, adopted));
+        let halt = Halt { stop: stop_rx, released: released.clone() };
+        let run = run(ctx, spec.clone(), probes, status.clone(), halt, (asked, adopted));
         let task = tokio::spawn(async move {
-            run.await;
-            // The replica is gone for good: so are its figures.
-            gateway.forget_replica(&service, &name);
+            if !run.await {
+                // The replica is gone for good: so are its figures.
+                gateway.forget_replica(&service, &name);
+            }
         });
-        Pod { name: spec.name, service: spec.service, revision, digest, status, stop, task }
+        let adopted = adopted_worker;
+        Pod { name: spec.name, service: spec.service, revision, digest, adopted, status, stop, released, task }
+    }
+
+    /// Lets go of the worker without stopping it, for another `shoal up`
+    /// that takes it over: the task ends at once (once a start in progress
+    /// is done), the worker stays in this gateway's rotation for the
+    /// requests this process still serves. [`Pod::finished`] tells when.
+    pub fn release(&self) {
+        self.released.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop.send_replace(true);
     }
 
     /// Asks the pod to stop; [`Pod::finished`] tells when it has.
@@ -218,14 +239,30 @@ impl Dirty {
     }
 }
 
+/// What ends a pod's task: `stop` turning true; with `released` set
+/// (a handover), its worker is left running.
+struct Halt {
+    stop: watch::Receiver<bool>,
+    released: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Halt {
+    fn released(&self) -> bool {
+        self.released.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Runs a pod until it is stopped or released; `true` if released (its
+/// worker runs on, for another `shoal up`).
 async fn run(
     ctx: PodContext,
     spec: ReplicaSpec,
     probes: Probes,
     status: Arc<Mutex<PodStatus>>,
-    mut stop: watch::Receiver<bool>,
+    halt: Halt,
     (asked, mut adopted): (Instant, Option<shoal_node::Replica>),
-) {
+) -> bool {
+    let mut stop = halt.stop.clone();
     let object = format!("replica/{}", spec.name);
     let update = |f: &dyn Fn(&mut PodStatus)| {
         f(&mut status.lock().expect("pod lock"));
@@ -237,7 +274,7 @@ async fn run(
     let mut asked = Some(asked);
     loop {
         if *stop.borrow() {
-            return;
+            return halt.released();
         }
         update(&|s| {
             if s.state != ReplicaState::Terminating {
@@ -255,8 +292,10 @@ async fn run(
                 let started = Instant::now();
                 let (pid, cgroup) = (replica.pid, replica.cgroup.clone());
                 if *stop.borrow() {
-                    ctx.agent.stop(&mut replica, GRACE).await;
-                    return;
+                    if !halt.released() {
+                        ctx.agent.stop(&mut replica, GRACE).await;
+                    }
+                    return halt.released();
                 }
                 let link = match replica.take_channel().map(|fds| Link::open(&replica.name, fds)) {
                     Some(Ok(link)) => link,
@@ -302,11 +341,12 @@ async fn run(
                                 link.close(&format!("the worker {exit}"));
                                 Some(format!("the worker {exit} before its readiness probe passed"))
                             }
+                            Gate::Stop if halt.released() => return true,
                             Gate::Stop => {
                                 let exit = ctx.agent.stop(&mut replica, GRACE).await;
                                 link.close(&format!("the worker {exit}"));
                                 ctx.events.normal(&object, "Stopped", format!("worker {exit}"));
-                                return;
+                                return false;
                             }
                         };
                         if let Some(why) = why {
@@ -365,17 +405,21 @@ async fn run(
                                 s.message = Some(format!("last exit: {exit}"));
                             });
                             if *stop.borrow() {
-                                return;
+                                return halt.released();
                             }
                             ctx.events.warning(&object, reason, format!("worker {exit}; restarting {}", when(delay)));
                         }
                         () = stopped(&mut stop) => {
+                            if halt.released() {
+                                // Serving on in this gateway until it drains.
+                                return true;
+                            }
                             ctx.gateway.remove_replica(&spec.service, &replica.name);
                             tokio::time::sleep(DEREGISTER_DELAY).await;
                             let exit = ctx.agent.stop(&mut replica, GRACE).await;
                             link.close(&format!("the worker {exit}"));
                             ctx.events.normal(&object, "Stopped", format!("worker {exit}"));
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -400,7 +444,7 @@ async fn run(
         });
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            () = stopped(&mut stop) => return,
+            () = stopped(&mut stop) => return halt.released(),
         }
     }
 }

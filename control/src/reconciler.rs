@@ -120,6 +120,20 @@ pub enum ModuleDeletion {
     InUse(String),
 }
 
+/// How long [`Controller::run`] waits, when releasing its pods, for starts
+/// in progress to end.
+const RELEASE_WAIT: Duration = Duration::from_secs(15);
+
+/// What a `shoal up` hands its successor beside the store: see
+/// [`Controller::succession`].
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Succession {
+    /// [`Scaler::export`].
+    pub autoscaler: serde_json::Value,
+    /// Each replica's restarts, by name.
+    pub restarts: HashMap<String, u32>,
+}
+
 /// The reconciler and the actual state it manages.
 pub struct Controller {
     store: Arc<dyn Store>,
@@ -133,6 +147,12 @@ pub struct Controller {
     /// them pods (those of a current revision, once its module is ready)
     /// or stops them.
     adopted: Mutex<Vec<Adopted>>,
+    /// The restart counts a predecessor handed over, by replica name, for
+    /// the pods made of its workers.
+    inherited_restarts: Mutex<HashMap<String, u32>>,
+    /// Set by [`Controller::release_on_stop`]: [`Controller::run`] ends by
+    /// letting go of its pods, not stopping them.
+    releasing: std::sync::atomic::AtomicBool,
     /// Each module's preparation, by digest.
     modules: Mutex<HashMap<String, ModuleState>>,
     /// Modules waiting to be prepared, smallest first: (size, digest,
@@ -231,6 +251,8 @@ impl Controller {
             data_dir,
             pods: Mutex::new(Vec::new()),
             adopted: Mutex::new(Vec::new()),
+            inherited_restarts: Mutex::new(HashMap::new()),
+            releasing: std::sync::atomic::AtomicBool::new(false),
             modules: Mutex::new(HashMap::new()),
             waiting: Mutex::new(std::collections::BinaryHeap::new()),
             waiting_changed: Arc::new(tokio::sync::Notify::new()),
@@ -294,6 +316,30 @@ impl Controller {
                 break;
             }
         }
+        let _ = sampler.await;
+        let _ = collector.await;
+        if self.releasing.load(std::sync::atomic::Ordering::SeqCst) {
+            // Kept in `pods` for [`Controller::succession`]; every task
+            // ends once a start in progress is done. Those already
+            // stopping go on stopping their workers (not waited for).
+            let letting_go: Vec<usize> = {
+                let pods = self.pods.lock().expect("pods lock");
+                let serving = (0..pods.len()).filter(|&i| !pods[i].stopping()).collect();
+                pods.iter().for_each(Pod::release);
+                serving
+            };
+            let deadline = Instant::now() + RELEASE_WAIT;
+            loop {
+                let done = {
+                    let pods = self.pods.lock().expect("pods lock");
+                    letting_go.iter().all(|&i| pods[i].finished())
+                };
+                if done || Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let pods: Vec<Pod> = std::mem::take(&mut *self.pods.lock().expect("pods lock"));
         for pod in &pods {
             pod.stop();
@@ -301,8 +347,29 @@ impl Controller {
         for pod in pods {
             pod.wait().await;
         }
-        let _ = sampler.await;
-        let _ = collector.await;
+    }
+
+    /// Makes [`Controller::run`] end, when told to stop, by letting go of
+    /// every pod with its worker running (a handover to another `shoal
+    /// up`), instead of stopping them.
+    pub fn release_on_stop(&self) {
+        self.releasing.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// What a successor needs that the store does not hold: the
+    /// autoscaler's state and each replica's restart count. Taken after
+    /// [`Controller::run`] released the pods.
+    pub fn succession(&self) -> Succession {
+        let restarts =
+            self.pods.lock().expect("pods lock").iter().map(|p| (p.name.clone(), p.status().restarts)).collect();
+        Succession { autoscaler: self.scaler.export(), restarts }
+    }
+
+    /// Takes on a predecessor's [`Controller::succession`], before the
+    /// first pass.
+    pub fn inherit(&self, succession: Succession) {
+        self.scaler.restore(succession.autoscaler);
+        self.inherited_restarts.lock().expect("restarts lock").extend(succession.restarts);
     }
 
     /// Every [`GC_PERIOD`] until shutdown: deletes the modules nothing has
@@ -662,6 +729,21 @@ impl Controller {
         self.adopted.lock().expect("adopted lock").extend(workers);
     }
 
+    /// Whether workers taken over are still on their way into the
+    /// gateway's rotation: waiting for a pass (their module being
+    /// prepared), or made pods that are not ready yet (their readiness
+    /// probe). A successor serves once none is, so that it never answers
+    /// 503 for a replica its predecessor was serving with.
+    pub fn taking_over(&self) -> bool {
+        if !self.adopted.lock().expect("adopted lock").is_empty() {
+            return true;
+        }
+        self.pods.lock().expect("pods lock").iter().any(|pod| {
+            let status = pod.status();
+            pod.adopted && !status.ever_ready && !pod.finished() && !pod.stopping()
+        })
+    }
+
     /// The pods made now of taken-over workers of `record`'s service
     /// running `revision` (its module ready); their indices.
     fn adopt(&self, record: &ServiceRecord, revision: &str, module: &ModuleState) -> Vec<usize> {
@@ -683,7 +765,9 @@ impl Controller {
             let spec = replica_spec(&record.service, identity.replica.clone(), path, instances);
             let pair = (revision.to_owned(), record.module_digest.clone());
             added.push(pods.len());
-            pods.push(Pod::adopt(self.ctx.clone(), spec, probes(&record.service), pair, replica));
+            let restarts =
+                self.inherited_restarts.lock().expect("restarts lock").remove(&identity.replica).unwrap_or(0);
+            pods.push(Pod::adopt(self.ctx.clone(), spec, probes(&record.service), pair, (replica, restarts)));
         }
         added
     }

@@ -27,6 +27,7 @@ pub struct Scaler {
 }
 
 /// One autoscaled service.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Scaled {
     settings: Autoscale,
     /// `spec.replicas` as last seen: a change (apply, `shoal scale`) sets
@@ -36,11 +37,14 @@ struct Scaled {
     state: ScalerState,
     desired: u32,
     status: ScaleStatus,
+    /// The gateway's meter at the last tick (this process's gateway's).
+    #[serde(skip)]
     last: Option<MeterReading>,
     /// Times it went from zero to one replica.
     from_zero: u64,
     /// When a request last woke it from zero, until its replica is asked
     /// for ([`Scaler::take_activation`]).
+    #[serde(skip)]
     activated: Option<std::time::Instant>,
 }
 
@@ -94,6 +98,29 @@ impl Scaler {
                     }
                 }
             }
+        }
+    }
+
+    /// Everything the autoscaler remembers (each service's settings,
+    /// window, count, state and reason), for a successor `shoal up`
+    /// ([`Scaler::restore`]): a handover must not restart the windows,
+    /// which would scale a busy service down or an idle one to zero late.
+    pub fn export(&self) -> serde_json::Value {
+        let services = self.services.lock().expect("scaler lock");
+        serde_json::to_value(&*services).unwrap_or_default()
+    }
+
+    /// Takes on what a predecessor's [`Scaler::export`] gave, before the
+    /// first pass: a service whose record still has the same settings
+    /// goes on from it. Something unreadable (another version's format) is
+    /// reported and ignored: the windows start empty.
+    pub fn restore(&self, exported: serde_json::Value) {
+        match serde_json::from_value::<HashMap<String, Scaled>>(exported) {
+            Ok(restored) => {
+                tracing::info!(services = restored.len(), "autoscaler state taken over");
+                self.services.lock().expect("scaler lock").extend(restored);
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the predecessor's autoscaler state; starting afresh"),
         }
     }
 

@@ -150,6 +150,27 @@ pub struct Gateway {
     /// The TLS listener's port (0: none): where a plain request for a route
     /// that requires HTTPS is redirected.
     https_port: std::sync::atomic::AtomicU16,
+    /// Set by [`Gateway::hand_off`]: HTTP/1.1 connections close after
+    /// their next response.
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by [`Gateway::hand_off`]: where requests go that find no ready
+    /// replica here.
+    successor: Successor,
+}
+
+/// The gateway of the `shoal up` that took over from this one, once one
+/// did.
+struct Successor {
+    address: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
+    client: OnceLock<
+        hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, peer::PeerBody>,
+    >,
+}
+
+impl Default for Successor {
+    fn default() -> Self {
+        Self { address: tokio::sync::watch::channel(None).0, client: OnceLock::new() }
+    }
 }
 
 /// What a route leads to.
@@ -195,6 +216,23 @@ impl Gateway {
     /// An empty gateway: every request gets `404` until services are set.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Hands clients over to another process's gateway serving on the
+    /// same listening sockets, reached at `successor` (a loopback
+    /// address): from now on every HTTP/1.1 response says `Connection:
+    /// close`, so that its client's next request opens a connection the
+    /// successor accepts; and a request that finds no ready replica here
+    /// (one held for a service at zero, whose replica this process will
+    /// no longer start) is passed to the successor, as it arrived.
+    pub fn hand_off(&self, successor: std::net::SocketAddr) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.successor.address.send_replace(Some(successor));
+    }
+
+    /// The flag [`Gateway::hand_off`] sets, for the listeners.
+    pub(crate) fn closing(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.closing.clone()
     }
 
     /// Adds or updates a service's routes, deadline and body size limit;

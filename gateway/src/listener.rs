@@ -82,7 +82,18 @@ pub struct ServeConfig {
     pub max_headers: usize,
     /// Terminate TLS (HTTPS) on this listener.
     pub tls: Option<TlsSetup>,
+    /// Once set (a handover to another process sharing the listening
+    /// socket), every HTTP/1.1 response says `Connection: close` and its
+    /// connection closes after it; and when `shutdown` comes, the drain
+    /// first gives open connections up to [`LINGER`] to close that way,
+    /// after their next response, before closing idle ones, whose clients
+    /// could be sending a request at that very moment.
+    pub closing: Option<Arc<AtomicBool>>,
 }
+
+/// How long a drain with [`ServeConfig::closing`] set waits for
+/// connections to close after their next response.
+pub const LINGER: Duration = Duration::from_secs(1);
 
 /// What a TLS listener terminates TLS with, and where it counts
 /// handshakes.
@@ -214,7 +225,7 @@ where
         });
         registry.open.lock().expect("registry lock").insert(id, state.clone());
         let connection = Connection { state: state.clone(), peer };
-        let tracked = Tracked { inner: make(&connection), state: state.clone() };
+        let tracked = Tracked { inner: make(&connection), state: state.clone(), closing: config.closing.clone() };
         let (registry, config, builder, watcher) =
             (registry.clone(), config.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
@@ -254,6 +265,12 @@ where
     }
 
     drop(listener);
+    if config.closing.as_ref().is_some_and(|closing| closing.load(Ordering::SeqCst)) {
+        let until = Instant::now() + LINGER;
+        while Instant::now() < until && !registry.open.lock().expect("registry lock").is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     if tokio::time::timeout(config.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = config.name, drain = ?config.drain_timeout, "drain timed out; closing remaining connections");
         for state in registry.open.lock().expect("registry lock").values() {
@@ -357,6 +374,7 @@ async fn watchdog(registry: &Registry, state: &ConnState, config: &ServeConfig) 
 struct Tracked<S> {
     inner: S,
     state: Arc<ConnState>,
+    closing: Option<Arc<AtomicBool>>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
@@ -372,7 +390,9 @@ where
         state.busy.fetch_add(1, Ordering::Relaxed);
         state.seen_request.store(true, Ordering::Relaxed);
         let guard = Busy { state: state.clone() };
-        TrackedFuture { inner: self.inner.call(req), guard: Some(guard) }
+        // HTTP/2 has no `Connection` header (its drain is GOAWAY).
+        let closing = self.closing.clone().filter(|_| req.version() < http::Version::HTTP_2);
+        TrackedFuture { inner: self.inner.call(req), guard: Some(guard), closing }
     }
 }
 
@@ -395,6 +415,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         guard: Option<Busy>,
+        closing: Option<Arc<AtomicBool>>,
     }
 }
 
@@ -407,8 +428,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.inner.poll(cx) {
-            Poll::Ready(Ok(response)) => {
+            Poll::Ready(Ok(mut response)) => {
                 let guard = this.guard.take();
+                if this.closing.as_ref().is_some_and(|closing| closing.load(Ordering::SeqCst)) {
+                    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
                 Poll::Ready(Ok(response.map(|body| TrackedBody { inner: body, guard })))
             }
             Poll::Ready(Err(never)) => match never {},

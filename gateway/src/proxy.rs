@@ -334,6 +334,10 @@ impl Gateway {
         if let Some(endpoint) = backend.replicas.pick() {
             return Ok(endpoint);
         }
+        let mut successor = self.successor.address.subscribe();
+        if successor.borrow_and_update().is_some() {
+            return Err(handed_off());
+        }
         let max_held = backend.max_held();
         if max_held == 0 {
             return Err(message(StatusCode::SERVICE_UNAVAILABLE, "503 no ready replica\n"));
@@ -361,7 +365,18 @@ impl Gateway {
                     "503 no ready replica, and none can start now (see `shoal describe service`)\n",
                 ));
             }
-            match tokio::time::timeout_at(deadline, ready.changed()).await {
+            if successor.borrow_and_update().is_some() {
+                return Err(handed_off());
+            }
+            let changed = async {
+                tokio::select! {
+                    changed = ready.changed() => changed.map_err(|_| ()),
+                    // This process handed over: the successor starts the
+                    // replica this request waits for.
+                    _ = successor.changed() => Ok(()),
+                }
+            };
+            match tokio::time::timeout_at(deadline, changed).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(message(StatusCode::SERVICE_UNAVAILABLE, "503 the service was removed\n")),
                 Err(_) => {
@@ -404,6 +419,9 @@ impl Gateway {
         }
         let endpoint = match self.replica(backend, deadline, from_peer).await {
             Ok(endpoint) => endpoint,
+            Err(response) if response.extensions().get::<HandedOff>().is_some() => {
+                return self.to_successor(req, deadline).await;
+            }
             Err(response) => return response,
         };
 
@@ -670,6 +688,63 @@ impl Gateway {
                 }
             }
             Ok(Ok(response)) => Attempt::Remote(response),
+        }
+    }
+}
+
+/// Marks the answer of [`Gateway::replica`] that means: no replica here,
+/// and this process handed over; the request goes to the successor.
+#[derive(Clone, Copy)]
+struct HandedOff;
+
+fn handed_off() -> Response<Body> {
+    let mut response = message(StatusCode::SERVICE_UNAVAILABLE, "503 no ready replica\n");
+    response.extensions_mut().insert(HandedOff);
+    response
+}
+
+impl Gateway {
+    /// Passes a request that found no ready replica, after this process
+    /// handed over ([`Gateway::hand_off`]), to the successor's gateway, as
+    /// it arrived (the successor routes it again).
+    async fn to_successor<B>(&self, req: Request<B>, deadline: tokio::time::Instant) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt as _;
+        let Some(address) = *self.successor.address.borrow() else {
+            return message(StatusCode::SERVICE_UNAVAILABLE, "503 no ready replica\n");
+        };
+        let client = self.successor.client.get_or_init(|| {
+            let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+            http.set_connect_timeout(Some(crate::peer::CONNECT_TIMEOUT));
+            http.set_nodelay(true);
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(http)
+        });
+        let (mut parts, body) = req.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Ok(uri) = format!("http://{address}{target}").parse::<http::Uri>() else {
+            return message(StatusCode::BAD_REQUEST, "400 bad request target\n");
+        };
+        if let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            parts.headers.entry(header::HOST).or_insert(authority);
+        }
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        let body: crate::peer::PeerBody = body.map_err(Into::into).boxed_unsync();
+        match tokio::time::timeout_at(deadline, client.request(Request::from_parts(parts, body))).await {
+            Err(_) => gateway_timeout(),
+            Ok(Err(error)) => {
+                tracing::warn!(%address, %error, "cannot pass a request to the successor");
+                message(StatusCode::BAD_GATEWAY, "502 bad gateway: this Shoal handed over, and its successor failed\n")
+            }
+            Ok(Ok(response)) => {
+                let (mut head, body) = response.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                Response::from_parts(head, Body::Peer(body, None, None))
+            }
         }
     }
 }

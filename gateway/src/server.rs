@@ -84,6 +84,7 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let max_head = config.max_header_bytes;
         let secure = tls.is_some();
+        let gateway_closing = self.closing();
         let gateway = self;
         let make = move |connection: &Connection| {
             let (gateway, peer) = (gateway.clone(), connection.peer);
@@ -112,6 +113,7 @@ impl Gateway {
             http2: true,
             max_headers: config.max_headers,
             tls,
+            closing: Some(gateway_closing),
         };
         serve(listener, serve_config, make, shutdown).await
     }

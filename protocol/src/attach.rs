@@ -6,6 +6,7 @@
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -90,6 +91,76 @@ pub fn set_timeouts(socket: libc::c_int) {
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
+    }
+}
+
+/// A listening `SOCK_SEQPACKET` Unix socket (a worker's attach socket,
+/// `shoal up`'s handover socket); its file is removed when dropped.
+pub struct SeqpacketListener {
+    fd: tokio::io::unix::AsyncFd<OwnedFd>,
+    path: PathBuf,
+    /// The socket file's device and inode.
+    file: Option<(u64, u64)>,
+}
+
+impl SeqpacketListener {
+    /// Listens on `path` (a stale file there is replaced), mode 0600.
+    pub fn bind(path: &Path) -> io::Result<SeqpacketListener> {
+        let address = socket_address(path)?;
+        let _ = std::fs::remove_file(path);
+        let fd = seqpacket(libc::SOCK_NONBLOCK)?;
+        let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: `address` is a valid sockaddr_un of `length` bytes.
+        if unsafe { libc::bind(fd.as_raw_fd(), (&raw const address).cast(), length) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        // SAFETY: listen on our own bound socket.
+        if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a socket this value owns, open until it drops.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? };
+        let file = std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+        Ok(SeqpacketListener { fd, path: path.to_path_buf(), file })
+    }
+
+    /// The next connection (blocking, close-on-exec).
+    pub async fn accept(&self) -> io::Result<OwnedFd> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            // SAFETY: accept4 on our listening socket; no address wanted.
+            let fd = unsafe {
+                libc::accept4(
+                    self.fd.get_ref().as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: a new descriptor that nothing else owns.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::WouldBlock => guard.clear_ready(),
+                io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
+                _ => return Err(error),
+            }
+        }
+    }
+}
+
+impl Drop for SeqpacketListener {
+    fn drop(&mut self) {
+        // Only if the file is still ours: a successor may have bound its
+        // own socket at the same path.
+        let now = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino())).ok();
+        if now.is_some() && now == self.file {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

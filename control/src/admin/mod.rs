@@ -224,6 +224,7 @@ pub async fn serve(
         http2: false,
         tls: None,
         max_headers: 100,
+        closing: None,
     };
     let (peer_gateway, token) = (state.peer_gateway.clone(), state.token.clone());
     let router = router(state);

@@ -249,6 +249,11 @@ pub trait Kv: Send + Sync + 'static {
     fn reclaim(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Closes the backend's file for good, so that another process may
+    /// open it (a handover); writes fail from then on. Nothing to do for a
+    /// shared backend (etcd).
+    fn release(&self) {}
 }
 
 /// The entries of `entries` under `prefix`, sorted, as of `revision`.

@@ -265,4 +265,8 @@ impl Store for KvStore {
     fn compact(&self) -> Result<(), StoreError> {
         self.kv.reclaim()
     }
+
+    fn release(&self) {
+        self.kv.release();
+    }
 }

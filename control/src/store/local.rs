@@ -216,4 +216,12 @@ impl Kv for LocalKv {
             None => Ok(()),
         }
     }
+
+    fn release(&self) {
+        // After any write in progress.
+        let _writer = self.lock_writer();
+        if let Some(disk) = &self.disk {
+            disk.release();
+        }
+    }
 }

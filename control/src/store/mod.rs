@@ -203,6 +203,10 @@ pub trait Store: Send + Sync + 'static {
     fn compact(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Closes the store for good so that another `shoal up` may open it
+    /// (a handover): reads go on, writes fail.
+    fn release(&self) {}
 }
 
 /// The sha256 of `bytes` as lowercase hex: a module's digest.

@@ -107,6 +107,8 @@ pub(crate) struct RedbDisk {
     path: PathBuf,
     /// Set when redb reported an IO error: it must be opened again.
     failed: AtomicBool,
+    /// Set by [`RedbDisk::release`]: closed for good, never opened again.
+    released: AtomicBool,
 }
 
 impl RedbDisk {
@@ -124,7 +126,12 @@ impl RedbDisk {
             std::fs::create_dir_all(parent).map_err(|err| backend("creating the directory of", &err))?;
         }
         let db = open_database(path)?;
-        let disk = RedbDisk { db: RwLock::new(Some(db)), path: path.to_owned(), failed: AtomicBool::new(false) };
+        let disk = RedbDisk {
+            db: RwLock::new(Some(db)),
+            path: path.to_owned(),
+            failed: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+        };
         disk.init_schema()?;
         let state = disk.load()?;
         Ok((disk, state))
@@ -150,6 +157,9 @@ impl RedbDisk {
     /// closed it), and closes and opens it again if `f` met an IO failure,
     /// so that the next call finds it usable.
     fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.released.load(Ordering::SeqCst) {
+            return Err(self.backend("the store was handed over to another shoal up, which writes it now"));
+        }
         if self.failed.load(Ordering::SeqCst) || self.db().is_none() {
             self.reopen()?;
         }
@@ -170,6 +180,9 @@ impl RedbDisk {
     /// error). Memory already holds exactly what was committed.
     fn reopen(&self) -> Result<(), StoreError> {
         let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if self.released.load(Ordering::SeqCst) {
+            return Err(self.backend("the store was handed over to another shoal up, which writes it now"));
+        }
         // Dropping the failed handle closes the file and its lock.
         guard.take();
         *guard = Some(open_database(&self.path)?);
@@ -177,6 +190,15 @@ impl RedbDisk {
         self.failed.store(false, Ordering::SeqCst);
         tracing::info!(store = %self.path.display(), "store reopened after an IO error");
         Ok(())
+    }
+
+    /// Closes the file for good (its lock with it), so that another
+    /// process can open it: a `shoal up` handing over to its successor.
+    /// Every write after fails; reads go on from memory.
+    pub(crate) fn release(&self) {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        self.released.store(true, Ordering::SeqCst);
+        guard.take();
     }
 
     /// Reads the schema version, writing it (and creating the tables) in a

@@ -10,74 +10,11 @@
 //! peer of another user is refused.
 
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd as _, OwnedFd};
 
 use shoal_protocol::attach::{self, ATTACH_REQUEST, WorkerIdentity};
 use shoal_protocol::channel::{Channel, ChannelFds, Side};
 use shoal_protocol::fdpass;
-use tokio::io::unix::AsyncFd;
-
-/// The listening socket; its file is removed when dropped.
-pub(crate) struct AttachSocket {
-    fd: AsyncFd<OwnedFd>,
-    path: PathBuf,
-}
-
-impl AttachSocket {
-    /// Listens on `path` (a stale file there is replaced), mode 0600.
-    pub(crate) fn bind(path: &Path) -> io::Result<AttachSocket> {
-        let address = attach::socket_address(path)?;
-        let _ = std::fs::remove_file(path);
-        let fd = attach::seqpacket(libc::SOCK_NONBLOCK)?;
-        let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        // SAFETY: `address` is a valid sockaddr_un of `length` bytes.
-        if unsafe { libc::bind(fd.as_raw_fd(), (&raw const address).cast(), length) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        // SAFETY: listen on our own bound socket.
-        if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a socket this value owns, open until it drops.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? };
-        Ok(AttachSocket { fd, path: path.to_path_buf() })
-    }
-
-    /// The next connection (blocking, close-on-exec).
-    pub(crate) async fn accept(&self) -> io::Result<OwnedFd> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            // SAFETY: accept4 on our listening socket; no address wanted.
-            let fd = unsafe {
-                libc::accept4(
-                    self.fd.get_ref().as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
-            if fd >= 0 {
-                // SAFETY: a new descriptor that nothing else owns.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-            let error = io::Error::last_os_error();
-            match error.kind() {
-                io::ErrorKind::WouldBlock => guard.clear_ready(),
-                io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
-                _ => return Err(error),
-            }
-        }
-    }
-}
-
-impl Drop for AttachSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
 
 /// One attach, on `connection` (blocking: run it off the runtime): checks
 /// the peer, reads the request and its pipes, makes a new channel, answers

@@ -333,7 +333,7 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
     // attach.
     let attach = match &config.attach {
         Some(path) => Some(
-            attach::AttachSocket::bind(path)
+            shoal_protocol::attach::SeqpacketListener::bind(path)
                 .with_context(|| format!("cannot listen for attaches on {}", path.display()))?,
         ),
         None => None,
@@ -389,7 +389,7 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
     let grace = Duration::from_millis(config.orphan_grace_ms);
     // Set while no gateway has a channel: the worker exits at this time.
     let mut orphaned: Option<tokio::time::Instant> = None;
-    let accept = async |attach: &Option<attach::AttachSocket>| match attach {
+    let accept = async |attach: &Option<shoal_protocol::attach::SeqpacketListener>| match attach {
         Some(socket) => socket.accept().await,
         None => std::future::pending().await,
     };
