@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared by bench/kubia.sh, bench/autoscale.sh, bench/calls.sh and
+# Shared by bench/kubia.sh, bench/autoscale.sh, bench/calls.sh,
+# bench/handover.sh and
 # bench/coldstorm.sh, which source it after `set -euo pipefail` and
 # `export LC_ALL=C`; not meant to be run.
 #

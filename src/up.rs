@@ -700,8 +700,12 @@ async fn serve(
         // No more changes: the admin API drains, the pods let go of their
         // workers (serving on here until the drain), the store closes.
         let _ = admin_stop.send(true);
-        if let Some(server) = admin_server.take() {
-            let _ = server.await;
+        if let Some(mut server) = admin_server.take()
+            && tokio::time::timeout(ADMIN_DRAIN, &mut server).await.is_err()
+        {
+            // A long request (a watch, `logs -f`) is cut; a write would
+            // have ended by now.
+            server.abort();
         }
         controller.release_on_stop();
         let _ = control_stop.send(true);
@@ -758,6 +762,10 @@ async fn serve(
     }
     Ok(())
 }
+
+/// How long a `shoal up` handing over lets its admin API's requests end
+/// before it closes the store.
+const ADMIN_DRAIN: Duration = Duration::from_secs(1);
 
 /// How long a successor waits for the workers it took over to enter its
 /// rotation before it serves anyway.

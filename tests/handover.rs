@@ -323,3 +323,70 @@ async fn shoal_up_hands_over_five_times_under_load_without_a_failed_request() {
         assert!(!alive(pid as u32), "worker {pid} outlived a clean stop");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handover_during_a_rollout_finishes_it_without_a_failed_request() {
+    let dir = Scratch::new("handover-rollout");
+    // Each new replica takes 3 s to pass its readiness probe: the rollout
+    // of two is under way for seconds.
+    let spec = "replicas: 2\nreadiness: {path: /, initialDelaySeconds: 3, periodSeconds: 1}";
+    let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, spec));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut current = Shoal::start(&["--listen", &listen, "-f", file.to_str().unwrap()]);
+    current.wait_ready("kubia");
+    let load = Load::start(format!("http://{listen}/"), 4, 50);
+    let v2 = dir.write("kubia-v2.yaml", manifest("kubia", HELLO_WASM, &format!("{spec}\nenv: {{RELEASE: two}}")));
+    assert!(current.cli(&["apply", "-f", v2.to_str().unwrap()]).0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, status, _) = current.cli(&["rollout", "status", "kubia", "--timeout", "1s"]);
+    assert!(!status.contains("successfully rolled out"), "the rollout ended before the handover: {status}");
+
+    let next = hand_over(&mut current, &["--listen", &listen]);
+    // The rollout goes on in the new shoal up, to its end.
+    let (ok, out, err) = next.cli(&["rollout", "status", "kubia", "--timeout", "60s"]);
+    assert!(ok, "{out}{err}");
+    let replicas = next.replicas();
+    let revisions: std::collections::HashSet<&str> = replicas.iter().filter_map(|r| r["revision"].as_str()).collect();
+    assert_eq!((replicas.len(), revisions.len()), (2, 1), "{replicas:?}");
+    // The new revision's replica that was starting was taken over, not
+    // started again.
+    assert!(next.dump().contains("taken over from an earlier shoal up"));
+    let seen = load.finish().await;
+    eprintln!("{seen:?} across a handover during a rollout");
+    assert_eq!((seen.failed, seen.refused), (0, 0), "requests failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handover_while_a_service_wakes_from_zero_answers_the_held_requests() {
+    let dir = Scratch::new("handover-zero");
+    // At zero; a replica takes 2 s to be ready, so requests wait for it
+    // across the handover.
+    let spec = "replicas: 0\nautoscale:\n  min: 0\n  max: 2\n  scaleToZeroGracePeriod: 30s\n\
+                readiness: {path: /, initialDelaySeconds: 2, periodSeconds: 1}";
+    let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, spec));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut current = Shoal::start(&["--listen", &listen, "-f", file.to_str().unwrap()]);
+    current.wait_for_output(|l| l.contains("service/kubia"));
+    assert!(current.replicas().is_empty());
+    let url = format!("http://{listen}/");
+    let held: Vec<_> = (0..8).map(|_| tokio::spawn(get_owned(url.clone()))).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = hand_over(&mut current, &["--listen", &listen]);
+    // More while the new one takes over, and after.
+    let late: Vec<_> = (0..4).map(|_| tokio::spawn(get_owned(url.clone()))).collect();
+    for answer in held.into_iter().chain(late) {
+        let (status, body) = answer.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("You've hit kubia-"), "{body}");
+    }
+    // One replica woke, and it is the one the old shoal up started.
+    let replicas = next.replicas();
+    assert_eq!(replicas.len(), 1, "{replicas:?}");
+    assert!(next.dump().contains("taken over from an earlier shoal up"));
+}
+
+async fn get_owned(url: String) -> (u16, String) {
+    get(&url, None).await
+}

@@ -103,16 +103,18 @@ impl Pod {
     }
 
     /// A pod for a worker taken over from another `shoal up` (`replica`,
-    /// running `spec`): it serves at once, and is restarted like any other
+    /// running `spec`, restarted `restarts` times so far, up for `up`): it
+    /// serves at once (once its readiness probe passes, its initial delay
+    /// counted from the worker's start), and is restarted like any other
     /// when it ends.
     pub fn adopt(
         ctx: PodContext,
         spec: ReplicaSpec,
         probes: Probes,
         (revision, digest): (String, String),
-        (replica, restarts): (shoal_node::Replica, u32),
+        (replica, restarts, up): (shoal_node::Replica, u32, Duration),
     ) -> Pod {
-        let pod = Pod::spawn(ctx, spec, probes, (revision, digest), Instant::now(), Some(replica));
+        let pod = Pod::spawn(ctx, spec, probes, (revision, digest), Instant::now(), Some((replica, up)));
         pod.status.lock().expect("pod lock").restarts = restarts;
         pod
     }
@@ -123,7 +125,7 @@ impl Pod {
         probes: Probes,
         (revision, digest): (String, String),
         asked: Instant,
-        adopted: Option<shoal_node::Replica>,
+        adopted: Option<(shoal_node::Replica, Duration)>,
     ) -> Pod {
         let status = Arc::new(Mutex::new(PodStatus {
             state: ReplicaState::Starting,
@@ -260,7 +262,7 @@ async fn run(
     probes: Probes,
     status: Arc<Mutex<PodStatus>>,
     halt: Halt,
-    (asked, mut adopted): (Instant, Option<shoal_node::Replica>),
+    (asked, mut adopted): (Instant, Option<(shoal_node::Replica, Duration)>),
 ) -> bool {
     let mut stop = halt.stop.clone();
     let object = format!("replica/{}", spec.name);
@@ -283,8 +285,13 @@ async fn run(
         });
         let delay;
         let was_adopted = adopted.is_some();
+        // How long the worker has run already (an adopted one).
+        let mut up = Duration::ZERO;
         let started = match adopted.take() {
-            Some(replica) => Ok(replica),
+            Some((replica, running)) => {
+                up = running;
+                Ok(replica)
+            }
             None => ctx.agent.start(&spec, asked.take().unwrap_or_else(Instant::now)).await,
         };
         match started {
@@ -324,7 +331,7 @@ async fn run(
                             s.cgroup = cgroup.clone();
                         });
                         let gate = tokio::select! {
-                            result = first_ready(&link, readiness, &ctx.events, &object) => Gate::Probed(result),
+                            result = first_ready(&link, readiness, up, &ctx.events, &object) => Gate::Probed(result),
                             exit = replica.wait() => Gate::Exited(exit),
                             () = stopped(&mut stop) => Gate::Stop,
                         };
@@ -576,9 +583,17 @@ enum Gate {
 
 /// Probes a new replica until its readiness probe passes (`Ok`), or has
 /// failed `failureThreshold` times in a row: the reason, naming the last
-/// failure. Each failure is a `Unhealthy` event, as in Kubernetes.
-async fn first_ready(link: &Arc<Link>, probe: &Probe, events: &EventLog, object: &str) -> Result<(), String> {
-    tokio::time::sleep(probe.initial_delay()).await;
+/// failure. Each failure is a `Unhealthy` event, as in Kubernetes. The
+/// initial delay counts from the worker's start, `up` ago (an adopted
+/// worker may have run a while).
+async fn first_ready(
+    link: &Arc<Link>,
+    probe: &Probe,
+    up: Duration,
+    events: &EventLog,
+    object: &str,
+) -> Result<(), String> {
+    tokio::time::sleep(probe.initial_delay().saturating_sub(up)).await;
     let mut failures = 0;
     loop {
         match link.http_probe(&probe.path, probe.timeout()).await {

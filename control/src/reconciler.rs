@@ -744,43 +744,70 @@ impl Controller {
         })
     }
 
-    /// The pods made now of taken-over workers of `record`'s service
-    /// running `revision` (its module ready); their indices.
-    fn adopt(&self, record: &ServiceRecord, revision: &str, module: &ModuleState) -> Vec<usize> {
-        let ModuleState::Ready { path, reuses } = module else { return Vec::new() };
+    /// The pods made now of taken-over workers of `record`'s service whose
+    /// module is ready: those running `revision` (the current one), and
+    /// those running an earlier revision the history keeps (a rollout was
+    /// in progress, or the manifest changed with the restart), which the
+    /// rollout then replaces as it replaces any old pod. Their indices.
+    fn adopt(self: &Arc<Self>, record: &ServiceRecord, revision: &str, module: &ModuleState) -> Vec<usize> {
         let name = &record.service.name;
-        let mut waiting = self.adopted.lock().expect("adopted lock");
-        if !waiting.iter().any(|a| a.identity.service == *name) {
-            return Vec::new();
-        }
-        let (mine, others): (Vec<Adopted>, Vec<Adopted>) = std::mem::take(&mut *waiting)
-            .into_iter()
-            .partition(|a| a.identity.service == *name && revision_of(&a.identity.replica) == Some(revision));
-        *waiting = others;
-        drop(waiting);
-        let instances = record.service.spec.instances.policy(*reuses);
-        let mut pods = self.pods.lock().expect("pods lock");
-        let mut added = Vec::new();
-        for Adopted { identity, replica } in mine {
-            let spec = replica_spec(&record.service, identity.replica.clone(), path, instances);
-            let pair = (revision.to_owned(), record.module_digest.clone());
-            added.push(pods.len());
+        let mine: Vec<Adopted> = {
+            let mut waiting = self.adopted.lock().expect("adopted lock");
+            if !waiting.iter().any(|a| a.identity.service == *name) {
+                return Vec::new();
+            }
+            let (mine, others) = std::mem::take(&mut *waiting).into_iter().partition(|a| a.identity.service == *name);
+            *waiting = others;
+            mine
+        };
+        let mut keep = Vec::new();
+        let mut made = Vec::new();
+        for adopted in mine {
+            let worker_revision = revision_of(&adopted.identity.replica).unwrap_or_default().to_owned();
+            let (service, digest, state) = if worker_revision == revision {
+                (&record.service, &record.module_digest, module.clone())
+            } else if let Some(entry) = record.history.iter().find(|e| e.revision == worker_revision) {
+                (&entry.service, &entry.module_digest, self.module(&entry.module_digest))
+            } else {
+                // Of no revision kept: stopped by the pass.
+                keep.push(adopted);
+                continue;
+            };
+            let ModuleState::Ready { path, reuses } = state else {
+                keep.push(adopted);
+                continue;
+            };
+            let spec =
+                replica_spec(service, adopted.identity.replica.clone(), &path, service.spec.instances.policy(reuses));
             let restarts =
-                self.inherited_restarts.lock().expect("restarts lock").remove(&identity.replica).unwrap_or(0);
-            pods.push(Pod::adopt(self.ctx.clone(), spec, probes(&record.service), pair, (replica, restarts)));
+                self.inherited_restarts.lock().expect("restarts lock").remove(&adopted.identity.replica).unwrap_or(0);
+            let pair = (worker_revision, digest.clone());
+            let up = Duration::from_secs(shoal_api::objects::now_unix().saturating_sub(adopted.identity.ready_unix));
+            made.push(Pod::adopt(self.ctx.clone(), spec, probes(service), pair, (adopted.replica, restarts, up)));
         }
-        added
+        self.adopted.lock().expect("adopted lock").extend(keep);
+        let mut pods = self.pods.lock().expect("pods lock");
+        let first = pods.len();
+        pods.extend(made);
+        (first..pods.len()).collect()
     }
 
     /// Stops the taken-over workers no pass will make pods of: of services
-    /// not stored, of revisions not current, of modules that failed.
+    /// not stored, of revisions neither current nor in the history, of
+    /// modules that failed.
     fn stop_unadopted(&self, desired: &Desired) {
         let mut waiting = self.adopted.lock().expect("adopted lock");
         let modules = self.modules.lock().expect("modules lock");
         let (keep, stop): (Vec<Adopted>, Vec<Adopted>) = std::mem::take(&mut *waiting).into_iter().partition(|a| {
             desired.index.get(&a.identity.service).is_some_and(|&i| {
-                revision_of(&a.identity.replica) == Some(desired.revisions[i].as_str())
-                    && !matches!(modules.get(&desired.records[i].module_digest), Some(ModuleState::Failed { .. }))
+                let record = &desired.records[i];
+                let revision = revision_of(&a.identity.replica);
+                let digest = if revision == Some(desired.revisions[i].as_str()) {
+                    Some(&record.module_digest)
+                } else {
+                    record.history.iter().find(|e| Some(e.revision.as_str()) == revision).map(|e| &e.module_digest)
+                };
+                digest.is_some_and(|digest| !matches!(modules.get(digest), Some(ModuleState::Failed { .. })))
             })
         });
         *waiting = keep;
@@ -993,6 +1020,12 @@ impl Controller {
             let mut ready_old = old.iter().filter(|i| ready(i)).count();
             let floor = desired.saturating_sub(MAX_UNAVAILABLE);
             for i in old_sorted {
+                // Taken over from another `shoal up` and not probed yet: it
+                // was serving there; its first probe says what it is.
+                let s = pods[i].status();
+                if pods[i].adopted && !s.ever_ready && s.message.is_none() {
+                    continue;
+                }
                 if !ready(&i) {
                     to_stop.push(i);
                 } else if ready_current + ready_old > floor {
