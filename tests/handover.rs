@@ -295,8 +295,14 @@ async fn shoal_up_hands_over_five_times_under_load_without_a_failed_request() {
     let listen = format!("127.0.0.1:{port}");
     let mut current = Shoal::start(&["--listen", &listen, "-f", file.to_str().unwrap()]);
     current.wait_ready("kubia");
+    // One replica dies once: its restart count must survive the handovers.
+    let victim = replica_pids(&current)[0];
+    // SAFETY: a worker this test's shoal up started.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    current.eventually(&["get", "services"], |out| out.lines().any(|l| l.starts_with("kubia") && l.contains(" 2/2 ")));
     let pids = replica_pids(&current);
     assert_eq!(pids.len(), 2);
+    assert!(!pids.contains(&victim));
     let load = Load::start(format!("http://{listen}/"), 4, 50);
     tokio::time::sleep(Duration::from_secs(1)).await;
     for round in 1..=5 {
@@ -315,7 +321,9 @@ async fn shoal_up_hands_over_five_times_under_load_without_a_failed_request() {
     // scaled, and a clean stop stops them.
     let replicas = current.replicas();
     assert_eq!(replicas.len(), 2);
-    assert!(replicas.iter().all(|r| r["restarts"] == 0 && r["ready"] == true), "{replicas:?}");
+    assert!(replicas.iter().all(|r| r["ready"] == true), "{replicas:?}");
+    let restarts: Vec<u64> = replicas.iter().filter_map(|r| r["restarts"].as_u64()).collect();
+    assert_eq!(restarts.iter().sum::<u64>(), 1, "the restart count was lost: {replicas:?}");
     assert!(current.cli(&["scale", "service", "kubia", "--replicas", "3"]).0);
     current.eventually(&["get", "services"], |out| out.lines().any(|l| l.starts_with("kubia") && l.contains(" 3/3 ")));
     assert!(current.stop().success());
@@ -385,6 +393,41 @@ async fn a_handover_while_a_service_wakes_from_zero_answers_the_held_requests() 
     let replicas = next.replicas();
     assert_eq!(replicas.len(), 1, "{replicas:?}");
     assert!(next.dump().contains("taken over from an earlier shoal up"));
+    // The autoscaler went on from the old one's state: its count (1, not
+    // spec.replicas' 0) and its idle time, so no scale to zero follows
+    // the handover within the 30 s grace.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let replicas = next.replicas();
+    assert_eq!(replicas.len(), 1, "{replicas:?}");
+    assert_eq!(replicas[0]["ready"], true, "{replicas:?}");
+    assert!(!next.dump().contains("ScaledToZero"), "{}", next.dump());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_successor_speaking_another_handover_format_is_refused_and_nothing_stops() {
+    let mut shoal = Shoal::start(&["--no-sample"]);
+    shoal.wait_for_output(|l| l.contains("admin API listening"));
+    let path = shoal.data.0.join("shoal.sock");
+    let started = std::time::Instant::now();
+    while !path.exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no handover socket");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let socket = shoal_protocol::attach::connect(&path).unwrap();
+    let hello = br#"{"hello":{"format":999,"version":"9.0.0","pid":1}}"#;
+    shoal_protocol::fdpass::send(socket.as_raw_fd(), hello, &[]).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (len, _) = shoal_protocol::fdpass::receive(socket.as_raw_fd(), &mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..len]).into_owned();
+    assert!(answer.contains("refused") && answer.contains("format 999"), "{answer}");
+    assert!(answer.contains("stop this one first"), "{answer}");
+    // Still in charge: its API answers and writes.
+    assert!(shoal.cli(&["get", "services"]).0);
+    let dir = Scratch::new("refused");
+    let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, "replicas: 1"));
+    assert!(shoal.cli(&["apply", "-f", file.to_str().unwrap()]).0);
+    shoal.wait_ready("kubia");
+    assert!(shoal.stop().success());
 }
 
 async fn get_owned(url: String) -> (u16, String) {
