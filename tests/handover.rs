@@ -433,3 +433,25 @@ async fn a_successor_speaking_another_handover_format_is_refused_and_nothing_sto
 async fn get_owned(url: String) -> (u16, String) {
     get(&url, None).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_loop_keeps_its_restart_count_and_back_off_across_a_handover() {
+    let dir = Scratch::new("handover-crashloop");
+    let crash = wat::parse_file(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/crash-at-start.wat")).unwrap();
+    dir.write("crash.wasm", crash);
+    let file = dir.write("crash.yaml", manifest("crashy", "crash.wasm", "replicas: 1"));
+    let mut current = Shoal::start(&["--no-sample", "-f", file.to_str().unwrap()]);
+    // Failed starts back off 1 s, 2 s, 4 s: hand over during the 4 s one.
+    for delay in ["1s", "2s", "4s"] {
+        let line = current.wait_for_line(|l| l.contains("FailedStart:") && l.contains("retrying in"));
+        assert!(line.ends_with(&format!("retrying in {delay}")), "{line}");
+    }
+    let mut next = hand_over(&mut current, &[]);
+    // The next failure backs off 8 s, as it would have without the
+    // handover: the count of failures came along (afresh, it would be 1 s).
+    let line = next.wait_for_line(|l| l.contains("FailedStart:") && l.contains("retrying in"));
+    assert!(line.ends_with("retrying in 8s"), "{line}");
+    let replicas = next.replicas();
+    assert_eq!(replicas.len(), 1, "{replicas:?}");
+    assert_eq!(replicas[0]["restarts"], 4, "{replicas:?}");
+}

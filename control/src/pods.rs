@@ -62,9 +62,26 @@ pub struct PodStatus {
     pub ever_ready: bool,
     pub pid: Option<u32>,
     pub restarts: u32,
+    /// Failed starts and short runs since the last long healthy run: what
+    /// the back-off grows with.
+    pub failures: u32,
+    /// While it waits in back-off: when the next start is due.
+    pub retry_at: Option<Instant>,
     pub cgroup: Option<String>,
     pub started_unix: u64,
     pub message: Option<String>,
+}
+
+/// What a pod remembers of its replica's failures, carried over to the
+/// `shoal up` that takes over: the restart count, the back-off's failures,
+/// and what is left of a back-off in progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Memory {
+    pub restarts: u32,
+    pub failures: u32,
+    /// Milliseconds left of the back-off before the next start (0: none).
+    pub backoff_ms: u64,
 }
 
 /// The service's HTTP probes (`spec.readiness`, `spec.liveness`).
@@ -97,9 +114,9 @@ impl Pod {
         probes: Probes,
         revision: String,
         digest: String,
-        asked: Instant,
+        (asked, memory): (Instant, Memory),
     ) -> Pod {
-        Pod::spawn(ctx, spec, probes, (revision, digest), asked, None)
+        Pod::spawn(ctx, spec, probes, (revision, digest), (asked, memory), None)
     }
 
     /// A pod for a worker taken over from another `shoal up` (`replica`,
@@ -112,11 +129,21 @@ impl Pod {
         spec: ReplicaSpec,
         probes: Probes,
         (revision, digest): (String, String),
-        (replica, restarts, up): (shoal_node::Replica, u32, Duration),
+        (replica, memory, up): (shoal_node::Replica, Memory, Duration),
     ) -> Pod {
-        let pod = Pod::spawn(ctx, spec, probes, (revision, digest), Instant::now(), Some((replica, up)));
-        pod.status.lock().expect("pod lock").restarts = restarts;
-        pod
+        let memory = Memory { backoff_ms: 0, ..memory };
+        Pod::spawn(ctx, spec, probes, (revision, digest), (Instant::now(), memory), Some((replica, up)))
+    }
+
+    /// What this pod remembers of its replica's failures.
+    pub fn memory(&self) -> Memory {
+        let s = self.status();
+        let left = s.retry_at.map_or(Duration::ZERO, |at| at.saturating_duration_since(Instant::now()));
+        Memory {
+            restarts: s.restarts,
+            failures: s.failures,
+            backoff_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+        }
     }
 
     fn spawn(
@@ -124,7 +151,7 @@ impl Pod {
         spec: ReplicaSpec,
         probes: Probes,
         (revision, digest): (String, String),
-        asked: Instant,
+        (asked, memory): (Instant, Memory),
         adopted: Option<(shoal_node::Replica, Duration)>,
     ) -> Pod {
         let status = Arc::new(Mutex::new(PodStatus {
@@ -132,7 +159,9 @@ impl Pod {
             ready: false,
             ever_ready: false,
             pid: None,
-            restarts: 0,
+            restarts: memory.restarts,
+            failures: memory.failures,
+            retry_at: None,
             cgroup: None,
             started_unix: now_unix(),
             message: None,
@@ -142,7 +171,7 @@ impl Pod {
         let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (gateway, service, name) = (ctx.gateway.clone(), spec.service.clone(), spec.name.clone());
         let halt = Halt { stop: stop_rx, released: released.clone() };
-        let run = run(ctx, spec.clone(), probes, status.clone(), halt, (asked, adopted));
+        let run = run(ctx, spec.clone(), probes, status.clone(), halt, (asked, memory, adopted));
         let task = tokio::spawn(async move {
             if !run.await {
                 // The replica is gone for good: so are its figures.
@@ -157,9 +186,18 @@ impl Pod {
     /// that takes it over: the task ends at once (once a start in progress
     /// is done), the worker stays in this gateway's rotation for the
     /// requests this process still serves. [`Pod::finished`] tells when.
+    /// One already stopping goes on stopping.
     pub fn release(&self) {
+        if *self.stop.borrow() {
+            return;
+        }
         self.released.store(true, std::sync::atomic::Ordering::SeqCst);
         self.stop.send_replace(true);
+    }
+
+    /// Whether [`Pod::release`] let it go (it was not stopping).
+    pub fn released(&self) -> bool {
+        self.released.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Asks the pod to stop; [`Pod::finished`] tells when it has.
@@ -262,7 +300,7 @@ async fn run(
     probes: Probes,
     status: Arc<Mutex<PodStatus>>,
     halt: Halt,
-    (asked, mut adopted): (Instant, Option<(shoal_node::Replica, Duration)>),
+    (asked, memory, mut adopted): (Instant, Memory, Option<(shoal_node::Replica, Duration)>),
 ) -> bool {
     let mut stop = halt.stop.clone();
     let object = format!("replica/{}", spec.name);
@@ -271,9 +309,21 @@ async fn run(
         ctx.dirty.mark(&spec.service);
     };
     // Failed starts and short runs since the last long healthy run.
-    let mut failures: u32 = 0;
+    let mut failures: u32 = memory.failures;
     // Restarts are asked for when they happen.
     let mut asked = Some(asked);
+    // The rest of a back-off the predecessor's pod was in.
+    if memory.backoff_ms > 0 {
+        let delay = Duration::from_millis(memory.backoff_ms);
+        update(&|s| {
+            s.state = ReplicaState::CrashLoopBackOff;
+            s.retry_at = Some(Instant::now() + delay);
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            () = stopped(&mut stop) => return halt.released(),
+        }
+    }
     loop {
         if *stop.borrow() {
             return halt.released();
@@ -282,6 +332,7 @@ async fn run(
             if s.state != ReplicaState::Terminating {
                 s.state = ReplicaState::Starting;
             }
+            s.retry_at = None;
         });
         let delay;
         let was_adopted = adopted.is_some();
@@ -441,6 +492,7 @@ async fn run(
                 ctx.events.warning(&object, "FailedStart", format!("{message}; retrying {}", when(delay)));
             }
         }
+        update(&|s| s.failures = failures);
         if delay.is_zero() {
             continue;
         }
@@ -448,6 +500,7 @@ async fn run(
             if s.state != ReplicaState::Terminating {
                 s.state = ReplicaState::CrashLoopBackOff;
             }
+            s.retry_at = Some(Instant::now() + delay);
         });
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

@@ -52,7 +52,7 @@ use tokio::sync::watch;
 
 use crate::autoscaler::TICK;
 use crate::logs::LogBook;
-use crate::pods::{GRACE, Pod, PodContext, Probes};
+use crate::pods::{GRACE, Memory, Pod, PodContext, Probes};
 use crate::scaling::Scaler;
 use crate::store::{Store, StoreError};
 
@@ -127,11 +127,15 @@ const RELEASE_WAIT: Duration = Duration::from_secs(15);
 /// What a `shoal up` hands its successor beside the store: see
 /// [`Controller::succession`].
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Succession {
     /// [`Scaler::export`].
     pub autoscaler: serde_json::Value,
-    /// Each replica's restarts, by name.
-    pub restarts: HashMap<String, u32>,
+    /// What each running replica's pod remembers, by replica name.
+    pub replicas: HashMap<String, Memory>,
+    /// By service: the pods whose worker is not running (in back-off
+    /// after a crash), which the successor starts as they would have been.
+    pub waiting: HashMap<String, Vec<Memory>>,
 }
 
 /// The reconciler and the actual state it manages.
@@ -147,9 +151,10 @@ pub struct Controller {
     /// them pods (those of a current revision, once its module is ready)
     /// or stops them.
     adopted: Mutex<Vec<Adopted>>,
-    /// The restart counts a predecessor handed over, by replica name, for
-    /// the pods made of its workers.
-    inherited_restarts: Mutex<HashMap<String, u32>>,
+    /// What a predecessor's pods remembered ([`Succession`]): by replica
+    /// name for the pods made of its workers, and by service for those
+    /// whose worker was not running, taken by the next pods started.
+    inherited: Mutex<Succession>,
     /// Set by [`Controller::release_on_stop`]: [`Controller::run`] ends by
     /// letting go of its pods, not stopping them.
     releasing: std::sync::atomic::AtomicBool,
@@ -251,7 +256,7 @@ impl Controller {
             data_dir,
             pods: Mutex::new(Vec::new()),
             adopted: Mutex::new(Vec::new()),
-            inherited_restarts: Mutex::new(HashMap::new()),
+            inherited: Mutex::default(),
             releasing: std::sync::atomic::AtomicBool::new(false),
             modules: Mutex::new(HashMap::new()),
             waiting: Mutex::new(std::collections::BinaryHeap::new()),
@@ -360,16 +365,25 @@ impl Controller {
     /// autoscaler's state and each replica's restart count. Taken after
     /// [`Controller::run`] released the pods.
     pub fn succession(&self) -> Succession {
-        let restarts =
-            self.pods.lock().expect("pods lock").iter().map(|p| (p.name.clone(), p.status().restarts)).collect();
-        Succession { autoscaler: self.scaler.export(), restarts }
+        let mut succession = Succession { autoscaler: self.scaler.export(), ..Succession::default() };
+        for pod in self.pods.lock().expect("pods lock").iter().filter(|pod| pod.released()) {
+            let status = pod.status();
+            if status.pid.is_some() {
+                succession.replicas.insert(pod.name.clone(), pod.memory());
+            } else if status.retry_at.is_some() {
+                succession.waiting.entry(pod.service.clone()).or_default().push(pod.memory());
+            }
+        }
+        succession
     }
 
     /// Takes on a predecessor's [`Controller::succession`], before the
     /// first pass.
     pub fn inherit(&self, succession: Succession) {
         self.scaler.restore(succession.autoscaler);
-        self.inherited_restarts.lock().expect("restarts lock").extend(succession.restarts);
+        let mut inherited = self.inherited.lock().expect("inherited lock");
+        inherited.replicas.extend(succession.replicas);
+        inherited.waiting.extend(succession.waiting);
     }
 
     /// Every [`GC_PERIOD`] until shutdown: deletes the modules nothing has
@@ -779,11 +793,16 @@ impl Controller {
             };
             let spec =
                 replica_spec(service, adopted.identity.replica.clone(), &path, service.spec.instances.policy(reuses));
-            let restarts =
-                self.inherited_restarts.lock().expect("restarts lock").remove(&adopted.identity.replica).unwrap_or(0);
+            let memory = self
+                .inherited
+                .lock()
+                .expect("inherited lock")
+                .replicas
+                .remove(&adopted.identity.replica)
+                .unwrap_or_default();
             let pair = (worker_revision, digest.clone());
             let up = Duration::from_secs(shoal_api::objects::now_unix().saturating_sub(adopted.identity.ready_unix));
-            made.push(Pod::adopt(self.ctx.clone(), spec, probes(service), pair, (adopted.replica, restarts, up)));
+            made.push(Pod::adopt(self.ctx.clone(), spec, probes(service), pair, (adopted.replica, memory, up)));
         }
         self.adopted.lock().expect("adopted lock").extend(keep);
         let mut pods = self.pods.lock().expect("pods lock");
@@ -1059,7 +1078,10 @@ impl Controller {
             let asked = asked.unwrap_or_else(Instant::now);
             for _ in 0..to_start {
                 let spec = replica_spec(service, replica_name(name, &revision), path, instances);
-                pods.push(Pod::start(self.ctx.clone(), spec, probes(service), revision.clone(), digest.clone(), asked));
+                // A pod the predecessor had in back-off goes on from there.
+                let memory = self.inherited.lock().expect("inherited lock").waiting.get_mut(name).and_then(Vec::pop);
+                let (ctx, pair) = (self.ctx.clone(), (asked, memory.unwrap_or_default()));
+                pods.push(Pod::start(ctx, spec, probes(service), revision.clone(), digest.clone(), pair));
             }
         }
         if message.is_none() && phase != RolloutPhase::Complete {
