@@ -280,6 +280,14 @@ pub fn open_desk(data_dir: &Path) -> Option<Desk> {
     }
 }
 
+impl Desk {
+    /// Closes the desk of a `shoal up` that handed over, leaving the
+    /// socket file, which is the successor's now.
+    pub fn close_for_successor(self) {
+        self.listener.close_leaving_file();
+    }
+}
+
 /// A successor asking to take over.
 pub struct Caller {
     socket: OwnedFd,

@@ -667,6 +667,9 @@ async fn serve(
         }))
     });
     println!("shoal: admin API listening on http://{admin_address} (token in {})", data_dir.join("token").display());
+    // Before telling a predecessor this one serves: the next successor may
+    // come right after.
+    let mut desk = crate::handover::open_desk(&data_dir);
     if let Some(inheritance) = inheritance {
         let predecessor = inheritance.predecessor;
         match inheritance.serving() {
@@ -674,7 +677,6 @@ async fn serve(
             Err(error) => eprintln!("warning: cannot tell pid {predecessor} that this shoal up serves: {error}"),
         }
     }
-    let desk = crate::handover::open_desk(&data_dir);
 
     tokio::pin!(signal);
     let successor = loop {
@@ -718,15 +720,22 @@ async fn serve(
             shared.iter().map(|(s, fd)| (s.clone(), std::os::fd::AsRawFd::as_raw_fd(fd))).collect();
         match offer(caller, offered, succession).await {
             Ok(()) => break Some(pid),
-            Err(error) => eprintln!(
-                "ERROR: the new shoal up (pid {pid}) failed to take over: {error}. This one goes on serving its \
-                 running replicas, without a control plane (no restarts, no scaling, no admin API): start a new \
-                 shoal up on {} to take over.",
-                data_dir.display()
-            ),
+            Err(error) => {
+                eprintln!(
+                    "ERROR: the new shoal up (pid {pid}) failed to take over: {error}. This one goes on serving \
+                     its running replicas, without a control plane (no restarts, no scaling, no admin API): start \
+                     a new shoal up on {} to take over.",
+                    data_dir.display()
+                );
+                // The failed one may have bound its own socket in place.
+                desk = crate::handover::open_desk(&data_dir);
+            }
         }
     };
-    drop(desk);
+    match (desk, successor) {
+        (Some(desk), Some(_)) => desk.close_for_successor(),
+        (desk, _) => drop(desk),
+    }
     match successor {
         Some(pid) => {
             println!("shoal: pid {pid} serves; draining");

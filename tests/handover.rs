@@ -241,14 +241,18 @@ async fn the_workers_of_a_killed_shoal_up_are_taken_over_by_the_next_one() {
     assert!(second.replicas().iter().all(|r| r["restarts"] == 0 && r["ready"] == true));
     let (_, described, _) = second.cli(&["describe", "service", "kubia"]);
     assert_eq!(described.matches("taken over from an earlier shoal up").count(), 2, "{described}");
-    // They serve, and the service can still be changed.
     assert!(get(&second.url("/"), None).await.1.starts_with("You've hit kubia-"));
-    assert!(second.cli(&["scale", "service", "kubia", "--replicas", "3"]).0);
-    second.eventually(&["get", "services"], |out| out.lines().any(|l| l.starts_with("kubia") && l.contains(" 3/3 ")));
-    // A clean stop stops them too.
-    assert!(second.stop().success());
+    still_managed(second, &pids);
+}
+
+/// Checks that `shoal`'s kubia (whose replicas had `pids`) can still be
+/// changed (scaled to 3), and that a clean stop stops those workers.
+fn still_managed(mut shoal: Shoal, pids: &[u64]) {
+    assert!(shoal.cli(&["scale", "service", "kubia", "--replicas", "3"]).0);
+    shoal.eventually(&["get", "services"], |out| out.lines().any(|l| l.starts_with("kubia") && l.contains(" 3/3 ")));
+    assert!(shoal.stop().success());
     for pid in pids {
-        assert!(!alive(pid as u32), "worker {pid} outlived a clean stop");
+        assert!(!alive(*pid as u32), "worker {pid} outlived a clean stop");
     }
 }
 
@@ -324,12 +328,7 @@ async fn shoal_up_hands_over_five_times_under_load_without_a_failed_request() {
     assert!(replicas.iter().all(|r| r["ready"] == true), "{replicas:?}");
     let restarts: Vec<u64> = replicas.iter().filter_map(|r| r["restarts"].as_u64()).collect();
     assert_eq!(restarts.iter().sum::<u64>(), 1, "the restart count was lost: {replicas:?}");
-    assert!(current.cli(&["scale", "service", "kubia", "--replicas", "3"]).0);
-    current.eventually(&["get", "services"], |out| out.lines().any(|l| l.starts_with("kubia") && l.contains(" 3/3 ")));
-    assert!(current.stop().success());
-    for pid in pids {
-        assert!(!alive(pid as u32), "worker {pid} outlived a clean stop");
-    }
+    still_managed(current, &pids);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -403,17 +402,58 @@ async fn a_handover_while_a_service_wakes_from_zero_answers_the_held_requests() 
     assert!(!next.dump().contains("ScaledToZero"), "{}", next.dump());
 }
 
+/// A connection to `shoal`'s handover socket (made once it serves).
+async fn handover_socket(shoal: &Shoal) -> OwnedFd {
+    let path = shoal.data.0.join("shoal.sock");
+    let started = std::time::Instant::now();
+    loop {
+        match shoal_protocol::attach::connect(&path) {
+            Ok(socket) => return socket,
+            Err(error) => assert!(started.elapsed() < Duration::from_secs(30), "no handover socket: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_successor_that_dies_after_the_offer_leaves_the_old_one_serving_until_the_next() {
+    let dir = Scratch::new("handover-dies");
+    let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, "replicas: 2"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut current = Shoal::start(&["--listen", &listen, "-f", file.to_str().unwrap()]);
+    current.wait_ready("kubia");
+    let pids = replica_pids(&current);
+    // A successor that takes the offer and dies.
+    let socket = handover_socket(&current).await;
+    let hello = br#"{"hello":{"format":1,"version":"0.0.0","pid":1}}"#;
+    shoal_protocol::fdpass::send(socket.as_raw_fd(), hello, &[]).unwrap();
+    let offer = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let (len, fds) = shoal_protocol::fdpass::receive(socket.as_raw_fd(), &mut buf).unwrap();
+        (String::from_utf8_lossy(&buf[..len]).into_owned(), fds.len())
+    })
+    .await
+    .unwrap();
+    assert!(offer.0.contains("offer"), "{offer:?}");
+    assert_eq!(offer.1, 3, "gateway, admin and the state: {offer:?}");
+    current.wait_for_output(|l| l.contains("failed to take over"));
+    // The old one serves on with its replicas…
+    for _ in 0..20 {
+        assert_eq!(get(&format!("http://{listen}/"), None).await.0, 200);
+    }
+    // …and hands over to the next successor, which gets everything.
+    let next = hand_over(&mut current, &["--listen", &listen]);
+    assert_eq!(replica_pids(&next), pids);
+    assert_eq!(get(&next.url("/"), None).await.0, 200);
+    still_managed(next, &pids);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_successor_speaking_another_handover_format_is_refused_and_nothing_stops() {
     let mut shoal = Shoal::start(&["--no-sample"]);
     shoal.wait_for_output(|l| l.contains("admin API listening"));
-    let path = shoal.data.0.join("shoal.sock");
-    let started = std::time::Instant::now();
-    while !path.exists() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no handover socket");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let socket = shoal_protocol::attach::connect(&path).unwrap();
+    let socket = handover_socket(&shoal).await;
     let hello = br#"{"hello":{"format":999,"version":"9.0.0","pid":1}}"#;
     shoal_protocol::fdpass::send(socket.as_raw_fd(), hello, &[]).unwrap();
     let mut buf = vec![0u8; 64 * 1024];

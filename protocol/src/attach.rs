@@ -153,10 +153,18 @@ impl SeqpacketListener {
     }
 }
 
+impl SeqpacketListener {
+    /// Closes the socket and leaves its file: another process bound its
+    /// own at the same path (the file of a socket bound in its place may
+    /// have the same inode number, on tmpfs).
+    pub fn close_leaving_file(mut self) {
+        self.file = None;
+    }
+}
+
 impl Drop for SeqpacketListener {
     fn drop(&mut self) {
-        // Only if the file is still ours: a successor may have bound its
-        // own socket at the same path.
+        // Only if the file is still ours.
         let now = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino())).ok();
         if now.is_some() && now == self.file {
             let _ = std::fs::remove_file(&self.path);
