@@ -48,9 +48,6 @@ pub const FORMAT: u32 = 1;
 /// How long the predecessor may take to offer (drain its admin API, let go
 /// of its pods, close the store).
 const OFFER_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the successor may take from the offer to serving (open the
-/// store, take the workers over, get them into its rotation).
-const SERVING_TIMEOUT: Duration = Duration::from_secs(120);
 /// The largest message.
 const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -71,7 +68,12 @@ pub enum Message {
     Offer {
         listeners: Vec<Shared>,
     },
-    Serving,
+    /// With the address of the successor's gateway (loopback when it
+    /// listens on all addresses), where the predecessor passes requests
+    /// that wait for a replica.
+    Serving {
+        gateway: SocketAddr,
+    },
 }
 
 /// What a passed listening socket is for.
@@ -172,6 +174,9 @@ pub fn take_over(data_dir: &Path) -> anyhow::Result<Option<Inheritance>> {
         Message::Offer { listeners } if listeners.len() + 1 == fds.len() => {
             let mut fds = fds;
             let state = fds.pop().expect("the state's descriptor");
+            if !fds.iter().all(|fd| is(fd, libc::S_IFSOCK)) || !is(&state, libc::S_IFREG) {
+                bail!("pid {predecessor} offered descriptors that are not listening sockets and a state file");
+            }
             let succession = read_succession(state)
                 .map_err(|e| anyhow!("cannot read the state pid {predecessor} handed over: {e}"))?;
             let listeners = listeners.into_iter().zip(fds).collect();
@@ -207,10 +212,10 @@ impl Inheritance {
         Some(std::net::TcpListener::from(fd))
     }
 
-    /// Tells the predecessor this process serves: it stops accepting,
-    /// drains and exits.
-    pub fn serving(self) -> io::Result<()> {
-        send(&self.socket, &Message::Serving, &[])
+    /// Tells the predecessor this process serves, with its gateway at
+    /// `gateway`: it stops accepting, drains and exits.
+    pub fn serving(self, gateway: SocketAddr) -> io::Result<()> {
+        send(&self.socket, &Message::Serving { gateway }, &[])
     }
 }
 
@@ -229,13 +234,25 @@ fn write_succession(succession: &Succession) -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
-/// Reads what [`write_succession`] wrote, from its start.
+/// The most state a predecessor may hand over.
+const MAX_STATE: u64 = 64 << 20;
+
+/// Whether `fd` is of the file type `kind` (`S_IFSOCK`, `S_IFREG`).
+fn is(fd: &OwnedFd, kind: libc::mode_t) -> bool {
+    // SAFETY: stat is plain data, filled by fstat.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a descriptor we own.
+    unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) == 0 && stat.st_mode & libc::S_IFMT == kind }
+}
+
+/// Reads what [`write_succession`] wrote, from its start (at most
+/// [`MAX_STATE`] bytes).
 fn read_succession(fd: OwnedFd) -> io::Result<Succession> {
     use std::io::{Read as _, Seek as _};
     let mut file = std::fs::File::from(fd);
     file.rewind()?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+    file.take(MAX_STATE).read_to_end(&mut bytes)?;
     serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -281,8 +298,8 @@ pub fn open_desk(data_dir: &Path) -> Option<Desk> {
 }
 
 impl Desk {
-    /// Closes the desk of a `shoal up` that handed over, leaving the
-    /// socket file, which is the successor's now.
+    /// Closes the desk, leaving the socket file: that of a successor that
+    /// bound its own in place.
     pub fn close_for_successor(self) {
         self.listener.close_leaving_file();
     }
@@ -349,15 +366,18 @@ impl Caller {
     }
 
     /// Offers the listening sockets and the state (blocking), then waits
-    /// for the successor to serve.
-    pub fn offer(&self, listeners: &[(Shared, RawFd)], succession: &Succession) -> io::Result<()> {
+    /// for the successor to serve, for as long as it lives (it may take
+    /// a while to get its workers in rotation; giving up on it while it
+    /// still starts would leave two processes serving): the address of
+    /// its gateway.
+    pub fn offer(&self, listeners: &[(Shared, RawFd)], succession: &Succession) -> io::Result<SocketAddr> {
         let (shared, mut fds): (Vec<Shared>, Vec<RawFd>) = listeners.iter().cloned().unzip();
         let state = write_succession(succession)?;
         fds.push(state.as_raw_fd());
         send(&self.socket, &Message::Offer { listeners: shared }, &fds)?;
-        set_timeout(&self.socket, SERVING_TIMEOUT);
+        set_timeout(&self.socket, Duration::ZERO);
         match receive(&self.socket)?.0 {
-            Message::Serving => Ok(()),
+            Message::Serving { gateway } => Ok(gateway),
             other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected serving, got {other:?}"))),
         }
     }

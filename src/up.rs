@@ -672,7 +672,7 @@ async fn serve(
     let mut desk = crate::handover::open_desk(&data_dir);
     if let Some(inheritance) = inheritance {
         let predecessor = inheritance.predecessor;
-        match inheritance.serving() {
+        match inheritance.serving(loopback(gateway_address)) {
             Ok(()) => println!("shoal: took over from pid {predecessor}, which drains and exits"),
             Err(error) => eprintln!("warning: cannot tell pid {predecessor} that this shoal up serves: {error}"),
         }
@@ -719,7 +719,7 @@ async fn serve(
         let offered: Vec<(Shared, std::os::fd::RawFd)> =
             shared.iter().map(|(s, fd)| (s.clone(), std::os::fd::AsRawFd::as_raw_fd(fd))).collect();
         match offer(caller, offered, succession).await {
-            Ok(()) => break Some(pid),
+            Ok(gateway) => break Some((pid, gateway)),
             Err(error) => {
                 eprintln!(
                     "ERROR: the new shoal up (pid {pid}) failed to take over: {error}. This one goes on serving \
@@ -727,7 +727,12 @@ async fn serve(
                      a new shoal up on {} to take over.",
                     data_dir.display()
                 );
-                // The failed one may have bound its own socket in place.
+                // The failed one may have bound its own socket in place
+                // (leave its file: on tmpfs, the new file may have the
+                // inode number of ours).
+                if let Some(old) = desk.take() {
+                    old.close_for_successor();
+                }
                 desk = crate::handover::open_desk(&data_dir);
             }
         }
@@ -737,12 +742,15 @@ async fn serve(
         (desk, _) => drop(desk),
     }
     match successor {
-        Some(pid) => {
+        Some((pid, successor_gateway)) => {
             println!("shoal: pid {pid} serves; draining");
-            gateway.hand_off(loopback(gateway_address));
+            gateway.hand_off(successor_gateway);
         }
         None => println!("shoal: shutting down"),
     }
+    // The copies of the listening sockets: a listener the successor did
+    // not take closes with this process's own.
+    drop(shared);
     let _ = gateway_stop.send(true);
     let _ = control_stop.send(true);
     let _ = admin_stop.send(true);
@@ -766,7 +774,7 @@ async fn serve(
     }
     cleanup(&agent);
     match successor {
-        Some(pid) => println!("shoal: handed over to pid {pid}; stopped (its workers serve on)"),
+        Some((pid, _)) => println!("shoal: handed over to pid {pid}; stopped (its workers serve on)"),
         None => println!("shoal: stopped"),
     }
     Ok(())
@@ -786,7 +794,7 @@ async fn offer(
     caller: Caller,
     offered: Vec<(Shared, std::os::fd::RawFd)>,
     succession: shoal_control::reconciler::Succession,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::net::SocketAddr> {
     tokio::task::spawn_blocking(move || caller.offer(&offered, &succession))
         .await
         .map_err(|e| anyhow!("the handover task failed: {e}"))?

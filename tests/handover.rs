@@ -309,8 +309,10 @@ async fn shoal_up_hands_over_five_times_under_load_without_a_failed_request() {
     assert!(!pids.contains(&victim));
     let load = Load::start(format!("http://{listen}/"), 4, 50);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut predecessors = Vec::new();
     for round in 1..=5 {
         let started = std::time::Instant::now();
+        predecessors.push(current.pid());
         let next = hand_over(&mut current, &["--listen", &listen]);
         eprintln!("handover {round} took {:?}", started.elapsed());
         assert_eq!(replica_pids(&next), pids, "handover {round} changed the workers");
@@ -329,6 +331,13 @@ async fn shoal_up_hands_over_five_times_under_load_without_a_failed_request() {
     let restarts: Vec<u64> = replicas.iter().filter_map(|r| r["restarts"].as_u64()).collect();
     assert_eq!(restarts.iter().sum::<u64>(), 1, "the restart count was lost: {replicas:?}");
     still_managed(current, &pids);
+    // The groups the workers were created in went with the last of them.
+    for pid in predecessors {
+        for root in ["/sys/fs/cgroup/memory/shoal", "/sys/fs/cgroup/shoal"] {
+            let group = std::path::Path::new(root).join(format!("up-{pid}"));
+            assert!(!group.exists(), "{} was left behind", group.display());
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -76,7 +76,7 @@ pub struct PodStatus {
 /// `shoal up` that takes over: the restart count, the back-off's failures,
 /// and what is left of a back-off in progress.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct Memory {
     pub restarts: u32,
     pub failures: u32,

@@ -127,7 +127,7 @@ const RELEASE_WAIT: Duration = Duration::from_secs(15);
 /// What a `shoal up` hands its successor beside the store: see
 /// [`Controller::succession`].
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct Succession {
     /// [`Scaler::export`].
     pub autoscaler: serde_json::Value,
@@ -136,6 +136,9 @@ pub struct Succession {
     /// By service: the pods whose worker is not running (in back-off
     /// after a crash), which the successor starts as they would have been.
     pub waiting: HashMap<String, Vec<Memory>>,
+    /// Replicas whose workers were being stopped (a scale-down, an old
+    /// revision): the successor leaves them to end.
+    pub stopping: Vec<String>,
 }
 
 /// The reconciler and the actual state it manages.
@@ -366,7 +369,13 @@ impl Controller {
     /// [`Controller::run`] released the pods.
     pub fn succession(&self) -> Succession {
         let mut succession = Succession { autoscaler: self.scaler.export(), ..Succession::default() };
-        for pod in self.pods.lock().expect("pods lock").iter().filter(|pod| pod.released()) {
+        for pod in self.pods.lock().expect("pods lock").iter() {
+            if !pod.released() {
+                if !pod.finished() {
+                    succession.stopping.push(pod.name.clone());
+                }
+                continue;
+            }
             let status = pod.status();
             if status.pid.is_some() {
                 succession.replicas.insert(pod.name.clone(), pod.memory());
@@ -384,6 +393,7 @@ impl Controller {
         let mut inherited = self.inherited.lock().expect("inherited lock");
         inherited.replicas.extend(succession.replicas);
         inherited.waiting.extend(succession.waiting);
+        inherited.stopping.extend(succession.stopping);
     }
 
     /// Every [`GC_PERIOD`] until shutdown: deletes the modules nothing has
@@ -740,6 +750,12 @@ impl Controller {
     /// a service's current revision becomes one of its pods once the
     /// module is ready; the others are stopped.
     pub fn take_over(&self, workers: Vec<Adopted>) {
+        let stopping = std::mem::take(&mut self.inherited.lock().expect("inherited lock").stopping);
+        let (ending, workers): (Vec<Adopted>, Vec<Adopted>) =
+            workers.into_iter().partition(|a| stopping.contains(&a.identity.replica));
+        for Adopted { identity, .. } in ending {
+            tracing::info!(replica = %identity.replica, "not taking over a worker the predecessor was stopping");
+        }
         self.adopted.lock().expect("adopted lock").extend(workers);
     }
 

@@ -419,7 +419,12 @@ impl Gateway {
         }
         let endpoint = match self.replica(backend, deadline, from_peer).await {
             Ok(endpoint) => endpoint,
-            Err(response) if response.extensions().get::<HandedOff>().is_some() => {
+            // Once only: a request the predecessor passed here is not
+            // passed on again.
+            Err(response)
+                if response.extensions().get::<HandedOff>().is_some()
+                    && !req.headers().contains_key(HANDED_OFF_HEADER) =>
+            {
                 return self.to_successor(req, deadline).await;
             }
             Err(response) => return response,
@@ -431,6 +436,7 @@ impl Gateway {
         // `x-shoal-*` is Shoal's own (it once carried readiness probes;
         // the hops travel in the channel's frame).
         headers.remove("x-shoal-probe");
+        headers.remove(HANDED_OFF_HEADER);
         headers.remove(crate::outbound::HOPS_HEADER);
         if let Some(value) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             headers.entry(header::HOST).or_insert(value);
@@ -697,6 +703,9 @@ impl Gateway {
 #[derive(Clone, Copy)]
 struct HandedOff;
 
+/// Marks a request a gateway that handed over passed to its successor.
+const HANDED_OFF_HEADER: &str = "x-shoal-handed-off";
+
 fn handed_off() -> Response<Body> {
     let mut response = message(StatusCode::SERVICE_UNAVAILABLE, "503 no ready replica\n");
     response.extensions_mut().insert(HandedOff);
@@ -733,6 +742,7 @@ impl Gateway {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(HANDED_OFF_HEADER, HeaderValue::from_static("1"));
         let body: crate::peer::PeerBody = body.map_err(Into::into).boxed_unsync();
         match tokio::time::timeout_at(deadline, client.request(Request::from_parts(parts, body))).await {
             Err(_) => gateway_timeout(),

@@ -347,8 +347,23 @@ impl ReplicaCgroup {
                     }
                 }
             }
+            remove_if_orphaned(dir.parent());
         }
         Ok(())
+    }
+}
+
+/// Removes `dir` if it is the group of a `shoal up` that is gone
+/// (`up-<pid>`) and now empty: that of a predecessor whose last worker
+/// taken over just ended.
+fn remove_if_orphaned(dir: Option<&Path>) {
+    let Some(dir) = dir else { return };
+    let pid = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("up-")?.parse::<u32>().ok());
+    if let Some(pid) = pid
+        && !Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::remove_dir(dir).is_ok()
+    {
+        tracing::info!(group = %dir.display(), "removed the cgroup of an earlier shoal up");
     }
 }
 

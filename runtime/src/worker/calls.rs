@@ -27,8 +27,9 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(100);
 
 /// What every instance of a replica shares for its calls.
 pub(crate) struct Calls {
-    /// The channel calls go out on: the newest (the start check runs
-    /// before there is one; after a handover, the successor's).
+    /// The channel calls go out on: that of the newest session that
+    /// brought a request (the start check runs before there is one; after
+    /// a handover, the successor's once it routes to this worker).
     port: std::sync::Mutex<Option<Arc<Port>>>,
     slots: Arc<Semaphore>,
 }

@@ -372,7 +372,15 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
     let start_session = |port: Arc<Port>, sessions: &mut tokio::task::JoinSet<_>| {
         let handler = {
             let (replica, port) = (replica.clone(), port.clone());
+            // Calls go out on the newest session once it brings a request:
+            // its gateway then serves calls (a successor opens its link
+            // before it sends anything), while until then the one that
+            // started the worker, or handed over, still does.
+            let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
             move |incoming: Incoming| {
+                if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    replica.calls.use_port(port.clone());
+                }
                 let (replica, port) = (replica.clone(), port.clone());
                 async move {
                     let Incoming { request, stream, origin } = incoming;
@@ -427,7 +435,6 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
                     Ok(Ok(channel)) => {
                         let port = Port::new(channel);
                         start_session(port.clone(), &mut sessions);
-                        replica.calls.use_port(port.clone());
                         ports.push(port);
                         orphaned = None;
                         tracing::info!(replica = %config.replica, sessions = ports.len(), "attached");
