@@ -200,6 +200,13 @@ impl Load {
     }
 }
 
+/// A free loopback address, for a gateway that successors take over at
+/// the same address.
+fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
 /// The pids of `shoal`'s replicas, from its API, sorted.
 fn replica_pids(shoal: &Shoal) -> Vec<u64> {
     let mut pids: Vec<u64> = shoal.replicas().iter().filter_map(|r| r["pid"].as_u64()).collect();
@@ -211,8 +218,7 @@ fn replica_pids(shoal: &Shoal) -> Vec<u64> {
 async fn the_workers_of_a_killed_shoal_up_are_taken_over_by_the_next_one() {
     let dir = Scratch::new("takeover");
     let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, "replicas: 2"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_address();
     let mut first = Shoal::start(&["--listen", &listen, "--orphan-grace", "30s", "-f", file.to_str().unwrap()]);
     first.wait_ready("kubia");
     let pids = replica_pids(&first);
@@ -295,8 +301,7 @@ fn hand_over(current: &mut Shoal, args: &[&str]) -> Shoal {
 async fn shoal_up_hands_over_five_times_under_load_without_a_failed_request() {
     let dir = Scratch::new("handover");
     let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, "replicas: 2"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_address();
     let mut current = Shoal::start(&["--listen", &listen, "-f", file.to_str().unwrap()]);
     current.wait_ready("kubia");
     // One replica dies once: its restart count must survive the handovers.
@@ -347,8 +352,7 @@ async fn a_handover_during_a_rollout_finishes_it_without_a_failed_request() {
     // of two is under way for seconds.
     let spec = "replicas: 2\nreadiness: {path: /, initialDelaySeconds: 3, periodSeconds: 1}";
     let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, spec));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_address();
     let mut current = Shoal::start(&["--listen", &listen, "-f", file.to_str().unwrap()]);
     current.wait_ready("kubia");
     let load = Load::start(format!("http://{listen}/"), 4, 50);
@@ -381,8 +385,7 @@ async fn a_handover_while_a_service_wakes_from_zero_answers_the_held_requests() 
     let spec = "replicas: 0\nautoscale:\n  min: 0\n  max: 2\n  scaleToZeroGracePeriod: 30s\n\
                 readiness: {path: /, initialDelaySeconds: 2, periodSeconds: 1}";
     let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, spec));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_address();
     let mut current = Shoal::start(&["--listen", &listen, "-f", file.to_str().unwrap()]);
     current.wait_for_output(|l| l.contains("service/kubia"));
     assert!(current.replicas().is_empty());
@@ -428,8 +431,7 @@ async fn handover_socket(shoal: &Shoal) -> OwnedFd {
 async fn a_successor_that_dies_after_the_offer_leaves_the_old_one_serving_until_the_next() {
     let dir = Scratch::new("handover-dies");
     let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, "replicas: 2"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_address();
     let mut current = Shoal::start(&["--listen", &listen, "-f", file.to_str().unwrap()]);
     current.wait_ready("kubia");
     let pids = replica_pids(&current);
