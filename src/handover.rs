@@ -122,22 +122,6 @@ fn receive(socket: &OwnedFd) -> io::Result<(Message, Vec<OwnedFd>)> {
     Ok((message, fds))
 }
 
-fn set_timeout(socket: &OwnedFd, timeout: Duration) {
-    let timeout = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: 0 };
-    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: sets a timeval option on a socket we hold.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&raw const timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-    }
-}
-
 /// The successor's side: what the predecessor handed over.
 pub struct Inheritance {
     socket: OwnedFd,
@@ -164,9 +148,10 @@ pub fn take_over(data_dir: &Path) -> anyhow::Result<Option<Inheritance>> {
             bail!("cannot reach the shoal up running on {} ({}): {error}", data_dir.display(), path.display())
         }
     };
-    let (predecessor, me) = (peer_pid(&socket), std::process::id());
+    let predecessor = attach::peer_credentials(socket.as_raw_fd()).map_or(0, |c| u32::try_from(c.pid).unwrap_or(0));
+    let me = std::process::id();
     println!("shoal: a shoal up (pid {predecessor}) runs on {}; taking over from it", data_dir.display());
-    set_timeout(&socket, OFFER_TIMEOUT);
+    attach::set_timeouts_to(socket.as_raw_fd(), OFFER_TIMEOUT);
     let hello = Message::Hello { format: FORMAT, version: env!("CARGO_PKG_VERSION").to_owned(), pid: me };
     send(&socket, &hello, &[]).map_err(|e| anyhow!("cannot ask pid {predecessor} to hand over: {e}"))?;
     let (answer, fds) = receive(&socket).map_err(|e| anyhow!("pid {predecessor} did not hand over: {e}"))?;
@@ -254,24 +239,6 @@ fn read_succession(fd: OwnedFd) -> io::Result<Succession> {
     let mut bytes = Vec::new();
     file.take(MAX_STATE).read_to_end(&mut bytes)?;
     serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// The process at the other end of `socket` (0: unknown).
-fn peer_pid(socket: &OwnedFd) -> u32 {
-    // SAFETY: ucred is plain data.
-    let mut credentials: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED fills a ucred of `length` bytes.
-    let got = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut credentials).cast(),
-            &mut length,
-        )
-    };
-    if got == 0 { u32::try_from(credentials.pid).unwrap_or(0) } else { 0 }
 }
 
 /// The predecessor's side: where successors call.
@@ -375,7 +342,7 @@ impl Caller {
         let state = write_succession(succession)?;
         fds.push(state.as_raw_fd());
         send(&self.socket, &Message::Offer { listeners: shared }, &fds)?;
-        set_timeout(&self.socket, Duration::ZERO);
+        attach::set_timeouts_to(self.socket.as_raw_fd(), Duration::ZERO);
         match receive(&self.socket)?.0 {
             Message::Serving { gateway } => Ok(gateway),
             other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected serving, got {other:?}"))),

@@ -135,6 +135,8 @@ struct ConnState {
     seen_request: AtomicBool,
     /// Told to close (evicted).
     close: Notify,
+    /// The listener's [`ServeConfig::closing`].
+    closing: Option<Arc<AtomicBool>>,
 }
 
 impl ConnState {
@@ -222,10 +224,11 @@ where
             trusted: AtomicBool::new(false),
             seen_request: AtomicBool::new(false),
             close: Notify::new(),
+            closing: config.closing.clone(),
         });
         registry.open.lock().expect("registry lock").insert(id, state.clone());
         let connection = Connection { state: state.clone(), peer };
-        let tracked = Tracked { inner: make(&connection), state: state.clone(), closing: config.closing.clone() };
+        let tracked = Tracked { inner: make(&connection), state: state.clone() };
         let (registry, config, builder, watcher) =
             (registry.clone(), config.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
@@ -374,7 +377,6 @@ async fn watchdog(registry: &Registry, state: &ConnState, config: &ServeConfig) 
 struct Tracked<S> {
     inner: S,
     state: Arc<ConnState>,
-    closing: Option<Arc<AtomicBool>>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
@@ -391,8 +393,8 @@ where
         state.seen_request.store(true, Ordering::Relaxed);
         let guard = Busy { state: state.clone() };
         // HTTP/2 has no `Connection` header (its drain is GOAWAY).
-        let closing = self.closing.clone().filter(|_| req.version() < http::Version::HTTP_2);
-        TrackedFuture { inner: self.inner.call(req), guard: Some(guard), closing }
+        let http1 = req.version() < http::Version::HTTP_2;
+        TrackedFuture { inner: self.inner.call(req), guard: Some(guard), http1 }
     }
 }
 
@@ -415,7 +417,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         guard: Option<Busy>,
-        closing: Option<Arc<AtomicBool>>,
+        http1: bool,
     }
 }
 
@@ -430,7 +432,8 @@ where
         match this.inner.poll(cx) {
             Poll::Ready(Ok(mut response)) => {
                 let guard = this.guard.take();
-                if this.closing.as_ref().is_some_and(|closing| closing.load(Ordering::SeqCst)) {
+                let closing = guard.as_ref().and_then(|g| g.state.closing.as_ref());
+                if *this.http1 && closing.is_some_and(|closing| closing.load(Ordering::SeqCst)) {
                     response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
                 Poll::Ready(Ok(response.map(|body| TrackedBody { inner: body, guard })))

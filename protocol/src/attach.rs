@@ -79,7 +79,13 @@ pub fn connect(path: &Path) -> io::Result<OwnedFd> {
 
 /// Bounds blocking sends and receives on `socket` by [`EXCHANGE_TIMEOUT`].
 pub fn set_timeouts(socket: libc::c_int) {
-    let timeout = libc::timeval { tv_sec: EXCHANGE_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
+    set_timeouts_to(socket, EXCHANGE_TIMEOUT);
+}
+
+/// Bounds blocking sends and receives on `socket` by `timeout` (whole
+/// seconds; zero: no bound).
+pub fn set_timeouts_to(socket: libc::c_int, timeout: Duration) {
+    let timeout = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: 0 };
     for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
         // SAFETY: sets a timeval option on a socket the caller holds.
         unsafe {
@@ -174,6 +180,12 @@ impl Drop for SeqpacketListener {
 
 /// The user id of the process at the other end of `socket`.
 pub fn peer_uid(socket: libc::c_int) -> io::Result<libc::uid_t> {
+    peer_credentials(socket).map(|c| c.uid)
+}
+
+/// The process id, user and group of the process at the other end of
+/// `socket`.
+pub fn peer_credentials(socket: libc::c_int) -> io::Result<libc::ucred> {
     // SAFETY: ucred is plain data.
     let mut credentials: libc::ucred = unsafe { std::mem::zeroed() };
     let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -184,7 +196,7 @@ pub fn peer_uid(socket: libc::c_int) -> io::Result<libc::uid_t> {
     if got != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(credentials.uid)
+    Ok(credentials)
 }
 
 /// The client's side (`shoal up` attaching to a worker it did not start):
