@@ -22,7 +22,8 @@
 //!    is shared, so a connection it no longer accepts is the successor's),
 //!    answers each open HTTP/1.1 connection's next request with
 //!    `Connection: close`, passes requests that wait for a replica to the
-//!    successor, drains, and exits, leaving the workers.
+//!    successor (on a listener of the successor's own, named in
+//!    `Serving`), drains, and exits, leaving the workers.
 //!
 //! If the successor fails after the offer, the predecessor goes on serving
 //! with the replicas it has (without a control plane) and waits for
@@ -68,9 +69,10 @@ pub enum Message {
     Offer {
         listeners: Vec<Shared>,
     },
-    /// With the address of the successor's gateway (loopback when it
-    /// listens on all addresses), where the predecessor passes requests
-    /// that wait for a replica.
+    /// With the address where the predecessor passes requests that wait
+    /// for a replica: a loopback listener of the successor's gateway that
+    /// only it accepts on (sent to the shared listener, the kernel could
+    /// give such a request back to the predecessor, still accepting).
     Serving {
         gateway: SocketAddr,
     },

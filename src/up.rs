@@ -667,12 +667,26 @@ async fn serve(
         }))
     });
     println!("shoal: admin API listening on http://{admin_address} (token in {})", data_dir.join("token").display());
+    // Requests the predecessor passes on while it drains come to a
+    // listener of this process's own, open until the predecessor is gone:
+    // sent to the shared one, the kernel could give them back to the
+    // predecessor, which accepts on it until it stops.
+    let passed_on = match &inheritance {
+        Some(inheritance) => Some(passed_on_listener(
+            &gateway,
+            gateway_address,
+            &gateway_config,
+            inheritance.predecessor,
+            gateway_stop_rx.clone(),
+        )?),
+        None => None,
+    };
     // Before telling a predecessor this one serves: the next successor may
     // come right after.
     let mut desk = crate::handover::open_desk(&data_dir);
-    if let Some(inheritance) = inheritance {
+    if let (Some(inheritance), Some(passed_on)) = (inheritance, passed_on) {
         let predecessor = inheritance.predecessor;
-        match inheritance.serving(loopback(gateway_address)) {
+        match inheritance.serving(passed_on) {
             Ok(()) => println!("shoal: took over from pid {predecessor}, which drains and exits"),
             Err(error) => eprintln!("warning: cannot tell pid {predecessor} that this shoal up serves: {error}"),
         }
@@ -803,6 +817,46 @@ async fn offer(
 
 /// Where this process reaches a gateway listening on `address`: the
 /// loopback address of its family when it listens on all of them.
+/// A loopback listener of this process's own, where the predecessor
+/// passes the requests it cannot serve while it drains; served as the
+/// gateway until the predecessor (`pid`) has exited or this process stops.
+fn passed_on_listener(
+    gateway: &Arc<Gateway>,
+    gateway_address: std::net::SocketAddr,
+    config: &GatewayConfig,
+    predecessor: u32,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let address = std::net::SocketAddr::new(loopback(gateway_address).ip(), 0);
+    let listener = std::net::TcpListener::bind(address)
+        .and_then(|listener| {
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)
+        })
+        .with_context(|| format!("cannot listen on {address} for the requests the predecessor passes on"))?;
+    let address = listener.local_addr()?;
+    let gone = async move {
+        let exited = async {
+            // SAFETY: signal 0 only checks that the process exists.
+            while unsafe { libc::kill(predecessor as i32, 0) } == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            () = exited => {}
+            _ = stop.wait_for(|stop| *stop) => {}
+        }
+    };
+    let gateway = gateway.clone();
+    let config = config.clone();
+    tokio::spawn(async move {
+        if let Err(error) = gateway.serve(listener, config, gone).await {
+            tracing::warn!(%error, "the listener for requests passed on by the predecessor failed");
+        }
+    });
+    Ok(address)
+}
+
 fn loopback(address: std::net::SocketAddr) -> std::net::SocketAddr {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let ip = match address.ip() {

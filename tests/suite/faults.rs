@@ -1,0 +1,80 @@
+//! Guest faults map to the right status and the replica keeps serving: a
+//! trap gives 500, an endless loop 504 at its deadline, a dead worker 502,
+//! no replica 503.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_gives_500_and_the_replica_keeps_serving() {
+    let (mut shoal, _dir) = start_faulty("faulty", "replicas: 1\ntimeout: 2s");
+    let (status, before) = get(&shoal.url("/"), None).await;
+    assert_eq!(status, 200);
+    for _ in 0..3 {
+        let (status, body) = get(&shoal.url("/trap"), None).await;
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains("trapped"), "{body}");
+    }
+    let (status, after) = get(&shoal.url("/"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(before, after, "the same replica still serves");
+    // Each trap is one summary line in the replica's log, beside the
+    // guest's own panic message; the wasm backtrace only at debug level.
+    // (The guest's output and the worker's own lines are two streams: their
+    // order may vary, so the whole log is read.)
+    let (ok, logs, _) = shoal.cli(&["logs", "faulty"]);
+    assert!(ok);
+    let summaries = logs.lines().filter(|l| l.contains("guest trapped: ") && l.contains("`unreachable`")).count();
+    assert_eq!(summaries, 3, "{logs}");
+    assert_eq!(logs.matches("faulty: /trap requested").count(), 3, "{logs}");
+    assert!(logs.lines().count() < 30, "more than a few lines per trap:\n{logs}");
+    assert!(!shoal.dump().contains("wasm backtrace"), "a backtrace at the default log level:\n{}", shoal.dump());
+    assert!(shoal.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_loop_gives_504_within_its_deadline_and_the_replica_keeps_serving() {
+    let (mut shoal, _dir) = start_faulty("faulty", "replicas: 1\ntimeout: 2s");
+    let (_, before) = get(&shoal.url("/"), None).await;
+    let started = Instant::now();
+    let (status, body) = get(&shoal.url("/loop"), None).await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(took < Duration::from_secs(3), "504 after {took:?}, deadline 2 s");
+    // The looping instance was interrupted: the replica serves at full speed.
+    for _ in 0..5 {
+        let (status, body) = get(&shoal.url("/"), None).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, before);
+    }
+    assert!(shoal.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_request_gives_502_and_is_replaced() {
+    let (mut shoal, _dir) = start_faulty("faulty", "replicas: 1\ntimeout: 20s");
+    let workers = shoal.worker_pids();
+    assert_eq!(workers.len(), 1);
+    let url = shoal.url("/loop");
+    let pending = tokio::spawn(async move { get(&url, None).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // SAFETY: kill on a worker process of our own shoal.
+    unsafe { libc::kill(workers[0] as i32, libc::SIGKILL) };
+    let (status, body) = pending.await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    shoal.wait_for_line(|l| l.contains("Exited: worker killed by signal 9"));
+    shoal.wait_for_line(|l| l.contains("shoal: replica/faulty-") && l.contains("Started:"));
+    let (status, _) = get(&shoal.url("/"), None).await;
+    assert_eq!(status, 200);
+    assert!(shoal.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_replica_gives_503() {
+    let (mut shoal, _dir) = start_faulty("faulty", "replicas: 0");
+    let (status, body) = get(&shoal.url("/"), None).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("no ready replica"), "{body}");
+    assert!(shoal.stop().success());
+}
