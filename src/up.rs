@@ -668,19 +668,10 @@ async fn serve(
     });
     println!("shoal: admin API listening on http://{admin_address} (token in {})", data_dir.join("token").display());
     // Requests the predecessor passes on while it drains come to a
-    // listener of this process's own, open until the predecessor is gone:
-    // sent to the shared one, the kernel could give them back to the
-    // predecessor, which accepts on it until it stops.
-    let passed_on = match &inheritance {
-        Some(inheritance) => Some(passed_on_listener(
-            &gateway,
-            gateway_address,
-            &gateway_config,
-            inheritance.predecessor,
-            gateway_stop_rx.clone(),
-        )?),
-        None => None,
-    };
+    // listener of this process's own, open until the predecessor is gone.
+    let passed_on = inheritance
+        .as_ref()
+        .map(|inheritance| passed_on_listener(&gateway, gateway_address, &gateway_config, inheritance.predecessor));
     // Before telling a predecessor this one serves: the next successor may
     // come right after.
     let mut desk = crate::handover::open_desk(&data_dir);
@@ -815,36 +806,48 @@ async fn offer(
         .map_err(|e| anyhow!("{e}"))
 }
 
-/// Where this process reaches a gateway listening on `address`: the
-/// loopback address of its family when it listens on all of them.
-/// A loopback listener of this process's own, where the predecessor
-/// passes the requests it cannot serve while it drains; served as the
-/// gateway until the predecessor (`pid`) has exited or this process stops.
+/// Where the predecessor is to pass the requests it cannot serve while it
+/// drains: a loopback listener of this process's own, served as the
+/// gateway until the predecessor (`predecessor`, 0 when unknown) has
+/// exited. Only this process accepts on it: sent to the shared listener,
+/// such a request could be accepted by the predecessor again. If no
+/// loopback address can be bound, the shared listener's address (with a
+/// warning).
 fn passed_on_listener(
     gateway: &Arc<Gateway>,
     gateway_address: std::net::SocketAddr,
     config: &GatewayConfig,
     predecessor: u32,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<std::net::SocketAddr> {
-    let address = std::net::SocketAddr::new(loopback(gateway_address).ip(), 0);
-    let listener = std::net::TcpListener::bind(address)
-        .and_then(|listener| {
-            listener.set_nonblocking(true)?;
-            tokio::net::TcpListener::from_std(listener)
-        })
-        .with_context(|| format!("cannot listen on {address} for the requests the predecessor passes on"))?;
-    let address = listener.local_addr()?;
+) -> std::net::SocketAddr {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    let candidates = [SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), SocketAddr::from((Ipv6Addr::LOCALHOST, 0))];
+    let mut failures = Vec::new();
+    let bound = candidates.iter().find_map(|&address| match listen(address).and_then(|l| Ok((l.local_addr()?, l))) {
+        Ok(bound) => Some(bound),
+        Err(error) => {
+            failures.push(format!("{address}: {error}"));
+            None
+        }
+    });
+    let Some((address, listener)) = bound else {
+        let shared = loopback(gateway_address);
+        eprintln!(
+            "warning: cannot listen on loopback for the requests the predecessor passes on ({}); they go to \
+             {shared}, where the predecessor may take some back and answer 503",
+            failures.join("; ")
+        );
+        return shared;
+    };
     let gone = async move {
-        let exited = async {
-            // SAFETY: signal 0 only checks that the process exists.
-            while unsafe { libc::kill(predecessor as i32, 0) } == 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // SAFETY: signal 0 only checks whether the process exists.
+            if predecessor != 0
+                && unsafe { libc::kill(predecessor as i32, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+            {
+                return;
             }
-        };
-        tokio::select! {
-            () = exited => {}
-            _ = stop.wait_for(|stop| *stop) => {}
         }
     };
     let gateway = gateway.clone();
@@ -854,9 +857,11 @@ fn passed_on_listener(
             tracing::warn!(%error, "the listener for requests passed on by the predecessor failed");
         }
     });
-    Ok(address)
+    address
 }
 
+/// Where this process reaches a gateway listening on `address`: the
+/// loopback address of its family when it listens on all of them.
 fn loopback(address: std::net::SocketAddr) -> std::net::SocketAddr {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let ip = match address.ip() {

@@ -220,7 +220,7 @@ impl Gateway {
 
     /// Hands clients over to another process's gateway serving on the
     /// same listening sockets, reached at `successor` (a loopback
-    /// address): from now on every HTTP/1.1 response says `Connection:
+    /// listener only the successor accepts on): from now on every HTTP/1.1 response says `Connection:
     /// close`, so that its client's next request opens a connection the
     /// successor accepts; and a request that finds no ready replica here
     /// (one held for a service at zero, whose replica this process will

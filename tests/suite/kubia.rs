@@ -243,9 +243,10 @@ async fn workers_exit_after_a_killed_shoal_and_its_cgroups_are_reclaimed() {
         return;
     }
     // The killed shoal could not remove its cgroups; the next one does.
+    // (A shoal up of a test running beside this one may get there first:
+    // either way, none is left once the next one runs.)
     let stale: Vec<_> =
         CGROUP_ROOTS.iter().map(|root| std::path::Path::new(root).join(format!("shoal/up-{pid}"))).collect();
-    assert!(stale.iter().any(|d| d.exists()), "the killed shoal's cgroup should still be there");
     let mut next = Shoal::start(&["-f", &file]);
     next.wait_ready("kubia");
     for dir in &stale {
