@@ -841,11 +841,8 @@ fn passed_on_listener(
     let gone = async move {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            // SAFETY: signal 0 only checks whether the process exists.
-            if predecessor != 0
-                && unsafe { libc::kill(predecessor as i32, 0) } != 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-            {
+            // As the cgroups' stale check tells a gone process.
+            if predecessor != 0 && !Path::new(&format!("/proc/{predecessor}")).exists() {
                 return;
             }
         }

@@ -220,9 +220,9 @@ impl Gateway {
 
     /// Hands clients over to another process's gateway serving on the
     /// same listening sockets, reached at `successor` (a loopback
-    /// listener only the successor accepts on): from now on every HTTP/1.1 response says `Connection:
-    /// close`, so that its client's next request opens a connection the
-    /// successor accepts; and a request that finds no ready replica here
+    /// listener only the successor accepts on): from now on every
+    /// HTTP/1.1 response says `Connection: close`, so that its client's
+    /// next request opens a connection the successor accepts; and a request that finds no ready replica here
     /// (one held for a service at zero, whose replica this process will
     /// no longer start) is passed to the successor, as it arrived.
     pub fn hand_off(&self, successor: std::net::SocketAddr) {

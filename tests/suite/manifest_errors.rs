@@ -8,19 +8,8 @@ use crate::support::*;
 fn up_fails(dir: &Scratch, manifest: &str) -> String {
     let file = dir.write("service.yaml", manifest);
     let data = Scratch::new("errdata");
-    let child = std::process::Command::new(SHOAL)
-        .args(["up", "-f", file.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data.0)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("cannot run shoal");
-    let pid = child.id();
-    let output = child.wait_with_output().expect("cannot wait for shoal");
-    let err = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!output.status.success(), "shoal up succeeded with a bad manifest");
+    let (pid, status, _out, err) = run_shoal_pid(&["up", "-f", file.to_str().unwrap()], &data.0);
+    assert!(!status.success(), "shoal up succeeded with a bad manifest");
     assert!(err.contains("error:"), "{err}");
     // Nothing started: no cgroup of this shoal instance (the process has
     // exited; its workers would have died with it anyway). Other tests'

@@ -356,14 +356,25 @@ pub fn alive(pid: u32) -> bool {
 
 /// Runs `shoal` with `args` to completion: (exit status, stdout, stderr).
 pub fn run_shoal(args: &[&str], data: &Path) -> (ExitStatus, String, String) {
-    let output = Command::new(SHOAL)
+    let (_pid, status, out, err) = run_shoal_pid(args, data);
+    (status, out, err)
+}
+
+/// [`run_shoal`], also giving the pid the process had.
+pub fn run_shoal_pid(args: &[&str], data: &Path) -> (u32, ExitStatus, String, String) {
+    let child = Command::new(SHOAL)
         .args(args)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("cannot run shoal");
-    (output.status, String::from_utf8_lossy(&output.stdout).into(), String::from_utf8_lossy(&output.stderr).into())
+    let pid = child.id();
+    let output = child.wait_with_output().expect("cannot wait for shoal");
+    let (out, err) = (String::from_utf8_lossy(&output.stdout).into(), String::from_utf8_lossy(&output.stderr).into());
+    (pid, output.status, out, err)
 }
 
 /// The cgroup of a process in the controller `controller` (v1) or the
