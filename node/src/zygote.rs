@@ -30,6 +30,11 @@
 //! wasmtime, and keeps the zygote's other descriptors (memory images map
 //! from them); once configured, it drops whatever it does not run.
 //!
+//! Before its first fork the zygote moves its own code and read-only data
+//! onto transparent huge pages ([`code_on_huge_pages`]), which `fork`
+//! shares with every child through a few page-table entries: the workers
+//! do not fault the binary's pages in again one by one.
+//!
 //! A raw `clone` leaves glibc's cached thread id of the child's main thread
 //! at the zygote's; glibc (2.34 and later) asks the kernel for the calling
 //! thread's id where it signals itself (`raise`, `abort`), and threads the
@@ -285,6 +290,10 @@ pub fn serve(worker: fn(&str, Duration) -> i32, preload: fn(&Preload) -> Result<
     // SAFETY: `shoal up` put the zygote's socket on this descriptor for it
     // alone.
     let socket = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
+    // Before any fork, so that every worker shares the huge pages.
+    if let Err(error) = code_on_huge_pages() {
+        eprintln!("shoal zygote: its code stays on small pages (workers start a little slower): {error}");
+    }
     // Descriptors 4 to 6 held open, so that nothing the zygote opens (the
     // memory images of preloaded modules) lands on a number its children
     // give to their channel.
@@ -336,6 +345,103 @@ pub fn serve(worker: fn(&str, Duration) -> i32, preload: fn(&Preload) -> Result<
             return 1;
         }
     }
+}
+
+/// The zygote's own code and read-only data, moved onto anonymous
+/// transparent huge pages (the 2 MiB-aligned part of each read-only
+/// mapping of the binary): each child then shares them through a handful
+/// of page-middle-directory entries that `fork` copies, where a file
+/// mapping's entries are not copied and every child faulted its pages of
+/// the binary in again (~100 faults, the largest part of a worker's start
+/// after the kernel's own work; see ARCHITECTURE.md, "The zygote's code on
+/// huge pages"). Returns the bytes moved; does nothing where transparent
+/// huge pages are off.
+fn code_on_huge_pages() -> io::Result<usize> {
+    const HUGE: usize = 2 << 20;
+    let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if !(enabled.contains("[always]") || enabled.contains("[madvise]")) {
+        return Ok(0);
+    }
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let mut moved = 0;
+    for line in maps.lines() {
+        // start-end perms offset dev inode path
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(range), Some(perms), Some(path)) = (fields.next(), fields.next(), fields.nth(3)) else {
+            continue;
+        };
+        if Path::new(path) != exe || perms.as_bytes().get(1) != Some(&b'-') {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
+            continue;
+        };
+        let (from, to) = (start.next_multiple_of(HUGE), end & !(HUGE - 1));
+        if to <= from {
+            continue;
+        }
+        let prot = if perms.starts_with("r-x") { libc::PROT_READ | libc::PROT_EXEC } else { libc::PROT_READ };
+        // SAFETY: the range is this process's mapping of its own binary,
+        // read-only, so nothing writes it meanwhile; the copy holds the same
+        // bytes, so code running from it (this function's included) runs on.
+        unsafe { move_onto_huge_pages(from, to - from, prot)? };
+        moved += to - from;
+    }
+    Ok(moved)
+}
+
+/// Replaces `len` bytes at `at` (2 MiB-aligned, read-only) with an
+/// anonymous copy on transparent huge pages, with protection `prot`.
+///
+/// # Safety
+///
+/// `at..at + len` must be mapped read-only and not change while this runs.
+unsafe fn move_onto_huge_pages(at: usize, len: usize, prot: libc::c_int) -> io::Result<()> {
+    const HUGE: usize = 2 << 20;
+    // SAFETY: fresh anonymous mappings, only this function's; the copy
+    // reads the caller's readable range.
+    unsafe {
+        let raw = libc::mmap(
+            std::ptr::null_mut(),
+            len + HUGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // The 2 MiB-aligned part, so that mremap moves whole huge pages.
+        let raw = raw as usize;
+        let copy = raw.next_multiple_of(HUGE);
+        if copy > raw {
+            libc::munmap(raw as *mut libc::c_void, copy - raw);
+        }
+        if raw + len + HUGE > copy + len {
+            libc::munmap((copy + len) as *mut libc::c_void, raw + len + HUGE - (copy + len));
+        }
+        let copy = copy as *mut libc::c_void;
+        let fail = |copy: *mut libc::c_void| {
+            let error = io::Error::last_os_error();
+            libc::munmap(copy, len);
+            Err(error)
+        };
+        if libc::madvise(copy, len, libc::MADV_HUGEPAGE) != 0 {
+            return fail(copy);
+        }
+        std::ptr::copy_nonoverlapping(at as *const u8, copy.cast::<u8>(), len);
+        if libc::mprotect(copy, len, prot) != 0 {
+            return fail(copy);
+        }
+        let placed = libc::mremap(copy, len, len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, at as *mut libc::c_void);
+        if placed == libc::MAP_FAILED {
+            return fail(copy);
+        }
+    }
+    Ok(())
 }
 
 /// `clone(flags | SIGCHLD)` as a system call: a fork (the zygote passes

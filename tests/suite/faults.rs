@@ -35,10 +35,21 @@ async fn a_trap_gives_500_and_the_replica_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_endless_loop_gives_504_within_its_deadline_and_the_replica_keeps_serving() {
-    let (mut shoal, _dir) = start_faulty("faulty", "replicas: 1\ntimeout: 2s");
+    // Room for several instances at once (the default 64Mi fits one).
+    let (mut shoal, _dir) = start_faulty("faulty", "replicas: 1\ntimeout: 2s\nresources: {instanceMemory: 16Mi}");
     let (_, before) = get(&shoal.url("/"), None).await;
     let started = Instant::now();
-    let (status, body) = get(&shoal.url("/loop"), None).await;
+    let looping = tokio::spawn({
+        let url = shoal.url("/loop");
+        async move { get(&url, None).await }
+    });
+    // While the loop runs, the replica's one thread still serves others:
+    // the guest yields at every epoch tick.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = get(&shoal.url("/"), None).await;
+    assert_eq!((status, body.as_str()), (200, before.as_str()));
+    assert!(!looping.is_finished(), "the looping request ended before a request beside it was answered");
+    let (status, body) = looping.await.expect("the looping request's task");
     let took = started.elapsed();
     assert_eq!(status, 504, "{body}");
     assert!(took < Duration::from_secs(3), "504 after {took:?}, deadline 2 s");

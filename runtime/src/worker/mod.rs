@@ -32,6 +32,7 @@ mod calls;
 mod output;
 mod port;
 pub mod preload;
+mod ticker;
 
 use std::io::Write;
 use std::os::fd::FromRawFd;
@@ -59,10 +60,11 @@ use wasmtime_wasi_http::p2::types::HostResponseOutparam;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::cache::{CacheOutcome, ComponentCache};
-use crate::engine::{EPOCH_TICK, PoolSettings, worker_engine};
+use crate::engine::{PoolSettings, worker_engine};
 use calls::{Calls, Outbound};
 use output::{GuestOutput, OutputBuffer, Target};
 use port::{GuestBody, Incoming, Origin, Port, plain};
+use ticker::Ticker;
 
 pub use shoal_protocol::config::{READY_FD_ENV, SPAWNED_ENV, WorkerConfig, monotonic_nanos, since_spawn};
 
@@ -158,59 +160,7 @@ struct Replica {
     /// The guests' outgoing requests.
     calls: Arc<Calls>,
     /// Advances the epoch while a guest may run.
-    ticker: Arc<Ticker>,
-}
-
-/// The epoch ticker: advances the engine's epoch every [`EPOCH_TICK`]
-/// while a guest may run (a slot is taken, or the start check runs), and
-/// sleeps otherwise, so that idle replicas cost nothing: measured in a
-/// storm of 300 cold starts, the tickers of the replicas woken earlier
-/// (a hundred wake-ups a second each) took 8 % of the machine.
-#[derive(Default)]
-struct Ticker {
-    /// Set while the ticker sleeps for want of work.
-    idle: AtomicBool,
-    /// While the start check runs (it takes no slot).
-    checking: AtomicBool,
-    thread: std::sync::OnceLock<std::thread::Thread>,
-}
-
-impl Ticker {
-    /// Starts the ticker thread; `slots` of `capacity` are the replica's
-    /// instance slots.
-    fn spawn(self: Arc<Self>, engine: wasmtime::Engine, slots: Arc<Semaphore>, capacity: usize) -> std::io::Result<()> {
-        let ticker = self.clone();
-        let handle = std::thread::Builder::new().name("epoch".into()).spawn(move || {
-            let busy = || slots.available_permits() < capacity || ticker.checking.load(Ordering::SeqCst);
-            loop {
-                if !busy() {
-                    ticker.idle.store(true, Ordering::SeqCst);
-                    std::sync::atomic::fence(Ordering::SeqCst);
-                    // Checked again after saying so, so a guest that
-                    // started meanwhile is seen here or wakes this thread.
-                    if !busy() {
-                        std::thread::park_timeout(Duration::from_secs(1));
-                    }
-                    ticker.idle.store(false, Ordering::SeqCst);
-                    continue;
-                }
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
-            }
-        })?;
-        let _ = self.thread.set(handle.thread().clone());
-        Ok(())
-    }
-
-    /// A guest may run now: the ticker ticks.
-    fn wake(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.idle.load(Ordering::SeqCst)
-            && let Some(thread) = self.thread.get()
-        {
-            thread.unpark();
-        }
-    }
+    ticker: &'static Ticker,
 }
 
 /// An instance kept for another request.
@@ -300,6 +250,8 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
     let (stdout, stderr) = (OutputBuffer::new(Target::Stdout), OutputBuffer::new(Target::Stderr));
     tokio::spawn(stdout.clone().flusher());
     tokio::spawn(stderr.clone().flusher());
+    let slots = Arc::new(Semaphore::new(config.max_concurrency.max(1) as usize));
+    let ticker = Ticker::start(engine.clone(), slots.clone(), config.max_concurrency.max(1) as usize)?;
     let replica = Arc::new(Replica {
         pre,
         stdout: GuestOutput(stdout.clone()),
@@ -308,7 +260,7 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
         instance_memory: usize::try_from(config.instance_memory).unwrap_or(usize::MAX),
         retire_at: retire_at(usize::try_from(config.instance_memory).unwrap_or(usize::MAX)),
         timeout,
-        slots: Arc::new(Semaphore::new(config.max_concurrency.max(1) as usize)),
+        slots,
         waiting: AtomicUsize::new(0),
         queue: config.queue as usize,
         instance_requests: config.instance_requests.max(1),
@@ -316,9 +268,8 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
         instance_idle: Duration::from_millis(config.instance_idle_ms),
         idle: std::sync::Mutex::new(Vec::new()),
         calls: Arc::new(Calls::new()),
-        ticker: Arc::new(Ticker::default()),
+        ticker,
     });
-    replica.ticker.clone().spawn(engine.clone(), replica.slots.clone(), config.max_concurrency.max(1) as usize)?;
 
     let loaded = started.elapsed();
     replica
@@ -653,10 +604,9 @@ impl Replica {
     /// another (an instantiation and its page faults less per cold start).
     async fn check_start(&self) -> anyhow::Result<()> {
         let mut store = self.store();
-        self.ticker.checking.store(true, Ordering::SeqCst);
-        self.ticker.wake();
+        self.ticker.set_checking(true);
         let checked = self.instantiate(&mut store).await;
-        self.ticker.checking.store(false, Ordering::SeqCst);
+        self.ticker.set_checking(false);
         let (proxy, reset) = checked.map_err(|error| {
             tracing::debug!(error = %format!("{error:?}"), "start check failed");
             // One line for the node agent's message; the root cause is the
