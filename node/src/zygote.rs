@@ -290,8 +290,11 @@ pub fn serve(worker: fn(&str, Duration) -> i32, preload: fn(&Preload) -> Result<
     // SAFETY: `shoal up` put the zygote's socket on this descriptor for it
     // alone.
     let socket = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
-    // Before any fork, so that every worker shares the huge pages.
-    if let Err(error) = code_on_huge_pages() {
+    // Before any fork, so that every worker shares the huge pages; off with
+    // SHOAL_ZYGOTE_HUGE_PAGES=0 (a profiler then names the workers' symbols
+    // from the binary's file mapping).
+    let wanted = std::env::var_os("SHOAL_ZYGOTE_HUGE_PAGES").is_none_or(|value| value != "0");
+    if wanted && let Err(error) = code_on_huge_pages() {
         eprintln!("shoal zygote: its code stays on small pages (workers start a little slower): {error}");
     }
     // Descriptors 4 to 6 held open, so that nothing the zygote opens (the
