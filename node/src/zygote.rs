@@ -374,7 +374,8 @@ fn code_on_huge_pages() -> io::Result<usize> {
         let (Some(range), Some(perms), Some(path)) = (fields.next(), fields.next(), fields.nth(3)) else {
             continue;
         };
-        if Path::new(path) != exe || perms.as_bytes().get(1) != Some(&b'-') {
+        // Readable and not writable (r-x or r--): not data, nor a gap.
+        if Path::new(path) != exe || !perms.starts_with('r') || perms.as_bytes().get(1) != Some(&b'-') {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else { continue };
