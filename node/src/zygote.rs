@@ -360,52 +360,86 @@ pub fn serve(worker: fn(&str, Duration) -> i32, preload: fn(&Preload) -> Result<
 /// huge pages"). Returns the bytes moved; does nothing where transparent
 /// huge pages are off.
 fn code_on_huge_pages() -> io::Result<usize> {
+    use std::os::unix::fs::FileExt as _;
     const HUGE: usize = 2 << 20;
     let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    if !(enabled.contains("[always]") || enabled.contains("[madvise]")) {
+    // SAFETY: PR_GET_THP_DISABLE only reads this process's flag.
+    let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) } == 1;
+    if !(enabled.contains("[always]") || enabled.contains("[madvise]")) || disabled {
         return Ok(0);
     }
-    let exe = std::fs::read_link("/proc/self/exe")?;
+    // Under strict overcommit the kernel could refuse to charge the copy
+    // while `mremap` moves it, after it unmapped the original: this code.
+    if std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|mode| mode.trim() == "2") {
+        return Ok(0);
+    }
+    let exe_path = std::fs::read_link("/proc/self/exe")?;
+    let exe = std::fs::File::open("/proc/self/exe")?;
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     let mut moved = 0;
     for line in maps.lines() {
         // start-end perms offset dev inode path
         let mut fields = line.split_ascii_whitespace();
-        let (Some(range), Some(perms), Some(path)) = (fields.next(), fields.next(), fields.nth(3)) else {
+        let (Some(range), Some(perms), Some(offset), Some(path)) =
+            (fields.next(), fields.next(), fields.next(), fields.nth(2))
+        else {
             continue;
         };
         // Readable and not writable (r-x or r--): not data, nor a gap.
-        if Path::new(path) != exe || !perms.starts_with('r') || perms.as_bytes().get(1) != Some(&b'-') {
+        if Path::new(path) != exe_path || !perms.starts_with('r') || perms.as_bytes().get(1) != Some(&b'-') {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
+        let (Ok(start), Ok(end), Ok(offset)) =
+            (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16), u64::from_str_radix(offset, 16))
+        else {
             continue;
         };
         let (from, to) = (start.next_multiple_of(HUGE), end & !(HUGE - 1));
         if to <= from {
             continue;
         }
-        let prot = if perms.starts_with("r-x") { libc::PROT_READ | libc::PROT_EXEC } else { libc::PROT_READ };
+        let code = perms.starts_with("r-x");
+        let prot = if code { libc::PROT_READ | libc::PROT_EXEC } else { libc::PROT_READ };
+        // Code is read from the file, not from memory: a uprobe or a
+        // debugger's breakpoint in memory must not be copied into it.
+        // Read-only data may have been relocated in memory: copied as is.
+        let file_offset = offset + (from - start) as u64;
+        let fill = |copy: &mut [u8]| -> io::Result<()> {
+            if code {
+                exe.read_exact_at(copy, file_offset)
+            } else {
+                // SAFETY: `from..to` is this mapping's readable part.
+                copy.copy_from_slice(unsafe { std::slice::from_raw_parts(from as *const u8, to - from) });
+                Ok(())
+            }
+        };
         // SAFETY: the range is this process's mapping of its own binary,
         // read-only, so nothing writes it meanwhile; the copy holds the same
         // bytes, so code running from it (this function's included) runs on.
-        unsafe { move_onto_huge_pages(from, to - from, prot)? };
+        unsafe { move_onto_huge_pages(from, to - from, prot, fill)? };
         moved += to - from;
     }
     Ok(moved)
 }
 
 /// Replaces `len` bytes at `at` (2 MiB-aligned, read-only) with an
-/// anonymous copy on transparent huge pages, with protection `prot`.
+/// anonymous copy on transparent huge pages, filled by `fill`, with
+/// protection `prot`. Leaves the original in place, and returns the error,
+/// if the copy cannot be made on huge pages.
 ///
 /// # Safety
 ///
-/// `at..at + len` must be mapped read-only and not change while this runs.
-unsafe fn move_onto_huge_pages(at: usize, len: usize, prot: libc::c_int) -> io::Result<()> {
+/// `at..at + len` must be mapped read-only and not change while this runs,
+/// and `fill` must write the bytes it holds.
+unsafe fn move_onto_huge_pages(
+    at: usize,
+    len: usize,
+    prot: libc::c_int,
+    fill: impl FnOnce(&mut [u8]) -> io::Result<()>,
+) -> io::Result<()> {
     const HUGE: usize = 2 << 20;
-    // SAFETY: fresh anonymous mappings, only this function's; the copy
-    // reads the caller's readable range.
+    // SAFETY: fresh anonymous mappings, only this function's.
     unsafe {
         let raw = libc::mmap(
             std::ptr::null_mut(),
@@ -428,21 +462,32 @@ unsafe fn move_onto_huge_pages(at: usize, len: usize, prot: libc::c_int) -> io::
             libc::munmap((copy + len) as *mut libc::c_void, raw + len + HUGE - (copy + len));
         }
         let copy = copy as *mut libc::c_void;
-        let fail = |copy: *mut libc::c_void| {
-            let error = io::Error::last_os_error();
+        let fail = |copy: *mut libc::c_void, error: io::Error| {
             libc::munmap(copy, len);
             Err(error)
         };
         if libc::madvise(copy, len, libc::MADV_HUGEPAGE) != 0 {
-            return fail(copy);
+            return fail(copy, io::Error::last_os_error());
         }
-        std::ptr::copy_nonoverlapping(at as *const u8, copy.cast::<u8>(), len);
+        if let Err(error) = fill(std::slice::from_raw_parts_mut(copy.cast::<u8>(), len)) {
+            return fail(copy, error);
+        }
+        // Huge pages, or nothing: on small pages every fork would copy
+        // thousands more page-table entries than the file mapping costs.
+        // MADV_COLLAPSE (Linux 6.1) says so, collapsing what it can;
+        // EINVAL is an older kernel, where the setting checked above stands.
+        if libc::madvise(copy, len, libc::MADV_COLLAPSE) != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EINVAL) {
+                return fail(copy, error);
+            }
+        }
         if libc::mprotect(copy, len, prot) != 0 {
-            return fail(copy);
+            return fail(copy, io::Error::last_os_error());
         }
         let placed = libc::mremap(copy, len, len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, at as *mut libc::c_void);
         if placed == libc::MAP_FAILED {
-            return fail(copy);
+            return fail(copy, io::Error::last_os_error());
         }
     }
     Ok(())

@@ -59,8 +59,8 @@ fn base_config() -> Config {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
-        // Deadlines: a ticker thread advances the epoch; each store gets a
-        // deadline in ticks and traps when it passes.
+        // Deadlines: a timer signal advances the epoch (`worker::ticker`);
+        // each store gets a deadline in ticks and traps when it passes.
         .epoch_interruption(true)
         // The default 4 GiB reservation per memory lets Cranelift drop bounds
         // checks; it is address space, not memory, and a pool of a few

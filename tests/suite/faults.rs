@@ -45,9 +45,11 @@ async fn an_endless_loop_gives_504_within_its_deadline_and_the_replica_keeps_ser
     });
     // While the loop runs, the replica's one thread still serves others:
     // the guest yields at every epoch tick.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    shoal.wait_for_output(|line| line.contains("faulty: GET /loop"));
+    let beside = Instant::now();
     let (status, body) = get(&shoal.url("/"), None).await;
     assert_eq!((status, body.as_str()), (200, before.as_str()));
+    assert!(beside.elapsed() < Duration::from_secs(1), "a request beside the loop took {:?}", beside.elapsed());
     assert!(!looping.is_finished(), "the looping request ended before a request beside it was answered");
     let (status, body) = looping.await.expect("the looping request's task");
     let took = started.elapsed();

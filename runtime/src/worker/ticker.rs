@@ -78,6 +78,12 @@ impl Ticker {
                 return Err(std::io::Error::last_os_error())
                     .context("cannot install the epoch ticker's SIGALRM handler");
             }
+            // A mask inherited with SIGALRM blocked would stop the epoch
+            // (guests would neither yield nor meet their deadlines).
+            let mut alarm: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut alarm);
+            libc::sigaddset(&mut alarm, libc::SIGALRM);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &alarm, std::ptr::null_mut());
         }
         let mut timer: libc::timer_t = std::ptr::null_mut();
         // SAFETY: a zeroed sigevent is valid; the fields set are the ones
