@@ -61,6 +61,8 @@ const WORKER_FDS: usize = 7;
 const MAX_FDS: usize = WORKER_FDS + 8;
 /// The largest request or reply.
 const MAX_MESSAGE: usize = 4096;
+/// A transparent huge page (x86-64's and arm64's PMD size).
+const HUGE: usize = 2 << 20;
 
 /// What `shoal up` asks the zygote for.
 #[derive(Debug, Serialize, Deserialize)]
@@ -357,26 +359,23 @@ pub fn serve(worker: fn(&str, Duration) -> i32, preload: fn(&Preload) -> Result<
 /// mapping's entries are not copied and every child faulted its pages of
 /// the binary in again (~100 faults, the largest part of a worker's start
 /// after the kernel's own work; see ARCHITECTURE.md, "The zygote's code on
-/// huge pages"). Returns the bytes moved; does nothing where transparent
-/// huge pages are off.
-fn code_on_huge_pages() -> io::Result<usize> {
+/// huge pages"). Does nothing where transparent huge pages are off.
+fn code_on_huge_pages() -> io::Result<()> {
     use std::os::unix::fs::FileExt as _;
-    const HUGE: usize = 2 << 20;
     let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     // SAFETY: PR_GET_THP_DISABLE only reads this process's flag.
     let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) } == 1;
     if !(enabled.contains("[always]") || enabled.contains("[madvise]")) || disabled {
-        return Ok(0);
+        return Ok(());
     }
     // Under strict overcommit the kernel could refuse to charge the copy
     // while `mremap` moves it, after it unmapped the original: this code.
     if std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|mode| mode.trim() == "2") {
-        return Ok(0);
+        return Ok(());
     }
     let exe_path = std::fs::read_link("/proc/self/exe")?;
     let exe = std::fs::File::open("/proc/self/exe")?;
     let maps = std::fs::read_to_string("/proc/self/maps")?;
-    let mut moved = 0;
     for line in maps.lines() {
         // start-end perms offset dev inode path
         let mut fields = line.split_ascii_whitespace();
@@ -418,9 +417,8 @@ fn code_on_huge_pages() -> io::Result<usize> {
         // read-only, so nothing writes it meanwhile; the copy holds the same
         // bytes, so code running from it (this function's included) runs on.
         unsafe { move_onto_huge_pages(from, to - from, prot, fill)? };
-        moved += to - from;
     }
-    Ok(moved)
+    Ok(())
 }
 
 /// Replaces `len` bytes at `at` (2 MiB-aligned, read-only) with an
@@ -438,7 +436,6 @@ unsafe fn move_onto_huge_pages(
     prot: libc::c_int,
     fill: impl FnOnce(&mut [u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    const HUGE: usize = 2 << 20;
     // SAFETY: fresh anonymous mappings, only this function's.
     unsafe {
         let raw = libc::mmap(
