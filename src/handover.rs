@@ -32,13 +32,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use serde::{Deserialize, Serialize};
 use shoal_control::reconciler::Succession;
-use shoal_protocol::attach::{self, SeqpacketListener};
+use shoal_protocol::attach::{self, Address, SeqpacketListener};
 use shoal_protocol::fdpass;
 
 /// The socket's name in the data directory.
@@ -104,8 +104,8 @@ pub struct Shared {
     pub address: SocketAddr,
 }
 
-fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join(SOCKET)
+fn socket_path(data_dir: &Path) -> Address {
+    Address::File(data_dir.join(SOCKET))
 }
 
 fn send(socket: &OwnedFd, message: &Message, fds: &[RawFd]) -> io::Result<()> {
@@ -147,7 +147,7 @@ pub fn take_over(data_dir: &Path) -> anyhow::Result<Option<Inheritance>> {
             return Ok(None);
         }
         Err(error) => {
-            bail!("cannot reach the shoal up running on {} ({}): {error}", data_dir.display(), path.display())
+            bail!("cannot reach the shoal up running on {} ({}): {error}", data_dir.display(), path)
         }
     };
     let predecessor = attach::peer_credentials(socket.as_raw_fd()).map_or(0, |c| u32::try_from(c.pid).unwrap_or(0));
@@ -259,7 +259,7 @@ pub fn open_desk(data_dir: &Path) -> Option<Desk> {
             eprintln!(
                 "warning: cannot listen on {} ({error}): a new shoal up cannot take over from this one without a \
                  restart",
-                path.display()
+                path
             );
             None
         }

@@ -503,7 +503,7 @@ async fn serve(
             stdio(replica, stream, chunk);
         })
     };
-    let attach_dir = attach_dir(&data_dir);
+    let attach_scope = attach_scope(&data_dir);
     let agent = Arc::new(NodeAgent::new(
         AgentConfig {
             exe: std::env::current_exe().context("cannot find the shoal executable")?,
@@ -513,7 +513,7 @@ async fn serve(
             log: log_sink,
             start_concurrency: args.start_concurrency.unwrap_or_else(shoal_node::default_start_concurrency),
             standby_max: args.standby_max,
-            attach_dir,
+            attach_scope,
             orphan_grace: args.orphan_grace,
         },
         cgroups,
@@ -959,31 +959,18 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Where workers listen for a `shoal up` that did not start them to attach
-/// (`<data dir>/workers/<pid>.sock`, the directory 0700); `None`, with a
-/// warning, when it cannot be made or its sockets' paths would be too long.
-fn attach_dir(data_dir: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    /// Room in a Unix socket path (`sun_path` less its NUL) and what
-    /// `/<pid>.sock` takes at most.
-    const ROOM: usize = 107;
-    const NAME: usize = "/4194304.sock".len();
-    let dir = data_dir.join("workers");
-    let length = dir.as_os_str().len() + NAME;
-    if length > ROOM {
-        eprintln!(
-            "warning: {} is too long a path for worker sockets ({length} > {ROOM} bytes): another shoal up \
-             cannot take over running workers from this one",
-            dir.display()
-        );
-        return None;
-    }
-    let made = std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)));
-    match made {
-        Ok(()) => Some(dir),
+/// The prefix of the abstract socket names on which workers listen for a
+/// `shoal up` that did not start them to attach
+/// (`shoal_protocol::attach::workers_scope`); `None`, with a warning, when
+/// the data directory cannot be read.
+fn attach_scope(data_dir: &Path) -> Option<String> {
+    match shoal_protocol::attach::workers_scope(data_dir) {
+        Ok(scope) => Some(scope),
         Err(error) => {
-            eprintln!("warning: cannot create {} ({error}): workers cannot be attached to", dir.display());
+            eprintln!(
+                "warning: cannot read {} ({error}): another shoal up cannot take over running workers from this one",
+                data_dir.display()
+            );
             None
         }
     }

@@ -88,9 +88,11 @@ pub struct AgentConfig {
     pub start_concurrency: usize,
     /// The most standby workers kept (0: none).
     pub standby_max: usize,
-    /// Where each worker listens for a `shoal up` that did not start it to
-    /// attach (`<pid>.sock`); `None`: workers cannot be attached to.
-    pub attach_dir: Option<PathBuf>,
+    /// The prefix of the abstract socket names on which each worker
+    /// listens for a `shoal up` that did not start it to attach
+    /// (`shoal_protocol::attach::workers_scope`); `None`: workers cannot be
+    /// attached to.
+    pub attach_scope: Option<String>,
     /// How long a worker whose gateways are all gone waits to be attached
     /// before it exits.
     pub orphan_grace: Duration,
@@ -700,7 +702,7 @@ impl NodeAgent {
             drain_timeout_ms: spec.drain_timeout.as_millis() as u64,
             instance_requests: spec.instance_requests,
             instance_idle_ms: spec.instance_idle.as_millis() as u64,
-            attach: self.config.attach_dir.as_ref().map(|dir| dir.join(format!("{pid}.sock"))),
+            attach: self.config.attach_scope.as_ref().map(|scope| shoal_protocol::attach::worker_name(scope, pid)),
             orphan_grace_ms: self.config.orphan_grace.as_millis() as u64,
         };
         let config_json = serde_json::to_vec(&worker).expect("worker config serializes");
@@ -777,26 +779,28 @@ impl NodeAgent {
     }
 
     /// Takes over the workers another `shoal up` left running (it died, or
-    /// hands over): attaches to each that listens in
-    /// [`AgentConfig::attach_dir`], taking its output, and watches it.
-    /// Sockets whose worker is gone are removed. Must run within a tokio
-    /// runtime.
+    /// hands over): attaches to each that listens under
+    /// [`AgentConfig::attach_scope`], taking its output, and watches it.
+    /// Must run within a tokio runtime.
     pub async fn adopt(&self) -> Vec<Adopted> {
-        let Some(dir) = self.config.attach_dir.clone() else { return Vec::new() };
-        let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-        let sockets: Vec<PathBuf> = entries
-            .flatten()
-            .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|e| e == "sock"))
-            .collect();
+        use shoal_protocol::attach;
+        let Some(scope) = self.config.attach_scope.clone() else { return Vec::new() };
+        let pids = match attach::listening_workers(&scope) {
+            Ok(pids) => pids,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the workers to take over (/proc/net/unix)");
+                return Vec::new();
+            }
+        };
         let mut adopted = Vec::new();
-        for socket in sockets {
+        for pid in pids {
+            let address = attach::worker_address(&scope, pid);
             let attached = tokio::task::spawn_blocking({
-                let socket = socket.clone();
+                let address = address.clone();
                 move || -> std::io::Result<_> {
                     let (out_read, out_write) = pipe()?;
                     let (err_read, err_write) = pipe()?;
-                    let (identity, fds) = shoal_protocol::attach::attach(&socket, &out_write, &err_write)?;
+                    let (identity, fds) = attach::attach(&address, &out_write, &err_write)?;
                     Ok((identity, fds, out_read, err_read))
                 }
             })
@@ -806,13 +810,9 @@ impl NodeAgent {
                     Ok(replica) => adopted.push(Adopted { identity, replica }),
                     Err(error) => tracing::warn!(%error, replica = %identity.replica, "cannot take over a worker"),
                 },
-                Ok(Err(error))
-                    if matches!(error.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) =>
-                {
-                    // Its worker is gone.
-                    let _ = std::fs::remove_file(&socket);
-                }
-                Ok(Err(error)) => tracing::warn!(%error, socket = %socket.display(), "cannot attach to a worker"),
+                // It ended since it was listed.
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Ok(Err(error)) => tracing::warn!(%error, %address, "cannot attach to a worker"),
                 Err(error) => tracing::warn!(%error, "cannot attach to a worker"),
             }
         }

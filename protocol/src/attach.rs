@@ -34,23 +34,106 @@ pub struct WorkerIdentity {
 /// The request an attach starts with.
 pub const ATTACH_REQUEST: &[u8] = b"SHOAL-ATTACH 1";
 
-/// `path` as a Unix socket address, or an error that says it is too long.
-pub fn socket_address(path: &Path) -> io::Result<libc::sockaddr_un> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain data.
-    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= address.sun_path.len() {
-        return Err(io::Error::other(format!(
-            "{}: longer than a Unix socket path may be ({} bytes)",
-            path.display(),
-            address.sun_path.len() - 1
-        )));
+/// Where a Unix socket listens: a file (`shoal up`'s handover socket), or
+/// a name in Linux's abstract socket namespace (a worker's attach socket),
+/// which makes no inode and goes away with the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    File(PathBuf),
+    Abstract(String),
+}
+
+impl Address {
+    /// As a `sockaddr_un` and its length, or an error that says it is too
+    /// long.
+    fn to_sockaddr(&self) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+        // SAFETY: sockaddr_un is plain data.
+        let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        // An abstract name starts with a NUL and is as long as the length
+        // given says (no NUL after it).
+        let (skip, bytes) = match self {
+            Address::File(path) => (0, path.as_os_str().as_bytes()),
+            Address::Abstract(name) => (1, name.as_bytes()),
+        };
+        if skip + bytes.len() >= address.sun_path.len() {
+            return Err(io::Error::other(format!(
+                "{self}: longer than a Unix socket address may be ({} bytes)",
+                address.sun_path.len() - 1 - skip
+            )));
+        }
+        for (to, from) in address.sun_path[skip..].iter_mut().zip(bytes) {
+            *to = *from as libc::c_char;
+        }
+        let length = match self {
+            Address::File(_) => std::mem::size_of::<libc::sockaddr_un>(),
+            Address::Abstract(_) => std::mem::offset_of!(libc::sockaddr_un, sun_path) + 1 + bytes.len(),
+        };
+        Ok((address, length as libc::socklen_t))
     }
-    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (to, from) in address.sun_path.iter_mut().zip(bytes) {
-        *to = *from as libc::c_char;
+}
+
+impl std::fmt::Display for Address {
+    /// A file's path; an abstract name after `@`, as `ss` and
+    /// `/proc/net/unix` show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::File(path) => path.display().fmt(f),
+            Address::Abstract(name) => write!(f, "@{name}"),
+        }
     }
-    Ok(address)
+}
+
+/// The prefix of the attach sockets of the workers of the `shoal up` that
+/// runs on `data_dir`: `shoal/<device>-<inode>` of the directory, so that
+/// every path to it names the same workers and no other directory does.
+pub fn workers_scope(data_dir: &Path) -> io::Result<String> {
+    let meta = std::fs::metadata(data_dir)?;
+    Ok(format!("shoal/{:x}-{:x}", meta.dev(), meta.ino()))
+}
+
+/// The attach socket's name of worker `pid` under `scope`
+/// ([`workers_scope`]).
+pub fn worker_name(scope: &str, pid: u32) -> String {
+    format!("{scope}/{pid}")
+}
+
+/// The attach socket of worker `pid` under `scope` ([`workers_scope`]).
+pub fn worker_address(scope: &str, pid: u32) -> Address {
+    Address::Abstract(worker_name(scope, pid))
+}
+
+/// The workers listening for attaches under `scope`, by pid, as
+/// `/proc/net/unix` lists them (this network namespace's sockets).
+pub fn listening_workers(scope: &str) -> io::Result<Vec<u32>> {
+    let table = std::fs::read_to_string("/proc/net/unix")?;
+    Ok(parse_listening(&table, scope))
+}
+
+/// [`listening_workers`] of a `/proc/net/unix` table: the rows of listening
+/// (`__SO_ACCEPTCON`) seqpacket sockets named `@<scope>/<pid>`.
+fn parse_listening(table: &str, scope: &str) -> Vec<u32> {
+    /// `__SO_ACCEPTCON` in the flags column: a listening socket.
+    const ACCEPTING: u32 = 1 << 16;
+    let prefix = format!("@{scope}/");
+    let mut pids: Vec<u32> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // Num RefCount Protocol Flags Type St Inode Path
+            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+            let [_, _, _, flags, kind, _, _, path] = fields[..] else { return None };
+            let listening = u32::from_str_radix(flags, 16).is_ok_and(|f| f & ACCEPTING != 0);
+            let seqpacket = u32::from_str_radix(kind, 16) == Ok(libc::SOCK_SEQPACKET as u32);
+            if !(listening && seqpacket) {
+                return None;
+            }
+            path.strip_prefix(&prefix)?.parse().ok()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
 }
 
 /// A new `SOCK_SEQPACKET` Unix socket, close-on-exec, with `flags` added
@@ -65,11 +148,10 @@ pub fn seqpacket(flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A blocking `SOCK_SEQPACKET` connection to the socket at `path`.
-pub fn connect(path: &Path) -> io::Result<OwnedFd> {
-    let address = socket_address(path)?;
+/// A blocking `SOCK_SEQPACKET` connection to the socket at `address`.
+pub fn connect(address: &Address) -> io::Result<OwnedFd> {
+    let (address, length) = address.to_sockaddr()?;
     let socket = seqpacket(0)?;
-    let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
     // SAFETY: `address` is a valid sockaddr_un of `length` bytes.
     if unsafe { libc::connect(socket.as_raw_fd(), (&raw const address).cast(), length) } != 0 {
         return Err(io::Error::last_os_error());
@@ -101,35 +183,43 @@ pub fn set_timeouts_to(socket: libc::c_int, timeout: Duration) {
 }
 
 /// A listening `SOCK_SEQPACKET` Unix socket (a worker's attach socket,
-/// `shoal up`'s handover socket); its file is removed when dropped.
+/// `shoal up`'s handover socket); its file, if it has one, is removed when
+/// dropped.
 pub struct SeqpacketListener {
     fd: tokio::io::unix::AsyncFd<OwnedFd>,
-    path: PathBuf,
-    /// The socket file's device and inode.
-    file: Option<(u64, u64)>,
+    /// The socket file's path, device and inode.
+    file: Option<(PathBuf, (u64, u64))>,
 }
 
 impl SeqpacketListener {
-    /// Listens on `path` (a stale file there is replaced), mode 0600.
-    pub fn bind(path: &Path) -> io::Result<SeqpacketListener> {
-        let address = socket_address(path)?;
-        let _ = std::fs::remove_file(path);
+    /// Listens on `address`: a file (a stale one there is replaced) gets
+    /// mode 0600; an abstract name has no permissions, so whoever accepts
+    /// checks the peer's user.
+    pub fn bind(address: &Address) -> io::Result<SeqpacketListener> {
+        let (sockaddr, length) = address.to_sockaddr()?;
+        if let Address::File(path) = address {
+            let _ = std::fs::remove_file(path);
+        }
         let fd = seqpacket(libc::SOCK_NONBLOCK)?;
-        let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        // SAFETY: `address` is a valid sockaddr_un of `length` bytes.
-        if unsafe { libc::bind(fd.as_raw_fd(), (&raw const address).cast(), length) } != 0 {
+        // SAFETY: `sockaddr` is a valid sockaddr_un of `length` bytes.
+        if unsafe { libc::bind(fd.as_raw_fd(), (&raw const sockaddr).cast(), length) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        if let Address::File(path) = address {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
         // SAFETY: listen on our own bound socket.
         if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a socket this value owns, open until it drops.
         let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? };
-        let file = std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
-        Ok(SeqpacketListener { fd, path: path.to_path_buf(), file })
+        let file = match address {
+            Address::File(path) => std::fs::metadata(path).map(|m| (path.clone(), (m.dev(), m.ino()))).ok(),
+            Address::Abstract(_) => None,
+        };
+        Ok(SeqpacketListener { fd, file })
     }
 
     /// The next connection (blocking, close-on-exec).
@@ -171,9 +261,9 @@ impl SeqpacketListener {
 impl Drop for SeqpacketListener {
     fn drop(&mut self) {
         // Only if the file is still ours.
-        let now = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino())).ok();
-        if now.is_some() && now == self.file {
-            let _ = std::fs::remove_file(&self.path);
+        let Some((path, file)) = &self.file else { return };
+        if std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *file) {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -200,18 +290,123 @@ pub fn peer_credentials(socket: libc::c_int) -> io::Result<libc::ucred> {
 }
 
 /// The client's side (`shoal up` attaching to a worker it did not start):
-/// connects to `path`, hands over the write ends of the new output pipes,
-/// and returns the worker's identity and the gateway's end of the new
-/// channel.
-pub fn attach(path: &Path, stdout: &OwnedFd, stderr: &OwnedFd) -> io::Result<(WorkerIdentity, ChannelFds)> {
-    let socket = connect(path)?;
+/// connects to `address`, checks that the listener is a process of this
+/// user (or root), hands over the write ends of the new output pipes, and
+/// returns the worker's identity and the gateway's end of the new channel.
+/// A worker whose identity names another process than the one listening
+/// is refused: anyone may bind an abstract name.
+pub fn attach(address: &Address, stdout: &OwnedFd, stderr: &OwnedFd) -> io::Result<(WorkerIdentity, ChannelFds)> {
+    let socket = connect(address)?;
     set_timeouts(socket.as_raw_fd());
+    let listener = peer_credentials(socket.as_raw_fd())?;
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    if listener.uid != me && listener.uid != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{address}: listened on by uid {}, not a worker of this user", listener.uid),
+        ));
+    }
     fdpass::send(socket.as_raw_fd(), ATTACH_REQUEST, &[stdout.as_raw_fd(), stderr.as_raw_fd()])?;
     let mut buf = vec![0u8; 64 * 1024];
     let (len, fds) = fdpass::receive(socket.as_raw_fd(), &mut buf)?;
     let Ok([segment, wake_me, wake_peer]) = <[OwnedFd; 3]>::try_from(fds) else {
-        return Err(io::Error::other(format!("{}: the worker refused the attach", path.display())));
+        return Err(io::Error::other(format!("{address}: the worker refused the attach")));
     };
     let identity: WorkerIdentity = serde_json::from_slice(&buf[..len]).map_err(io::Error::other)?;
+    if i64::from(identity.pid) != i64::from(listener.pid) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{address}: pid {} answered as worker pid {}", listener.pid, identity.pid),
+        ));
+    }
     Ok((identity, ChannelFds { segment, wake_me, wake_peer }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_workers_are_the_listening_seqpacket_sockets_of_the_scope() {
+        let table = "\
+Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0005 01 1001 @shoal/803-2a/4242
+0000000000000000: 00000003 00000000 00000000 0005 03 1002 @shoal/803-2a/4242
+0000000000000000: 00000002 00000000 00010000 0005 01 1003 @shoal/803-2a/17
+0000000000000000: 00000002 00000000 00010000 0005 01 1004 @shoal/803-2b/99
+0000000000000000: 00000002 00000000 00010000 0001 01 1005 @shoal/803-2a/55
+0000000000000000: 00000002 00000000 00000000 0005 01 1006 @shoal/803-2a/66
+0000000000000000: 00000002 00000000 00010000 0005 01 1007 /var/shoal/workers/77.sock
+0000000000000000: 00000002 00000000 00010000 0005 01 1008 @shoal/803-2a/x
+0000000000000000: 00000002 00000000 00000000 0001 03 1009
+";
+        // The accepted connection's row (state 03, not listening) names the
+        // same address; another scope, a stream socket, a socket bound and
+        // not listening, a file and a name that is not a pid are not ours.
+        assert_eq!(parse_listening(table, "shoal/803-2a"), vec![17, 4242]);
+    }
+
+    #[test]
+    fn an_abstract_address_is_its_name_after_a_nul_and_no_more() {
+        let (sockaddr, length) = Address::Abstract("shoal/1-2/3".into()).to_sockaddr().unwrap();
+        let offset = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+        assert_eq!(length as usize, offset + 1 + "shoal/1-2/3".len());
+        assert_eq!(sockaddr.sun_path[0], 0);
+        assert_eq!(sockaddr.sun_path[1] as u8, b's');
+        let long = Address::Abstract("x".repeat(200)).to_sockaddr().unwrap_err();
+        assert!(long.to_string().contains("longer than a Unix socket address may be (106 bytes)"), "{long}");
+    }
+
+    #[test]
+    fn a_worker_attach_socket_is_found_while_it_listens_and_gone_when_it_closes() {
+        let scope = format!("shoal-test/{}", std::process::id());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+        let _entered = runtime.enter();
+        let listener = SeqpacketListener::bind(&worker_address(&scope, 12345)).unwrap();
+        assert_eq!(listening_workers(&scope).unwrap(), vec![12345]);
+        // A second bind of a name in use fails: nobody takes a live
+        // worker's name.
+        let taken = SeqpacketListener::bind(&worker_address(&scope, 12345)).err().unwrap();
+        assert_eq!(taken.kind(), io::ErrorKind::AddrInUse);
+        drop(listener);
+        assert_eq!(listening_workers(&scope).unwrap(), Vec::<u32>::new());
+        let refused = connect(&worker_address(&scope, 12345)).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn an_attach_answered_by_another_process_than_the_worker_it_names_is_refused() {
+        // Anyone may bind an abstract name: here a process (this test)
+        // answers as if it were worker pid 1.
+        let scope = format!("shoal-test-impostor/{}", std::process::id());
+        let address = worker_address(&scope, 1);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+        let listener = runtime.block_on(async { SeqpacketListener::bind(&address) }).unwrap();
+        let client = std::thread::spawn({
+            let address = address.clone();
+            move || {
+                let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+                attach(&address, &null(), &null())
+            }
+        });
+        let connection = runtime.block_on(listener.accept()).unwrap();
+        let mut buf = [0u8; 256];
+        let (len, _pipes) = fdpass::receive(connection.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..len], ATTACH_REQUEST);
+        let identity = WorkerIdentity {
+            service: "kubia".into(),
+            replica: "kubia-1".into(),
+            module: "kubia.wasm".into(),
+            pid: 1,
+            ready_unix: 0,
+        };
+        let files: Vec<std::fs::File> = (0..3).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+        fdpass::send(connection.as_raw_fd(), &serde_json::to_vec(&identity).unwrap(), &fds).unwrap();
+        let refused = client.join().unwrap().unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::PermissionDenied, "{refused}");
+        let expected = format!("pid {} answered as worker pid 1", std::process::id());
+        assert!(refused.to_string().contains(&expected), "{refused}");
+    }
 }

@@ -66,9 +66,10 @@ pub struct WorkerConfig {
     pub instance_idle_ms: u64,
     /// Where the worker listens for a `shoal up` that did not start it (a
     /// successor, or one started after a crash) to attach a new channel:
-    /// a Unix socket path. `None`: no such socket.
+    /// a name in the abstract Unix socket namespace
+    /// (`attach::worker_address`). `None`: no such socket.
     #[serde(default)]
-    pub attach: Option<PathBuf>,
+    pub attach: Option<String>,
     /// How long the worker waits for an attach once every gateway that
     /// had a channel to it is gone, in milliseconds; then it exits. (0: at
     /// once.)

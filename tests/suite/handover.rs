@@ -58,8 +58,9 @@ async fn a_second_gateway_attaches_to_a_running_worker_and_both_are_served() {
     shoal.wait_ready("kubia");
     let pid = shoal.worker_pids()[0];
     let replica = shoal.replica_of(pid);
-    let socket = shoal.data.0.join(format!("workers/{pid}.sock"));
-    assert!(socket.exists(), "{} is missing", socket.display());
+    let scope = shoal_protocol::attach::workers_scope(&shoal.data.0).unwrap();
+    let socket = shoal_protocol::attach::worker_address(&scope, pid);
+    assert_eq!(shoal_protocol::attach::listening_workers(&scope).unwrap(), vec![pid], "the worker does not listen");
 
     // Attach as a second gateway would: new output pipes, a new channel.
     let ((out_read, out_write), (_err_read, err_write)) = (pipe(), pipe());
@@ -105,7 +106,7 @@ async fn a_second_gateway_attaches_to_a_running_worker_and_both_are_served() {
     assert!(alive(pid));
     assert_eq!(get(&shoal.url("/"), None).await.0, 200);
     assert!(shoal.stop().success());
-    assert!(!socket.exists(), "the worker left its socket behind");
+    assert_eq!(shoal_protocol::attach::listening_workers(&scope).unwrap(), Vec::<u32>::new(), "a worker listens still");
 }
 
 /// What a [`Load`] saw.
@@ -278,8 +279,9 @@ async fn without_a_successor_the_workers_exit_after_the_grace() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("workers gone {:?} after the kill (grace 2 s)", killed.elapsed());
-    let sockets = std::fs::read_dir(shoal.data.0.join("workers")).unwrap().count();
-    assert_eq!(sockets, 0, "workers left their sockets behind");
+    // Nothing that inherited an attach socket keeps it listening.
+    let scope = shoal_protocol::attach::workers_scope(&shoal.data.0).unwrap();
+    assert_eq!(shoal_protocol::attach::listening_workers(&scope).unwrap(), Vec::<u32>::new());
 }
 
 /// Starts a `shoal up` on `current`'s data directory, which hands over to
@@ -414,7 +416,7 @@ async fn a_handover_while_a_service_wakes_from_zero_answers_the_held_requests() 
 
 /// A connection to `shoal`'s handover socket (made once it serves).
 async fn handover_socket(shoal: &Shoal) -> OwnedFd {
-    let path = shoal.data.0.join("shoal.sock");
+    let path = shoal_protocol::attach::Address::File(shoal.data.0.join("shoal.sock"));
     let started = std::time::Instant::now();
     loop {
         match shoal_protocol::attach::connect(&path) {

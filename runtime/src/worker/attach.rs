@@ -6,8 +6,9 @@
 //! new channel, answers its [`WorkerIdentity`] (JSON) with the gateway's
 //! three descriptors of that channel, points its own stdout and stderr at
 //! the new pipes, and serves the new channel beside those it already has.
-//! The socket is a file in a directory only Shoal's user may enter, and a
-//! peer of another user is refused.
+//! The socket is a name in the abstract namespace, which has no
+//! permissions: a peer of another user is refused here (root aside), and
+//! the client checks that the listener is this worker.
 
 use std::io;
 use std::os::fd::{AsRawFd as _, OwnedFd};

@@ -282,13 +282,19 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
     replica.calls.use_port(port.clone());
     // Listening before it says it is ready: whoever sees it ready may
     // attach.
-    let attach = match &config.attach {
-        Some(path) => Some(
-            shoal_protocol::attach::SeqpacketListener::bind(path)
-                .with_context(|| format!("cannot listen for attaches on {}", path.display()))?,
-        ),
-        None => None,
-    };
+    // A name someone else holds does not keep the replica from serving;
+    // only another `shoal up` cannot take it over.
+    let attach = config.attach.as_ref().and_then(|name| {
+        let address = shoal_protocol::attach::Address::Abstract(name.clone());
+        shoal_protocol::attach::SeqpacketListener::bind(&address)
+            .inspect_err(|error| {
+                tracing::warn!(
+                    replica = %config.replica, %address, %error,
+                    "cannot listen for attaches: another shoal up cannot take this worker over"
+                );
+            })
+            .ok()
+    });
     let total = started.elapsed();
     tracing::info!(replica = %config.replica, cache = ?outcome, elapsed = ?total, "ready");
     notify_ready(
