@@ -514,6 +514,7 @@ async fn serve(
             start_concurrency: args.start_concurrency.unwrap_or_else(shoal_node::default_start_concurrency),
             standby_max: args.standby_max,
             attach_scope,
+            legacy_attach_dir: Some(data_dir.join("workers")),
             orphan_grace: args.orphan_grace,
         },
         cgroups,

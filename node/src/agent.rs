@@ -93,6 +93,10 @@ pub struct AgentConfig {
     /// (`shoal_protocol::attach::workers_scope`); `None`: workers cannot be
     /// attached to.
     pub attach_scope: Option<String>,
+    /// Where the workers of a Shoal from before the abstract names listen
+    /// (`<data dir>/workers/<pid>.sock`): a successor takes them over too,
+    /// and removes the directory when it is empty.
+    pub legacy_attach_dir: Option<PathBuf>,
     /// How long a worker whose gateways are all gone waits to be attached
     /// before it exits.
     pub orphan_grace: Duration,
@@ -702,7 +706,11 @@ impl NodeAgent {
             drain_timeout_ms: spec.drain_timeout.as_millis() as u64,
             instance_requests: spec.instance_requests,
             instance_idle_ms: spec.instance_idle.as_millis() as u64,
-            attach: self.config.attach_scope.as_ref().map(|scope| shoal_protocol::attach::worker_name(scope, pid)),
+            attach: self
+                .config
+                .attach_scope
+                .as_ref()
+                .map(|scope| shoal_protocol::attach::worker_name(scope, pid, rand::random())),
             orphan_grace_ms: self.config.orphan_grace.as_millis() as u64,
         };
         let config_json = serde_json::to_vec(&worker).expect("worker config serializes");
@@ -780,21 +788,30 @@ impl NodeAgent {
 
     /// Takes over the workers another `shoal up` left running (it died, or
     /// hands over): attaches to each that listens under
-    /// [`AgentConfig::attach_scope`], taking its output, and watches it.
-    /// Must run within a tokio runtime.
+    /// [`AgentConfig::attach_scope`] (or, from an older Shoal, in
+    /// [`AgentConfig::legacy_attach_dir`]), taking its output, and watches
+    /// it. Must run within a tokio runtime.
     pub async fn adopt(&self) -> Vec<Adopted> {
-        use shoal_protocol::attach;
-        let Some(scope) = self.config.attach_scope.clone() else { return Vec::new() };
-        let pids = match attach::listening_workers(&scope) {
-            Ok(pids) => pids,
-            Err(error) => {
-                tracing::warn!(%error, "cannot list the workers to take over (/proc/net/unix)");
-                return Vec::new();
+        use shoal_protocol::attach::{self, Address};
+        let mut candidates: Vec<Address> = Vec::new();
+        if let Some(scope) = &self.config.attach_scope {
+            match attach::listening_workers(scope) {
+                Ok(found) => candidates.extend(found.into_iter().map(|l| l.address)),
+                Err(error) => tracing::warn!(%error, "cannot list the workers to take over (/proc/net/unix)"),
             }
-        };
+        }
+        let legacy = self.config.legacy_attach_dir.as_deref().and_then(|dir| std::fs::read_dir(dir).ok());
+        candidates.extend(
+            legacy
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|path| path.extension().is_some_and(|e| e == "sock"))
+                .map(Address::File),
+        );
         let mut adopted = Vec::new();
-        for pid in pids {
-            let address = attach::worker_address(&scope, pid);
+        for address in candidates {
             let attached = tokio::task::spawn_blocking({
                 let address = address.clone();
                 move || -> std::io::Result<_> {
@@ -810,11 +827,22 @@ impl NodeAgent {
                     Ok(replica) => adopted.push(Adopted { identity, replica }),
                     Err(error) => tracing::warn!(%error, replica = %identity.replica, "cannot take over a worker"),
                 },
-                // It ended since it was listed.
-                Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                // It ended since it was listed (an older Shoal's worker
+                // left its file).
+                Ok(Err(error))
+                    if matches!(error.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) =>
+                {
+                    if let Address::File(path) = &address {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
                 Ok(Err(error)) => tracing::warn!(%error, %address, "cannot attach to a worker"),
                 Err(error) => tracing::warn!(%error, "cannot attach to a worker"),
             }
+        }
+        // Gone once its last worker is (it fails while a file is left).
+        if let Some(dir) = &self.config.legacy_attach_dir {
+            let _ = std::fs::remove_dir(dir);
         }
         adopted
     }

@@ -93,47 +93,80 @@ pub fn workers_scope(data_dir: &Path) -> io::Result<String> {
 }
 
 /// The attach socket's name of worker `pid` under `scope`
-/// ([`workers_scope`]).
-pub fn worker_name(scope: &str, pid: u32) -> String {
-    format!("{scope}/{pid}")
+/// ([`workers_scope`]): `<scope>/<pid>-<nonce>`, the nonce (random, from
+/// whoever starts the worker) so that no one can take a worker's name
+/// before it binds it.
+pub fn worker_name(scope: &str, pid: u32, nonce: u64) -> String {
+    format!("{scope}/{pid}-{nonce:016x}")
 }
 
-/// The attach socket of worker `pid` under `scope` ([`workers_scope`]).
-pub fn worker_address(scope: &str, pid: u32) -> Address {
-    Address::Abstract(worker_name(scope, pid))
+/// A worker's attach socket found listening ([`listening_workers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    pub pid: u32,
+    pub address: Address,
+    /// The socket's inode number, as `/proc/<pid>/fd` shows it.
+    inode: u64,
 }
 
-/// The workers listening for attaches under `scope`, by pid, as
-/// `/proc/net/unix` lists them (this network namespace's sockets).
-pub fn listening_workers(scope: &str) -> io::Result<Vec<u32>> {
+/// The workers listening for attaches under `scope`, as `/proc/net/unix`
+/// lists them (this network namespace's sockets), keeping only sockets
+/// held by the process their name gives, of this user: anyone may bind an
+/// abstract name, or print a row of that table (a name may hold a line
+/// break), so a name alone proves nothing.
+pub fn listening_workers(scope: &str) -> io::Result<Vec<Listening>> {
     let table = std::fs::read_to_string("/proc/net/unix")?;
-    Ok(parse_listening(&table, scope))
+    Ok(parse_listening(&table, scope).into_iter().filter(held_by_its_worker).collect())
 }
 
-/// [`listening_workers`] of a `/proc/net/unix` table: the rows of listening
-/// (`__SO_ACCEPTCON`) seqpacket sockets named `@<scope>/<pid>`.
-fn parse_listening(table: &str, scope: &str) -> Vec<u32> {
+/// Whether `listening`'s socket is one of its pid's open descriptors, and
+/// that process is this user's.
+fn held_by_its_worker(listening: &Listening) -> bool {
+    let process = PathBuf::from(format!("/proc/{}", listening.pid));
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    if !std::fs::metadata(&process).is_ok_and(|m| m.uid() == me) {
+        return false;
+    }
+    let socket = format!("socket:[{}]", listening.inode);
+    std::fs::read_dir(process.join("fd")).is_ok_and(|fds| {
+        fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == socket.as_str()))
+    })
+}
+
+/// The rows of a `/proc/net/unix` table that are listening
+/// (`__SO_ACCEPTCON`) seqpacket sockets named `@<scope>/<pid>-<nonce>`.
+fn parse_listening(table: &str, scope: &str) -> Vec<Listening> {
     /// `__SO_ACCEPTCON` in the flags column: a listening socket.
     const ACCEPTING: u32 = 1 << 16;
     let prefix = format!("@{scope}/");
-    let mut pids: Vec<u32> = table
+    let mut found: Vec<Listening> = table
         .lines()
         .skip(1)
         .filter_map(|line| {
             // Num RefCount Protocol Flags Type St Inode Path
             let fields: Vec<&str> = line.split_ascii_whitespace().collect();
-            let [_, _, _, flags, kind, _, _, path] = fields[..] else { return None };
+            let [_, _, _, flags, kind, _, inode, path] = fields[..] else { return None };
             let listening = u32::from_str_radix(flags, 16).is_ok_and(|f| f & ACCEPTING != 0);
             let seqpacket = u32::from_str_radix(kind, 16) == Ok(libc::SOCK_SEQPACKET as u32);
             if !(listening && seqpacket) {
                 return None;
             }
-            path.strip_prefix(&prefix)?.parse().ok()
+            let (pid, nonce) = path.strip_prefix(&prefix)?.split_once('-')?;
+            let pid: u32 = pid.parse().ok()?;
+            let nonce = u64::from_str_radix(nonce, 16).ok()?;
+            let name = worker_name(scope, pid, nonce);
+            // Only the form worker_name writes ("+17", "0017" are not 17).
+            (path[1..] == *name).then_some(Listening {
+                pid,
+                address: Address::Abstract(name),
+                inode: inode.parse().ok()?,
+            })
         })
         .collect();
-    pids.sort_unstable();
-    pids.dedup();
-    pids
+    found.sort_by_key(|l| l.pid);
+    found.dedup();
+    found
 }
 
 /// A new `SOCK_SEQPACKET` Unix socket, close-on-exec, with `flags` added
@@ -152,6 +185,10 @@ pub fn seqpacket(flags: libc::c_int) -> io::Result<OwnedFd> {
 pub fn connect(address: &Address) -> io::Result<OwnedFd> {
     let (address, length) = address.to_sockaddr()?;
     let socket = seqpacket(0)?;
+    // A connect waits while the listener's backlog is full: at most this
+    // long (`SO_SNDTIMEO` bounds it), so a listener that never accepts
+    // cannot hold the caller.
+    set_timeouts(socket.as_raw_fd());
     // SAFETY: `address` is a valid sockaddr_un of `length` bytes.
     if unsafe { libc::connect(socket.as_raw_fd(), (&raw const address).cast(), length) } != 0 {
         return Err(io::Error::last_os_error());
@@ -297,7 +334,6 @@ pub fn peer_credentials(socket: libc::c_int) -> io::Result<libc::ucred> {
 /// is refused: anyone may bind an abstract name.
 pub fn attach(address: &Address, stdout: &OwnedFd, stderr: &OwnedFd) -> io::Result<(WorkerIdentity, ChannelFds)> {
     let socket = connect(address)?;
-    set_timeouts(socket.as_raw_fd());
     let listener = peer_credentials(socket.as_raw_fd())?;
     // SAFETY: getuid has no preconditions.
     let me = unsafe { libc::getuid() };
@@ -331,20 +367,32 @@ mod tests {
     fn listening_workers_are_the_listening_seqpacket_sockets_of_the_scope() {
         let table = "\
 Num       RefCount Protocol Flags    Type St Inode Path
-0000000000000000: 00000002 00000000 00010000 0005 01 1001 @shoal/803-2a/4242
-0000000000000000: 00000003 00000000 00000000 0005 03 1002 @shoal/803-2a/4242
-0000000000000000: 00000002 00000000 00010000 0005 01 1003 @shoal/803-2a/17
-0000000000000000: 00000002 00000000 00010000 0005 01 1004 @shoal/803-2b/99
-0000000000000000: 00000002 00000000 00010000 0001 01 1005 @shoal/803-2a/55
-0000000000000000: 00000002 00000000 00000000 0005 01 1006 @shoal/803-2a/66
+0000000000000000: 00000002 00000000 00010000 0005 01 1001 @shoal/803-2a/4242-00000000000000ff
+0000000000000000: 00000003 00000000 00000000 0005 03 1002 @shoal/803-2a/4242-00000000000000ff
+0000000000000000: 00000002 00000000 00010000 0005 01 1003 @shoal/803-2a/17-0123456789abcdef
+0000000000000000: 00000002 00000000 00010000 0005 01 1004 @shoal/803-2b/99-0000000000000001
+0000000000000000: 00000002 00000000 00010000 0001 01 1005 @shoal/803-2a/55-0000000000000001
+0000000000000000: 00000002 00000000 00000000 0005 01 1006 @shoal/803-2a/66-0000000000000001
 0000000000000000: 00000002 00000000 00010000 0005 01 1007 /var/shoal/workers/77.sock
-0000000000000000: 00000002 00000000 00010000 0005 01 1008 @shoal/803-2a/x
-0000000000000000: 00000002 00000000 00000000 0001 03 1009
+0000000000000000: 00000002 00000000 00010000 0005 01 1008 @shoal/803-2a/x-0000000000000001
+0000000000000000: 00000002 00000000 00010000 0005 01 1009 @shoal/803-2a/0018-0000000000000001
+0000000000000000: 00000002 00000000 00010000 0005 01 1010 @shoal/803-2a/19-1
+0000000000000000: 00000002 00000000 00010000 0005 01 1011 @shoal/803-2a/20
+0000000000000000: 00000002 00000000 00000000 0001 03 1012
 ";
         // The accepted connection's row (state 03, not listening) names the
         // same address; another scope, a stream socket, a socket bound and
-        // not listening, a file and a name that is not a pid are not ours.
-        assert_eq!(parse_listening(table, "shoal/803-2a"), vec![17, 4242]);
+        // not listening, a file, a name that is not a pid, a pid or nonce
+        // not written as worker_name writes it, and no nonce are not ours.
+        let found = parse_listening(table, "shoal/803-2a");
+        let seen: Vec<(u32, String, u64)> = found.iter().map(|l| (l.pid, l.address.to_string(), l.inode)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (17, "@shoal/803-2a/17-0123456789abcdef".to_owned(), 1003),
+                (4242, "@shoal/803-2a/4242-00000000000000ff".to_owned(), 1001)
+            ]
+        );
     }
 
     #[test]
@@ -359,19 +407,30 @@ Num       RefCount Protocol Flags    Type St Inode Path
     }
 
     #[test]
-    fn a_worker_attach_socket_is_found_while_it_listens_and_gone_when_it_closes() {
+    fn a_worker_attach_socket_is_found_while_its_process_holds_it_and_gone_when_it_closes() {
         let scope = format!("shoal-test/{}", std::process::id());
+        let me = std::process::id();
+        let name = worker_name(&scope, me, 7);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
         let _entered = runtime.enter();
-        let listener = SeqpacketListener::bind(&worker_address(&scope, 12345)).unwrap();
-        assert_eq!(listening_workers(&scope).unwrap(), vec![12345]);
+        let listener = SeqpacketListener::bind(&Address::Abstract(name.clone())).unwrap();
+        let found = listening_workers(&scope).unwrap();
+        assert_eq!(
+            found.iter().map(|l| (l.pid, l.address.clone())).collect::<Vec<_>>(),
+            vec![(me, Address::Abstract(name.clone()))]
+        );
+        // A name whose pid is not the process holding the socket is not
+        // listed: here pid 1's name, bound by this process.
+        let impostor = SeqpacketListener::bind(&Address::Abstract(worker_name(&scope, 1, 7))).unwrap();
+        assert_eq!(listening_workers(&scope).unwrap().len(), 1);
+        drop(impostor);
         // A second bind of a name in use fails: nobody takes a live
         // worker's name.
-        let taken = SeqpacketListener::bind(&worker_address(&scope, 12345)).err().unwrap();
+        let taken = SeqpacketListener::bind(&Address::Abstract(name.clone())).err().unwrap();
         assert_eq!(taken.kind(), io::ErrorKind::AddrInUse);
         drop(listener);
-        assert_eq!(listening_workers(&scope).unwrap(), Vec::<u32>::new());
-        let refused = connect(&worker_address(&scope, 12345)).unwrap_err();
+        assert_eq!(listening_workers(&scope).unwrap(), Vec::new());
+        let refused = connect(&Address::Abstract(name)).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
     }
 
@@ -380,7 +439,7 @@ Num       RefCount Protocol Flags    Type St Inode Path
         // Anyone may bind an abstract name: here a process (this test)
         // answers as if it were worker pid 1.
         let scope = format!("shoal-test-impostor/{}", std::process::id());
-        let address = worker_address(&scope, 1);
+        let address = Address::Abstract(worker_name(&scope, 1, 1));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
         let listener = runtime.block_on(async { SeqpacketListener::bind(&address) }).unwrap();
         let client = std::thread::spawn({

@@ -67,7 +67,7 @@ pub struct WorkerConfig {
     /// Where the worker listens for a `shoal up` that did not start it (a
     /// successor, or one started after a crash) to attach a new channel:
     /// a name in the abstract Unix socket namespace
-    /// (`attach::worker_address`). `None`: no such socket.
+    /// (`attach::worker_name`). `None`: no such socket.
     #[serde(default)]
     pub attach: Option<String>,
     /// How long the worker waits for an attach once every gateway that

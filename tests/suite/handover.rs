@@ -59,8 +59,10 @@ async fn a_second_gateway_attaches_to_a_running_worker_and_both_are_served() {
     let pid = shoal.worker_pids()[0];
     let replica = shoal.replica_of(pid);
     let scope = shoal_protocol::attach::workers_scope(&shoal.data.0).unwrap();
-    let socket = shoal_protocol::attach::worker_address(&scope, pid);
-    assert_eq!(shoal_protocol::attach::listening_workers(&scope).unwrap(), vec![pid], "the worker does not listen");
+    let listening = shoal_protocol::attach::listening_workers(&scope).unwrap();
+    let pids: Vec<u32> = listening.iter().map(|l| l.pid).collect();
+    assert_eq!(pids, vec![pid], "the worker does not listen");
+    let socket = listening[0].address.clone();
 
     // Attach as a second gateway would: new output pipes, a new channel.
     let ((out_read, out_write), (_err_read, err_write)) = (pipe(), pipe());
@@ -106,7 +108,7 @@ async fn a_second_gateway_attaches_to_a_running_worker_and_both_are_served() {
     assert!(alive(pid));
     assert_eq!(get(&shoal.url("/"), None).await.0, 200);
     assert!(shoal.stop().success());
-    assert_eq!(shoal_protocol::attach::listening_workers(&scope).unwrap(), Vec::<u32>::new(), "a worker listens still");
+    assert_eq!(shoal_protocol::attach::listening_workers(&scope).unwrap(), Vec::new(), "a worker listens still");
 }
 
 /// What a [`Load`] saw.
@@ -279,9 +281,29 @@ async fn without_a_successor_the_workers_exit_after_the_grace() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("workers gone {:?} after the kill (grace 2 s)", killed.elapsed());
-    // Nothing that inherited an attach socket keeps it listening.
-    let scope = shoal_protocol::attach::workers_scope(&shoal.data.0).unwrap();
-    assert_eq!(shoal_protocol::attach::listening_workers(&scope).unwrap(), Vec::<u32>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shoal_up_clears_the_sockets_an_older_shoal_left_in_the_data_directory() {
+    let dir = Scratch::new("legacy-sockets");
+    let file = dir.write("kubia.yaml", manifest("kubia", HELLO_WASM, "replicas: 1"));
+    let mut first = Shoal::start(&["-f", file.to_str().unwrap()]);
+    first.wait_ready("kubia");
+    assert!(first.stop().success());
+    // What a worker of a Shoal from before the abstract names left behind
+    // when it ended without removing its file.
+    let workers = first.data.0.join("workers");
+    std::fs::create_dir_all(&workers).unwrap();
+    let stale = workers.join("4194000.sock");
+    shoal_protocol::attach::SeqpacketListener::bind(&shoal_protocol::attach::Address::File(stale.clone()))
+        .unwrap()
+        .close_leaving_file();
+    assert!(stale.exists());
+    let data = std::mem::replace(&mut first.data, Scratch::new("moved"));
+    let mut next = Shoal::start_in(data, &["-f", file.to_str().unwrap()], |_| {});
+    next.wait_ready("kubia");
+    assert!(!workers.exists(), "{} is left", workers.display());
+    assert!(next.stop().success());
 }
 
 /// Starts a `shoal up` on `current`'s data directory, which hands over to

@@ -396,6 +396,11 @@ async fn serve(config: WorkerConfig, started: std::time::Instant, exec: Duration
                         orphaned = None;
                         tracing::info!(replica = %config.replica, sessions = ports.len(), "attached");
                     }
+                    // Anyone may connect to an abstract name: another
+                    // user's attempts are refused without a warning.
+                    Ok(Err(error)) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                        tracing::debug!(replica = %config.replica, %error, "an attach refused");
+                    }
                     Ok(Err(error)) => tracing::warn!(replica = %config.replica, %error, "an attach failed"),
                     Err(error) => tracing::warn!(replica = %config.replica, %error, "an attach failed"),
                 }
