@@ -278,8 +278,11 @@ fn parent_of(host: &str) -> Option<&str> {
     host.split_once('.').map(|(_, parent)| parent).filter(|parent| !parent.is_empty())
 }
 
+/// `seconds` in days, to the nearest (a certificate made to last 5 days
+/// and read a moment later still expires "in 5 days"), or in hours under
+/// half a day.
 fn human_days(seconds: i64) -> String {
-    let days = seconds.abs() / 86_400;
+    let days = (seconds.abs() + 43_200) / 86_400;
     match days {
         0 => format!("{} hours", seconds.abs() / 3600),
         1 => "1 day".to_owned(),
@@ -495,6 +498,11 @@ mod tests {
         let loaded = Certificate::load(cert.as_bytes(), key.as_bytes(), NOW).unwrap();
         let warning = loaded.info.expiry_warning(NOW).unwrap();
         assert!(warning.contains("expires in 3 days"), "{warning}");
+        // Read a few seconds after it was made, it still lasts 3 days.
+        let warning = loaded.info.expiry_warning(NOW + 5).unwrap();
+        assert!(warning.contains("expires in 3 days"), "{warning}");
+        let warning = loaded.info.expiry_warning(NOW + 3 * 86_400 - 7_200).unwrap();
+        assert!(warning.contains("expires in 2 hours"), "{warning}");
     }
 
     #[test]
