@@ -307,9 +307,7 @@ impl Desk {
 fn hello(socket: OwnedFd) -> io::Result<Caller> {
     attach::set_timeouts(socket.as_raw_fd());
     let peer = attach::peer_uid(socket.as_raw_fd())?;
-    // SAFETY: getuid has no preconditions.
-    let me = unsafe { libc::getuid() };
-    if peer != me && peer != 0 {
+    if !attach::trusted_uid(peer) {
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("a handover from uid {peer} refused")));
     }
     let (message, _) = receive(&socket)?;

@@ -305,6 +305,13 @@ impl Drop for SeqpacketListener {
     }
 }
 
+/// Whether a peer of user `uid` may attach or be attached to: this
+/// process's own user, or root.
+pub fn trusted_uid(uid: libc::uid_t) -> bool {
+    // SAFETY: getuid has no preconditions.
+    uid == unsafe { libc::getuid() } || uid == 0
+}
+
 /// The user id of the process at the other end of `socket`.
 pub fn peer_uid(socket: libc::c_int) -> io::Result<libc::uid_t> {
     peer_credentials(socket).map(|c| c.uid)
@@ -335,9 +342,7 @@ pub fn peer_credentials(socket: libc::c_int) -> io::Result<libc::ucred> {
 pub fn attach(address: &Address, stdout: &OwnedFd, stderr: &OwnedFd) -> io::Result<(WorkerIdentity, ChannelFds)> {
     let socket = connect(address)?;
     let listener = peer_credentials(socket.as_raw_fd())?;
-    // SAFETY: getuid has no preconditions.
-    let me = unsafe { libc::getuid() };
-    if listener.uid != me && listener.uid != 0 {
+    if !trusted_uid(listener.uid) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!("{address}: listened on by uid {}, not a worker of this user", listener.uid),

@@ -25,9 +25,7 @@ pub(crate) fn exchange(connection: OwnedFd, identity: &WorkerIdentity) -> io::Re
     let socket = connection.as_raw_fd();
     attach::set_timeouts(socket);
     let peer = attach::peer_uid(socket)?;
-    // SAFETY: getuid has no preconditions.
-    let me = unsafe { libc::getuid() };
-    if peer != me && peer != 0 {
+    if !attach::trusted_uid(peer) {
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("an attach from uid {peer} refused")));
     }
     let mut buf = [0u8; 256];
