@@ -40,6 +40,9 @@ use serde::{Deserialize, Serialize};
 use shoal_control::reconciler::Succession;
 use shoal_protocol::attach::{self, Address, SeqpacketListener};
 use shoal_protocol::fdpass;
+// Everything `shoal up` prints goes through the console, which never blocks
+// on a reader who stops reading (shoal_node::console).
+use shoal_node::{console_eprintln as eprintln, console_println as println};
 
 /// The socket's name in the data directory.
 const SOCKET: &str = "shoal.sock";

@@ -193,13 +193,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Up(args) => {
-            init_tracing("info");
-            match up::run(*args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::FAILURE
-                }
+            // Everything `shoal up` prints goes through the console, which
+            // never blocks on a reader who stops reading (panics too).
+            init_tracing_with("info", || shoal_node::console::Stderr);
+            shoal_node::console::take_panics();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| up::run(*args)));
+            if let Ok(Err(error)) = &result {
+                shoal_node::console_eprintln!("error: {error:#}");
+            }
+            // The last lines, unless nobody reads them (5 s at most).
+            shoal_node::console::flush(std::time::Duration::from_secs(5));
+            match result {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(_)) => ExitCode::FAILURE,
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         }
         Command::Worker { name, room: _, config } => {
@@ -278,12 +285,20 @@ fn exit_code(code: i32) -> ExitCode {
 }
 
 fn init_tracing(default: &str) {
+    init_tracing_with(default, std::io::stderr);
+}
+
+/// Logs at `default` (or `SHOAL_LOG`) to `writer`, which writes to stderr.
+fn init_tracing_with<W>(default: &str, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();

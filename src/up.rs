@@ -35,6 +35,9 @@ use shoal_control::reconciler::Controller;
 use shoal_control::store::{Blobs, EtcdKv, Expect, Kv, KvStore, Store, StoreError};
 use shoal_gateway::{Gateway, GatewayConfig};
 use shoal_node::{AgentConfig, Cgroups, LogSink, NodeAgent};
+// Everything `shoal up` prints goes through the console, which never blocks
+// on a reader who stops reading (shoal_node::console).
+use shoal_node::{console_eprintln as eprintln, console_println as println};
 use shoal_runtime::ComponentCache;
 use tokio::sync::{Notify, watch};
 

@@ -40,7 +40,7 @@ impl EventLog {
         let (object, message) = (object.into(), message.into());
         if self.print {
             let mark = if kind == EventType::Warning { "WARNING " } else { "" };
-            println!("shoal: {mark}{object} {reason}: {message}");
+            shoal_node::console_println!("shoal: {mark}{object} {reason}: {message}");
         } else {
             match kind {
                 EventType::Normal => tracing::info!(%object, reason, "{message}"),

@@ -9,6 +9,8 @@ use tokio::sync::broadcast;
 
 /// Lines kept per replica.
 pub const LINES_PER_REPLICA: usize = 1000;
+// The console's notice of dropped output says how many lines are kept.
+const _: () = assert!(LINES_PER_REPLICA == shoal_node::console::LOG_LINES_KEPT);
 
 /// One line of output and the replica it came from.
 #[derive(Debug, Clone)]

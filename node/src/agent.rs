@@ -37,7 +37,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1176,13 +1175,12 @@ async fn forward(
     }
 }
 
-/// A [`LogSink`] that writes to this process's stdout and stderr.
+/// A [`LogSink`] that writes to this process's stdout and stderr through
+/// the [`console`](crate::console): never blocking, whoever reads them.
 pub fn stdio_log() -> LogSink {
-    Arc::new(|_replica, stream, chunk| {
-        let _ = match stream {
-            Stream::Stdout => std::io::stdout().lock().write_all(chunk),
-            Stream::Stderr => std::io::stderr().lock().write_all(chunk),
-        };
+    Arc::new(|_replica, stream, chunk| match stream {
+        Stream::Stdout => crate::console::replica_out(chunk),
+        Stream::Stderr => crate::console::replica_err(chunk),
     })
 }
 

@@ -12,6 +12,8 @@
 //! - [`agent`]: starting (fork, confine, exec, readiness), stopping (SIGTERM,
 //!   grace, SIGKILL) and watching workers; forwarding their output.
 //! - [`cgroups`]: per-replica cgroups on v1 or v2 through cgroups-rs.
+//! - [`console`]: `shoal up`'s stdout and stderr, written by a thread per
+//!   stream so that a reader who stops reading never blocks the platform.
 //! - [`starts`]: the start gate (how many starts at once, in which order)
 //!   and the fork threads.
 //! - [`zygote`]: the process that forks every worker without `exec`, and
@@ -21,6 +23,7 @@
 pub mod agent;
 pub mod cgroups;
 mod child;
+pub mod console;
 pub mod starts;
 pub mod zygote;
 

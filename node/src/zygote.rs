@@ -183,7 +183,9 @@ impl Zygote {
             .env(CHANNEL_FDS_ENV, CHANNEL_FDS.map(|fd| fd.to_string()).join(","))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            // Its own few lines, through the console (never blocking on
+            // shoal up's stderr).
+            .stderr(Stdio::piped())
             .kill_on_drop(false);
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
@@ -207,8 +209,23 @@ impl Zygote {
                 Ok(())
             });
         }
-        let child = command.spawn()?;
+        let mut child = command.spawn()?;
         drop(theirs);
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt as _;
+                let (mut stderr, mut line) = (tokio::io::BufReader::new(stderr), Vec::new());
+                // To its end, whatever it holds (a reader that stopped
+                // would make the zygote's next line fail, and it panic).
+                while matches!(stderr.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
+                    if line.last() != Some(&b'\n') {
+                        line.push(b'\n');
+                    }
+                    crate::console::err(&line);
+                    line.clear();
+                }
+            });
+        }
         Ok(Running { socket: ours, child, preloaded: std::collections::HashSet::new() })
     }
 

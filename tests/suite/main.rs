@@ -33,6 +33,7 @@ mod limits;
 mod manifest_errors;
 mod modules;
 mod newcomer;
+mod output;
 mod overload;
 mod probes;
 mod retries;

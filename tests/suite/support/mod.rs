@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -89,6 +90,8 @@ pub struct Shoal {
     lines: Receiver<String>,
     /// Every line seen so far on stdout and stderr.
     pub output: Arc<Mutex<Vec<String>>>,
+    /// Set: its stdout and stderr are not read (as a paused terminal).
+    paused: Arc<AtomicBool>,
     pub data: Scratch,
 }
 
@@ -128,14 +131,19 @@ impl Shoal {
         let mut child = spawn_tied(command).expect("cannot start shoal");
         let (tx, rx) = channel();
         let output = Arc::new(Mutex::new(Vec::new()));
+        let paused = Arc::new(AtomicBool::new(false));
         for reader in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let tx = tx.clone();
             let output = output.clone();
+            let paused = paused.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(reader).lines() {
+                    while paused.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                     let Ok(line) = line else { break };
                     eprintln!("[shoal] {line}");
                     output.lock().unwrap().push(line.clone());
@@ -144,7 +152,7 @@ impl Shoal {
             });
         }
         let unset: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut shoal = Shoal { child, addr: unset, admin: unset, lines: rx, output, data };
+        let mut shoal = Shoal { child, addr: unset, admin: unset, lines: rx, output, paused, data };
         let line = shoal.wait_for_line(|l| l.contains("gateway listening on http://"));
         shoal.addr = line.rsplit("http://").next().unwrap().trim().parse().unwrap();
         let line = shoal.wait_for_line(|l| l.contains("admin API listening on http://"));
@@ -181,6 +189,17 @@ impl Shoal {
             assert!(Instant::now() < deadline, "expected output missing after {READY:?}; output:\n{}", self.dump());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Stops reading its stdout and stderr (at the next line), as a
+    /// terminal paused with Ctrl-S would, until [`Shoal::resume_output`].
+    pub fn pause_output(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Reads its output again.
+    pub fn resume_output(&self) {
+        self.paused.store(false, Ordering::SeqCst);
     }
 
     pub fn pid(&self) -> u32 {
@@ -273,6 +292,9 @@ impl Shoal {
 
 impl Drop for Shoal {
     fn drop(&mut self) {
+        // (A test that failed with its output paused: let it drain, so the
+        // stop below is not held up by it.)
+        self.resume_output();
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.stop();
         }
