@@ -74,6 +74,10 @@ struct Pending {
     dropped_at: usize,
     /// The writer holds bytes it has not written yet.
     writing: bool,
+    /// The writer waits for bytes (on `arrived`).
+    idle: bool,
+    /// Callers of `flush` waiting (on `written`).
+    flushing: usize,
     /// The writer thread runs.
     started: bool,
 }
@@ -81,10 +85,19 @@ struct Pending {
 struct Stream {
     target: Target,
     pending: Mutex<Pending>,
-    /// Signalled when bytes arrive (the writer waits on it) and when the
-    /// writer has written everything (`flush` waits on it).
-    changed: Condvar,
+    /// Signalled when bytes arrive to an idle writer.
+    arrived: Condvar,
+    /// Signalled when the writer has written everything, to `flush`.
+    written: Condvar,
 }
+
+/// How long the writer, woken by new output, lets more gather before it
+/// writes: under load a stream costs a wake-up and a `write` per this
+/// much time, not per line or per replica's batch. (Waking it for every
+/// batch of every replica put a thread more on the run queue hundreds of
+/// times a second, and kubia's p99 through the gateway rose from 2.6–4.4
+/// to 5.4–8.4 ms.)
+const GATHER: Duration = Duration::from_millis(10);
 
 impl Stream {
     const fn new(target: Target) -> Stream {
@@ -95,9 +108,12 @@ impl Stream {
                 dropped: 0,
                 dropped_at: 0,
                 writing: false,
+                idle: false,
+                flushing: 0,
                 started: false,
             }),
-            changed: Condvar::new(),
+            arrived: Condvar::new(),
+            written: Condvar::new(),
         }
     }
 
@@ -128,21 +144,32 @@ impl Stream {
         } else {
             pending.bytes.extend_from_slice(bytes);
         }
-        self.changed.notify_all();
+        if pending.idle {
+            pending.idle = false;
+            self.arrived.notify_one();
+        }
     }
 
     /// The writer thread: takes what is pending and writes it, for good.
     fn write_out(&self) {
         let mut spare = Vec::new();
         loop {
-            let (bytes, dropped, at) = {
+            {
                 let mut pending = self.pending.lock().expect("console lock");
                 pending.writing = false;
-                self.changed.notify_all();
-                while pending.bytes.is_empty() && pending.dropped == 0 {
-                    pending = self.changed.wait(pending).expect("console lock");
+                if pending.flushing > 0 {
+                    self.written.notify_all();
                 }
+                while pending.bytes.is_empty() && pending.dropped == 0 {
+                    pending.idle = true;
+                    pending = self.arrived.wait(pending).expect("console lock");
+                }
+                pending.idle = false;
                 pending.writing = true;
+            }
+            std::thread::sleep(GATHER);
+            let (bytes, dropped, at) = {
+                let mut pending = self.pending.lock().expect("console lock");
                 let dropped = std::mem::take(&mut pending.dropped);
                 let at = std::mem::take(&mut pending.dropped_at);
                 spare.clear();
@@ -171,14 +198,16 @@ impl Stream {
     /// at most.
     fn flush(&self, deadline: Instant) -> bool {
         let mut pending = self.pending.lock().expect("console lock");
+        pending.flushing += 1;
         while pending.started && (!pending.bytes.is_empty() || pending.dropped > 0 || pending.writing) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                break;
             }
-            pending = self.changed.wait_timeout(pending, left).expect("console lock").0;
+            pending = self.written.wait_timeout(pending, left).expect("console lock").0;
         }
-        true
+        pending.flushing -= 1;
+        !pending.started || (pending.bytes.is_empty() && pending.dropped == 0 && !pending.writing)
     }
 }
 
