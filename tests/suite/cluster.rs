@@ -204,14 +204,17 @@ fn three_nodes_bootstrap_spread_replicas_and_replace_a_lost_node() {
     let usage: Vec<Value> = serde_json::from_str(&out).unwrap();
     let named: BTreeSet<&str> = usage.iter().map(|u| u["name"].as_str().unwrap()).collect();
     assert_eq!(named, owners.keys().map(String::as_str).collect(), "{out}");
-    let (ok, out, err) = shoals[0].cli(&["logs", "kubia", "--tail", "1000"]);
-    assert!(ok, "{err}");
-    let logged: BTreeSet<String> = out
-        .lines()
-        .filter(|l| l.contains("Received request"))
-        .filter_map(|l| owners.iter().find(|(name, _)| l.contains(name.as_str())).map(|(_, node)| node.clone()))
-        .collect();
-    assert_eq!(logged, all, "{out}");
+    // (Output reaches the log book a moment after the response: awaited.)
+    within(Duration::from_secs(10), "the output of every node's replicas in `shoal logs` on n0", || {
+        let (ok, out, err) = shoals[0].cli(&["logs", "kubia", "--tail", "1000"]);
+        assert!(ok, "{err}");
+        let logged: BTreeSet<String> = out
+            .lines()
+            .filter(|l| l.contains("Received request"))
+            .filter_map(|l| owners.iter().find(|(name, _)| l.contains(name.as_str())).map(|(_, node)| node.clone()))
+            .collect();
+        (logged == all).then_some(())
+    });
 
     // SIGKILL a node that does not lead: its workers exit after it; its two
     // replicas run on the survivors within the TTL and a few seconds.

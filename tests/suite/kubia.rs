@@ -209,6 +209,9 @@ async fn without_cgroup_access_replicas_run_unconfined_with_one_warning() {
         Shoal::start(&[])
     };
     shoal.wait_ready("kubia");
+    // (Stdout and stderr are written by two threads: the warning, on
+    // stderr, may be read after the Ready event on stdout.)
+    shoal.wait_for_output(|l| l.contains("WARNING: cgroups are unavailable"));
     let output = shoal.dump();
     let warnings = output.lines().filter(|l| l.contains("WARNING: cgroups are unavailable")).count();
     assert_eq!(warnings, 1, "{output}");
