@@ -152,7 +152,6 @@ impl Stream {
 
     /// The writer thread: takes what is pending and writes it, for good.
     fn write_out(&self) {
-        let mut spare = Vec::new();
         loop {
             {
                 let mut pending = self.pending.lock().expect("console lock");
@@ -172,8 +171,7 @@ impl Stream {
                 let mut pending = self.pending.lock().expect("console lock");
                 let dropped = std::mem::take(&mut pending.dropped);
                 let at = std::mem::take(&mut pending.dropped_at);
-                spare.clear();
-                (std::mem::replace(&mut pending.bytes, std::mem::take(&mut spare)), dropped, at)
+                (std::mem::take(&mut pending.bytes), dropped, at)
             };
             // A stream that fails (closed) is given up quietly, as
             // `println!` would not be: nothing else may stop for it.
@@ -190,7 +188,6 @@ impl Stream {
             if at < bytes.len() {
                 let _ = self.target.write_all(&bytes[at..]);
             }
-            spare = bytes;
         }
     }
 
